@@ -1,0 +1,1 @@
+//! keelson-core: the object model every Keelson crate shares.

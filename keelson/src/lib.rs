@@ -1,0 +1,8 @@
+//! Keelson: Kubernetes' cluster architecture as Rust crates.
+//!
+//! This facade re-exports the crates an application embeds. Today: the object model
+//! ([`core`]) and the store ([`store`]); the API server, scheduler, controllers, node agent
+//! and add-ons join as they are built.
+
+pub use keelson_core as core;
+pub use keelson_store as store;

@@ -1,0 +1,1 @@
+//! EtcdStore: placeholder being written.

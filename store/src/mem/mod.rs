@@ -1,0 +1,789 @@
+//! MemStore: the embedded default store.
+//!
+//! # Shape
+//! The whole multi-version state lives in memory ([`state`]): a sorted map from key to that
+//! key's retained versions. Reads take a read lock and never touch the disk. Writes go to
+//! one committer thread, which takes every write waiting in its queue as one group: it
+//! checks each against the state plus the group's earlier writes, gives it the next
+//! revision, appends the group to the write-ahead log as one checksummed record, calls
+//! `fdatasync` once, and only then applies the group to the state, publishes the events to
+//! the watchers and answers the writers. So a write is acknowledged only once it is on disk,
+//! one `fdatasync` serves every write in the group, and no reader ever sees a write that a
+//! crash could take back.
+//!
+//! When the log has grown past a threshold since the last snapshot, the committer encodes
+//! the state (a pause of a few milliseconds per 10 MB of data), starts a new log segment,
+//! and a background thread writes the snapshot and then removes the segments it covers.
+//! Recovery loads the newest snapshot and replays the segments after it.
+//!
+//! # Why a log of our own rather than an embedded database
+//! The state must be in memory anyway (reads at memory speed, watch history, MVCC at any
+//! retained revision). What the disk has to do is make each group of writes durable with
+//! one sequential append and one `fdatasync`, and give the state back on start. An embedded
+//! B-tree such as redb would keep a second copy of the data on disk in page form and
+//! update it copy-on-write, with more than one sync per commit; it would add write
+//! amplification for no read benefit. The log is the smallest thing that does the job; the
+//! benchmark in BENCHMARKS.md measures it against etcd.
+//!
+//! # Watchers
+//! Committed groups are published on a bounded broadcast ring. Each watcher reads the ring
+//! at its own pace; one that falls a whole ring behind gets `WatchLagged` and must re-list.
+//! Writers never wait for watchers.
+
+mod codec;
+mod snapshot;
+mod state;
+mod wal;
+
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use self::state::{Op, Overlay, Prepared, State, key_value};
+use self::wal::{AppendError, RecordBuilder, Segment, Tail};
+use crate::continue_token;
+use crate::error::{Result, StoreError};
+use crate::limits::{check_key, check_value};
+use crate::store::{Store, WatchStream};
+use crate::types::{Deleted, Event, KeyValue, ListOptions, ListPage, Revision};
+
+/// Settings of a [`MemStore`].
+#[derive(Clone, Debug)]
+pub struct MemStoreOptions {
+    /// Write a snapshot once the log has grown by this many bytes since the last one (or by
+    /// the size of the last snapshot, if that is larger, so snapshotting costs at most about
+    /// as much disk traffic as the log itself). Default 64 MiB.
+    pub snapshot_after_bytes: u64,
+    /// How many committed groups the watch ring holds; a watcher that falls further behind
+    /// is cut off with `WatchLagged`. Default 8192.
+    pub watch_buffer: usize,
+    /// The most writes committed as one group. Default 4096.
+    pub max_group: usize,
+}
+
+impl Default for MemStoreOptions {
+    fn default() -> Self {
+        MemStoreOptions { snapshot_after_bytes: 64 << 20, watch_buffer: 8192, max_group: 4096 }
+    }
+}
+
+/// What [`MemStore::open`] found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The revision of the snapshot recovery started from, if there was one.
+    pub snapshot_revision: Option<Revision>,
+    /// How many log segments were read.
+    pub segments: usize,
+    /// How many log records (commit groups) were replayed.
+    pub records: u64,
+    /// The store's revision after recovery.
+    pub revision: Revision,
+    /// The unfinished write cut off the end of the log, if there was one. Such a write was
+    /// never acknowledged.
+    pub torn_tail: Option<TornTail>,
+    /// How long recovery took.
+    pub duration: Duration,
+}
+
+/// An incomplete record found at the end of the log and cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Where the incomplete record started.
+    pub offset: u64,
+    /// How many bytes were cut.
+    pub bytes: u64,
+}
+
+/// The embedded store: multi-version state in memory, durable through a write-ahead log
+/// with group commit and snapshots (see the module docs). Cheap to clone; clones share one
+/// store.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> keelson_store::Result<()> {
+/// use keelson_store::{MemStore, Store};
+/// let dir = tempfile::tempdir().expect("temp dir");
+/// let store = MemStore::open(dir.path())?;
+/// let kv = store.create("/registry/core/configmaps/default/a", "{}".into()).await?;
+/// assert_eq!(store.get("/registry/core/configmaps/default/a").await?, Some(kv));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// The committer's queue; `None` for an ephemeral store (writes apply inline).
+    queue: Option<mpsc::UnboundedSender<Request>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    recovery: Option<RecoveryReport>,
+    /// Held for the store's life so no second process opens the same directory.
+    _lock: Option<File>,
+}
+
+/// What the readers and the committer share.
+struct Shared {
+    state: RwLock<State>,
+    /// Committed groups for the watchers; sent to only under the state's write lock, so a
+    /// watcher that subscribes under the read lock misses nothing and sees nothing twice.
+    events: broadcast::Sender<Arc<Vec<Event>>>,
+    /// Set when the log can no longer be trusted to have written what it was given.
+    failed: Mutex<Option<String>>,
+    is_failed: AtomicBool,
+}
+
+enum Request {
+    Write(Op, oneshot::Sender<Result<Prepared>>),
+    Compact(Revision, oneshot::Sender<Result<()>>),
+}
+
+impl MemStore {
+    /// A store with no disk at all: for tests and throwaway clusters. Everything is lost
+    /// when the last clone is dropped.
+    pub fn ephemeral() -> MemStore {
+        Self::ephemeral_with(MemStoreOptions::default())
+    }
+
+    /// [`MemStore::ephemeral`] with settings.
+    pub fn ephemeral_with(options: MemStoreOptions) -> MemStore {
+        let shared = Shared::new(State::default(), &options);
+        MemStore {
+            inner: Arc::new(Inner {
+                shared,
+                queue: None,
+                committer: Mutex::new(None),
+                recovery: None,
+                _lock: None,
+            }),
+        }
+    }
+
+    /// Opens (or creates) a durable store in `dir`, recovering what it holds.
+    ///
+    /// # Errors
+    /// `Io` when the directory cannot be read or written, or another process has it open;
+    /// `Corrupt` when a snapshot or a log record other than the very last one is damaged.
+    pub fn open(dir: impl AsRef<Path>) -> Result<MemStore> {
+        Self::open_with(dir, MemStoreOptions::default())
+    }
+
+    /// [`MemStore::open`] with settings.
+    ///
+    /// # Errors
+    /// As [`MemStore::open`].
+    pub fn open_with(dir: impl AsRef<Path>, options: MemStoreOptions) -> Result<MemStore> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating store directory {}", dir.display()), e))?;
+        let lock = lock_dir(&dir)?;
+        let (state, segment, report) = recover(&dir)?;
+        if let Some(torn) = &report.torn_tail {
+            tracing::warn!(
+                segment = %torn.segment.display(),
+                offset = torn.offset,
+                bytes = torn.bytes,
+                "cut an unfinished write off the end of the log"
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            revision = report.revision,
+            records = report.records,
+            elapsed_ms = report.duration.as_millis() as u64,
+            "store recovered"
+        );
+        let shared = Shared::new(state, &options);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let committer = Committer {
+            rx,
+            shared: shared.clone(),
+            dir,
+            segment,
+            record: RecordBuilder::new(),
+            options,
+            last_snapshot_bytes: 0,
+            snapshotter: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("keelson-store-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| StoreError::io("starting the commit thread", e))?;
+        Ok(MemStore {
+            inner: Arc::new(Inner {
+                shared,
+                queue: Some(tx),
+                committer: Mutex::new(Some(handle)),
+                recovery: Some(report),
+                _lock: Some(lock),
+            }),
+        })
+    }
+
+    /// What recovery found when the store was opened (`None` for an ephemeral store).
+    pub fn recovery_report(&self) -> Option<&RecoveryReport> {
+        self.inner.recovery.as_ref()
+    }
+
+    async fn write(&self, op: Op) -> Result<Prepared> {
+        let shared = &self.inner.shared;
+        match &self.inner.queue {
+            None => {
+                let mut state = shared.state.write();
+                let p = state.prepare(&mut Overlay::new(), &op, state.revision + 1)?;
+                shared.publish(&mut state, std::slice::from_ref(&p), None);
+                Ok(p)
+            }
+            Some(queue) => {
+                shared.check_failed()?;
+                let (tx, rx) = oneshot::channel();
+                queue.send(Request::Write(op, tx)).map_err(|_| closed())?;
+                rx.await.map_err(|_| closed())?
+            }
+        }
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::unavailable("the store's commit thread has stopped")
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the committer finish its last group and stop.
+        self.queue = None;
+        if let Some(handle) = self.committer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    fn new(state: State, options: &MemStoreOptions) -> Arc<Shared> {
+        let (events, _) = broadcast::channel(options.watch_buffer.max(16));
+        Arc::new(Shared {
+            state: RwLock::new(state),
+            events,
+            failed: Mutex::new(None),
+            is_failed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.is_failed.load(Ordering::Acquire) {
+            let reason = self.failed.lock().clone().unwrap_or_default();
+            return Err(StoreError::unavailable(format!(
+                "an earlier write to the log failed ({reason}); the store accepts no more writes until it is reopened"
+            )));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "store log failed; refusing further writes");
+        *self.failed.lock() = Some(reason);
+        self.is_failed.store(true, Ordering::Release);
+    }
+
+    /// Applies committed writes (and a compaction) and tells the watchers.
+    fn publish(&self, state: &mut State, group: &[Prepared], compact: Option<Revision>) {
+        for p in group {
+            state.apply(p);
+        }
+        if let Some(c) = compact {
+            state.compact(c);
+        }
+        if !group.is_empty() && self.events.receiver_count() > 0 {
+            let events: Vec<Event> = group.iter().map(Prepared::event).collect();
+            let _ = self.events.send(Arc::new(events));
+        }
+    }
+}
+
+/// Takes the directory's lock file, so two processes never write one store.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    file.try_lock().map_err(|e| {
+        StoreError::io(
+            format!("locking {} (is another process using this store?)", path.display()),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(file)
+}
+
+/// Loads the newest snapshot, replays the log after it, cuts a torn tail, and opens the
+/// segment to append to.
+fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
+    let started = Instant::now();
+    let mut snapshots = Vec::new();
+    let mut segments = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(rev) = snapshot::parse_file_name(name) {
+            snapshots.push((rev, entry.path()));
+        } else if let Some(first) = wal::parse_segment_name(name) {
+            segments.push((first, entry.path()));
+        } else if name.starts_with("snap-") && name.ends_with(".tmp") {
+            // A snapshot that was being written when the process stopped.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    snapshots.sort();
+    segments.sort();
+
+    let mut report = RecoveryReport::default();
+    let mut state = match snapshots.last() {
+        Some((rev, path)) => {
+            report.snapshot_revision = Some(*rev);
+            snapshot::load(path)?
+        }
+        None => State::default(),
+    };
+    let corrupt = |reason: String| StoreError::Corrupt { reason };
+
+    // Only segments that can hold revisions after the snapshot matter.
+    let first_needed = segments
+        .iter()
+        .rposition(|(first, _)| *first <= state.revision + 1)
+        .unwrap_or(0);
+    let segments = &segments[first_needed..];
+    if let Some((first, path)) = segments.first() {
+        if *first > state.revision + 1 {
+            return Err(corrupt(format!(
+                "log segment {} starts at revision {first} but the state before it ends at {}",
+                path.display(),
+                state.revision
+            )));
+        }
+    }
+    let mut append_to = None;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let buf = wal::read_file(path)?;
+        let (records, tail) = wal::scan(&buf);
+        report.segments += 1;
+        let mut good_len = 0u64;
+        for payload in records {
+            good_len += (payload.len() + 12) as u64;
+            let entries = wal::entries(payload).ok_or_else(|| {
+                corrupt(format!("log segment {}: a record with a valid checksum does not decode", path.display()))
+            })?;
+            report.records += 1;
+            for entry in entries {
+                match entry {
+                    codec::Entry::Write { key, version } => {
+                        if version.mod_revision <= state.revision {
+                            continue; // already in the snapshot
+                        }
+                        if version.mod_revision != state.revision + 1 {
+                            return Err(corrupt(format!(
+                                "log segment {}: revision {} follows {}",
+                                path.display(),
+                                version.mod_revision,
+                                state.revision
+                            )));
+                        }
+                        let key: Arc<str> = match state.keys.get_key_value(key.as_str()) {
+                            Some((k, _)) => k.clone(),
+                            None => Arc::from(key),
+                        };
+                        state.apply_version(key, version);
+                    }
+                    codec::Entry::Compact { revision } => state.compact(revision),
+                }
+            }
+        }
+        match tail {
+            Tail::Clean => {}
+            Tail::Torn { offset, bytes } if last => {
+                report.torn_tail = Some(TornTail { segment: path.clone(), offset, bytes });
+            }
+            Tail::Torn { offset, .. } | Tail::Damaged { offset } => {
+                return Err(corrupt(format!(
+                    "log segment {} is damaged at byte {offset}, before records that were acknowledged",
+                    path.display()
+                )));
+            }
+        }
+        if last {
+            append_to = Some((path.clone(), good_len));
+        }
+    }
+    let segment = match append_to {
+        Some((path, len)) => Segment::reopen(path, len)?,
+        None => Segment::create(dir, state.revision + 1)?,
+    };
+    report.revision = state.revision;
+    report.duration = started.elapsed();
+    Ok((state, segment, report))
+}
+
+/// The thread that commits groups of writes to the log and applies them.
+struct Committer {
+    rx: mpsc::UnboundedReceiver<Request>,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    segment: Segment,
+    record: RecordBuilder,
+    options: MemStoreOptions,
+    last_snapshot_bytes: u64,
+    snapshotter: Option<JoinHandle<()>>,
+}
+
+enum Reply {
+    Write(Prepared, oneshot::Sender<Result<Prepared>>),
+    Compact(oneshot::Sender<Result<()>>),
+}
+
+impl Committer {
+    fn run(mut self) {
+        let mut requests = Vec::with_capacity(self.options.max_group);
+        while let Some(first) = self.rx.blocking_recv() {
+            requests.push(first);
+            while requests.len() < self.options.max_group {
+                match self.rx.try_recv() {
+                    Ok(r) => requests.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut requests);
+            self.maybe_snapshot();
+        }
+        if let Some(handle) = self.snapshotter.take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Checks, logs, syncs and applies one group.
+    fn commit(&mut self, requests: &mut Vec<Request>) {
+        if let Err(e) = self.shared.check_failed() {
+            let reason = e.to_string();
+            for r in requests.drain(..) {
+                match r {
+                    Request::Write(_, tx) => {
+ let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
+}
+                    Request::Compact(_, tx) => {
+ let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
+}
+                }
+            }
+            return;
+        }
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut group = Vec::with_capacity(requests.len());
+        let mut compact_to = None;
+        self.record.clear();
+        {
+            let state = self.shared.state.read();
+            let mut overlay = Overlay::new();
+            let mut revision = state.revision;
+            for r in requests.drain(..) {
+                match r {
+                    Request::Write(op, tx) => match state.prepare(&mut overlay, &op, revision + 1) {
+                        Ok(p) => {
+                            revision += 1;
+                            codec::encode_write(self.record.body(), &p.key, &p.new);
+                            group.push(p.clone());
+                            replies.push(Reply::Write(p, tx));
+                        }
+                        Err(e) => {
+ let _ = tx.send(Err(e));
+}
+                    },
+                    Request::Compact(rev, tx) => {
+                        if rev > revision {
+                            let _ = tx.send(Err(StoreError::FutureRevision { requested: rev, current: revision }));
+                        } else {
+                            if rev > compact_to.unwrap_or(state.compacted) {
+                                compact_to = Some(rev);
+                            }
+                            replies.push(Reply::Compact(tx));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = compact_to {
+            codec::encode_compact(self.record.body(), c);
+        }
+        if !self.record.is_empty() {
+            match self.segment.append(self.record.finish()) {
+                Ok(()) => {}
+                Err(AppendError::Retryable(e)) | Err(AppendError::Fatal(e)) if replies.is_empty() => {
+                    tracing::warn!(error = %e, "log write failed");
+                }
+                Err(err) => {
+                    let (e, fatal) = match err {
+                        AppendError::Retryable(e) => (e, false),
+                        AppendError::Fatal(e) => (e, true),
+                    };
+                    let reason = e.to_string();
+                    if fatal {
+                        self.shared.fail(reason.clone());
+                    }
+                    for reply in replies {
+                        let err = || StoreError::Io {
+                            op: "committing to the log".into(),
+                            source: std::io::Error::other(reason.clone()),
+                        };
+                        match reply {
+                            Reply::Write(_, tx) => {
+ let _ = tx.send(Err(err()));
+}
+                            Reply::Compact(tx) => {
+ let _ = tx.send(Err(err()));
+}
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        {
+            let mut state = self.shared.state.write();
+            self.shared.publish(&mut state, &group, compact_to);
+        }
+        for reply in replies {
+            match reply {
+                Reply::Write(p, tx) => {
+ let _ = tx.send(Ok(p));
+}
+                Reply::Compact(tx) => {
+ let _ = tx.send(Ok(()));
+}
+            }
+        }
+    }
+
+    /// Starts a snapshot when the log has grown enough since the last one.
+    fn maybe_snapshot(&mut self) {
+        let threshold = self.options.snapshot_after_bytes.max(self.last_snapshot_bytes);
+        if self.segment.len < threshold || self.shared.is_failed.load(Ordering::Acquire) {
+            return;
+        }
+        // One snapshot at a time.
+        if let Some(handle) = self.snapshotter.take() {
+            let _ = handle.join();
+        }
+        let (bytes, revision) = {
+            let state = self.shared.state.read();
+            (snapshot::encode(&state), state.revision)
+        };
+        let next = match Segment::create(&self.dir, revision + 1) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a new log segment; snapshot postponed");
+                return;
+            }
+        };
+        self.segment = next;
+        self.last_snapshot_bytes = bytes.len() as u64;
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keelson-store-snapshot".into())
+            .spawn(move || write_snapshot(&dir, revision, &bytes));
+        match spawned {
+            Ok(handle) => self.snapshotter = Some(handle),
+            Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
+        }
+    }
+}
+
+/// Writes a snapshot, then removes the log segments and snapshots it makes unnecessary.
+fn write_snapshot(dir: &Path, revision: Revision, bytes: &[u8]) {
+    let started = Instant::now();
+    if let Err(e) = snapshot::write(dir, revision, bytes) {
+        tracing::warn!(error = %e, revision, "snapshot failed; the log is kept");
+        let _ = std::fs::remove_file(dir.join(format!("snap-{revision:020}.tmp")));
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let obsolete = wal::parse_segment_name(name).is_some_and(|first| first <= revision)
+            || snapshot::parse_file_name(name).is_some_and(|rev| rev < revision);
+        if obsolete {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = wal::sync_dir(dir);
+    tracing::debug!(revision, bytes = bytes.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        check_key(key)?;
+        let state = self.inner.shared.state.read();
+        Ok(state.keys.get_key_value(key).and_then(|(k, h)| {
+            h.last().filter(|v| v.value.is_some()).map(|v| key_value(k, v))
+        }))
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
+        check_key(prefix)?;
+        let token = options
+            .continue_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| continue_token::decode(prefix, t))
+            .transpose()?;
+        let state = self.inner.shared.state.read();
+        let revision = match &token {
+            Some(t) => state.read_revision(Some(t.revision)).map_err(|e| match e {
+                StoreError::FutureRevision { .. } => StoreError::InvalidContinue {
+                    reason: "the token's revision is newer than the store's".into(),
+                },
+                other => other,
+            })?,
+            None => state.read_revision(options.revision)?,
+        };
+        let start = token.as_ref().map_or_else(|| prefix.to_owned(), |t| t.start_key(prefix));
+        let limit = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let mut page = ListPage { revision, ..ListPage::default() };
+        let mut live = state
+            .keys
+            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, h)| State::at(h, revision).filter(|v| v.value.is_some()).map(|v| (k, v)));
+        for (k, v) in live.by_ref().take(limit) {
+            page.items.push(key_value(k, v));
+        }
+        if let Some((next, _)) = live.next() {
+            page.continue_token = Some(continue_token::encode(prefix, revision, next));
+            page.remaining = Some(1 + live.count() as u64);
+        }
+        Ok(page)
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        check_key(key)?;
+        check_value(key, &value)?;
+        Ok(self.write(Op::Create { key: key.to_owned(), value }).await?.result())
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        check_key(key)?;
+        check_value(key, &value)?;
+        Ok(self.write(Op::Update { key: key.to_owned(), value, expected }).await?.result())
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
+        check_key(key)?;
+        let p = self.write(Op::Delete { key: key.to_owned(), expected }).await?;
+        Ok(Deleted { prev: p.result(), revision: p.new.mod_revision })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        check_key(prefix)?;
+        let shared = &self.inner.shared;
+        let (rx, history, current) = {
+            let state = shared.state.read();
+            if after > state.revision {
+                return Err(StoreError::FutureRevision { requested: after, current: state.revision });
+            }
+            if after.saturating_add(1) < state.compacted {
+                return Err(StoreError::Compacted { requested: after, compacted: state.compacted });
+            }
+            let rx = shared.events.subscribe();
+            (rx, state.history_since(prefix, after), state.revision)
+        };
+        Ok(Box::pin(watch_stream(prefix.to_owned(), history, rx, current)))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        match &self.inner.queue {
+            None => {
+                let mut state = self.inner.shared.state.write();
+                if revision > state.revision {
+                    return Err(StoreError::FutureRevision { requested: revision, current: state.revision });
+                }
+                state.compact(revision);
+                Ok(())
+            }
+            Some(queue) => {
+                self.inner.shared.check_failed()?;
+                let (tx, rx) = oneshot::channel();
+                queue.send(Request::Compact(revision, tx)).map_err(|_| closed())?;
+                rx.await.map_err(|_| closed())?
+            }
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.inner.shared.state.read().revision)
+    }
+}
+
+/// The history first, then the live groups after `current`, filtered to the prefix.
+fn watch_stream(
+    prefix: String,
+    history: Vec<Event>,
+    rx: broadcast::Receiver<Arc<Vec<Event>>>,
+    current: Revision,
+) -> impl futures::Stream<Item = Result<Event>> + Send + 'static {
+    struct Live {
+        prefix: String,
+        rx: broadcast::Receiver<Arc<Vec<Event>>>,
+        group: Option<(Arc<Vec<Event>>, usize)>,
+        last: Revision,
+        done: bool,
+    }
+    let live = Live { prefix, rx, group: None, last: current, done: false };
+    let live = futures::stream::unfold(live, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            if let Some((group, i)) = &mut s.group {
+                while *i < group.len() {
+                    let e = &group[*i];
+                    *i += 1;
+                    if e.revision() > s.last && e.kv.key.starts_with(s.prefix.as_str()) {
+                        s.last = e.revision();
+                        let e = e.clone();
+                        return Some((Ok(e), s));
+                    }
+                }
+                s.group = None;
+            }
+            match s.rx.recv().await {
+                Ok(group) => s.group = Some((group, 0)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    s.done = true;
+                    let err = StoreError::WatchLagged { prefix: s.prefix.clone(), revision: s.last };
+                    return Some((Err(err), s));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    s.done = true;
+                    return Some((Err(StoreError::unavailable("the store was closed")), s));
+                }
+            }
+        }
+    });
+    futures::StreamExt::chain(futures::stream::iter(history.into_iter().map(Ok)), live)
+}
