@@ -77,7 +77,10 @@ pub async fn create_then_get_returns_the_value<S: Store>(s: &S) {
 /// Creating a key that exists fails and changes nothing.
 pub async fn create_of_an_existing_key_is_already_exists<S: Store>(s: &S) {
     let kv = s.create("/c2/a", b("one")).await.expect("create");
-    let err = s.create("/c2/a", b("two")).await.expect_err("second create");
+    let err = s
+        .create("/c2/a", b("two"))
+        .await
+        .expect_err("second create");
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     assert_eq!(s.get("/c2/a").await.expect("get"), Some(kv));
 }
@@ -86,20 +89,34 @@ pub async fn create_of_an_existing_key_is_already_exists<S: Store>(s: &S) {
 /// actual revision, a missing key is not found.
 pub async fn update_is_a_compare_and_swap_on_the_mod_revision<S: Store>(s: &S) {
     let v1 = s.create("/c3/a", b("1")).await.expect("create");
-    let v2 = s.update("/c3/a", b("2"), v1.mod_revision).await.expect("update");
+    let v2 = s
+        .update("/c3/a", b("2"), v1.mod_revision)
+        .await
+        .expect("update");
     assert!(v2.mod_revision > v1.mod_revision);
     assert_eq!(v2.create_revision, v1.create_revision);
     assert_eq!(v2.version, 2);
-    let err = s.update("/c3/a", b("3"), v1.mod_revision).await.expect_err("stale");
+    let err = s
+        .update("/c3/a", b("3"), v1.mod_revision)
+        .await
+        .expect_err("stale");
     match err {
-        StoreError::Conflict { expected, actual, .. } => {
+        StoreError::Conflict {
+            expected, actual, ..
+        } => {
             assert_eq!(expected, v1.mod_revision);
             assert_eq!(actual, v2.mod_revision);
         }
         other => panic!("expected Conflict, got {other}"),
     }
-    assert_eq!(s.get("/c3/a").await.expect("get").map(|kv| kv.value), Some(b("2")));
-    let err = s.update("/c3/missing", b("x"), 1).await.expect_err("missing");
+    assert_eq!(
+        s.get("/c3/a").await.expect("get").map(|kv| kv.value),
+        Some(b("2"))
+    );
+    let err = s
+        .update("/c3/missing", b("x"), 1)
+        .await
+        .expect_err("missing");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 }
 
@@ -107,10 +124,19 @@ pub async fn update_is_a_compare_and_swap_on_the_mod_revision<S: Store>(s: &S) {
 /// a missing key is not found; a re-created key starts a new life.
 pub async fn delete_is_guarded_and_a_recreated_key_starts_over<S: Store>(s: &S) {
     let v1 = s.create("/c4/a", b("1")).await.expect("create");
-    let v2 = s.update("/c4/a", b("2"), v1.mod_revision).await.expect("update");
-    let err = s.delete("/c4/a", Some(v1.mod_revision)).await.expect_err("guarded");
+    let v2 = s
+        .update("/c4/a", b("2"), v1.mod_revision)
+        .await
+        .expect("update");
+    let err = s
+        .delete("/c4/a", Some(v1.mod_revision))
+        .await
+        .expect_err("guarded");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-    let d = s.delete("/c4/a", Some(v2.mod_revision)).await.expect("delete");
+    let d = s
+        .delete("/c4/a", Some(v2.mod_revision))
+        .await
+        .expect("delete");
     assert_eq!(d.prev.value, b("2"));
     assert_eq!(d.prev.mod_revision, v2.mod_revision);
     assert!(d.revision > v2.mod_revision);
@@ -133,7 +159,12 @@ pub async fn revisions_grow_with_every_write_across_keys<S: Store>(s: &S) {
         let rev = match s.get(&key).await.expect("get") {
             None => s.create(&key, b("x")).await.expect("create").mod_revision,
             Some(_) if i % 4 == 0 => s.delete(&key, None).await.expect("delete").revision,
-            Some(kv) => s.update(&key, b("y"), kv.mod_revision).await.expect("update").mod_revision,
+            Some(kv) => {
+                s.update(&key, b("y"), kv.mod_revision)
+                    .await
+                    .expect("update")
+                    .mod_revision
+            }
         };
         assert!(rev > last, "revision {rev} after {last}");
         last = rev;
@@ -147,15 +178,29 @@ pub async fn list_shows_live_keys_under_the_prefix_in_order<S: Store>(s: &S) {
         s.create(k, b(k)).await.expect("create");
     }
     s.delete("/c6/ns/c", None).await.expect("delete");
-    let page = s.list("/c6/ns/", ListOptions::default()).await.expect("list");
+    let page = s
+        .list("/c6/ns/", ListOptions::default())
+        .await
+        .expect("list");
     let keys: Vec<&str> = page.items.iter().map(|kv| &*kv.key).collect();
     assert_eq!(keys, ["/c6/ns/a", "/c6/ns/b"]);
     assert_eq!(page.continue_token, None);
-    assert!(page.revision >= page.items.iter().map(|kv| kv.mod_revision).max().unwrap_or(0));
+    assert!(
+        page.revision
+            >= page
+                .items
+                .iter()
+                .map(|kv| kv.mod_revision)
+                .max()
+                .unwrap_or(0)
+    );
     for kv in &page.items {
         assert_eq!(kv.value, b(&kv.key));
     }
-    let empty = s.list("/c6/nothing/", ListOptions::default()).await.expect("list");
+    let empty = s
+        .list("/c6/nothing/", ListOptions::default())
+        .await
+        .expect("list");
     assert!(empty.items.is_empty());
 }
 
@@ -163,10 +208,18 @@ pub async fn list_shows_live_keys_under_the_prefix_in_order<S: Store>(s: &S) {
 pub async fn list_at_a_past_revision_shows_the_past<S: Store>(s: &S) {
     let a = s.create("/c7/a", b("a1")).await.expect("create");
     let at = a.mod_revision;
-    s.update("/c7/a", b("a2"), a.mod_revision).await.expect("update");
+    s.update("/c7/a", b("a2"), a.mod_revision)
+        .await
+        .expect("update");
     s.create("/c7/b", b("b1")).await.expect("create");
     let past = s
-        .list("/c7/", ListOptions { revision: Some(at), ..Default::default() })
+        .list(
+            "/c7/",
+            ListOptions {
+                revision: Some(at),
+                ..Default::default()
+            },
+        )
         .await
         .expect("list");
     assert_eq!(past.revision, at);
@@ -180,10 +233,18 @@ pub async fn list_at_a_past_revision_shows_the_past<S: Store>(s: &S) {
 /// Pages of one list are read at one revision, whatever happens between them.
 pub async fn pagination_is_consistent_at_the_first_pages_revision<S: Store>(s: &S) {
     for i in 0..25 {
-        s.create(&format!("/c8/k{i:02}"), b("v0")).await.expect("create");
+        s.create(&format!("/c8/k{i:02}"), b("v0"))
+            .await
+            .expect("create");
     }
     let first = s
-        .list("/c8/", ListOptions { limit: Some(10), ..Default::default() })
+        .list(
+            "/c8/",
+            ListOptions {
+                limit: Some(10),
+                ..Default::default()
+            },
+        )
         .await
         .expect("page 1");
     assert_eq!(first.items.len(), 10);
@@ -193,17 +254,29 @@ pub async fn pagination_is_consistent_at_the_first_pages_revision<S: Store>(s: &
     s.delete("/c8/k15", None).await.expect("delete");
     s.create("/c8/k99", b("new")).await.expect("create");
     let k12 = s.get("/c8/k12").await.expect("get").expect("exists");
-    s.update("/c8/k12", b("v1"), k12.mod_revision).await.expect("update");
+    s.update("/c8/k12", b("v1"), k12.mod_revision)
+        .await
+        .expect("update");
 
     let mut items = first.items.clone();
     let mut token = Some(token);
     let mut pages = 1;
     while let Some(t) = token {
         let page = s
-            .list("/c8/", ListOptions { limit: Some(10), continue_token: Some(t), ..Default::default() })
+            .list(
+                "/c8/",
+                ListOptions {
+                    limit: Some(10),
+                    continue_token: Some(t),
+                    ..Default::default()
+                },
+            )
             .await
             .expect("next page");
-        assert_eq!(page.revision, first.revision, "every page is read at the first page's revision");
+        assert_eq!(
+            page.revision, first.revision,
+            "every page is read at the first page's revision"
+        );
         items.extend(page.items);
         token = page.continue_token;
         pages += 1;
@@ -218,30 +291,59 @@ pub async fn pagination_is_consistent_at_the_first_pages_revision<S: Store>(s: &
 /// Continue tokens from another list, altered tokens and future revisions are refused.
 pub async fn bad_continue_tokens_and_future_revisions_are_refused<S: Store>(s: &S) {
     for i in 0..3 {
-        s.create(&format!("/c9/a/k{i}"), b("v")).await.expect("create");
+        s.create(&format!("/c9/a/k{i}"), b("v"))
+            .await
+            .expect("create");
     }
     let page = s
-        .list("/c9/a/", ListOptions { limit: Some(1), ..Default::default() })
+        .list(
+            "/c9/a/",
+            ListOptions {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .expect("list");
     let token = page.continue_token.expect("token");
     let other = s
-        .list("/c9/b/", ListOptions { continue_token: Some(token.clone()), ..Default::default() })
+        .list(
+            "/c9/b/",
+            ListOptions {
+                continue_token: Some(token.clone()),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("token of another list");
-    assert!(matches!(other, StoreError::InvalidContinue { .. }), "{other}");
+    assert!(
+        matches!(other, StoreError::InvalidContinue { .. }),
+        "{other}"
+    );
     let mut altered = token.into_bytes();
     let i = altered.len() / 2;
     altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).expect("ascii");
     let err = s
-        .list("/c9/a/", ListOptions { continue_token: Some(altered), ..Default::default() })
+        .list(
+            "/c9/a/",
+            ListOptions {
+                continue_token: Some(altered),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("altered token");
     assert!(matches!(err, StoreError::InvalidContinue { .. }), "{err}");
     let current = s.current_revision().await.expect("rev");
     let err = s
-        .list("/c9/a/", ListOptions { revision: Some(current + 1000), ..Default::default() })
+        .list(
+            "/c9/a/",
+            ListOptions {
+                revision: Some(current + 1000),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("future");
     assert!(matches!(err, StoreError::FutureRevision { .. }), "{err}");
@@ -253,15 +355,24 @@ pub async fn bad_keys_and_oversized_values_are_refused<S: Store>(s: &S) {
     let before = s.current_revision().await.expect("rev");
     for key in ["", "no-slash", "/nul\0byte"] {
         let err = s.create(key, b("v")).await.expect_err("bad key");
-        assert!(matches!(err, StoreError::InvalidKey { .. }), "{key:?}: {err}");
+        assert!(
+            matches!(err, StoreError::InvalidKey { .. }),
+            "{key:?}: {err}"
+        );
     }
     let long = format!("/{}", "k".repeat(crate::MAX_KEY_BYTES));
-    assert!(matches!(s.get(&long).await, Err(StoreError::InvalidKey { .. })));
+    assert!(matches!(
+        s.get(&long).await,
+        Err(StoreError::InvalidKey { .. })
+    ));
     let big = Bytes::from(vec![b'x'; crate::MAX_VALUE_BYTES + 1]);
     let err = s.create("/c10/big", big).await.expect_err("too big");
     assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err}");
     let ok = Bytes::from(vec![b'x'; crate::MAX_VALUE_BYTES]);
-    let kv = s.create("/c10/max", ok).await.expect("a value at the limit is accepted");
+    let kv = s
+        .create("/c10/max", ok)
+        .await
+        .expect("a value at the limit is accepted");
     assert_eq!(kv.value.len(), crate::MAX_VALUE_BYTES);
     assert!(s.get("/c10/big").await.expect("get").is_none());
     assert!(kv.mod_revision > before);
@@ -272,15 +383,25 @@ pub async fn bad_keys_and_oversized_values_are_refused<S: Store>(s: &S) {
 pub async fn watch_yields_history_then_live_changes_in_order<S: Store>(s: &S) {
     let a = s.create("/c11/w/a", b("a1")).await.expect("create");
     let start = a.mod_revision;
-    let a2 = s.update("/c11/w/a", b("a2"), a.mod_revision).await.expect("update");
-    s.create("/c11/other", b("x")).await.expect("create outside the prefix");
+    let a2 = s
+        .update("/c11/w/a", b("a2"), a.mod_revision)
+        .await
+        .expect("update");
+    s.create("/c11/other", b("x"))
+        .await
+        .expect("create outside the prefix");
     let mut w = s.watch("/c11/w/", start).await.expect("watch");
     let e = next_event(&mut w).await;
-    assert_eq!((e.kind, e.kv.value.clone(), e.revision()), (EventKind::Put, b("a2"), a2.mod_revision));
+    assert_eq!(
+        (e.kind, e.kv.value.clone(), e.revision()),
+        (EventKind::Put, b("a2"), a2.mod_revision)
+    );
     assert_eq!(e.prev.as_ref().map(|p| p.value.clone()), Some(b("a1")));
     let bkv = s.create("/c11/w/b", b("b1")).await.expect("create");
     let d = s.delete("/c11/w/a", None).await.expect("delete");
-    s.create("/c11/w2", b("not under /c11/w/")).await.expect("create");
+    s.create("/c11/w2", b("not under /c11/w/"))
+        .await
+        .expect("create");
     let events = take_events(&mut w, 2).await;
     assert_eq!(events[0].kind, EventKind::Put);
     assert_eq!(events[0].kv, bkv);
@@ -288,8 +409,15 @@ pub async fn watch_yields_history_then_live_changes_in_order<S: Store>(s: &S) {
     assert_eq!(events[1].kind, EventKind::Delete);
     assert_eq!(&*events[1].kv.key, "/c11/w/a");
     assert_eq!(events[1].revision(), d.revision);
-    assert_eq!(events[1].kv.value, b("a2"), "a delete event carries the last value");
-    assert_eq!(events[1].prev.as_ref().map(|p| p.mod_revision), Some(a2.mod_revision));
+    assert_eq!(
+        events[1].kv.value,
+        b("a2"),
+        "a delete event carries the last value"
+    );
+    assert_eq!(
+        events[1].prev.as_ref().map(|p| p.mod_revision),
+        Some(a2.mod_revision)
+    );
     assert_quiet(&mut w).await;
 }
 
@@ -299,9 +427,24 @@ pub async fn watch_resumes_from_any_revision<S: Store>(s: &S) {
     for i in 0..12 {
         let key = format!("/c12/k{}", i % 4);
         let rev = match s.get(&key).await.expect("get") {
-            None => s.create(&key, b(&format!("v{i}"))).await.expect("create").mod_revision,
-            Some(kv) if i % 5 == 0 => s.delete(&key, Some(kv.mod_revision)).await.expect("delete").revision,
-            Some(kv) => s.update(&key, b(&format!("v{i}")), kv.mod_revision).await.expect("update").mod_revision,
+            None => {
+                s.create(&key, b(&format!("v{i}")))
+                    .await
+                    .expect("create")
+                    .mod_revision
+            }
+            Some(kv) if i % 5 == 0 => {
+                s.delete(&key, Some(kv.mod_revision))
+                    .await
+                    .expect("delete")
+                    .revision
+            }
+            Some(kv) => {
+                s.update(&key, b(&format!("v{i}")), kv.mod_revision)
+                    .await
+                    .expect("update")
+                    .mod_revision
+            }
         };
         revs.push(rev);
     }
@@ -340,10 +483,18 @@ pub async fn many_watchers_see_the_same_changes<S: Store>(s: &S) {
     }
     let mut written = Vec::new();
     for i in 0..30 {
-        written.push(s.create(&format!("/c14/k{i}"), b("v")).await.expect("create"));
+        written.push(
+            s.create(&format!("/c14/k{i}"), b("v"))
+                .await
+                .expect("create"),
+        );
     }
     for w in &mut watchers {
-        let got: Vec<_> = take_events(w, written.len()).await.into_iter().map(|e| e.kv).collect();
+        let got: Vec<_> = take_events(w, written.len())
+            .await
+            .into_iter()
+            .map(|e| e.kv)
+            .collect();
         assert_eq!(got, written);
     }
 }
@@ -357,7 +508,12 @@ pub async fn a_stalled_watcher_never_blocks_writers<S: Store>(s: &S) {
     let writes = async {
         let mut revs = Vec::new();
         for i in 0..2000 {
-            revs.push(s.create(&format!("/c15/k{i}"), value.clone()).await.expect("create").mod_revision);
+            revs.push(
+                s.create(&format!("/c15/k{i}"), value.clone())
+                    .await
+                    .expect("create")
+                    .mod_revision,
+            );
         }
         revs
     };
@@ -386,18 +542,31 @@ pub async fn a_stalled_watcher_never_blocks_writers<S: Store>(s: &S) {
 /// Writers racing on one key through compare-and-swap lose no update, and concurrent
 /// creates all land with distinct revisions.
 pub async fn concurrent_writers_lose_nothing<S: Store + Clone>(s: &S) {
-    s.create("/c16/counter", b("0")).await.expect("create counter");
+    s.create("/c16/counter", b("0"))
+        .await
+        .expect("create counter");
     let mut tasks = Vec::new();
     for t in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..25 {
-                revs.push(s.create(&format!("/c16/items/{t}-{i}"), b("x")).await.expect("create").mod_revision);
+                revs.push(
+                    s.create(&format!("/c16/items/{t}-{i}"), b("x"))
+                        .await
+                        .expect("create")
+                        .mod_revision,
+                );
                 loop {
                     let cur = s.get("/c16/counter").await.expect("get").expect("counter");
-                    let n: u64 = std::str::from_utf8(&cur.value).expect("utf8").parse().expect("number");
-                    match s.update("/c16/counter", b(&(n + 1).to_string()), cur.mod_revision).await {
+                    let n: u64 = std::str::from_utf8(&cur.value)
+                        .expect("utf8")
+                        .parse()
+                        .expect("number");
+                    match s
+                        .update("/c16/counter", b(&(n + 1).to_string()), cur.mod_revision)
+                        .await
+                    {
                         Ok(kv) => {
                             revs.push(kv.mod_revision);
                             break;
@@ -421,7 +590,10 @@ pub async fn concurrent_writers_lose_nothing<S: Store + Clone>(s: &S) {
     let counter = s.get("/c16/counter").await.expect("get").expect("counter");
     assert_eq!(counter.value, b("200"));
     assert_eq!(counter.version, 201);
-    let items = s.list("/c16/items/", ListOptions::default()).await.expect("list");
+    let items = s
+        .list("/c16/items/", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(items.items.len(), 200);
 }
 
@@ -429,34 +601,73 @@ pub async fn concurrent_writers_lose_nothing<S: Store + Clone>(s: &S) {
 /// `Compacted`, and everything from it on still works.
 pub async fn compaction_discards_history_before_the_revision<S: Store>(s: &S) {
     let a = s.create("/c17/a", b("1")).await.expect("create");
-    let a2 = s.update("/c17/a", b("2"), a.mod_revision).await.expect("update");
-    let c = s.create("/c17/c", b("c")).await.expect("create").mod_revision;
-    let a3 = s.update("/c17/a", b("3"), a2.mod_revision).await.expect("update");
+    let a2 = s
+        .update("/c17/a", b("2"), a.mod_revision)
+        .await
+        .expect("update");
+    let c = s
+        .create("/c17/c", b("c"))
+        .await
+        .expect("create")
+        .mod_revision;
+    let a3 = s
+        .update("/c17/a", b("3"), a2.mod_revision)
+        .await
+        .expect("update");
     s.compact(c).await.expect("compact");
     let err = s
-        .list("/c17/", ListOptions { revision: Some(a2.mod_revision), ..Default::default() })
+        .list(
+            "/c17/",
+            ListOptions {
+                revision: Some(a2.mod_revision),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("read before the compacted revision");
     assert!(matches!(err, StoreError::Compacted { .. }), "{err}");
     let at_c = s
-        .list("/c17/", ListOptions { revision: Some(c), ..Default::default() })
+        .list(
+            "/c17/",
+            ListOptions {
+                revision: Some(c),
+                ..Default::default()
+            },
+        )
         .await
         .expect("read at the compacted revision");
-    assert_eq!(at_c.items.iter().map(|kv| kv.value.clone()).collect::<Vec<_>>(), [b("2"), b("c")]);
+    assert_eq!(
+        at_c.items
+            .iter()
+            .map(|kv| kv.value.clone())
+            .collect::<Vec<_>>(),
+        [b("2"), b("c")]
+    );
     match s.watch("/c17/", a.mod_revision).await {
         Err(StoreError::Compacted { .. }) => {}
         Err(e) => panic!("expected Compacted, got {e}"),
         Ok(_) => panic!("a watch from before the compacted revision must fail"),
     }
-    let mut w = s.watch("/c17/", c - 1).await.expect("watch from the compacted revision");
+    let mut w = s
+        .watch("/c17/", c - 1)
+        .await
+        .expect("watch from the compacted revision");
     let got = take_events(&mut w, 2).await;
-    assert_eq!(got.iter().map(Event::revision).collect::<Vec<_>>(), [c, a3.mod_revision]);
+    assert_eq!(
+        got.iter().map(Event::revision).collect::<Vec<_>>(),
+        [c, a3.mod_revision]
+    );
     assert_eq!(got[1].prev.as_ref().map(|p| p.value.clone()), Some(b("2")));
-    s.compact(a.mod_revision).await.expect("compacting to an older revision does nothing");
+    s.compact(a.mod_revision)
+        .await
+        .expect("compacting to an older revision does nothing");
     let now = s.current_revision().await.expect("rev");
     let err = s.compact(now + 1000).await.expect_err("future compaction");
     assert!(matches!(err, StoreError::FutureRevision { .. }), "{err}");
-    assert_eq!(s.get("/c17/a").await.expect("get").map(|kv| kv.value), Some(b("3")));
+    assert_eq!(
+        s.get("/c17/a").await.expect("get").map(|kv| kv.value),
+        Some(b("3"))
+    );
 }
 
 /// A list of many keys across many pages equals a list in one page.
@@ -477,7 +688,11 @@ pub async fn paging_through_many_keys_equals_one_list<S: Store>(s: &S) {
         let page = s
             .list(
                 "/c18/",
-                ListOptions { limit: Some(37), continue_token: token, revision: Some(whole.revision) },
+                ListOptions {
+                    limit: Some(37),
+                    continue_token: token,
+                    revision: Some(whole.revision),
+                },
             )
             .await
             .expect("page");
@@ -488,13 +703,18 @@ pub async fn paging_through_many_keys_equals_one_list<S: Store>(s: &S) {
         }
     }
     assert_eq!(paged, whole.items);
-    let got: BTreeMap<String, Bytes> = paged.into_iter().map(|kv| (kv.key.to_string(), kv.value)).collect();
+    let got: BTreeMap<String, Bytes> = paged
+        .into_iter()
+        .map(|kv| (kv.key.to_string(), kv.value))
+        .collect();
     assert_eq!(got, expected);
 }
 
 /// Concurrent writers and a watcher: the watcher sees every write exactly once, in
 /// revision order.
-pub async fn a_watch_under_concurrent_writers_sees_each_write_once_in_order<S: Store + Clone>(s: &S) {
+pub async fn a_watch_under_concurrent_writers_sees_each_write_once_in_order<S: Store + Clone>(
+    s: &S,
+) {
     let now = s.current_revision().await.expect("rev");
     let mut w = s.watch("/c19/", now).await.expect("watch");
     let mut tasks = Vec::new();
@@ -503,7 +723,12 @@ pub async fn a_watch_under_concurrent_writers_sees_each_write_once_in_order<S: S
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..20 {
-                revs.push(s.create(&format!("/c19/{t}/{i}"), b("v")).await.expect("create").mod_revision);
+                revs.push(
+                    s.create(&format!("/c19/{t}/{i}"), b("v"))
+                        .await
+                        .expect("create")
+                        .mod_revision,
+                );
             }
             revs
         }));
@@ -513,7 +738,11 @@ pub async fn a_watch_under_concurrent_writers_sees_each_write_once_in_order<S: S
         revs.extend(t.await.expect("task"));
     }
     revs.sort_unstable();
-    let got: Vec<Revision> = take_events(&mut w, revs.len()).await.iter().map(Event::revision).collect();
+    let got: Vec<Revision> = take_events(&mut w, revs.len())
+        .await
+        .iter()
+        .map(Event::revision)
+        .collect();
     assert_eq!(got, revs);
     assert_quiet(&mut w).await;
 }

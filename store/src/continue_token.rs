@@ -6,8 +6,8 @@
 //! refused with a clear error instead of silently reading the wrong range. It is not a
 //! secret and not signed: it only lets the caller read what a list of the same prefix could.
 
-use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 use crate::error::{Result, StoreError};
 use crate::types::Revision;
@@ -48,7 +48,9 @@ pub(crate) fn encode(prefix: &str, revision: Revision, next_key: &str) -> String
 /// # Errors
 /// `InvalidContinue` for anything that is not a token this store issued for this prefix.
 pub(crate) fn decode(prefix: &str, token: &str) -> Result<ContinueToken> {
-    let invalid = |reason: &str| StoreError::InvalidContinue { reason: reason.to_owned() };
+    let invalid = |reason: &str| StoreError::InvalidContinue {
+        reason: reason.to_owned(),
+    };
     let buf = URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| invalid("not valid base64"))?;
@@ -62,7 +64,8 @@ pub(crate) fn decode(prefix: &str, token: &str) -> Result<ContinueToken> {
     if body[0] != VERSION {
         return Err(invalid("unknown token version"));
     }
-    let revision = Revision::from_le_bytes(body[1..9].try_into().map_err(|_| invalid("too short"))?);
+    let revision =
+        Revision::from_le_bytes(body[1..9].try_into().map_err(|_| invalid("too short"))?);
     let prefix_sum = u32::from_le_bytes(body[9..13].try_into().map_err(|_| invalid("too short"))?);
     if prefix_sum != crc32fast::hash(prefix.as_bytes()) {
         return Err(invalid("the token belongs to a list of another prefix"));
@@ -70,8 +73,12 @@ pub(crate) fn decode(prefix: &str, token: &str) -> Result<ContinueToken> {
     if revision <= 0 {
         return Err(invalid("revision out of range"));
     }
-    let start_suffix = String::from_utf8(body[13..].to_vec()).map_err(|_| invalid("key is not UTF-8"))?;
-    Ok(ContinueToken { revision, start_suffix })
+    let start_suffix =
+        String::from_utf8(body[13..].to_vec()).map_err(|_| invalid("key is not UTF-8"))?;
+    Ok(ContinueToken {
+        revision,
+        start_suffix,
+    })
 }
 
 #[cfg(test)]
@@ -80,10 +87,17 @@ mod tests {
 
     #[test]
     fn a_token_round_trips() {
-        let t = encode("/registry/core/pods/", 42, "/registry/core/pods/default/web-7");
+        let t = encode(
+            "/registry/core/pods/",
+            42,
+            "/registry/core/pods/default/web-7",
+        );
         let d = decode("/registry/core/pods/", &t).expect("valid");
         assert_eq!(d.revision, 42);
-        assert_eq!(d.start_key("/registry/core/pods/"), "/registry/core/pods/default/web-7");
+        assert_eq!(
+            d.start_key("/registry/core/pods/"),
+            "/registry/core/pods/default/web-7"
+        );
     }
 
     #[test]
@@ -99,8 +113,17 @@ mod tests {
         let mut raw = URL_SAFE_NO_PAD.decode(&t).expect("b64");
         raw[2] ^= 1;
         let tampered = URL_SAFE_NO_PAD.encode(raw);
-        assert!(matches!(decode("/p/", &tampered), Err(StoreError::InvalidContinue { .. })));
-        assert!(matches!(decode("/p/", "%%%"), Err(StoreError::InvalidContinue { .. })));
-        assert!(matches!(decode("/p/", ""), Err(StoreError::InvalidContinue { .. })));
+        assert!(matches!(
+            decode("/p/", &tampered),
+            Err(StoreError::InvalidContinue { .. })
+        ));
+        assert!(matches!(
+            decode("/p/", "%%%"),
+            Err(StoreError::InvalidContinue { .. })
+        ));
+        assert!(matches!(
+            decode("/p/", ""),
+            Err(StoreError::InvalidContinue { .. })
+        ));
     }
 }

@@ -106,11 +106,17 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(op: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io { op: op.into(), source }
+        StoreError::Io {
+            op: op.into(),
+            source,
+        }
     }
 
     pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
-        StoreError::Unavailable { reason: reason.into(), source: None }
+        StoreError::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
     }
 }
 

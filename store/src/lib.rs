@@ -32,7 +32,7 @@ mod etcd;
 pub mod conformance;
 
 pub use error::{Result, StoreError};
-pub use limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES, check_key, check_value};
+pub use limits::{check_key, check_value, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use mem::{MemStore, MemStoreOptions, RecoveryReport};
 pub use store::{Store, WatchStream};
 pub use types::{Deleted, Event, EventKind, KeyValue, ListOptions, ListPage, Revision};

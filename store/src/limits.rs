@@ -74,9 +74,15 @@ mod tests {
     #[test]
     fn overlong_keys_and_values_are_rejected() {
         let long = format!("/{}", "k".repeat(MAX_KEY_BYTES));
-        assert!(matches!(check_key(&long), Err(StoreError::InvalidKey { .. })));
+        assert!(matches!(
+            check_key(&long),
+            Err(StoreError::InvalidKey { .. })
+        ));
         let big = vec![0u8; MAX_VALUE_BYTES + 1];
-        assert!(matches!(check_value("/k", &big), Err(StoreError::ValueTooLarge { .. })));
+        assert!(matches!(
+            check_value("/k", &big),
+            Err(StoreError::ValueTooLarge { .. })
+        ));
         assert!(check_value("/k", &big[..MAX_VALUE_BYTES]).is_ok());
     }
 

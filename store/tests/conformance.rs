@@ -17,7 +17,10 @@ keelson_store::store_conformance_tests!(mem_durable, || async {
 // Snapshots every 64 KiB of log, so the cases also run across snapshots and segment changes.
 keelson_store::store_conformance_tests!(mem_durable_frequent_snapshots, || async {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = keelson_store::MemStoreOptions { snapshot_after_bytes: 64 << 10, ..Default::default() };
+    let options = keelson_store::MemStoreOptions {
+        snapshot_after_bytes: 64 << 10,
+        ..Default::default()
+    };
     let store = keelson_store::MemStore::open_with(dir.path(), options).expect("open");
     (store, dir)
 });

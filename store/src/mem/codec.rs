@@ -48,11 +48,15 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
 
     pub fn i64(&mut self) -> Option<i64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
     }
 
     pub fn bytes(&mut self) -> Option<&'a [u8]> {
@@ -109,14 +113,27 @@ pub(crate) fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
             let version = r.i64()?;
             let key = r.str()?.to_owned();
             let value = Some(Bytes::copy_from_slice(r.bytes()?));
-            Some(Entry::Write { key, version: Version { mod_revision, create_revision, version, value } })
+            Some(Entry::Write {
+                key,
+                version: Version {
+                    mod_revision,
+                    create_revision,
+                    version,
+                    value,
+                },
+            })
         }
         TAG_DELETE => {
             let mod_revision = r.i64()?;
             let key = r.str()?.to_owned();
             Some(Entry::Write {
                 key,
-                version: Version { mod_revision, create_revision: 0, version: 0, value: None },
+                version: Version {
+                    mod_revision,
+                    create_revision: 0,
+                    version: 0,
+                    value: None,
+                },
             })
         }
         TAG_COMPACT => Some(Entry::Compact { revision: r.i64()? }),

@@ -38,8 +38,8 @@ mod wal;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use self::state::{Op, Overlay, Prepared, State, key_value};
+use self::state::{key_value, Op, Overlay, Prepared, State};
 use self::wal::{AppendError, RecordBuilder, Segment, Tail};
 use crate::continue_token;
 use crate::error::{Result, StoreError};
@@ -72,7 +72,11 @@ pub struct MemStoreOptions {
 
 impl Default for MemStoreOptions {
     fn default() -> Self {
-        MemStoreOptions { snapshot_after_bytes: 64 << 20, watch_buffer: 8192, max_group: 4096 }
+        MemStoreOptions {
+            snapshot_after_bytes: 64 << 20,
+            watch_buffer: 8192,
+            max_group: 4096,
+        }
     }
 }
 
@@ -185,8 +189,9 @@ impl MemStore {
     /// As [`MemStore::open`].
     pub fn open_with(dir: impl AsRef<Path>, options: MemStoreOptions) -> Result<MemStore> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating store directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::io(format!("creating store directory {}", dir.display()), e)
+        })?;
         let lock = lock_dir(&dir)?;
         let (state, segment, report) = recover(&dir)?;
         if let Some(torn) = &report.torn_tail {
@@ -322,7 +327,10 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
     file.try_lock().map_err(|e| {
         StoreError::io(
-            format!("locking {} (is another process using this store?)", path.display()),
+            format!(
+                "locking {} (is another process using this store?)",
+                path.display()
+            ),
             std::io::Error::other(e.to_string()),
         )
     })?;
@@ -335,8 +343,8 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
     let started = Instant::now();
     let mut snapshots = Vec::new();
     let mut segments = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
@@ -388,7 +396,10 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
         for payload in records {
             good_len += (payload.len() + 12) as u64;
             let entries = wal::entries(payload).ok_or_else(|| {
-                corrupt(format!("log segment {}: a record with a valid checksum does not decode", path.display()))
+                corrupt(format!(
+                    "log segment {}: a record with a valid checksum does not decode",
+                    path.display()
+                ))
             })?;
             report.records += 1;
             for entry in entries {
@@ -418,7 +429,11 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
         match tail {
             Tail::Clean => {}
             Tail::Torn { offset, bytes } if last => {
-                report.torn_tail = Some(TornTail { segment: path.clone(), offset, bytes });
+                report.torn_tail = Some(TornTail {
+                    segment: path.clone(),
+                    offset,
+                    bytes,
+                });
             }
             Tail::Torn { offset, .. } | Tail::Damaged { offset } => {
                 return Err(corrupt(format!(
@@ -483,11 +498,11 @@ impl Committer {
             for r in requests.drain(..) {
                 match r {
                     Request::Write(_, tx) => {
- let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
-}
+                        let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
+                    }
                     Request::Compact(_, tx) => {
- let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
-}
+                        let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
+                    }
                 }
             }
             return;
@@ -502,20 +517,25 @@ impl Committer {
             let mut revision = state.revision;
             for r in requests.drain(..) {
                 match r {
-                    Request::Write(op, tx) => match state.prepare(&mut overlay, &op, revision + 1) {
-                        Ok(p) => {
-                            revision += 1;
-                            codec::encode_write(self.record.body(), &p.key, &p.new);
-                            group.push(p.clone());
-                            replies.push(Reply::Write(p, tx));
+                    Request::Write(op, tx) => {
+                        match state.prepare(&mut overlay, &op, revision + 1) {
+                            Ok(p) => {
+                                revision += 1;
+                                codec::encode_write(self.record.body(), &p.key, &p.new);
+                                group.push(p.clone());
+                                replies.push(Reply::Write(p, tx));
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
                         }
-                        Err(e) => {
- let _ = tx.send(Err(e));
-}
-                    },
+                    }
                     Request::Compact(rev, tx) => {
                         if rev > revision {
-                            let _ = tx.send(Err(StoreError::FutureRevision { requested: rev, current: revision }));
+                            let _ = tx.send(Err(StoreError::FutureRevision {
+                                requested: rev,
+                                current: revision,
+                            }));
                         } else {
                             if rev > compact_to.unwrap_or(state.compacted) {
                                 compact_to = Some(rev);
@@ -532,7 +552,9 @@ impl Committer {
         if !self.record.is_empty() {
             match self.segment.append(self.record.finish()) {
                 Ok(()) => {}
-                Err(AppendError::Retryable(e)) | Err(AppendError::Fatal(e)) if replies.is_empty() => {
+                Err(AppendError::Retryable(e)) | Err(AppendError::Fatal(e))
+                    if replies.is_empty() =>
+                {
                     tracing::warn!(error = %e, "log write failed");
                 }
                 Err(err) => {
@@ -551,11 +573,11 @@ impl Committer {
                         };
                         match reply {
                             Reply::Write(_, tx) => {
- let _ = tx.send(Err(err()));
-}
+                                let _ = tx.send(Err(err()));
+                            }
                             Reply::Compact(tx) => {
- let _ = tx.send(Err(err()));
-}
+                                let _ = tx.send(Err(err()));
+                            }
                         }
                     }
                     return;
@@ -569,18 +591,21 @@ impl Committer {
         for reply in replies {
             match reply {
                 Reply::Write(p, tx) => {
- let _ = tx.send(Ok(p));
-}
+                    let _ = tx.send(Ok(p));
+                }
                 Reply::Compact(tx) => {
- let _ = tx.send(Ok(()));
-}
+                    let _ = tx.send(Ok(()));
+                }
             }
         }
     }
 
     /// Starts a snapshot when the log has grown enough since the last one.
     fn maybe_snapshot(&mut self) {
-        let threshold = self.options.snapshot_after_bytes.max(self.last_snapshot_bytes);
+        let threshold = self
+            .options
+            .snapshot_after_bytes
+            .max(self.last_snapshot_bytes);
         if self.segment.len < threshold || self.shared.is_failed.load(Ordering::Acquire) {
             return;
         }
@@ -620,7 +645,9 @@ fn write_snapshot(dir: &Path, revision: Revision, bytes: &[u8]) {
         let _ = std::fs::remove_file(dir.join(format!("snap-{revision:020}.tmp")));
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -631,7 +658,12 @@ fn write_snapshot(dir: &Path, revision: Revision, bytes: &[u8]) {
         }
     }
     let _ = wal::sync_dir(dir);
-    tracing::debug!(revision, bytes = bytes.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
+    tracing::debug!(
+        revision,
+        bytes = bytes.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
 }
 
 #[async_trait]
@@ -640,7 +672,9 @@ impl Store for MemStore {
         check_key(key)?;
         let state = self.inner.shared.state.read();
         Ok(state.keys.get_key_value(key).and_then(|(k, h)| {
-            h.last().filter(|v| v.value.is_some()).map(|v| key_value(k, v))
+            h.last()
+                .filter(|v| v.value.is_some())
+                .map(|v| key_value(k, v))
         }))
     }
 
@@ -662,14 +696,23 @@ impl Store for MemStore {
             })?,
             None => state.read_revision(options.revision)?,
         };
-        let start = token.as_ref().map_or_else(|| prefix.to_owned(), |t| t.start_key(prefix));
+        let start = token
+            .as_ref()
+            .map_or_else(|| prefix.to_owned(), |t| t.start_key(prefix));
         let limit = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        let mut page = ListPage { revision, ..ListPage::default() };
+        let mut page = ListPage {
+            revision,
+            ..ListPage::default()
+        };
         let mut live = state
             .keys
             .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(k, h)| State::at(h, revision).filter(|v| v.value.is_some()).map(|v| (k, v)));
+            .filter_map(|(k, h)| {
+                State::at(h, revision)
+                    .filter(|v| v.value.is_some())
+                    .map(|v| (k, v))
+            });
         for (k, v) in live.by_ref().take(limit) {
             page.items.push(key_value(k, v));
         }
@@ -683,19 +726,40 @@ impl Store for MemStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
         check_key(key)?;
         check_value(key, &value)?;
-        Ok(self.write(Op::Create { key: key.to_owned(), value }).await?.result())
+        Ok(self
+            .write(Op::Create {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+            .result())
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
         check_key(key)?;
         check_value(key, &value)?;
-        Ok(self.write(Op::Update { key: key.to_owned(), value, expected }).await?.result())
+        Ok(self
+            .write(Op::Update {
+                key: key.to_owned(),
+                value,
+                expected,
+            })
+            .await?
+            .result())
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
         check_key(key)?;
-        let p = self.write(Op::Delete { key: key.to_owned(), expected }).await?;
-        Ok(Deleted { prev: p.result(), revision: p.new.mod_revision })
+        let p = self
+            .write(Op::Delete {
+                key: key.to_owned(),
+                expected,
+            })
+            .await?;
+        Ok(Deleted {
+            prev: p.result(),
+            revision: p.new.mod_revision,
+        })
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
@@ -704,15 +768,26 @@ impl Store for MemStore {
         let (rx, history, current) = {
             let state = shared.state.read();
             if after > state.revision {
-                return Err(StoreError::FutureRevision { requested: after, current: state.revision });
+                return Err(StoreError::FutureRevision {
+                    requested: after,
+                    current: state.revision,
+                });
             }
             if after.saturating_add(1) < state.compacted {
-                return Err(StoreError::Compacted { requested: after, compacted: state.compacted });
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compacted: state.compacted,
+                });
             }
             let rx = shared.events.subscribe();
             (rx, state.history_since(prefix, after), state.revision)
         };
-        Ok(Box::pin(watch_stream(prefix.to_owned(), history, rx, current)))
+        Ok(Box::pin(watch_stream(
+            prefix.to_owned(),
+            history,
+            rx,
+            current,
+        )))
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
@@ -720,7 +795,10 @@ impl Store for MemStore {
             None => {
                 let mut state = self.inner.shared.state.write();
                 if revision > state.revision {
-                    return Err(StoreError::FutureRevision { requested: revision, current: state.revision });
+                    return Err(StoreError::FutureRevision {
+                        requested: revision,
+                        current: state.revision,
+                    });
                 }
                 state.compact(revision);
                 Ok(())
@@ -728,7 +806,9 @@ impl Store for MemStore {
             Some(queue) => {
                 self.inner.shared.check_failed()?;
                 let (tx, rx) = oneshot::channel();
-                queue.send(Request::Compact(revision, tx)).map_err(|_| closed())?;
+                queue
+                    .send(Request::Compact(revision, tx))
+                    .map_err(|_| closed())?;
                 rx.await.map_err(|_| closed())?
             }
         }
@@ -753,7 +833,13 @@ fn watch_stream(
         last: Revision,
         done: bool,
     }
-    let live = Live { prefix, rx, group: None, last: current, done: false };
+    let live = Live {
+        prefix,
+        rx,
+        group: None,
+        last: current,
+        done: false,
+    };
     let live = futures::stream::unfold(live, |mut s| async move {
         if s.done {
             return None;
@@ -775,7 +861,10 @@ fn watch_stream(
                 Ok(group) => s.group = Some((group, 0)),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     s.done = true;
-                    let err = StoreError::WatchLagged { prefix: s.prefix.clone(), revision: s.last };
+                    let err = StoreError::WatchLagged {
+                        prefix: s.prefix.clone(),
+                        revision: s.last,
+                    };
                     return Some((Err(err), s));
                 }
                 Err(broadcast::error::RecvError::Closed) => {

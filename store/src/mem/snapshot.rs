@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::codec::{Reader, put_bytes, put_i64, put_u32};
+use super::codec::{put_bytes, put_i64, put_u32, Reader};
 use super::state::{History, State, Version};
 use super::wal;
 use crate::error::{Result, StoreError};
@@ -28,7 +28,10 @@ pub(crate) fn file_name(revision: Revision) -> String {
 }
 
 pub(crate) fn parse_file_name(name: &str) -> Option<Revision> {
-    name.strip_prefix("snap-")?.strip_suffix(".snap")?.parse().ok()
+    name.strip_prefix("snap-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
 }
 
 /// Encodes the state into memory (the caller holds the state's read lock only this long).
@@ -36,7 +39,13 @@ pub(crate) fn encode(state: &State) -> Vec<u8> {
     let size: usize = state
         .keys
         .iter()
-        .map(|(k, h)| k.len() + 8 + h.iter().map(|v| 40 + v.value.as_ref().map_or(0, Bytes::len)).sum::<usize>())
+        .map(|(k, h)| {
+            k.len()
+                + 8
+                + h.iter()
+                    .map(|v| 40 + v.value.as_ref().map_or(0, Bytes::len))
+                    .sum::<usize>()
+        })
         .sum();
     let mut buf = Vec::with_capacity(size + 64);
     put_u32(&mut buf, MAGIC);
@@ -83,7 +92,9 @@ pub(crate) fn write(dir: &Path, revision: Revision, bytes: &[u8]) -> Result<Path
 /// Loads a snapshot file into a fresh state.
 pub(crate) fn load(path: &Path) -> Result<State> {
     let buf = wal::read_file(path)?;
-    let corrupt = |what: &str| StoreError::Corrupt { reason: format!("snapshot {}: {what}", path.display()) };
+    let corrupt = |what: &str| StoreError::Corrupt {
+        reason: format!("snapshot {}: {what}", path.display()),
+    };
     if buf.len() < 36 {
         return Err(corrupt("too short"));
     }
@@ -113,7 +124,12 @@ pub(crate) fn load(path: &Path) -> Result<State> {
                 0 => None,
                 _ => Some(Bytes::copy_from_slice(r.bytes().ok_or_else(short)?)),
             };
-            let v = Version { mod_revision, create_revision, version, value };
+            let v = Version {
+                mod_revision,
+                create_revision,
+                version,
+                value,
+            };
             if !history.is_empty() || v.value.is_none() {
                 compactable.push((v.mod_revision, key.clone()));
             }

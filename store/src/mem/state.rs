@@ -37,9 +37,19 @@ pub(crate) struct State {
 /// A write as the caller asked for it.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
 }
 
 /// A write that passed its checks and got its revision, ready to be logged and applied.
@@ -55,11 +65,21 @@ impl Prepared {
     pub fn event(&self) -> Event {
         let prev = self.prev.as_ref().map(|p| key_value(&self.key, p));
         match &self.new.value {
-            Some(_) => Event { kind: EventKind::Put, kv: key_value(&self.key, &self.new), prev },
+            Some(_) => Event {
+                kind: EventKind::Put,
+                kv: key_value(&self.key, &self.new),
+                prev,
+            },
             None => {
-                let mut kv = prev.clone().unwrap_or_else(|| key_value(&self.key, &self.new));
+                let mut kv = prev
+                    .clone()
+                    .unwrap_or_else(|| key_value(&self.key, &self.new));
                 kv.mod_revision = self.new.mod_revision;
-                Event { kind: EventKind::Delete, kv, prev }
+                Event {
+                    kind: EventKind::Delete,
+                    kv,
+                    prev,
+                }
             }
         }
     }
@@ -98,7 +118,9 @@ impl State {
     /// `revision` and records it in `overlay`.
     pub fn prepare(&self, overlay: &mut Overlay, op: &Op, revision: Revision) -> Result<Prepared> {
         let key = match op {
-            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.as_str(),
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => {
+                key.as_str()
+            }
         };
         let (key, current): (Arc<str>, Option<Version>) = match overlay.get_key_value(key) {
             Some((k, v)) => (k.clone(), Some(v.clone())),
@@ -110,7 +132,9 @@ impl State {
         let live = current.filter(|v| v.value.is_some());
         let new = match (op, &live) {
             (Op::Create { .. }, Some(_)) => {
-                return Err(StoreError::AlreadyExists { key: key.to_string() });
+                return Err(StoreError::AlreadyExists {
+                    key: key.to_string(),
+                });
             }
             (Op::Create { value, .. }, None) => Version {
                 mod_revision: revision,
@@ -119,9 +143,16 @@ impl State {
                 value: Some(value.clone()),
             },
             (Op::Update { .. } | Op::Delete { .. }, None) => {
-                return Err(StoreError::NotFound { key: key.to_string() });
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                });
             }
-            (Op::Update { value, expected, .. }, Some(cur)) => {
+            (
+                Op::Update {
+                    value, expected, ..
+                },
+                Some(cur),
+            ) => {
                 check_expected(&key, Some(*expected), cur)?;
                 Version {
                     mod_revision: revision,
@@ -132,11 +163,20 @@ impl State {
             }
             (Op::Delete { expected, .. }, Some(cur)) => {
                 check_expected(&key, *expected, cur)?;
-                Version { mod_revision: revision, create_revision: 0, version: 0, value: None }
+                Version {
+                    mod_revision: revision,
+                    create_revision: 0,
+                    version: 0,
+                    value: None,
+                }
             }
         };
         overlay.insert(key.clone(), new.clone());
-        Ok(Prepared { key, new, prev: live })
+        Ok(Prepared {
+            key,
+            new,
+            prev: live,
+        })
     }
 
     /// Applies a prepared write (or one replayed from the log).
@@ -163,11 +203,21 @@ impl State {
             return;
         }
         self.compacted = revision;
-        while self.compactable.front().is_some_and(|(rev, _)| *rev < revision) {
-            let Some((_, key)) = self.compactable.pop_front() else { break };
-            let Some(history) = self.keys.get_mut(&key) else { continue };
+        while self
+            .compactable
+            .front()
+            .is_some_and(|(rev, _)| *rev < revision)
+        {
+            let Some((_, key)) = self.compactable.pop_front() else {
+                break;
+            };
+            let Some(history) = self.keys.get_mut(&key) else {
+                continue;
+            };
             let below = history.partition_point(|v| v.mod_revision < revision);
-            let Some(newest_below) = below.checked_sub(1) else { continue };
+            let Some(newest_below) = below.checked_sub(1) else {
+                continue;
+            };
             let cut = newest_below + usize::from(history[newest_below].value.is_none());
             if cut > 0 {
                 history.drain(..cut);
@@ -181,14 +231,25 @@ impl State {
     /// Every change under `prefix` with a revision above `after`, in revision order.
     pub fn history_since(&self, prefix: &str, after: Revision) -> Vec<Event> {
         let mut events = Vec::new();
-        for (key, history) in self.keys.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)) {
+        for (key, history) in self
+            .keys
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
             let first = history.partition_point(|v| v.mod_revision <= after);
             for i in first..history.len() {
                 let prev = i
                     .checked_sub(1)
                     .map(|j| history[j].clone())
                     .filter(|v| v.value.is_some());
-                events.push(Prepared { key: key.clone(), new: history[i].clone(), prev }.event());
+                events.push(
+                    Prepared {
+                        key: key.clone(),
+                        new: history[i].clone(),
+                        prev,
+                    }
+                    .event(),
+                );
             }
         }
         events.sort_unstable_by_key(Event::revision);
@@ -199,12 +260,14 @@ impl State {
     pub fn read_revision(&self, requested: Option<Revision>) -> Result<Revision> {
         match requested {
             None | Some(0) => Ok(self.revision),
-            Some(r) if r > self.revision => {
-                Err(StoreError::FutureRevision { requested: r, current: self.revision })
-            }
-            Some(r) if r < self.compacted || r < 0 => {
-                Err(StoreError::Compacted { requested: r, compacted: self.compacted })
-            }
+            Some(r) if r > self.revision => Err(StoreError::FutureRevision {
+                requested: r,
+                current: self.revision,
+            }),
+            Some(r) if r < self.compacted || r < 0 => Err(StoreError::Compacted {
+                requested: r,
+                compacted: self.compacted,
+            }),
             Some(r) => Ok(r),
         }
     }
@@ -226,8 +289,13 @@ mod tests {
     use super::*;
 
     fn put(state: &mut State, key: &str, value: &str) -> Prepared {
-        let op = Op::Create { key: key.into(), value: Bytes::copy_from_slice(value.as_bytes()) };
-        let p = state.prepare(&mut Overlay::new(), &op, state.revision + 1).expect("create");
+        let op = Op::Create {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        };
+        let p = state
+            .prepare(&mut Overlay::new(), &op, state.revision + 1)
+            .expect("create");
         state.apply(&p);
         p
     }
@@ -237,18 +305,42 @@ mod tests {
         let mut s = State::default();
         put(&mut s, "/a", "1"); // rev 1
         let p = s
-            .prepare(&mut Overlay::new(), &Op::Update { key: "/a".into(), value: Bytes::from_static(b"2"), expected: 1 }, 2)
+            .prepare(
+                &mut Overlay::new(),
+                &Op::Update {
+                    key: "/a".into(),
+                    value: Bytes::from_static(b"2"),
+                    expected: 1,
+                },
+                2,
+            )
             .expect("update");
         s.apply(&p);
         put(&mut s, "/b", "1"); // rev 3
-        let d = s.prepare(&mut Overlay::new(), &Op::Delete { key: "/b".into(), expected: None }, 4).expect("delete");
+        let d = s
+            .prepare(
+                &mut Overlay::new(),
+                &Op::Delete {
+                    key: "/b".into(),
+                    expected: None,
+                },
+                4,
+            )
+            .expect("delete");
         s.apply(&d);
         s.compact(3);
         assert_eq!(s.keys["/a"].len(), 1, "rev 1 of /a is superseded at 2 < 3");
         s.compact(4);
-        assert_eq!(s.keys["/b"].len(), 2, "a watch from 4 needs the delete and the value it hid");
+        assert_eq!(
+            s.keys["/b"].len(),
+            2,
+            "a watch from 4 needs the delete and the value it hid"
+        );
         s.compact(5);
-        assert!(!s.keys.contains_key("/b"), "tombstone at 4 and what it hides are gone");
+        assert!(
+            !s.keys.contains_key("/b"),
+            "tombstone at 4 and what it hides are gone"
+        );
         assert!(s.compactable.is_empty());
     }
 
@@ -256,10 +348,23 @@ mod tests {
     fn a_group_sees_its_own_earlier_writes() {
         let s = State::default();
         let mut overlay = Overlay::new();
-        let c = Op::Create { key: "/k".into(), value: Bytes::from_static(b"v") };
+        let c = Op::Create {
+            key: "/k".into(),
+            value: Bytes::from_static(b"v"),
+        };
         s.prepare(&mut overlay, &c, 1).expect("first create");
-        assert!(matches!(s.prepare(&mut overlay, &c, 2), Err(StoreError::AlreadyExists { .. })));
-        let u = Op::Update { key: "/k".into(), value: Bytes::from_static(b"w"), expected: 1 };
-        assert_eq!(s.prepare(&mut overlay, &u, 2).expect("update").new.version, 2);
+        assert!(matches!(
+            s.prepare(&mut overlay, &c, 2),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let u = Op::Update {
+            key: "/k".into(),
+            value: Bytes::from_static(b"w"),
+            expected: 1,
+        };
+        assert_eq!(
+            s.prepare(&mut overlay, &u, 2).expect("update").new.version,
+            2
+        );
     }
 }

@@ -108,7 +108,10 @@ pub(crate) fn scan(buf: &[u8]) -> (Vec<&[u8]>, Tail) {
                 let tail = if damaged {
                     Tail::Damaged { offset: pos as u64 }
                 } else {
-                    Tail::Torn { offset: pos as u64, bytes: (buf.len() - pos) as u64 }
+                    Tail::Torn {
+                        offset: pos as u64,
+                        bytes: (buf.len() - pos) as u64,
+                    }
                 };
                 return (records, tail);
             }
@@ -134,7 +137,10 @@ pub(crate) fn segment_name(first: Revision) -> String {
 
 /// Parses a segment file name back into its first revision.
 pub(crate) fn parse_segment_name(name: &str) -> Option<Revision> {
-    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// The segment being appended to.
@@ -168,7 +174,9 @@ impl Segment {
         if on_disk != len {
             file.set_len(len)
                 .and_then(|()| file.sync_all())
-                .map_err(|e| StoreError::io(format!("truncating log segment {}", path.display()), e))?;
+                .map_err(|e| {
+                    StoreError::io(format!("truncating log segment {}", path.display()), e)
+                })?;
         }
         let mut seg = Segment { file, path, len };
         seg.seek_end()?;
@@ -180,7 +188,9 @@ impl Segment {
         self.file
             .seek(std::io::SeekFrom::Start(self.len))
             .map(|_| ())
-            .map_err(|e| StoreError::io(format!("seeking in log segment {}", self.path.display()), e))
+            .map_err(|e| {
+                StoreError::io(format!("seeking in log segment {}", self.path.display()), e)
+            })
     }
 
     /// Appends a record and makes it durable. On a write error the segment is cut back to
@@ -191,7 +201,11 @@ impl Segment {
         if let Err(e) = self.file.write_all(record) {
             let restored = self.file.set_len(self.len).is_ok() && self.seek_end().is_ok();
             let err = StoreError::io(format!("writing to log segment {}", self.path.display()), e);
-            return Err(if restored { AppendError::Retryable(err) } else { AppendError::Fatal(err) });
+            return Err(if restored {
+                AppendError::Retryable(err)
+            } else {
+                AppendError::Fatal(err)
+            });
         }
         if let Err(e) = self.file.sync_data() {
             return Err(AppendError::Fatal(StoreError::io(
@@ -254,7 +268,13 @@ mod tests {
         buf.truncate(buf.len() - 3);
         let (recs, tail) = scan(&buf);
         assert_eq!(recs.len(), 1);
-        assert_eq!(tail, Tail::Torn { offset: whole as u64, bytes: (buf.len() - whole) as u64 });
+        assert_eq!(
+            tail,
+            Tail::Torn {
+                offset: whole as u64,
+                bytes: (buf.len() - whole) as u64
+            }
+        );
         // Zeros after the last record (a file extended but never written) are a torn tail too.
         let mut zeros = record(1);
         zeros.extend_from_slice(&[0; 100]);
@@ -268,6 +288,11 @@ mod tests {
         buf[at] ^= 0xff;
         let (recs, tail) = scan(&buf);
         assert_eq!(recs.len(), 1);
-        assert_eq!(tail, Tail::Damaged { offset: record(1).len() as u64 });
+        assert_eq!(
+            tail,
+            Tail::Damaged {
+                offset: record(1).len() as u64
+            }
+        );
     }
 }

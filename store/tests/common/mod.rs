@@ -24,10 +24,17 @@ pub async fn etcd_store() -> (EtcdStore, ()) {
     let namespace = format!(
         "/keelson-test/{}-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let options = EtcdOptions { endpoints: etcd_endpoints(), key_prefix: namespace, ..Default::default() };
+    let options = EtcdOptions {
+        endpoints: etcd_endpoints(),
+        key_prefix: namespace,
+        ..Default::default()
+    };
     match EtcdStore::connect(options).await {
         Ok(store) => (store, ()),
         Err(e) => panic!(
