@@ -13,8 +13,11 @@
 //! - **Reads** are linearizable ranges; a list is one range with a limit per page, at the
 //!   revision of its first page, which the continue token carries (the token format is the
 //!   one [`MemStore`](crate::MemStore) uses).
-//! - **Watches** are etcd watches with `prev_kv`, started at `after + 1`. The etcd watch
-//!   lives exactly as long as the returned stream: dropping the stream cancels it.
+//! - **Watches** are etcd watches with `prev_kv`, started at `after` itself (the change at
+//!   `after`, if any, is dropped), so that etcd refuses them exactly when the contract does:
+//!   when `after` is below the compacted revision. Every change after `after` then has its
+//!   previous version, which compaction keeps. The etcd watch lives exactly as long as the
+//!   returned stream: dropping the stream cancels it.
 //! - **Compaction** is etcd's compaction. etcd does not report its compacted revision in a
 //!   read error, so on `Compacted` the store asks with a short watch from the compacted
 //!   revision (etcd answers such a watch with the compacted revision); when even that
@@ -100,10 +103,10 @@ impl Default for EtcdOptions {
 /// [`Store`] contract, checked by the same conformance suite as
 /// [`MemStore`](crate::MemStore); the module docs say how each operation maps onto etcd.
 ///
-/// etcd refuses requests larger than its `--max-request-bytes` (1.5 MiB by default), and a
-/// write of a value near [`MAX_VALUE_BYTES`] is a little larger than that once the key and
-/// the request's framing are added: run etcd with `--max-request-bytes=2097152` to accept
-/// every value the store does. A value etcd refuses fails with `ValueTooLarge`.
+/// [`MAX_VALUE_BYTES`] leaves room for the longest key within etcd's default request limit
+/// (`--max-request-bytes`, 1.5 MiB). A write that etcd still refuses as too large (an etcd
+/// configured with a smaller limit, or a long [`EtcdOptions::key_prefix`]) fails with
+/// `ValueTooLarge`, whose `limit` is then the store's, as etcd does not say its own.
 ///
 /// ```no_run
 /// use keelson_store::{EtcdOptions, EtcdStore, Store};
@@ -176,13 +179,24 @@ impl CallError {
     fn into_unavailable(self, what: &str) -> StoreError {
         match self {
             CallError::Etcd(e) => StoreError::Unavailable {
-                reason: format!("etcd {what} failed: {e}"),
+                reason: format!("etcd {what} failed: {}", describe(&e)),
                 source: Some(Box::new(e)),
             },
             CallError::TimedOut(after) => {
                 StoreError::unavailable(format!("etcd {what} failed: no answer within {after:?}"))
             }
         }
+    }
+}
+
+/// A short account of an etcd client error: a gRPC status's `Display` repeats its whole
+/// source chain, which the `Unavailable` error keeps as its source anyway.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{} ({})", status.message(), status.code().description())
+        }
+        other => other.to_string(),
     }
 }
 
@@ -408,7 +422,7 @@ impl EtcdStore {
                 tracing::warn!(
                     key,
                     size = value_len,
-                    "etcd refused a write as too large; run etcd with --max-request-bytes above {MAX_VALUE_BYTES} plus room for the key"
+                    "etcd refused a write as too large; run it with --max-request-bytes of at least 1572864 (its default)"
                 );
                 StoreError::ValueTooLarge { key: key.to_owned(), size: value_len, limit: MAX_VALUE_BYTES }
             } else {
@@ -688,8 +702,9 @@ impl Store for EtcdStore {
                 current,
             });
         }
-        // Revisions start at 1: every `after` below 0 wants what 0 wants.
-        let start = after.max(0) + 1;
+        // etcd's revisions start at 1; the watch starts at `after` so that etcd checks `after`
+        // against its compacted revision, and the change at `after` is dropped below.
+        let start = after.max(1);
         if start <= current {
             // A read at `start` fails exactly when a watch from `start` would, and tells so
             // now rather than as the stream's first item.
@@ -725,7 +740,7 @@ impl Store for EtcdStore {
             prefix: prefix.to_owned(),
             stream,
             pending: VecDeque::new(),
-            next: start,
+            next: after.max(0) + 1,
             done: false,
         };
         Ok(Box::pin(futures::stream::unfold(
@@ -816,7 +831,7 @@ impl WatchState {
                     continue;
                 }
                 Err(e) => {
-                    let reason = format!("etcd watch on {} failed: {e}", self.prefix);
+                    let reason = format!("etcd watch on {} failed: {}", self.prefix, describe(&e));
                     self.fail(StoreError::Unavailable {
                         reason,
                         source: Some(Box::new(e)),
@@ -826,6 +841,7 @@ impl WatchState {
             };
             for ev in answer.events() {
                 match self.store.event(ev).await {
+                    Ok(event) if event.revision() < self.next => {}
                     Ok(event) => {
                         self.next = event.revision().saturating_add(1);
                         self.pending.push_back(Ok(event));

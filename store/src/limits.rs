@@ -2,8 +2,10 @@
 
 use crate::error::{Result, StoreError};
 
-/// The largest value the store accepts, in bytes: 1.5 MiB, as etcd's default request limit.
-pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
+/// The largest value the store accepts, in bytes: etcd's default request limit (1.5 MiB)
+/// less 8 KiB, so that a value at the limit with the longest key still fits in one etcd
+/// request. Every implementation enforces the same limit.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024 - 8 * 1024;
 
 /// The longest key the store accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;

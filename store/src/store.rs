@@ -29,10 +29,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send + 'static
 ///   history and then live changes. A watcher that falls behind is cut off with
 ///   `WatchLagged`; it never slows writers down.
 /// - **Compaction.** After `compact(c)`, reads at revisions below `c` fail with
-///   `Compacted`, and so does a watch whose first wanted revision (`after + 1`) is below
-///   `c`.
+///   `Compacted`, and so does a watch from `after` below `c`. Reads at `c` and later, and
+///   watches of the changes after `c` (with their previous values), still work.
 /// - **Limits.** Keys are non-empty UTF-8 that start with `/`, at most [`MAX_KEY_BYTES`]
-///   long, without NUL bytes; values are at most [`MAX_VALUE_BYTES`] (1.5 MiB, as etcd).
+///   long, without NUL bytes; values are at most [`MAX_VALUE_BYTES`] (1.5 MiB less 8 KiB, to fit etcd's request limit).
 ///
 /// [`MAX_KEY_BYTES`]: crate::MAX_KEY_BYTES
 /// [`MAX_VALUE_BYTES`]: crate::MAX_VALUE_BYTES

@@ -1,7 +1,6 @@
 //! The shared conformance suite, run against MemStore (ephemeral and durable) and a real
 //! etcd.
 
-#[cfg(feature = "etcd")]
 mod common;
 
 keelson_store::store_conformance_tests!(mem_ephemeral, || async {
@@ -25,5 +24,4 @@ keelson_store::store_conformance_tests!(mem_durable_frequent_snapshots, || async
     (store, dir)
 });
 
-#[cfg(feature = "etcd")]
 keelson_store::store_conformance_tests!(etcd, || async { common::etcd_store().await });

@@ -773,7 +773,7 @@ impl Store for MemStore {
                     current: state.revision,
                 });
             }
-            if after.saturating_add(1) < state.compacted {
+            if after < state.compacted {
                 return Err(StoreError::Compacted {
                     requested: after,
                     compacted: state.compacted,

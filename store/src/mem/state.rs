@@ -195,9 +195,9 @@ impl State {
     }
 
     /// Drops the history before `revision`. For every key, versions older than its newest
-    /// version below `revision` go, and so does that version if it is a tombstone. Reads at
-    /// `revision` and later, and watches of the changes from `revision` on (with their
-    /// previous values), are unaffected.
+    /// version at or below `revision` go, and so does that version if it is a tombstone.
+    /// Reads at `revision` and later, and watches of the changes after `revision` (with
+    /// their previous values), are unaffected.
     pub fn compact(&mut self, revision: Revision) {
         if revision <= self.compacted {
             return;
@@ -206,7 +206,7 @@ impl State {
         while self
             .compactable
             .front()
-            .is_some_and(|(rev, _)| *rev < revision)
+            .is_some_and(|(rev, _)| *rev <= revision)
         {
             let Some((_, key)) = self.compactable.pop_front() else {
                 break;
@@ -214,11 +214,11 @@ impl State {
             let Some(history) = self.keys.get_mut(&key) else {
                 continue;
             };
-            let below = history.partition_point(|v| v.mod_revision < revision);
-            let Some(newest_below) = below.checked_sub(1) else {
+            let upto = history.partition_point(|v| v.mod_revision <= revision);
+            let Some(newest) = upto.checked_sub(1) else {
                 continue;
             };
-            let cut = newest_below + usize::from(history[newest_below].value.is_none());
+            let cut = newest + usize::from(history[newest].value.is_none());
             if cut > 0 {
                 history.drain(..cut);
             }
@@ -329,14 +329,13 @@ mod tests {
             .expect("delete");
         s.apply(&d);
         s.compact(3);
-        assert_eq!(s.keys["/a"].len(), 1, "rev 1 of /a is superseded at 2 < 3");
-        s.compact(4);
+        assert_eq!(s.keys["/a"].len(), 1, "rev 1 of /a is superseded at 2 <= 3");
         assert_eq!(
             s.keys["/b"].len(),
             2,
-            "a watch from 4 needs the delete and the value it hid"
+            "a watch after 3 needs the delete at 4 and the value it hid"
         );
-        s.compact(5);
+        s.compact(4);
         assert!(
             !s.keys.contains_key("/b"),
             "tombstone at 4 and what it hides are gone"

@@ -1,0 +1,25 @@
+//! Every example runs to completion and prints what it promises.
+
+use std::process::Command;
+
+#[test]
+fn store_watch_example_runs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_store_watch"))
+        .output()
+        .expect("run store_watch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "store_watch failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stale update refused"), "{stdout}");
+    assert!(
+        stdout.contains("event at revision 4: delete /demo/b = second"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("after reopening at revision 4: 1 key(s)"),
+        "{stdout}"
+    );
+}
