@@ -741,6 +741,7 @@ impl Store for EtcdStore {
             stream,
             pending: VecDeque::new(),
             next: after.max(0) + 1,
+            after,
             done: false,
         };
         Ok(Box::pin(futures::stream::unfold(
@@ -804,6 +805,8 @@ struct WatchState {
     pending: VecDeque<Result<Event>>,
     /// The first revision not handed out yet.
     next: Revision,
+    /// The watch's `after`: changes at or before it are not handed out.
+    after: Revision,
     /// An error is queued (or the stream ended): nothing is read from etcd any more.
     done: bool,
 }
@@ -841,7 +844,9 @@ impl WatchState {
             };
             for ev in answer.events() {
                 match self.store.event(ev).await {
-                    Ok(event) if event.revision() < self.next => {}
+                    // The change at `after` itself (the watch starts there); one etcd
+                    // revision may hold several changes, all wanted when after `after`.
+                    Ok(event) if event.revision() <= self.after => {}
                     Ok(event) => {
                         self.next = event.revision().saturating_add(1);
                         self.pending.push_back(Ok(event));

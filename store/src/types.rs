@@ -73,7 +73,8 @@ pub struct ListPage {
     pub revision: Revision,
     /// Present when more keys follow: pass it back to read the next page.
     pub continue_token: Option<String>,
-    /// How many keys follow this page, when `continue_token` is present.
+    /// How many keys follow this page, when `continue_token` is present and the store can
+    /// tell cheaply (MemStore counts up to 10,000; etcd always counts).
     pub remaining: Option<u64>,
 }
 

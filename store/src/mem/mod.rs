@@ -35,6 +35,7 @@ mod snapshot;
 mod state;
 mod wal;
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -142,10 +143,18 @@ struct Shared {
     state: RwLock<State>,
     /// Committed groups for the watchers; sent to only under the state's write lock, so a
     /// watcher that subscribes under the read lock misses nothing and sees nothing twice.
-    events: broadcast::Sender<Arc<Vec<Event>>>,
+    events: broadcast::Sender<Arc<Published>>,
     /// Set when the log can no longer be trusted to have written what it was given.
     failed: Mutex<Option<String>>,
     is_failed: AtomicBool,
+}
+
+/// What the watch ring carries.
+enum Published {
+    /// The events of one committed group, in revision order.
+    Group(Vec<Event>),
+    /// The log failed: watchers end with `Unavailable`.
+    Failed(String),
 }
 
 enum Request {
@@ -189,9 +198,14 @@ impl MemStore {
     /// As [`MemStore::open`].
     pub fn open_with(dir: impl AsRef<Path>, options: MemStoreOptions) -> Result<MemStore> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            StoreError::io(format!("creating store directory {}", dir.display()), e)
-        })?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StoreError::io(format!("creating store directory {}", dir.display()), e)
+            })?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                wal::sync_dir(parent)?;
+            }
+        }
         let lock = lock_dir(&dir)?;
         let (state, segment, report) = recover(&dir)?;
         if let Some(torn) = &report.torn_tail {
@@ -297,8 +311,10 @@ impl Shared {
 
     fn fail(&self, reason: String) {
         tracing::error!(%reason, "store log failed; refusing further writes");
-        *self.failed.lock() = Some(reason);
+        *self.failed.lock() = Some(reason.clone());
         self.is_failed.store(true, Ordering::Release);
+        let _state = self.state.write();
+        let _ = self.events.send(Arc::new(Published::Failed(reason)));
     }
 
     /// Applies committed writes (and a compaction) and tells the watchers.
@@ -311,7 +327,7 @@ impl Shared {
         }
         if !group.is_empty() && self.events.receiver_count() > 0 {
             let events: Vec<Event> = group.iter().map(Prepared::event).collect();
-            let _ = self.events.send(Arc::new(events));
+            let _ = self.events.send(Arc::new(Published::Group(events)));
         }
     }
 }
@@ -369,6 +385,7 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
         }
         None => State::default(),
     };
+    let snapshot_revision = state.revision;
     let corrupt = |reason: String| StoreError::Corrupt { reason };
 
     // Only segments that can hold revisions after the snapshot matter.
@@ -389,6 +406,7 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
     let mut append_to = None;
     for (i, (_, path)) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
+        let next_first = segments.get(i + 1).map(|(first, _)| *first);
         let buf = wal::read_file(path)?;
         let (records, tail) = wal::scan(&buf);
         report.segments += 1;
@@ -405,7 +423,7 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
             for entry in entries {
                 match entry {
                     codec::Entry::Write { key, version } => {
-                        if version.mod_revision <= state.revision {
+                        if version.mod_revision <= snapshot_revision {
                             continue; // already in the snapshot
                         }
                         if version.mod_revision != state.revision + 1 {
@@ -428,7 +446,9 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
         }
         match tail {
             Tail::Clean => {}
-            Tail::Torn { offset, bytes } if last => {
+            // A torn last record; or a write that failed just before the log moved on to
+            // a new segment, which starts right where this one's whole records end.
+            Tail::Torn { offset, bytes } if last || next_first == Some(state.revision + 1) => {
                 report.torn_tail = Some(TornTail {
                     segment: path.clone(),
                     offset,
@@ -467,43 +487,80 @@ struct Committer {
     snapshotter: Option<JoinHandle<()>>,
 }
 
+/// A list page counts the keys after it only up to this many (see `ListPage::remaining`).
+const REMAINING_COUNT_LIMIT: usize = 10_000;
+
+/// The most bytes one commit group's log record may hold; a longer queue is split.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// An answer held until its group is durable.
 enum Reply {
-    Write(Prepared, oneshot::Sender<Result<Prepared>>),
-    Compact(oneshot::Sender<Result<()>>),
+    Write(oneshot::Sender<Result<Prepared>>, Result<Prepared>),
+    Compact(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Reply::Write(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Compact(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+
+    fn refuse(self, e: StoreError) {
+        match self {
+            Reply::Write(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Compact(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+impl From<Request> for Reply {
+    fn from(r: Request) -> Reply {
+        match r {
+            Request::Write(_, tx) => Reply::Write(tx, Err(closed())),
+            Request::Compact(_, tx) => Reply::Compact(tx, Err(closed())),
+        }
+    }
 }
 
 impl Committer {
     fn run(mut self) {
-        let mut requests = Vec::with_capacity(self.options.max_group);
+        let mut requests = VecDeque::with_capacity(self.options.max_group);
         while let Some(first) = self.rx.blocking_recv() {
-            requests.push(first);
+            requests.push_back(first);
             while requests.len() < self.options.max_group {
                 match self.rx.try_recv() {
-                    Ok(r) => requests.push(r),
+                    Ok(r) => requests.push_back(r),
                     Err(_) => break,
                 }
             }
-            self.commit(&mut requests);
-            self.maybe_snapshot();
+            while !requests.is_empty() {
+                self.commit(&mut requests);
+                self.maybe_snapshot();
+            }
         }
         if let Some(handle) = self.snapshotter.take() {
             let _ = handle.join();
         }
     }
 
-    /// Checks, logs, syncs and applies one group.
-    fn commit(&mut self, requests: &mut Vec<Request>) {
+    /// Checks, logs, syncs and applies one group taken from the front of `requests` (all of
+    /// them, unless their values together pass [`MAX_GROUP_BYTES`]). Every answer, refusals
+    /// included, waits until the group is durable and applied: a refusal may rest on an
+    /// earlier write of the same group.
+    fn commit(&mut self, requests: &mut VecDeque<Request>) {
         if let Err(e) = self.shared.check_failed() {
-            let reason = e.to_string();
             for r in requests.drain(..) {
-                match r {
-                    Request::Write(_, tx) => {
-                        let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
-                    }
-                    Request::Compact(_, tx) => {
-                        let _ = tx.send(Err(StoreError::unavailable(reason.clone())));
-                    }
-                }
+                Reply::from(r).refuse(StoreError::unavailable(e.to_string()));
             }
             return;
         }
@@ -515,7 +572,8 @@ impl Committer {
             let state = self.shared.state.read();
             let mut overlay = Overlay::new();
             let mut revision = state.revision;
-            for r in requests.drain(..) {
+            while self.record.len() < MAX_GROUP_BYTES {
+                let Some(r) = requests.pop_front() else { break };
                 match r {
                     Request::Write(op, tx) => {
                         match state.prepare(&mut overlay, &op, revision + 1) {
@@ -523,24 +581,23 @@ impl Committer {
                                 revision += 1;
                                 codec::encode_write(self.record.body(), &p.key, &p.new);
                                 group.push(p.clone());
-                                replies.push(Reply::Write(p, tx));
+                                replies.push(Reply::Write(tx, Ok(p)));
                             }
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                            }
+                            Err(e) => replies.push(Reply::Write(tx, Err(e))),
                         }
                     }
                     Request::Compact(rev, tx) => {
                         if rev > revision {
-                            let _ = tx.send(Err(StoreError::FutureRevision {
+                            let e = StoreError::FutureRevision {
                                 requested: rev,
                                 current: revision,
-                            }));
+                            };
+                            replies.push(Reply::Compact(tx, Err(e)));
                         } else {
                             if rev > compact_to.unwrap_or(state.compacted) {
                                 compact_to = Some(rev);
                             }
-                            replies.push(Reply::Compact(tx));
+                            replies.push(Reply::Compact(tx, Ok(())));
                         }
                     }
                 }
@@ -550,38 +607,34 @@ impl Committer {
             codec::encode_compact(self.record.body(), c);
         }
         if !self.record.is_empty() {
-            match self.segment.append(self.record.finish()) {
-                Ok(()) => {}
-                Err(AppendError::Retryable(e)) | Err(AppendError::Fatal(e))
-                    if replies.is_empty() =>
-                {
-                    tracing::warn!(error = %e, "log write failed");
-                }
-                Err(err) => {
-                    let (e, fatal) = match err {
-                        AppendError::Retryable(e) => (e, false),
-                        AppendError::Fatal(e) => (e, true),
-                    };
-                    let reason = e.to_string();
-                    if fatal {
-                        self.shared.fail(reason.clone());
+            let appended = match self.record.finish() {
+                Ok(bytes) => self.segment.append(bytes),
+                Err(e) => Err(AppendError::Retryable(e)),
+            };
+            self.record.shrink();
+            if let Err(err) = appended {
+                let (reason, fatal) = match err {
+                    AppendError::Retryable(e) => {
+                        tracing::warn!(error = %e, "log write failed; the group is refused");
+                        (e.to_string(), false)
                     }
-                    for reply in replies {
-                        let err = || StoreError::Io {
+                    AppendError::Fatal(e) => {
+                        // The kernel may still write the data: the outcome is unknown.
+                        self.shared.fail(e.to_string());
+                        (e.to_string(), true)
+                    }
+                };
+                for reply in replies {
+                    reply.refuse(if fatal {
+                        StoreError::unavailable(format!("the log failed: {reason}"))
+                    } else {
+                        StoreError::Io {
                             op: "committing to the log".into(),
                             source: std::io::Error::other(reason.clone()),
-                        };
-                        match reply {
-                            Reply::Write(_, tx) => {
-                                let _ = tx.send(Err(err()));
-                            }
-                            Reply::Compact(tx) => {
-                                let _ = tx.send(Err(err()));
-                            }
                         }
-                    }
-                    return;
+                    });
                 }
+                return;
             }
         }
         {
@@ -589,14 +642,7 @@ impl Committer {
             self.shared.publish(&mut state, &group, compact_to);
         }
         for reply in replies {
-            match reply {
-                Reply::Write(p, tx) => {
-                    let _ = tx.send(Ok(p));
-                }
-                Reply::Compact(tx) => {
-                    let _ = tx.send(Ok(()));
-                }
-            }
+            reply.send();
         }
     }
 
@@ -718,7 +764,10 @@ impl Store for MemStore {
         }
         if let Some((next, _)) = live.next() {
             page.continue_token = Some(continue_token::encode(prefix, revision, next));
-            page.remaining = Some(1 + live.count() as u64);
+            // Counting is cheap for the usual page sizes; past a bound it would make every
+            // page of a huge list cost as much as the whole list, so the count is left out.
+            let rest = live.take(REMAINING_COUNT_LIMIT).count();
+            page.remaining = (rest < REMAINING_COUNT_LIMIT).then_some(1 + rest as u64);
         }
         Ok(page)
     }
@@ -764,6 +813,7 @@ impl Store for MemStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         check_key(prefix)?;
+        let after = after.max(0);
         let shared = &self.inner.shared;
         let (rx, history, current) = {
             let state = shared.state.read();
@@ -780,7 +830,12 @@ impl Store for MemStore {
                 });
             }
             let rx = shared.events.subscribe();
-            (rx, state.history_since(prefix, after), state.revision)
+            let history = if after == state.revision {
+                Vec::new()
+            } else {
+                state.history_since(prefix, after)
+            };
+            (rx, history, state.revision)
         };
         Ok(Box::pin(watch_stream(
             prefix.to_owned(),
@@ -823,13 +878,13 @@ impl Store for MemStore {
 fn watch_stream(
     prefix: String,
     history: Vec<Event>,
-    rx: broadcast::Receiver<Arc<Vec<Event>>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     current: Revision,
 ) -> impl futures::Stream<Item = Result<Event>> + Send + 'static {
     struct Live {
         prefix: String,
-        rx: broadcast::Receiver<Arc<Vec<Event>>>,
-        group: Option<(Arc<Vec<Event>>, usize)>,
+        rx: broadcast::Receiver<Arc<Published>>,
+        group: Option<(Arc<Published>, usize)>,
         last: Revision,
         done: bool,
     }
@@ -845,7 +900,16 @@ fn watch_stream(
             return None;
         }
         loop {
-            if let Some((group, i)) = &mut s.group {
+            if let Some((published, i)) = &mut s.group {
+                let group = match &**published {
+                    Published::Group(events) => events,
+                    Published::Failed(reason) => {
+                        s.done = true;
+                        let err =
+                            StoreError::unavailable(format!("the store's log failed: {reason}"));
+                        return Some((Err(err), s));
+                    }
+                };
                 while *i < group.len() {
                     let e = &group[*i];
                     *i += 1;

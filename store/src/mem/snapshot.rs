@@ -111,11 +111,17 @@ pub(crate) fn load(path: &Path) -> Result<State> {
     state.revision = r.i64().ok_or_else(short)?;
     state.compacted = r.i64().ok_or_else(short)?;
     let count = r.i64().ok_or_else(short)?;
+    if state.revision < 0
+        || state.revision == i64::MAX
+        || !(0..=state.revision).contains(&state.compacted)
+    {
+        return Err(corrupt("revisions out of range"));
+    }
     let mut compactable = Vec::new();
     for _ in 0..count {
         let key: Arc<str> = Arc::from(r.str().ok_or_else(short)?);
         let n = r.u32().ok_or_else(short)?;
-        let mut history = History::with_capacity(n as usize);
+        let mut history = History::with_capacity((n as usize).min(1024));
         for _ in 0..n {
             let mod_revision = r.i64().ok_or_else(short)?;
             let create_revision = r.i64().ok_or_else(short)?;
@@ -130,6 +136,14 @@ pub(crate) fn load(path: &Path) -> Result<State> {
                 version,
                 value,
             };
+            let ordered = history
+                .last()
+                .is_none_or(|p: &Version| p.mod_revision < v.mod_revision);
+            if !ordered || v.mod_revision <= 0 || v.mod_revision > state.revision {
+                return Err(corrupt(
+                    "versions out of order or beyond the snapshot's revision",
+                ));
+            }
             if !history.is_empty() || v.value.is_none() {
                 compactable.push((v.mod_revision, key.clone()));
             }

@@ -48,9 +48,32 @@ impl RecordBuilder {
         &mut self.buf
     }
 
+    /// The record's size so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Gives back the memory of an unusually large record.
+    pub fn shrink(&mut self) {
+        if self.buf.capacity() > 8 << 20 {
+            self.buf = Vec::with_capacity(4096);
+            self.buf.resize(HEADER + 4, 0);
+            self.count = 0;
+        }
+    }
+
     /// Seals the record and returns its bytes.
-    pub fn finish(&mut self) -> &[u8] {
-        let payload_len = (self.buf.len() - HEADER) as u32;
+    ///
+    /// # Errors
+    /// `Io` when the record is too large for its length field (the committer keeps groups
+    /// far below that).
+    pub fn finish(&mut self) -> Result<&[u8]> {
+        let payload_len = u32::try_from(self.buf.len() - HEADER).map_err(|_| {
+            StoreError::io(
+                "sealing a log record",
+                std::io::Error::other("record over 4 GiB"),
+            )
+        })?;
         self.buf[HEADER..HEADER + 4].copy_from_slice(&self.count.to_le_bytes());
         self.buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         self.buf[4..8].copy_from_slice(&payload_len.to_le_bytes());
@@ -59,7 +82,7 @@ impl RecordBuilder {
         h.update(&self.buf[HEADER..]);
         let crc = h.finalize();
         self.buf[8..12].copy_from_slice(&crc.to_le_bytes());
-        &self.buf
+        Ok(&self.buf)
     }
 }
 
@@ -199,7 +222,9 @@ impl Segment {
     /// data, so the caller must stop accepting writes.
     pub fn append(&mut self, record: &[u8]) -> std::result::Result<(), AppendError> {
         if let Err(e) = self.file.write_all(record) {
-            let restored = self.file.set_len(self.len).is_ok() && self.seek_end().is_ok();
+            let restored = self.file.set_len(self.len).is_ok()
+                && self.file.sync_data().is_ok()
+                && self.seek_end().is_ok();
             let err = StoreError::io(format!("writing to log segment {}", self.path.display()), e);
             return Err(if restored {
                 AppendError::Retryable(err)
@@ -249,7 +274,7 @@ mod tests {
     fn record(n: u8) -> Vec<u8> {
         let mut b = RecordBuilder::new();
         codec::encode_compact(b.body(), i64::from(n));
-        b.finish().to_vec()
+        b.finish().expect("small record").to_vec()
     }
 
     #[test]
