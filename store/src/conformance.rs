@@ -493,7 +493,7 @@ pub async fn many_watchers_see_the_same_changes<S: Store>(s: &S) {
         let got: Vec<_> = take_events(w, written.len())
             .await
             .into_iter()
-            .map(|e| e.kv)
+            .map(|e| e.kv.clone())
             .collect();
         assert_eq!(got, written);
     }

@@ -480,17 +480,9 @@ impl EtcdStore {
                     mod_revision: revision,
                     ..prev.clone()
                 };
-                Ok(Event {
-                    kind: EventKind::Delete,
-                    kv,
-                    prev: Some(prev),
-                })
+                Ok(Event::new(EventKind::Delete, kv, Some(prev)))
             }
-            prev => Ok(Event {
-                kind: EventKind::Put,
-                kv: self.borrowed_kv(kv)?,
-                prev,
-            }),
+            prev => Ok(Event::new(EventKind::Put, self.borrowed_kv(kv)?, prev)),
         }
     }
 }

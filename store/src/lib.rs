@@ -35,7 +35,7 @@ pub use error::{Result, StoreError};
 pub use limits::{check_key, check_value, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use mem::{MemStore, MemStoreOptions, RecoveryReport};
 pub use store::{Store, WatchStream};
-pub use types::{Deleted, Event, EventKind, KeyValue, ListOptions, ListPage, Revision};
+pub use types::{Deleted, Event, EventData, EventKind, KeyValue, ListOptions, ListPage, Revision};
 
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdOptions, EtcdStore};

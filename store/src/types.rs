@@ -32,9 +32,14 @@ pub enum EventKind {
     Delete,
 }
 
-/// One change seen by a watch.
+/// One change seen by a watch: a cheap, shared handle (cloning it costs one reference
+/// count, whatever the value's size), which dereferences to the change's [`EventData`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub struct Event(Arc<EventData>);
+
+/// What an [`Event`] holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventData {
     /// Put or delete.
     pub kind: EventKind,
     /// For a put, the new version. For a delete, the last value the key had, with
@@ -45,9 +50,22 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event from its parts.
+    pub fn new(kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) -> Event {
+        Event(Arc::new(EventData { kind, kv, prev }))
+    }
+
     /// The revision at which this change happened.
     pub fn revision(&self) -> Revision {
-        self.kv.mod_revision
+        self.0.kv.mod_revision
+    }
+}
+
+impl std::ops::Deref for Event {
+    type Target = EventData;
+
+    fn deref(&self) -> &EventData {
+        &self.0
     }
 }
 

@@ -39,8 +39,10 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 
 use self::state::{key_value, Op, Overlay, Prepared, State};
 use self::wal::{AppendError, RecordBuilder, Segment, Tail};
@@ -225,7 +229,14 @@ impl MemStore {
         );
         let shared = Shared::new(state, &options);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (publish, published) = std::sync::mpsc::channel();
+        let events = shared.events.clone();
+        std::thread::Builder::new()
+            .name("keelson-store-publish".into())
+            .spawn(move || publisher(published, events))
+            .map_err(|e| StoreError::io("starting the publish thread", e))?;
         let committer = Committer {
+            publish,
             rx,
             shared: shared.clone(),
             dir,
@@ -261,7 +272,11 @@ impl MemStore {
             None => {
                 let mut state = shared.state.write();
                 let p = state.prepare(&mut Overlay::new(), &op, state.revision + 1)?;
-                shared.publish(&mut state, std::slice::from_ref(&p), None);
+                let group = std::slice::from_ref(&p);
+                Shared::apply(&mut state, group, None);
+                if let Some(events) = shared.events_of(group) {
+                    let _ = shared.events.send(Arc::new(Published::Group(events)));
+                }
                 Ok(p)
             }
             Some(queue) => {
@@ -317,18 +332,20 @@ impl Shared {
         let _ = self.events.send(Arc::new(Published::Failed(reason)));
     }
 
-    /// Applies committed writes (and a compaction) and tells the watchers.
-    fn publish(&self, state: &mut State, group: &[Prepared], compact: Option<Revision>) {
+    /// Applies committed writes (and a compaction) to the state.
+    fn apply(state: &mut State, group: &[Prepared], compact: Option<Revision>) {
         for p in group {
             state.apply(p);
         }
         if let Some(c) = compact {
             state.compact(c);
         }
-        if !group.is_empty() && self.events.receiver_count() > 0 {
-            let events: Vec<Event> = group.iter().map(Prepared::event).collect();
-            let _ = self.events.send(Arc::new(Published::Group(events)));
-        }
+    }
+
+    /// The events of a group, if anyone watches.
+    fn events_of(&self, group: &[Prepared]) -> Option<Vec<Event>> {
+        (!group.is_empty() && self.events.receiver_count() > 0)
+            .then(|| group.iter().map(Prepared::event).collect())
     }
 }
 
@@ -485,6 +502,23 @@ struct Committer {
     options: MemStoreOptions,
     last_snapshot_bytes: u64,
     snapshotter: Option<JoinHandle<()>>,
+    /// Committed groups' events, to the publisher thread.
+    publish: std::sync::mpsc::Sender<Vec<Event>>,
+}
+
+/// The publisher thread: hands committed events to the watch ring, merging every group
+/// that waits into one delivery, so each watcher is woken once per delivery rather than
+/// once per group. Events reach the ring after their group is applied and in commit order,
+/// which is all a watcher that subscribes under the state's read lock needs: a group
+/// applied before it subscribed is in its history (and filtered out of the ring), one
+/// applied after comes through the ring.
+fn publisher(rx: std::sync::mpsc::Receiver<Vec<Event>>, events: broadcast::Sender<Arc<Published>>) {
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let _ = events.send(Arc::new(Published::Group(batch)));
+    }
 }
 
 /// A list page counts the keys after it only up to this many (see `ListPage::remaining`).
@@ -639,10 +673,14 @@ impl Committer {
         }
         {
             let mut state = self.shared.state.write();
-            self.shared.publish(&mut state, &group, compact_to);
+            Shared::apply(&mut state, &group, compact_to);
         }
         for reply in replies {
             reply.send();
+        }
+        // Waking every watcher is the publisher's job, off the path of the next group.
+        if let Some(events) = self.shared.events_of(&group) {
+            let _ = self.publish.send(events);
         }
     }
 
@@ -874,69 +912,92 @@ impl Store for MemStore {
     }
 }
 
-/// The history first, then the live groups after `current`, filtered to the prefix.
+/// A MemStore watch: the history first, then the live deliveries after `current`, filtered
+/// to the prefix. A plain `Stream` (no future rebuilt per item): with many watchers this is
+/// the hot path.
+struct MemWatch {
+    history: std::vec::IntoIter<Event>,
+    live: BroadcastStream<Arc<Published>>,
+    delivery: Option<Arc<Published>>,
+    next: usize,
+    prefix: String,
+    /// The revision of the last event handed out (or of the state when the watch started).
+    last: Revision,
+    done: bool,
+}
+
 fn watch_stream(
     prefix: String,
     history: Vec<Event>,
     rx: broadcast::Receiver<Arc<Published>>,
     current: Revision,
-) -> impl futures::Stream<Item = Result<Event>> + Send + 'static {
-    struct Live {
-        prefix: String,
-        rx: broadcast::Receiver<Arc<Published>>,
-        group: Option<(Arc<Published>, usize)>,
-        last: Revision,
-        done: bool,
-    }
-    let live = Live {
+) -> MemWatch {
+    MemWatch {
+        history: history.into_iter(),
+        live: BroadcastStream::new(rx),
+        delivery: None,
+        next: 0,
         prefix,
-        rx,
-        group: None,
         last: current,
         done: false,
-    };
-    let live = futures::stream::unfold(live, |mut s| async move {
-        if s.done {
-            return None;
+    }
+}
+
+impl MemWatch {
+    fn end(&mut self, e: StoreError) -> Poll<Option<Result<Event>>> {
+        self.done = true;
+        self.delivery = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl futures::Stream for MemWatch {
+    type Item = Result<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(e) = this.history.next() {
+            return Poll::Ready(Some(Ok(e)));
         }
         loop {
-            if let Some((published, i)) = &mut s.group {
-                let group = match &**published {
-                    Published::Group(events) => events,
+            if let Some(delivery) = &this.delivery {
+                match &**delivery {
+                    Published::Group(events) => {
+                        while let Some(e) = events.get(this.next) {
+                            this.next += 1;
+                            if e.revision() > this.last
+                                && e.kv.key.starts_with(this.prefix.as_str())
+                            {
+                                this.last = e.revision();
+                                return Poll::Ready(Some(Ok(e.clone())));
+                            }
+                        }
+                    }
                     Published::Failed(reason) => {
-                        s.done = true;
-                        let err =
+                        let e =
                             StoreError::unavailable(format!("the store's log failed: {reason}"));
-                        return Some((Err(err), s));
-                    }
-                };
-                while *i < group.len() {
-                    let e = &group[*i];
-                    *i += 1;
-                    if e.revision() > s.last && e.kv.key.starts_with(s.prefix.as_str()) {
-                        s.last = e.revision();
-                        let e = e.clone();
-                        return Some((Ok(e), s));
+                        return this.end(e);
                     }
                 }
-                s.group = None;
+                this.delivery = None;
             }
-            match s.rx.recv().await {
-                Ok(group) => s.group = Some((group, 0)),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    s.done = true;
-                    let err = StoreError::WatchLagged {
-                        prefix: s.prefix.clone(),
-                        revision: s.last,
+            match std::task::ready!(Pin::new(&mut this.live).poll_next(cx)) {
+                Some(Ok(delivery)) => {
+                    this.delivery = Some(delivery);
+                    this.next = 0;
+                }
+                Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    let e = StoreError::WatchLagged {
+                        prefix: this.prefix.clone(),
+                        revision: this.last,
                     };
-                    return Some((Err(err), s));
+                    return this.end(e);
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    s.done = true;
-                    return Some((Err(StoreError::unavailable("the store was closed")), s));
-                }
+                None => return this.end(StoreError::unavailable("the store was closed")),
             }
         }
-    });
-    futures::StreamExt::chain(futures::stream::iter(history.into_iter().map(Ok)), live)
+    }
 }

@@ -65,21 +65,13 @@ impl Prepared {
     pub fn event(&self) -> Event {
         let prev = self.prev.as_ref().map(|p| key_value(&self.key, p));
         match &self.new.value {
-            Some(_) => Event {
-                kind: EventKind::Put,
-                kv: key_value(&self.key, &self.new),
-                prev,
-            },
+            Some(_) => Event::new(EventKind::Put, key_value(&self.key, &self.new), prev),
             None => {
                 let mut kv = prev
                     .clone()
                     .unwrap_or_else(|| key_value(&self.key, &self.new));
                 kv.mod_revision = self.new.mod_revision;
-                Event {
-                    kind: EventKind::Delete,
-                    kv,
-                    prev,
-                }
+                Event::new(EventKind::Delete, kv, prev)
             }
         }
     }
