@@ -18,6 +18,7 @@ keelson_store::store_conformance_tests!(mem_durable_frequent_snapshots, || async
     let dir = tempfile::tempdir().expect("temp dir");
     let options = keelson_store::MemStoreOptions {
         snapshot_after_bytes: 64 << 10,
+        segment_bytes: 16 << 10,
         ..Default::default()
     };
     let store = keelson_store::MemStore::open_with(dir.path(), options).expect("open");

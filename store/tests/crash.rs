@@ -24,6 +24,7 @@ const TASKS: usize = 8;
 fn options() -> MemStoreOptions {
     MemStoreOptions {
         snapshot_after_bytes: 256 << 10,
+        segment_bytes: 64 << 10,
         ..Default::default()
     }
 }

@@ -135,6 +135,33 @@ async fn snapshots_bound_the_log_and_recovery_starts_from_them() {
 }
 
 #[tokio::test]
+async fn the_log_rotates_into_segments_and_replays_across_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = MemStoreOptions {
+        segment_bytes: 4 << 10,
+        snapshot_after_bytes: u64::MAX,
+        ..Default::default()
+    };
+    let before = {
+        let s = MemStore::open_with(dir.path(), options.clone()).expect("open");
+        for i in 0..200 {
+            s.create(&format!("/g/{i:03}"), Bytes::from(vec![b'x'; 100]))
+                .await
+                .expect("create");
+        }
+        dump(&s).await
+    };
+    let segments = files(dir.path(), "log");
+    assert!(segments.len() > 5, "{segments:?}");
+    assert!(files(dir.path(), "snap").is_empty());
+    let s = MemStore::open_with(dir.path(), options).expect("reopen");
+    let report = s.recovery_report().expect("report");
+    assert_eq!(report.segments, segments.len());
+    assert_eq!(report.revision, 200);
+    assert_eq!(dump(&s).await, before);
+}
+
+#[tokio::test]
 async fn a_torn_last_record_is_cut_off_and_reported() {
     let dir = tempfile::tempdir().expect("dir");
     let before = {

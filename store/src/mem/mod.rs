@@ -68,6 +68,9 @@ pub struct MemStoreOptions {
     /// the size of the last snapshot, if that is larger, so snapshotting costs at most about
     /// as much disk traffic as the log itself). Default 64 MiB.
     pub snapshot_after_bytes: u64,
+    /// Start a new log segment once the current one holds this many bytes, so recovery
+    /// reads the log a bounded piece at a time. Default 64 MiB.
+    pub segment_bytes: u64,
     /// How many committed groups the watch ring holds; a watcher that falls further behind
     /// is cut off with `WatchLagged`. Default 8192.
     pub watch_buffer: usize,
@@ -79,6 +82,7 @@ impl Default for MemStoreOptions {
     fn default() -> Self {
         MemStoreOptions {
             snapshot_after_bytes: 64 << 20,
+            segment_bytes: 64 << 20,
             watch_buffer: 8192,
             max_group: 4096,
         }
@@ -101,6 +105,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// How long recovery took.
     pub duration: Duration,
+    /// How many bytes of log recovery replayed after the snapshot.
+    pub log_bytes: u64,
 }
 
 /// An incomplete record found at the end of the log and cut off.
@@ -244,6 +250,7 @@ impl MemStore {
             record: RecordBuilder::new(),
             options,
             last_snapshot_bytes: 0,
+            since_snapshot: report.log_bytes,
             snapshotter: None,
         };
         let handle = std::thread::Builder::new()
@@ -479,6 +486,7 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
                 )));
             }
         }
+        report.log_bytes += good_len;
         if last {
             append_to = Some((path.clone(), good_len));
         }
@@ -501,6 +509,8 @@ struct Committer {
     record: RecordBuilder,
     options: MemStoreOptions,
     last_snapshot_bytes: u64,
+    /// Log bytes written since the last snapshot.
+    since_snapshot: u64,
     snapshotter: Option<JoinHandle<()>>,
     /// Committed groups' events, to the publisher thread.
     publish: std::sync::mpsc::Sender<Vec<Event>>,
@@ -642,7 +652,10 @@ impl Committer {
         }
         if !self.record.is_empty() {
             let appended = match self.record.finish() {
-                Ok(bytes) => self.segment.append(bytes),
+                Ok(bytes) => {
+                    self.since_snapshot += bytes.len() as u64;
+                    self.segment.append(bytes)
+                }
                 Err(e) => Err(AppendError::Retryable(e)),
             };
             self.record.shrink();
@@ -685,15 +698,28 @@ impl Committer {
     }
 
     /// Starts a snapshot when the log has grown enough since the last one.
+    /// Starts a snapshot when the log has grown enough since the last one, and a new
+    /// segment when the current one is full.
     fn maybe_snapshot(&mut self) {
+        if self.shared.is_failed.load(Ordering::Acquire) {
+            return;
+        }
         let threshold = self
             .options
             .snapshot_after_bytes
             .max(self.last_snapshot_bytes);
-        if self.segment.len < threshold || self.shared.is_failed.load(Ordering::Acquire) {
+        // One snapshot at a time; while one is still being written, the log just grows.
+        let writing = self.snapshotter.as_ref().is_some_and(|h| !h.is_finished());
+        if self.since_snapshot < threshold || writing {
+            if self.segment.len >= self.options.segment_bytes {
+                let revision = self.shared.state.read().revision;
+                match Segment::create(&self.dir, revision + 1) {
+                    Ok(next) => self.segment = next,
+                    Err(e) => tracing::warn!(error = %e, "could not start a new log segment"),
+                }
+            }
             return;
         }
-        // One snapshot at a time.
         if let Some(handle) = self.snapshotter.take() {
             let _ = handle.join();
         }
@@ -701,6 +727,7 @@ impl Committer {
             let state = self.shared.state.read();
             (snapshot::encode(&state), state.revision)
         };
+        // The snapshot covers every segment before this new one, which can then go.
         let next = match Segment::create(&self.dir, revision + 1) {
             Ok(s) => s,
             Err(e) => {
@@ -709,6 +736,7 @@ impl Committer {
             }
         };
         self.segment = next;
+        self.since_snapshot = 0;
         self.last_snapshot_bytes = bytes.len() as u64;
         let dir = self.dir.clone();
         let spawned = std::thread::Builder::new()

@@ -8,13 +8,13 @@
 //! damaged it.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::codec::{put_bytes, put_i64, put_u32, Reader};
+use super::codec::{put_bytes, put_i64, put_u32};
 use super::state::{History, State, Version};
 use super::wal;
 use crate::error::{Result, StoreError};
@@ -90,27 +90,29 @@ pub(crate) fn write(dir: &Path, revision: Revision, bytes: &[u8]) -> Result<Path
 }
 
 /// Loads a snapshot file into a fresh state.
+/// Loads a snapshot file into a fresh state, reading it as a stream (a snapshot can be as
+/// large as the data, and recovery must not hold it twice).
 pub(crate) fn load(path: &Path) -> Result<State> {
-    let buf = wal::read_file(path)?;
     let corrupt = |what: &str| StoreError::Corrupt {
         reason: format!("snapshot {}: {what}", path.display()),
     };
-    if buf.len() < 36 {
+    let file = File::open(path)
+        .map_err(|e| StoreError::io(format!("opening snapshot {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("reading snapshot {}", path.display()), e))?
+        .len();
+    if len < 36 {
         return Err(corrupt("too short"));
     }
-    let (body, sum) = buf.split_at(buf.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != sum {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let mut r = Reader::new(body);
-    if r.u32() != Some(MAGIC) || r.u32() != Some(FORMAT) {
+    let mut r = StreamReader::new(BufReader::with_capacity(1 << 20, file), len - 4, path);
+    if r.u32()? != MAGIC || r.u32()? != FORMAT {
         return Err(corrupt("not a snapshot of this format"));
     }
     let mut state = State::default();
-    let short = || corrupt("truncated");
-    state.revision = r.i64().ok_or_else(short)?;
-    state.compacted = r.i64().ok_or_else(short)?;
-    let count = r.i64().ok_or_else(short)?;
+    state.revision = r.i64()?;
+    state.compacted = r.i64()?;
+    let count = r.i64()?;
     if state.revision < 0
         || state.revision == i64::MAX
         || !(0..=state.revision).contains(&state.compacted)
@@ -119,16 +121,16 @@ pub(crate) fn load(path: &Path) -> Result<State> {
     }
     let mut compactable = Vec::new();
     for _ in 0..count {
-        let key: Arc<str> = Arc::from(r.str().ok_or_else(short)?);
-        let n = r.u32().ok_or_else(short)?;
+        let key: Arc<str> = Arc::from(r.string()?);
+        let n = r.u32()?;
         let mut history = History::with_capacity((n as usize).min(1024));
         for _ in 0..n {
-            let mod_revision = r.i64().ok_or_else(short)?;
-            let create_revision = r.i64().ok_or_else(short)?;
-            let version = r.i64().ok_or_else(short)?;
-            let value = match r.u8().ok_or_else(short)? {
+            let mod_revision = r.i64()?;
+            let create_revision = r.i64()?;
+            let version = r.i64()?;
+            let value = match r.u8()? {
                 0 => None,
-                _ => Some(Bytes::copy_from_slice(r.bytes().ok_or_else(short)?)),
+                _ => Some(Bytes::from(r.vec()?)),
             };
             let v = Version {
                 mod_revision,
@@ -151,10 +153,93 @@ pub(crate) fn load(path: &Path) -> Result<State> {
         }
         state.keys.insert(key, history);
     }
-    if !r.is_empty() {
-        return Err(corrupt("trailing bytes"));
-    }
+    r.finish()?;
     compactable.sort_unstable_by_key(|(rev, _)| *rev);
     state.compactable = compactable.into();
     Ok(state)
+}
+
+/// Reads a snapshot's body from a stream, checksumming as it goes.
+struct StreamReader<'p, R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    /// Body bytes not read yet (the trailing checksum excluded).
+    remaining: u64,
+    path: &'p Path,
+}
+
+impl<'p, R: Read> StreamReader<'p, R> {
+    fn new(inner: R, body: u64, path: &'p Path) -> Self {
+        StreamReader {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            remaining: body,
+            path,
+        }
+    }
+
+    fn corrupt(&self, what: &str) -> StoreError {
+        StoreError::Corrupt {
+            reason: format!("snapshot {}: {what}", self.path.display()),
+        }
+    }
+
+    fn io(&self, e: std::io::Error) -> StoreError {
+        StoreError::io(format!("reading snapshot {}", self.path.display()), e)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        if (buf.len() as u64) > self.remaining {
+            return Err(self.corrupt("truncated"));
+        }
+        self.inner.read_exact(buf).map_err(|e| self.io(e))?;
+        self.crc.update(buf);
+        self.remaining -= buf.len() as u64;
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut b = [0; N];
+        self.fill(&mut b)?;
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        self.array().map(i64::from_le_bytes)
+    }
+
+    fn vec(&mut self) -> Result<Vec<u8>> {
+        let n = u64::from(self.u32()?);
+        if n > self.remaining {
+            return Err(self.corrupt("truncated"));
+        }
+        let mut v = vec![0; n as usize];
+        self.fill(&mut v)?;
+        Ok(v)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.vec()?).map_err(|_| self.corrupt("a key is not UTF-8"))
+    }
+
+    /// Checks that the body is all read and matches the trailing checksum.
+    fn finish(mut self) -> Result<()> {
+        if self.remaining != 0 {
+            return Err(self.corrupt("trailing bytes"));
+        }
+        let mut sum = [0; 4];
+        self.inner.read_exact(&mut sum).map_err(|e| self.io(e))?;
+        if self.crc.clone().finalize().to_le_bytes() != sum {
+            return Err(self.corrupt("checksum mismatch"));
+        }
+        Ok(())
+    }
 }
