@@ -40,7 +40,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -249,7 +249,7 @@ impl MemStore {
             segment,
             record: RecordBuilder::new(),
             options,
-            last_snapshot_bytes: 0,
+            last_snapshot_bytes: Arc::new(AtomicU64::new(0)),
             since_snapshot: report.log_bytes,
             snapshotter: None,
         };
@@ -508,7 +508,8 @@ struct Committer {
     segment: Segment,
     record: RecordBuilder,
     options: MemStoreOptions,
-    last_snapshot_bytes: u64,
+    /// The size of the last snapshot, set by the snapshot thread.
+    last_snapshot_bytes: Arc<AtomicU64>,
     /// Log bytes written since the last snapshot.
     since_snapshot: u64,
     snapshotter: Option<JoinHandle<()>>,
@@ -707,7 +708,7 @@ impl Committer {
         let threshold = self
             .options
             .snapshot_after_bytes
-            .max(self.last_snapshot_bytes);
+            .max(self.last_snapshot_bytes.load(Ordering::Relaxed));
         // One snapshot at a time; while one is still being written, the log just grows.
         let writing = self.snapshotter.as_ref().is_some_and(|h| !h.is_finished());
         if self.since_snapshot < threshold || writing {
@@ -723,10 +724,8 @@ impl Committer {
         if let Some(handle) = self.snapshotter.take() {
             let _ = handle.join();
         }
-        let (bytes, revision) = {
-            let state = self.shared.state.read();
-            (snapshot::encode(&state), state.revision)
-        };
+        let frozen = self.shared.state.read().freeze();
+        let revision = frozen.revision;
         // The snapshot covers every segment before this new one, which can then go.
         let next = match Segment::create(&self.dir, revision + 1) {
             Ok(s) => s,
@@ -737,11 +736,11 @@ impl Committer {
         };
         self.segment = next;
         self.since_snapshot = 0;
-        self.last_snapshot_bytes = bytes.len() as u64;
         let dir = self.dir.clone();
+        let size = self.last_snapshot_bytes.clone();
         let spawned = std::thread::Builder::new()
             .name("keelson-store-snapshot".into())
-            .spawn(move || write_snapshot(&dir, revision, &bytes));
+            .spawn(move || write_snapshot(&dir, &frozen, &size));
         match spawned {
             Ok(handle) => self.snapshotter = Some(handle),
             Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
@@ -750,13 +749,18 @@ impl Committer {
 }
 
 /// Writes a snapshot, then removes the log segments and snapshots it makes unnecessary.
-fn write_snapshot(dir: &Path, revision: Revision, bytes: &[u8]) {
+fn write_snapshot(dir: &Path, frozen: &state::Frozen, size: &AtomicU64) {
     let started = Instant::now();
-    if let Err(e) = snapshot::write(dir, revision, bytes) {
-        tracing::warn!(error = %e, revision, "snapshot failed; the log is kept");
-        let _ = std::fs::remove_file(dir.join(format!("snap-{revision:020}.tmp")));
-        return;
-    }
+    let revision = frozen.revision;
+    let bytes = match snapshot::write(dir, frozen) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(error = %e, revision, "snapshot failed; the log is kept");
+            let _ = std::fs::remove_file(dir.join(format!("snap-{revision:020}.tmp")));
+            return;
+        }
+    };
+    size.store(bytes, Ordering::Relaxed);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -772,7 +776,7 @@ fn write_snapshot(dir: &Path, revision: Revision, bytes: &[u8]) {
     let _ = wal::sync_dir(dir);
     tracing::debug!(
         revision,
-        bytes = bytes.len(),
+        bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );

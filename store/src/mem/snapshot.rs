@@ -3,19 +3,20 @@
 //!
 //! Layout: `magic (4) | format (4) | revision (8) | compacted (8) | key count (8)`, then per
 //! key its name and its versions, then a CRC-32 of everything before it. A snapshot is
-//! written to `snap-<revision>.tmp`, synced, renamed to `snap-<revision>.snap` and the
+//! taken from a frozen copy of the state (the map of keys cloned, values shared, so the
+//! committer pauses only for the clone), streamed to `snap-<revision>.tmp`, synced, renamed to `snap-<revision>.snap` and the
 //! directory synced, so a `.snap` file is always whole; a damaged one means the disk
 //! damaged it.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::codec::{put_bytes, put_i64, put_u32};
-use super::state::{History, State, Version};
+use super::state::{Frozen, History, State, Version};
 use super::wal;
 use crate::error::{Result, StoreError};
 use crate::types::Revision;
@@ -35,25 +36,26 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Revision> {
 }
 
 /// Encodes the state into memory (the caller holds the state's read lock only this long).
-pub(crate) fn encode(state: &State) -> Vec<u8> {
-    let size: usize = state
-        .keys
-        .iter()
-        .map(|(k, h)| {
-            k.len()
-                + 8
-                + h.iter()
-                    .map(|v| 40 + v.value.as_ref().map_or(0, Bytes::len))
-                    .sum::<usize>()
-        })
-        .sum();
-    let mut buf = Vec::with_capacity(size + 64);
+/// Writes a frozen copy of the state as a snapshot, durably, streaming it to the file;
+/// returns the snapshot's size.
+pub(crate) fn write(dir: &Path, frozen: &Frozen) -> Result<u64> {
+    let revision = frozen.revision;
+    let tmp = dir.join(format!("snap-{revision:020}.tmp"));
+    let path = dir.join(file_name(revision));
+    let io = |e| StoreError::io(format!("writing snapshot {}", tmp.display()), e);
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = Checksummed {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    let mut buf = Vec::with_capacity(4096);
     put_u32(&mut buf, MAGIC);
     put_u32(&mut buf, FORMAT);
-    put_i64(&mut buf, state.revision);
-    put_i64(&mut buf, state.compacted);
-    put_i64(&mut buf, state.keys.len() as i64);
-    for (key, history) in &state.keys {
+    put_i64(&mut buf, frozen.revision);
+    put_i64(&mut buf, frozen.compacted);
+    put_i64(&mut buf, frozen.keys.len() as i64);
+    for (key, history) in &frozen.keys {
         put_bytes(&mut buf, key.as_bytes());
         put_u32(&mut buf, history.len() as u32);
         for v in history {
@@ -63,30 +65,45 @@ pub(crate) fn encode(state: &State) -> Vec<u8> {
             match &v.value {
                 Some(value) => {
                     buf.push(1);
-                    put_bytes(&mut buf, value);
+                    put_u32(&mut buf, value.len() as u32);
+                    w.write_all(&buf).map_err(io)?;
+                    buf.clear();
+                    w.write_all(value).map_err(io)?;
                 }
                 None => buf.push(0),
             }
         }
+        if buf.len() > 2048 {
+            w.write_all(&buf).map_err(io)?;
+            buf.clear();
+        }
     }
-    let crc = crc32fast::hash(&buf);
-    put_u32(&mut buf, crc);
-    buf
-}
-
-/// Writes an encoded snapshot durably; returns its path.
-pub(crate) fn write(dir: &Path, revision: Revision, bytes: &[u8]) -> Result<PathBuf> {
-    let tmp = dir.join(format!("snap-{revision:020}.tmp"));
-    let path = dir.join(file_name(revision));
-    let io = |e| StoreError::io(format!("writing snapshot {}", tmp.display()), e);
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
+    w.write_all(&buf).map_err(io)?;
+    let crc = w.crc.clone().finalize();
+    w.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+    let size = w.len + 4;
+    let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
     std::fs::rename(&tmp, &path)
         .map_err(|e| StoreError::io(format!("renaming snapshot to {}", path.display()), e))?;
     wal::sync_dir(dir)?;
-    Ok(path)
+    Ok(size)
+}
+
+/// A writer that checksums and counts what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.crc.update(b);
+        self.len += b.len() as u64;
+        self.inner.write_all(b)
+    }
 }
 
 /// Loads a snapshot file into a fresh state.

@@ -34,6 +34,14 @@ pub(crate) struct State {
     pub compactable: VecDeque<(Revision, Arc<str>)>,
 }
 
+/// A copy of the state's versions at one revision, for a snapshot: the map is copied, the
+/// values are shared.
+pub(crate) struct Frozen {
+    pub revision: Revision,
+    pub compacted: Revision,
+    pub keys: BTreeMap<Arc<str>, History>,
+}
+
 /// A write as the caller asked for it.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -104,6 +112,15 @@ impl State {
     pub fn at(history: &History, revision: Revision) -> Option<&Version> {
         let idx = history.partition_point(|v| v.mod_revision <= revision);
         idx.checked_sub(1).map(|i| &history[i])
+    }
+
+    /// A copy for a snapshot: O(keys) pointer copies, no value is copied.
+    pub fn freeze(&self) -> Frozen {
+        Frozen {
+            revision: self.revision,
+            compacted: self.compacted,
+            keys: self.keys.clone(),
+        }
     }
 
     /// Checks `op` against the state plus `overlay`, and on success gives it revision
