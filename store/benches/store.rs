@@ -333,7 +333,7 @@ async fn gets<S: Store + Clone>(stores: &[S], keys: usize, duration: Duration) -
                 let _ = h.record(t.elapsed().as_nanos() as u64);
                 ops += 1;
                 // Let other tasks (and the timer) run: MemStore's get never waits.
-                if ops % 64 == 0 {
+                if ops.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -405,7 +405,7 @@ async fn watch_fanout<S: Store + Clone>(
                 }
                 // Latency is sampled on one delivery in eight per watcher (reading the clock
                 // and recording cost as much as a delivery); every delivery is counted.
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     let sent = u64::from_le_bytes(e.kv.value[..8].try_into().expect("8 bytes"));
                     let now = epoch.elapsed().as_nanos() as u64;
                     samples.push(now.saturating_sub(sent).max(1_000));
@@ -660,7 +660,14 @@ async fn run(args: Args) {
         for round in 0..args.rounds {
             let dir = tempfile::tempdir_in(&args.data_dir).expect("dir");
             let mem = MemStore::open(dir.path()).expect("open");
-            let (f, r) = watch_fanout(&[mem.clone()], &[mem], watchers, rate, secs).await;
+            let (f, r) = watch_fanout(
+                std::slice::from_ref(&mem),
+                std::slice::from_ref(&mem),
+                watchers,
+                rate,
+                secs,
+            )
+            .await;
             m.push(f);
             mr.push(r);
             if let Some(etcd) = &etcd {

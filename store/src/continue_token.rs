@@ -43,6 +43,22 @@ pub(crate) fn encode(prefix: &str, revision: Revision, next_key: &str) -> String
     URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// The token of a list's options, decoded and checked; an empty token counts as none.
+///
+/// # Errors
+/// `InvalidContinue`, as [`decode`].
+pub(crate) fn from_options(
+    prefix: &str,
+    options: &crate::ListOptions,
+) -> Result<Option<ContinueToken>> {
+    options
+        .continue_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|t| decode(prefix, t))
+        .transpose()
+}
+
 /// Decodes and checks a token for a list of `prefix`.
 ///
 /// # Errors

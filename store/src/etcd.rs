@@ -505,12 +505,7 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
         check_key(prefix)?;
-        let token = options
-            .continue_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(|t| continue_token::decode(prefix, t))
-            .transpose()?;
+        let token = continue_token::from_options(prefix, &options)?;
         let (start, revision) = match &token {
             Some(t) => (t.start_key(prefix), Some(t.revision)),
             None => (prefix.to_owned(), options.revision.filter(|r| *r != 0)),

@@ -101,14 +101,14 @@ async fn crash_child() {
                     .await
                     .expect("child: only this task updates its counter");
                 ack(format!("counter {t} {i} {}", counter.mod_revision));
-                if i % 10 == 0 && i > 5 {
+                if i.is_multiple_of(10) && i > 5 {
                     match store.delete(&item_key(t, i - 5), None).await {
                         Ok(d) => ack(format!("deleted {t} {} {}", i - 5, d.revision)),
                         Err(StoreError::NotFound { .. }) => ack(format!("deleted {t} {} 0", i - 5)),
                         Err(e) => panic!("child: delete: {e}"),
                     }
                 }
-                if t == 0 && i % 50 == 0 {
+                if t == 0 && i.is_multiple_of(50) {
                     let now = store.current_revision().await.expect("rev");
                     store.compact(now - 100).await.expect("child: compact");
                 }

@@ -126,9 +126,11 @@ pub(crate) fn load(path: &Path) -> Result<State> {
     if r.u32()? != MAGIC || r.u32()? != FORMAT {
         return Err(corrupt("not a snapshot of this format"));
     }
-    let mut state = State::default();
-    state.revision = r.i64()?;
-    state.compacted = r.i64()?;
+    let mut state = State {
+        revision: r.i64()?,
+        compacted: r.i64()?,
+        ..State::default()
+    };
     let count = r.i64()?;
     if state.revision < 0
         || state.revision == i64::MAX
