@@ -1,7 +1,18 @@
 //! keelson-apiserver: the Kubernetes-compatible API server.
 //!
-//! The registry (object semantics), the REST front, authentication and admission live
-//! here. This crate is filled by issues 3 and 4; today it only re-exports the object model
-//! it is built on.
+//! Being built (issue 3). The pieces, each in its own module:
+//!
+//! - `resources`: the list of served resources (kind, verbs, subresources, schema) that
+//!   discovery, OpenAPI and the routes are built from;
+//! - `discovery`: `/version`, aggregated and legacy discovery documents;
+//! - `openapi`: OpenAPI v3 documents generated from the kinds' schemas;
+//! - `table`: the `meta.k8s.io/v1` Table form of lists and watch events, with the columns
+//!   kubectl shows for each built-in kind.
+
+pub mod discovery;
+pub mod openapi;
+pub mod resources;
+pub mod table;
 
 pub use keelson_core as core;
+pub use resources::{ServedResource, Subresource, STANDARD_VERBS};

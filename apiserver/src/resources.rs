@@ -1,0 +1,156 @@
+//! The resources a server serves: each kind's type description, verbs, subresources and
+//! schema. Discovery, OpenAPI and the REST routes are all built from this one list.
+
+use keelson_core::{GroupVersionKind, Resource, ResourceType};
+
+/// The verbs every ordinary resource supports, in the order discovery lists them.
+pub const STANDARD_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// A subresource of a served resource (`status`, `scale`, `binding`, `eviction`, `log`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subresource {
+    /// Its name, e.g. `status`.
+    pub name: String,
+    /// The kind it takes and returns, e.g. `autoscaling/v1 Scale`.
+    pub kind: GroupVersionKind,
+    /// Its verbs, e.g. `get`, `patch`, `update`.
+    pub verbs: Vec<String>,
+}
+
+/// One resource a server serves.
+#[derive(Clone, Debug)]
+pub struct ServedResource {
+    /// What the kind is: group, version, kind, plural, scope, short names, categories.
+    pub rt: ResourceType,
+    /// The verbs it supports.
+    pub verbs: Vec<String>,
+    /// Its subresources.
+    pub subresources: Vec<Subresource>,
+    /// The kind's JSON schema (draft 2020-12, with `$defs`), as [`Resource::schema`] gives it.
+    pub schema: serde_json::Value,
+}
+
+impl ServedResource {
+    /// A resource served with the standard verbs and no subresources.
+    pub fn of<K: Resource>() -> ServedResource {
+        ServedResource {
+            rt: K::resource_type(),
+            verbs: STANDARD_VERBS.iter().map(|v| (*v).to_owned()).collect(),
+            subresources: Vec::new(),
+            schema: K::schema(),
+        }
+    }
+
+    /// Adds a subresource.
+    pub fn with_subresource(mut self, name: &str, kind: GroupVersionKind, verbs: &[&str]) -> Self {
+        self.subresources.push(Subresource {
+            name: name.to_owned(),
+            kind,
+            verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        });
+        self
+    }
+
+    /// Adds a `status` subresource (get, patch, update) of the resource's own kind.
+    pub fn with_status(self) -> Self {
+        let kind = self.rt.gvk();
+        self.with_subresource("status", kind, &["get", "patch", "update"])
+    }
+}
+
+/// The built-in kinds Keelson serves, with their `status` subresources.
+pub fn builtin() -> Vec<ServedResource> {
+    use k8s_openapi::api;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
+
+    macro_rules! served {
+        ($($ty:ty $(: $status:ident)?),* $(,)?) => {
+            vec![$(served!(@one $ty $(, $status)?)),*]
+        };
+        (@one $ty:ty) => { ServedResource::of::<$ty>() };
+        (@one $ty:ty, status) => { ServedResource::of::<$ty>().with_status() };
+    }
+
+    served![
+        api::core::v1::Pod: status,
+        api::core::v1::Service: status,
+        api::core::v1::Endpoints,
+        api::core::v1::Namespace: status,
+        api::core::v1::Node: status,
+        api::core::v1::ConfigMap,
+        api::core::v1::Secret,
+        api::core::v1::ServiceAccount,
+        api::core::v1::Event,
+        api::core::v1::PersistentVolume: status,
+        api::core::v1::PersistentVolumeClaim: status,
+        api::core::v1::LimitRange,
+        api::core::v1::ResourceQuota: status,
+        api::core::v1::ReplicationController: status,
+        api::core::v1::PodTemplate,
+        api::apps::v1::Deployment: status,
+        api::apps::v1::ReplicaSet: status,
+        api::apps::v1::StatefulSet: status,
+        api::apps::v1::DaemonSet: status,
+        api::apps::v1::ControllerRevision,
+        api::batch::v1::Job: status,
+        api::batch::v1::CronJob: status,
+        api::autoscaling::v2::HorizontalPodAutoscaler: status,
+        api::coordination::v1::Lease,
+        api::discovery::v1::EndpointSlice,
+        api::events::v1::Event,
+        api::policy::v1::PodDisruptionBudget: status,
+        api::rbac::v1::Role,
+        api::rbac::v1::RoleBinding,
+        api::rbac::v1::ClusterRole,
+        api::rbac::v1::ClusterRoleBinding,
+        api::scheduling::v1::PriorityClass,
+        api::networking::v1::Ingress: status,
+        api::networking::v1::IngressClass,
+        api::networking::v1::NetworkPolicy,
+        api::storage::v1::StorageClass,
+        api::storage::v1::CSIDriver,
+        api::storage::v1::CSINode,
+        api::storage::v1::VolumeAttachment: status,
+        api::node::v1::RuntimeClass,
+        api::certificates::v1::CertificateSigningRequest: status,
+        api::admissionregistration::v1::MutatingWebhookConfiguration,
+        api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        apiextensions::CustomResourceDefinition: status,
+        apiregistration::APIService: status,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_kinds_are_served_once_each_with_a_schema() {
+        let served = builtin();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &served {
+            assert!(
+                seen.insert((
+                    s.rt.group.to_string(),
+                    s.rt.version.to_string(),
+                    s.rt.plural.to_string()
+                )),
+                "{:?}",
+                s.rt
+            );
+            assert!(s.schema.is_object(), "{}", s.rt.kind);
+        }
+        let pods = served.iter().find(|s| s.rt.plural == "pods").expect("pods");
+        assert_eq!(pods.subresources[0].name, "status");
+    }
+}
