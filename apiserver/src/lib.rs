@@ -7,12 +7,19 @@
 //! - `discovery`: `/version`, aggregated and legacy discovery documents;
 //! - `openapi`: OpenAPI v3 documents generated from the kinds' schemas;
 //! - `table`: the `meta.k8s.io/v1` Table form of lists and watch events, with the columns
-//!   kubectl shows for each built-in kind.
+//!   kubectl shows for each built-in kind;
+//! - `registry`: object semantics over a `Store` (names, uid, timestamps, resource versions,
+//!   generation, namespaces, finalizers, selectors, pagination, watch), shared by every
+//!   transport;
+//! - `rest`: the HTTP front on axum.
 
 pub mod discovery;
 pub mod openapi;
+pub mod registry;
 pub mod resources;
+// pub mod rest; (wired in once discovery, openapi and table land)
 pub mod table;
 
 pub use keelson_core as core;
+pub use registry::Registry;
 pub use resources::{ServedResource, Subresource, STANDARD_VERBS};

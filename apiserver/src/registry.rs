@@ -1,0 +1,883 @@
+//! The registry: Kubernetes object semantics over a [`Store`], for any served kind, shared
+//! by every transport (HTTP and in-process).
+//!
+//! Objects travel as JSON values in the kind's wire form. In the store, an object is kept
+//! without `metadata.resourceVersion`; on the way out, `resourceVersion` is the store
+//! revision of the key's version, so it changes with every write, as in Kubernetes.
+//!
+//! What it does today: names and `generateName`, `uid`, `creationTimestamp`,
+//! `resourceVersion`, `generation` (bumped when anything but metadata and status changes),
+//! namespaces that must exist and must not be terminating, optimistic concurrency on
+//! update, status kept apart for kinds with a `status` subresource, finalizers with
+//! `deletionTimestamp`, label and field selectors, pagination, resource-version semantics
+//! of get and list, and watches with selector transitions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use keelson_core::{Error, FieldError, FieldSelector, LabelSelector, ResourceType};
+use keelson_store::{EventKind, KeyValue, ListOptions, Revision, Store, StoreError};
+use serde_json::{json, Map, Value};
+
+use crate::resources::ServedResource;
+
+/// The registry over one store.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+/// What a list or a watch selects.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Only objects in this namespace (`None`: every namespace).
+    pub namespace: Option<String>,
+    /// `labelSelector`.
+    pub labels: Option<LabelSelector>,
+    /// `fieldSelector`.
+    pub fields: Option<FieldSelector>,
+}
+
+/// How a list reads.
+#[derive(Clone, Debug, Default)]
+pub struct ListParams {
+    /// What to select.
+    pub selection: Selection,
+    /// `limit` (0: all).
+    pub limit: usize,
+    /// `continue`.
+    pub continue_token: Option<String>,
+    /// `resourceVersion`: `None` or `"0"` read the latest; with `exact`, this revision.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch=Exact`.
+    pub exact: bool,
+}
+
+/// A page of objects.
+#[derive(Clone, Debug)]
+pub struct ObjectList {
+    /// The objects, each with its `resourceVersion`.
+    pub items: Vec<Value>,
+    /// The revision the list was read at.
+    pub resource_version: Revision,
+    /// Where the next page starts.
+    pub continue_token: Option<String>,
+    /// How many objects follow, when known.
+    pub remaining: Option<i64>,
+}
+
+/// The type of a watch event, as Kubernetes names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchEventType {
+    /// `ADDED`.
+    Added,
+    /// `MODIFIED`.
+    Modified,
+    /// `DELETED`.
+    Deleted,
+    /// `BOOKMARK`.
+    Bookmark,
+    /// `ERROR`.
+    Error,
+}
+
+impl WatchEventType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventType::Added => "ADDED",
+            WatchEventType::Modified => "MODIFIED",
+            WatchEventType::Deleted => "DELETED",
+            WatchEventType::Bookmark => "BOOKMARK",
+            WatchEventType::Error => "ERROR",
+        }
+    }
+}
+
+/// One watch event: its type and the object (a `Status` for `ERROR`).
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    /// The type.
+    pub kind: WatchEventType,
+    /// The object, with its `resourceVersion`.
+    pub object: Value,
+}
+
+fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound { .. } => Error::not_found(rt, name),
+        StoreError::AlreadyExists { .. } => Error::already_exists(rt, name),
+        StoreError::Conflict { .. } => Error::conflict_modified(rt, name),
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => Error::expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
+        StoreError::FutureRevision { requested, current } => Error::timeout(
+            format!("Too large resource version: {requested}, current: {current}"),
+            Some(1),
+        ),
+        StoreError::InvalidContinue { reason } => {
+            Error::bad_request(format!("invalid continue token: {reason}"))
+        }
+        StoreError::ValueTooLarge { .. } => Error::request_entity_too_large(e),
+        StoreError::InvalidKey { .. } => Error::bad_request(e.to_string()),
+        StoreError::Unavailable { .. } => Error::service_unavailable(e.to_string()),
+        other => Error::internal(other),
+    }
+}
+
+/// The object as clients see it: the stored JSON with its `resourceVersion`.
+fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        Error::internal(format!(
+            "stored {} at {} does not decode: {e}",
+            rt.plural, kv.key
+        ))
+    })?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+fn set_resource_version(obj: &mut Value, revision: Revision) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+}
+
+fn encode(obj: &Value) -> Result<Bytes, Error> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(Error::internal)
+}
+
+fn meta(obj: &Value) -> &Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    obj.get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    meta(obj)
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, Error> {
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| Error::bad_request("the object must be a JSON object"))?;
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        return Err(Error::bad_request("metadata must be an object"));
+    }
+    meta.as_object_mut()
+        .ok_or_else(|| Error::bad_request("metadata must be an object"))
+}
+
+fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
+    meta(obj)
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks a DNS-1123 subdomain (most object names), with Kubernetes' messages.
+pub fn validate_subdomain(value: &str) -> Option<String> {
+    const MAX: usize = 253;
+    if value.len() > MAX {
+        return Some(format!("must be no more than {MAX} characters"));
+    }
+    let ok = !value.is_empty()
+        && value.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+        });
+    (!ok).then(|| {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned()
+    })
+}
+
+/// Checks a DNS-1123 label (namespace names), with Kubernetes' messages.
+pub fn validate_label(value: &str) -> Option<String> {
+    if value.len() > 63 {
+        return Some("must be no more than 63 characters".to_owned());
+    }
+    let b = value.as_bytes();
+    let ok = !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric();
+    (!ok).then(|| {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_owned()
+    })
+}
+
+/// A random suffix for `generateName`, from Kubernetes' alphabet (no vowels, no
+/// look-alike characters).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The current time, to the second (Kubernetes' timestamps have second precision).
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn now_rfc3339() -> String {
+    now().to_string()
+}
+
+/// Whether anything but metadata and status differs (what bumps `generation`).
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Map<String, Value> {
+        let mut m = v.as_object().cloned().unwrap_or_default();
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+        m
+    };
+    strip(old) != strip(new)
+}
+
+fn has_status(res: &ServedResource) -> bool {
+    res.subresources.iter().any(|s| s.name == "status")
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Registry {
+        Registry { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn namespace_key(namespace: &str) -> Result<String, Error> {
+        ResourceType::of::<k8s_openapi::api::core::v1::Namespace>().key(None, namespace)
+    }
+
+    /// Refuses writes into a namespace that does not exist or is being deleted.
+    async fn check_namespace(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+    ) -> Result<(), Error> {
+        let Some(ns) = namespace.filter(|_| res.rt.is_namespaced()) else {
+            return Ok(());
+        };
+        let ns_rt = ResourceType::of::<k8s_openapi::api::core::v1::Namespace>();
+        let kv = self
+            .store
+            .get(&Self::namespace_key(ns)?)
+            .await
+            .map_err(|e| store_error(&ns_rt, ns, e))?
+            .ok_or_else(|| Error::not_found(&ns_rt, ns))?;
+        let obj = decode(&ns_rt, &kv)?;
+        let terminating = meta_str(&obj, "deletionTimestamp").is_some()
+            || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
+        if terminating {
+            return Err(Error::forbidden(
+                &res.rt,
+                meta_str(&obj, "name").unwrap_or(ns),
+                &format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates an object (POST). `namespace` comes from the URL.
+    ///
+    /// # Errors
+    /// 400 for a malformed object or a namespace that does not match the URL; 404 when
+    /// the namespace does not exist; 403 when it is terminating; 409 when the name is
+    /// taken; 422 for an invalid name.
+    pub async fn create(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value, Error> {
+        let rt = &res.rt;
+        check_type(rt, &mut obj)?;
+        let meta = meta_mut(&mut obj)?;
+        let body_ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let namespace = match (rt.is_namespaced(), namespace, body_ns) {
+            (false, _, _) => {
+                meta.remove("namespace");
+                None
+            }
+            (true, Some(url), Some(body)) if url != body => {
+                return Err(Error::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            (true, Some(url), _) => Some(url.to_owned()),
+            (true, None, Some(body)) => Some(body),
+            (true, None, None) => Some("default".to_owned()),
+        };
+        if let Some(ns) = &namespace {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        let name = match meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            Some(name) => name.to_owned(),
+            None => match meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                None => {
+                    return Err(Error::invalid(
+                        rt,
+                        "",
+                        vec![FieldError::required(
+                            "metadata.name",
+                            "name or generateName is required",
+                        )],
+                    ));
+                }
+            },
+        };
+        let problem = if rt.plural == "namespaces" {
+            validate_label(&name)
+        } else {
+            validate_subdomain(&name)
+        };
+        if let Some(detail) = problem {
+            return Err(Error::invalid(
+                rt,
+                name.as_str(),
+                vec![FieldError::invalid("metadata.name", name.as_str(), &detail)],
+            ));
+        }
+        meta.insert("name".into(), Value::String(name.clone()));
+        meta.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(field);
+        }
+        if rt.plural == "namespaces" {
+            let status = obj
+                .as_object_mut()
+                .map(|m| m.entry("status").or_insert_with(|| json!({})));
+            if let Some(Value::Object(status)) = status {
+                status.insert("phase".into(), json!("Active"));
+            }
+        }
+        self.check_namespace(res, namespace.as_deref()).await?;
+        let key = rt.key(namespace.as_deref(), &name)?;
+        let kv = self
+            .store
+            .create(&key, encode(&obj)?)
+            .await
+            .map_err(|e| store_error(rt, &name, e))?;
+        set_resource_version(&mut obj, kv.mod_revision);
+        Ok(obj)
+    }
+
+    /// Reads one object.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub async fn get(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, Error> {
+        let rt = &res.rt;
+        let key = rt.key(namespace, name)?;
+        let kv = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(rt, name, e))?;
+        decode(rt, &kv.ok_or_else(|| Error::not_found(rt, name))?)
+    }
+
+    async fn get_kv(&self, rt: &ResourceType, key: &str, name: &str) -> Result<KeyValue, Error> {
+        self.store
+            .get(key)
+            .await
+            .map_err(|e| store_error(rt, name, e))?
+            .ok_or_else(|| Error::not_found(rt, name))
+    }
+
+    /// Replaces an object (PUT), or only its status (`status_only`, the `/status`
+    /// subresource). A `resourceVersion` in the body must be the current one.
+    ///
+    /// # Errors
+    /// 404, 409 on a stale `resourceVersion`, 400 when the body names another object.
+    pub async fn update(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        status_only: bool,
+    ) -> Result<Value, Error> {
+        let rt = &res.rt;
+        check_type(rt, &mut obj)?;
+        let key = rt.key(namespace, name)?;
+        let current_kv = self.get_kv(rt, &key, name).await?;
+        let current = decode(rt, &current_kv)?;
+        let body_meta = meta_mut(&mut obj)?;
+        if let Some(body_name) = body_meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            if body_name != name {
+                return Err(Error::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let expected = match body_meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            Some(rv) => rv
+                .parse::<Revision>()
+                .map_err(|_| Error::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            None => current_kv.mod_revision,
+        };
+        if expected != current_kv.mod_revision {
+            return Err(Error::conflict_modified(rt, name));
+        }
+        let next = if status_only {
+            // Only the status changes.
+            let mut next = current.clone();
+            if let (Some(map), Some(status)) = (next.as_object_mut(), obj.get("status")) {
+                map.insert("status".into(), status.clone());
+            }
+            next
+        } else {
+            let mut next = obj;
+            // What the server owns stays as it was.
+            let old_meta = meta(&current).clone();
+            let new_meta = meta_mut(&mut next)?;
+            for field in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                match old_meta.get(field) {
+                    Some(v) => new_meta.insert(field.into(), v.clone()),
+                    None => new_meta.remove(field),
+                };
+            }
+            if has_status(res) {
+                if let Some(map) = next.as_object_mut() {
+                    match current.get("status") {
+                        Some(status) => map.insert("status".into(), status.clone()),
+                        None => map.remove("status"),
+                    };
+                }
+            }
+            if spec_changed(&current, &next) {
+                let generation = old_meta
+                    .get("generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    + 1;
+                meta_mut(&mut next)?.insert("generation".into(), json!(generation));
+            }
+            next
+        };
+        let kv = self
+            .store
+            .update(&key, encode(&next)?, current_kv.mod_revision)
+            .await
+            .map_err(|e| store_error(rt, name, e))?;
+        let mut next = next;
+        set_resource_version(&mut next, kv.mod_revision);
+        // An object whose deletion waits only on finalizers goes once they are gone.
+        if meta_str(&next, "deletionTimestamp").is_some() && finalizers(&next).is_empty() {
+            return self.remove(rt, &key, name, kv.mod_revision).await;
+        }
+        Ok(next)
+    }
+
+    async fn remove(
+        &self,
+        rt: &ResourceType,
+        key: &str,
+        name: &str,
+        expected: Revision,
+    ) -> Result<Value, Error> {
+        let d = self
+            .store
+            .delete(key, Some(expected))
+            .await
+            .map_err(|e| store_error(rt, name, e))?;
+        let mut obj = decode(rt, &d.prev)?;
+        set_resource_version(&mut obj, d.revision);
+        Ok(obj)
+    }
+
+    /// Deletes an object. With finalizers, it only gets its `deletionTimestamp` and goes
+    /// when the last finalizer is removed. `precondition_uid` and `precondition_rv` are
+    /// DeleteOptions' preconditions.
+    ///
+    /// # Errors
+    /// 404; 409 when a precondition fails.
+    pub async fn delete(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition_uid: Option<&str>,
+        precondition_rv: Option<&str>,
+    ) -> Result<Value, Error> {
+        let rt = &res.rt;
+        let key = rt.key(namespace, name)?;
+        let kv = self.get_kv(rt, &key, name).await?;
+        let mut obj = decode(rt, &kv)?;
+        if let Some(uid) = precondition_uid {
+            if meta_str(&obj, "uid") != Some(uid) {
+                return Err(Error::conflict(
+                    rt,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&obj, "uid").unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = precondition_rv {
+            if rv != kv.mod_revision.to_string() {
+                return Err(Error::conflict(
+                    rt,
+                    name,
+                    format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision),
+                ));
+            }
+        }
+        if finalizers(&obj).is_empty() {
+            return self.remove(rt, &key, name, kv.mod_revision).await;
+        }
+        if meta_str(&obj, "deletionTimestamp").is_none() {
+            let m = meta_mut(&mut obj)?;
+            m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            let kv = self
+                .store
+                .update(&key, encode(&obj)?, kv.mod_revision)
+                .await
+                .map_err(|e| store_error(rt, name, e))?;
+            set_resource_version(&mut obj, kv.mod_revision);
+        }
+        Ok(obj)
+    }
+
+    /// Lists objects.
+    ///
+    /// # Errors
+    /// 410 for a compacted or expired continue token or resource version; 400 for a bad
+    /// token.
+    pub async fn list(
+        &self,
+        res: &ServedResource,
+        params: &ListParams,
+    ) -> Result<ObjectList, Error> {
+        let rt = &res.rt;
+        let prefix = rt.prefix(params.selection.namespace.as_deref())?;
+        let mut revision = match (&params.resource_version, params.exact) {
+            (Some(rv), true) => Some(parse_rv(rv)?),
+            _ => None,
+        };
+        let mut token = params.continue_token.clone().filter(|t| !t.is_empty());
+        let mut out = ObjectList {
+            items: Vec::new(),
+            resource_version: 0,
+            continue_token: None,
+            remaining: None,
+        };
+        loop {
+            let want = if params.limit == 0 {
+                None
+            } else {
+                Some(params.limit - out.items.len())
+            };
+            let page = self
+                .store
+                .list(&prefix, ListOptions { revision, limit: want, continue_token: token.take() })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } if params.continue_token.is_some() => Error::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ),
+                    other => store_error(rt, "", other),
+                })?;
+            out.resource_version = page.revision;
+            revision = Some(page.revision);
+            let filtered = page.remaining.is_some() && !params.selection.is_everything();
+            for kv in &page.items {
+                let obj = decode(rt, kv)?;
+                if params.selection.matches(rt, &obj) {
+                    out.items.push(obj);
+                }
+            }
+            match page.continue_token {
+                Some(t) if params.limit > 0 && out.items.len() < params.limit => token = Some(t),
+                Some(t) => {
+                    out.continue_token = Some(t);
+                    out.remaining = if filtered {
+                        None
+                    } else {
+                        page.remaining.map(|r| r as i64)
+                    };
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Watches objects after `resource_version` (`None` or `"0"`: first an ADDED event for
+    /// every existing object, then changes). Ends with an in-stream `ERROR` event (410
+    /// Expired) when the version is too old.
+    ///
+    /// # Errors
+    /// 400 for a malformed resource version.
+    pub async fn watch(
+        &self,
+        res: &ServedResource,
+        selection: Selection,
+        resource_version: Option<&str>,
+        send_initial_events: bool,
+    ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static, Error> {
+        let rt = res.rt.clone();
+        let prefix = rt.prefix(selection.namespace.as_deref())?;
+        let rv = match resource_version.filter(|rv| !rv.is_empty() && *rv != "0") {
+            Some(rv) => Some(parse_rv(rv)?),
+            None => None,
+        };
+        let (initial, after) = if rv.is_none() || send_initial_events {
+            let list = self
+                .list(
+                    res,
+                    &ListParams {
+                        selection: selection.clone(),
+                        ..ListParams::default()
+                    },
+                )
+                .await?;
+            let events: Vec<WatchEvent> = list
+                .items
+                .into_iter()
+                .map(|object| WatchEvent {
+                    kind: WatchEventType::Added,
+                    object,
+                })
+                .collect();
+            (events, list.resource_version)
+        } else {
+            (Vec::new(), rv.unwrap_or(0))
+        };
+        let initial_end = send_initial_events.then(|| bookmark(&rt, after, true));
+        let head = futures::stream::iter(initial.into_iter().chain(initial_end));
+        let tail: futures::stream::BoxStream<'static, WatchEvent> =
+            match self.store.watch(&prefix, after).await {
+                Ok(stream) => {
+                    let rt = rt.clone();
+                    stream
+                        .map(move |item| match item {
+                            Ok(e) => to_watch_event(&rt, &selection, &e),
+                            Err(e) => Some(error_event(&store_error(&rt, "", e))),
+                        })
+                        .filter_map(futures::future::ready)
+                        .boxed()
+                }
+                Err(e @ StoreError::Compacted { .. }) => {
+                    futures::stream::iter([error_event(&store_error(&rt, "", e))]).boxed()
+                }
+                Err(e) => return Err(store_error(&rt, "", e)),
+            };
+        Ok(head.chain(tail))
+    }
+}
+
+impl Selection {
+    fn is_everything(&self) -> bool {
+        self.labels.as_ref().is_none_or(LabelSelector::is_empty)
+            && self.fields.as_ref().is_none_or(FieldSelector::is_empty)
+    }
+
+    /// Whether an object is selected.
+    pub fn matches(&self, rt: &ResourceType, obj: &Value) -> bool {
+        self.labels
+            .as_ref()
+            .is_none_or(|l| l.matches(&labels_of(obj)))
+            && self.fields.as_ref().is_none_or(|f| f.matches(rt, obj))
+    }
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    meta(obj)
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_rv(rv: &str) -> Result<Revision, Error> {
+    rv.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| Error::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+/// Fills in `apiVersion` and `kind` from the URL, or checks the ones given.
+fn check_type(rt: &ResourceType, obj: &mut Value) -> Result<(), Error> {
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| Error::bad_request("the object must be a JSON object"))?;
+    let api_version = rt.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if !v.is_empty() && v != api_version => {
+            return Err(Error::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+        _ => {}
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() && k != rt.kind => {
+            return Err(Error::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
+        }
+        _ => {}
+    }
+    map.insert("apiVersion".into(), Value::String(api_version));
+    map.insert("kind".into(), Value::String(rt.kind.to_string()));
+    Ok(())
+}
+
+/// A BOOKMARK event at `revision` (with the initial-events-end annotation when `end`).
+pub fn bookmark(rt: &ResourceType, revision: Revision, end: bool) -> WatchEvent {
+    let mut metadata = json!({ "resourceVersion": revision.to_string() });
+    if end {
+        metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    WatchEvent {
+        kind: WatchEventType::Bookmark,
+        object: json!({ "kind": rt.kind.as_ref(), "apiVersion": rt.api_version(), "metadata": metadata }),
+    }
+}
+
+/// An ERROR event carrying the error's `Status`.
+pub fn error_event(e: &Error) -> WatchEvent {
+    let mut status = serde_json::to_value(e.to_status()).unwrap_or_else(|_| json!({}));
+    if let Some(map) = status.as_object_mut() {
+        map.insert("kind".into(), json!("Status"));
+        map.insert("apiVersion".into(), json!("v1"));
+    }
+    WatchEvent {
+        kind: WatchEventType::Error,
+        object: status,
+    }
+}
+
+/// Turns a store event into the watch event a selecting watcher sees: an object that moves
+/// into the selection is ADDED, one that moves out is DELETED.
+fn to_watch_event(
+    rt: &ResourceType,
+    selection: &Selection,
+    e: &keelson_store::Event,
+) -> Option<WatchEvent> {
+    let decoded = |kv: &KeyValue| decode(rt, kv).ok();
+    match e.kind {
+        EventKind::Put => {
+            let object = decoded(&e.kv)?;
+            let now = selection.matches(rt, &object);
+            let before = e
+                .prev
+                .as_ref()
+                .and_then(decoded)
+                .map(|p| selection.matches(rt, &p));
+            let kind = match (before, now) {
+                (None | Some(false), true) => WatchEventType::Added,
+                (Some(true), true) => WatchEventType::Modified,
+                (Some(true), false) => WatchEventType::Deleted,
+                (None | Some(false), false) => return None,
+            };
+            Some(WatchEvent { kind, object })
+        }
+        EventKind::Delete => {
+            let object = decoded(&e.kv)?;
+            selection.matches(rt, &object).then_some(WatchEvent {
+                kind: WatchEventType::Deleted,
+                object,
+            })
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The registry's object semantics, over an in-memory store.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use keelson_apiserver::registry::{ListParams, Selection, WatchEventType};
+use keelson_apiserver::{Registry, ServedResource};
+use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use keelson_core::LabelSelector;
+use keelson_store::MemStore;
+use serde_json::{json, Value};
+
+struct Fixture {
+    registry: Registry,
+    namespaces: ServedResource,
+    configmaps: ServedResource,
+    pods: ServedResource,
+}
+
+async fn fixture() -> Fixture {
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let f = Fixture {
+        registry,
+        namespaces: ServedResource::of::<Namespace>().with_status(),
+        configmaps: ServedResource::of::<ConfigMap>(),
+        pods: ServedResource::of::<Pod>().with_status(),
+    };
+    f.registry
+        .create(
+            &f.namespaces,
+            None,
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await
+        .expect("create the default namespace");
+    f
+}
+
+fn cm(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+fn rv(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test]
+async fn create_fills_in_server_owned_metadata() {
+    let f = fixture().await;
+    let obj = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    let meta = &obj["metadata"];
+    assert_eq!(meta["namespace"], "default");
+    assert_eq!(meta["generation"], 1);
+    assert_eq!(meta["uid"].as_str().map(str::len), Some(36));
+    assert!(
+        meta["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{meta}"
+    );
+    assert!(rv(&obj) > 0);
+    let got = f
+        .registry
+        .get(&f.configmaps, Some("default"), "a")
+        .await
+        .expect("get");
+    assert_eq!(got, obj);
+}
+
+#[tokio::test]
+async fn a_taken_name_is_already_exists_and_a_bad_name_is_invalid() {
+    let f = fixture().await;
+    f.registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    let err = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect_err("twice");
+    assert_eq!(
+        (err.code(), err.to_string()),
+        (409, r#"configmaps "a" already exists"#.to_owned())
+    );
+    let err = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("Bad_Name", json!({})))
+        .await
+        .expect_err("bad");
+    assert_eq!(err.code(), 422);
+    assert!(
+        err.to_string().starts_with(
+            r#"ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name""#
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn generate_name_gets_a_random_suffix() {
+    let f = fixture().await;
+    let body = json!({"metadata": {"generateName": "web-"}});
+    let a = f
+        .registry
+        .create(&f.configmaps, Some("default"), body.clone())
+        .await
+        .expect("a");
+    let b = f
+        .registry
+        .create(&f.configmaps, Some("default"), body)
+        .await
+        .expect("b");
+    let (a, b) = (
+        a["metadata"]["name"].as_str().expect("name"),
+        b["metadata"]["name"].as_str().expect("name"),
+    );
+    assert!(a.starts_with("web-") && a.len() == 9, "{a}");
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn writes_need_an_existing_live_namespace() {
+    let f = fixture().await;
+    let err = f
+        .registry
+        .create(&f.configmaps, Some("nope"), cm("a", json!({})))
+        .await
+        .expect_err("no namespace");
+    assert_eq!(
+        (err.code(), err.to_string()),
+        (404, r#"namespaces "nope" not found"#.to_owned())
+    );
+    let ns = json!({"metadata": {"name": "going", "finalizers": ["example.com/hold"]}});
+    f.registry
+        .create(&f.namespaces, None, ns)
+        .await
+        .expect("namespace");
+    f.registry
+        .delete(&f.namespaces, None, "going", None, None)
+        .await
+        .expect("start deleting");
+    let err = f
+        .registry
+        .create(&f.configmaps, Some("going"), cm("a", json!({})))
+        .await
+        .expect_err("terminating");
+    assert_eq!(err.code(), 403);
+    assert!(
+        err.to_string().contains("because it is being terminated"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_update_is_a_conflict_and_generation_follows_the_spec() {
+    let f = fixture().await;
+    let v1 = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    let mut change = v1.clone();
+    change["data"]["k"] = json!("w");
+    let v2 = f
+        .registry
+        .update(&f.configmaps, Some("default"), "a", change.clone(), false)
+        .await
+        .expect("update");
+    assert_eq!(v2["metadata"]["generation"], 2);
+    assert!(rv(&v2) > rv(&v1));
+    let err = f
+        .registry
+        .update(&f.configmaps, Some("default"), "a", change, false)
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), 409);
+    assert!(
+        err.to_string().contains("the object has been modified"),
+        "{err}"
+    );
+    // A metadata-only change keeps the generation.
+    let mut relabel = v2.clone();
+    relabel["metadata"]["labels"] = json!({"x": "y"});
+    let v3 = f
+        .registry
+        .update(&f.configmaps, Some("default"), "a", relabel, false)
+        .await
+        .expect("relabel");
+    assert_eq!(v3["metadata"]["generation"], 2);
+    assert_eq!(v3["metadata"]["uid"], v1["metadata"]["uid"]);
+}
+
+#[tokio::test]
+async fn status_and_spec_are_kept_apart() {
+    let f = fixture().await;
+    let pod =
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    let v1 = f
+        .registry
+        .create(&f.pods, Some("default"), pod)
+        .await
+        .expect("create");
+    let mut with_status = v1.clone();
+    with_status["status"] = json!({"phase": "Running"});
+    let v2 = f
+        .registry
+        .update(&f.pods, Some("default"), "p", with_status.clone(), false)
+        .await
+        .expect("update");
+    assert!(
+        v2.get("status").is_none(),
+        "the main resource ignores status: {v2}"
+    );
+    with_status["metadata"]["resourceVersion"] = v2["metadata"]["resourceVersion"].clone();
+    with_status["spec"]["containers"][0]["image"] = json!("changed");
+    let v3 = f
+        .registry
+        .update(&f.pods, Some("default"), "p", with_status, true)
+        .await
+        .expect("status");
+    assert_eq!(v3["status"]["phase"], "Running");
+    assert_eq!(
+        v3["spec"]["containers"][0]["image"], "x",
+        "/status changes only status"
+    );
+}
+
+#[tokio::test]
+async fn finalizers_hold_a_deletion_until_they_are_removed() {
+    let f = fixture().await;
+    let mut body = cm("held", json!({}));
+    body["metadata"]["finalizers"] = json!(["example.com/x"]);
+    f.registry
+        .create(&f.configmaps, Some("default"), body)
+        .await
+        .expect("create");
+    let marked = f
+        .registry
+        .delete(&f.configmaps, Some("default"), "held", None, None)
+        .await
+        .expect("delete");
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let mut release = f
+        .registry
+        .get(&f.configmaps, Some("default"), "held")
+        .await
+        .expect("still there");
+    release["metadata"]["finalizers"] = json!([]);
+    f.registry
+        .update(&f.configmaps, Some("default"), "held", release, false)
+        .await
+        .expect("release");
+    let err = f
+        .registry
+        .get(&f.configmaps, Some("default"), "held")
+        .await
+        .expect_err("gone");
+    assert!(err.is_not_found());
+}
+
+#[tokio::test]
+async fn lists_select_by_label_and_field_and_page() {
+    let f = fixture().await;
+    for i in 0..7 {
+        let tier = if i % 2 == 0 { "fe" } else { "be" };
+        f.registry
+            .create(
+                &f.configmaps,
+                Some("default"),
+                cm(&format!("c{i}"), json!({"tier": tier})),
+            )
+            .await
+            .expect("create");
+    }
+    let fe = ListParams {
+        selection: Selection {
+            labels: Some(LabelSelector::parse("tier=fe").expect("selector")),
+            ..Selection::default()
+        },
+        ..ListParams::default()
+    };
+    let list = f.registry.list(&f.configmaps, &fe).await.expect("list");
+    assert_eq!(list.items.len(), 4);
+    let by_name = ListParams {
+        selection: Selection {
+            fields: Some(keelson_core::FieldSelector::parse("metadata.name=c3").expect("selector")),
+            ..Selection::default()
+        },
+        ..ListParams::default()
+    };
+    assert_eq!(
+        f.registry
+            .list(&f.configmaps, &by_name)
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let page = f
+            .registry
+            .list(
+                &f.configmaps,
+                &ListParams {
+                    limit: 3,
+                    continue_token: token,
+                    ..fe.clone()
+                },
+            )
+            .await
+            .expect("page");
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items);
+        token = page.continue_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 4, "the limit counts selected objects");
+}
+
+#[tokio::test]
+async fn a_watch_sees_selector_transitions_as_added_and_deleted() {
+    let f = fixture().await;
+    let a = f
+        .registry
+        .create(
+            &f.configmaps,
+            Some("default"),
+            cm("a", json!({"tier": "fe"})),
+        )
+        .await
+        .expect("create");
+    let sel = Selection {
+        namespace: Some("default".into()),
+        labels: Some(LabelSelector::parse("tier=fe").expect("selector")),
+        ..Selection::default()
+    };
+    let mut w = Box::pin(
+        f.registry
+            .watch(&f.configmaps, sel, None, false)
+            .await
+            .expect("watch"),
+    );
+    let first = w.next().await.expect("initial");
+    assert_eq!(
+        (first.kind, first.object["metadata"]["name"].as_str()),
+        (WatchEventType::Added, Some("a"))
+    );
+    let mut moved = a.clone();
+    moved["metadata"]["labels"] = json!({"tier": "be"});
+    f.registry
+        .update(&f.configmaps, Some("default"), "a", moved, false)
+        .await
+        .expect("move out");
+    let out = w.next().await.expect("event");
+    assert_eq!(out.kind, WatchEventType::Deleted);
+    f.registry
+        .create(
+            &f.configmaps,
+            Some("default"),
+            cm("b", json!({"tier": "fe"})),
+        )
+        .await
+        .expect("create b");
+    let added = w.next().await.expect("event");
+    assert_eq!(
+        (added.kind, added.object["metadata"]["name"].as_str()),
+        (WatchEventType::Added, Some("b"))
+    );
+    f.registry
+        .delete(&f.configmaps, Some("default"), "b", None, None)
+        .await
+        .expect("delete b");
+    let gone = w.next().await.expect("event");
+    assert_eq!(gone.kind, WatchEventType::Deleted);
+    assert!(
+        rv(&gone.object) > rv(&added.object),
+        "a deleted object carries the delete's version"
+    );
+}
