@@ -13,6 +13,7 @@
 //!   transport;
 //! - `rest`: the HTTP front on axum.
 
+mod defaults;
 pub mod discovery;
 pub mod openapi;
 pub mod registry;

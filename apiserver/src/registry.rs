@@ -336,6 +336,7 @@ impl Registry {
     ) -> Result<Value, Error> {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
+        crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
         let meta = meta_mut(&mut obj)?;
         let body_ns = meta
             .get("namespace")
@@ -509,6 +510,7 @@ impl Registry {
             next
         } else {
             let mut next = obj;
+            crate::defaults::apply(&rt.group, &rt.kind, &mut next);
             // What the server owns stays as it was.
             let old_meta = meta(&current).clone();
             let new_meta = meta_mut(&mut next)?;

@@ -1,0 +1,268 @@
+//! Defaulting: the fields Kubernetes fills in when a client leaves them out, for the
+//! built-in kinds whose defaults clients and controllers rely on. Applied on every create
+//! and update, as Kubernetes applies defaults whenever it decodes an object.
+//!
+//! Pods (and every pod template): `restartPolicy: Always`, `terminationGracePeriodSeconds:
+//! 30`, `dnsPolicy: ClusterFirst`, `schedulerName: default-scheduler`,
+//! `securityContext: {}`, and per container `terminationMessagePath`,
+//! `terminationMessagePolicy`, `imagePullPolicy` (`Always` for `:latest` or an untagged
+//! image, else `IfNotPresent`) and port protocols. Deployments: `replicas: 1`, the
+//! `RollingUpdate` strategy with 25%/25%, `revisionHistoryLimit: 10`,
+//! `progressDeadlineSeconds: 600`. ReplicaSets, StatefulSets, DaemonSets and Jobs: their
+//! counters and strategies. Services: `type: ClusterIP`, `sessionAffinity: None`, port
+//! protocols and `targetPort`.
+
+use serde_json::{Map, Value, json};
+
+fn obj(v: &mut Value) -> Option<&mut Map<String, Value>> {
+    v.as_object_mut()
+}
+
+/// Sets `field` to `value` when it is absent or null.
+fn default(map: &mut Map<String, Value>, field: &str, value: Value) {
+    match map.get(field) {
+        Some(v) if !v.is_null() => {}
+        _ => {
+            map.insert(field.to_owned(), value);
+        }
+    }
+}
+
+/// The object at `field`, created empty when absent.
+fn child<'a>(map: &'a mut Map<String, Value>, field: &str) -> Option<&'a mut Map<String, Value>> {
+    if !map.get(field).is_some_and(Value::is_object) {
+        map.insert(field.to_owned(), json!({}));
+    }
+    map.get_mut(field).and_then(Value::as_object_mut)
+}
+
+/// Applies the defaults of `group`/`kind` to `object` in place.
+pub fn apply(group: &str, kind: &str, object: &mut Value) {
+    let Some(root) = obj(object) else { return };
+    match (group, kind) {
+        ("", "Pod") => {
+            if let Some(spec) = child(root, "spec") {
+                pod_spec(spec);
+            }
+        }
+        ("", "Service") => {
+            if let Some(spec) = child(root, "spec") {
+                service_spec(spec);
+            }
+        }
+        ("", "ReplicationController") | ("apps", "ReplicaSet") => {
+            if let Some(spec) = child(root, "spec") {
+                default(spec, "replicas", json!(1));
+                template(spec);
+            }
+        }
+        ("apps", "Deployment") => {
+            if let Some(spec) = child(root, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "revisionHistoryLimit", json!(10));
+                default(spec, "progressDeadlineSeconds", json!(600));
+                if let Some(strategy) = child(spec, "strategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                        if let Some(ru) = child(strategy, "rollingUpdate") {
+                            default(ru, "maxSurge", json!("25%"));
+                            default(ru, "maxUnavailable", json!("25%"));
+                        }
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = child(root, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "podManagementPolicy", json!("OrderedReady"));
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(strategy) = child(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                        if let Some(ru) = child(strategy, "rollingUpdate") {
+                            default(ru, "partition", json!(0));
+                        }
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = child(root, "spec") {
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(strategy) = child(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                        if let Some(ru) = child(strategy, "rollingUpdate") {
+                            default(ru, "maxUnavailable", json!(1));
+                            default(ru, "maxSurge", json!(0));
+                        }
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = child(root, "spec") {
+                job_spec(spec);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = child(root, "spec") {
+                default(spec, "concurrencyPolicy", json!("Allow"));
+                default(spec, "suspend", json!(false));
+                default(spec, "successfulJobsHistoryLimit", json!(3));
+                default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(job) = child(spec, "jobTemplate").and_then(|t| child(t, "spec")) {
+                    job_spec(job);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn job_spec(spec: &mut Map<String, Value>) {
+    default(spec, "parallelism", json!(1));
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    if spec.get("completions").is_none_or(Value::is_null) && spec.get("parallelism") == Some(&json!(1)) {
+        spec.insert("completions".into(), json!(1));
+    }
+    if let Some(pod) = child(spec, "template").and_then(|t| child(t, "spec")) {
+        // A Job's pods must not restart forever; Kubernetes requires Never or OnFailure
+        // and does not default it, so nothing is set here beyond the pod defaults.
+        let had_policy = pod.get("restartPolicy").is_some_and(|v| !v.is_null());
+        pod_spec(pod);
+        if !had_policy {
+            pod.remove("restartPolicy");
+        }
+    }
+}
+
+fn template(spec: &mut Map<String, Value>) {
+    if let Some(pod) = child(spec, "template").and_then(|t| child(t, "spec")) {
+        pod_spec(pod);
+    }
+}
+
+fn pod_spec(spec: &mut Map<String, Value>) {
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    for list in ["initContainers", "containers"] {
+        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                container(c);
+            }
+        }
+    }
+}
+
+fn container(c: &mut Map<String, Value>) {
+    default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    default(c, "terminationMessagePolicy", json!("File"));
+    let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+    // The tag is what follows the last ':' after the last '/' (a registry port is not a tag).
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let name = last.split('@').next().unwrap_or(last);
+    let pull = match name.rsplit_once(':') {
+        Some((_, "latest")) | None if !image.contains('@') => "Always",
+        _ => "IfNotPresent",
+    };
+    default(c, "imagePullPolicy", json!(pull));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            default(p, "protocol", json!("TCP"));
+        }
+    }
+}
+
+fn service_spec(spec: &mut Map<String, Value>) {
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            default(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                default(p, "targetPort", port);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_pod_gets_kubernetes_defaults() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}});
+        apply("", "Pod", &mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Always");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["schedulerName"], "default-scheduler");
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(spec["containers"][1]["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+    }
+
+    #[test]
+    fn image_pull_policy_reads_the_tag_not_a_registry_port() {
+        for (image, policy) in [
+            ("registry:5000/app", "Always"),
+            ("registry:5000/app:v1", "IfNotPresent"),
+            ("app:latest", "Always"),
+            ("app@sha256:abc", "IfNotPresent"),
+        ] {
+            let mut c = Map::new();
+            c.insert("image".into(), json!(image));
+            container(&mut c);
+            assert_eq!(c["imagePullPolicy"], policy, "{image}");
+        }
+    }
+
+    #[test]
+    fn a_deployment_gets_its_strategy_and_limits() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}});
+        apply("apps", "Deployment", &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+        assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn set_fields_are_kept_and_recreate_gets_no_rolling_update() {
+        let mut d = json!({"spec": {"replicas": 3, "strategy": {"type": "Recreate"}}});
+        apply("apps", "Deployment", &mut d);
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    #[test]
+    fn a_service_gets_its_type_and_target_ports() {
+        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
+        apply("", "Service", &mut s);
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert_eq!(s["spec"]["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+    }
+
+    #[test]
+    fn a_job_pod_keeps_no_defaulted_restart_policy() {
+        let mut j = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}});
+        apply("batch", "Job", &mut j);
+        assert_eq!(j["spec"]["completions"], 1);
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+        assert!(j["spec"]["template"]["spec"].get("restartPolicy").is_none());
+    }
+}
