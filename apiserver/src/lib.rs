@@ -13,6 +13,7 @@
 //!   transport;
 //! - `rest`: the HTTP front on axum.
 
+pub mod auth;
 mod defaults;
 pub mod discovery;
 pub mod openapi;
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod resources;
 // pub mod rest; (wired in once discovery, openapi and table land)
 pub mod table;
+pub mod tls;
 
 pub use keelson_core as core;
 pub use registry::Registry;
