@@ -67,6 +67,32 @@ pub struct ObjectList {
     pub remaining: Option<i64>,
 }
 
+/// DeleteOptions: preconditions and the grace period.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `gracePeriodSeconds` (pods).
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// The grace period a pod's deletion waits, or `None` when it is deleted at once: pods
+/// not bound to a node, finished pods, and a grace period of 0 go at once.
+fn pod_grace(rt: &ResourceType, obj: &Value, requested: Option<i64>) -> Option<i64> {
+    if !(rt.group.is_empty() && rt.kind == "Pod") {
+        return None;
+    }
+    let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let grace = requested
+        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30)
+        .max(0);
+    (bound && !finished && grace > 0).then_some(grace)
+}
+
 /// The type of a watch event, as Kubernetes names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchEventType {
@@ -578,8 +604,9 @@ impl Registry {
     }
 
     /// Deletes an object. With finalizers, it only gets its `deletionTimestamp` and goes
-    /// when the last finalizer is removed. `precondition_uid` and `precondition_rv` are
-    /// DeleteOptions' preconditions.
+    /// when the last finalizer is removed. A pod bound to a node is deleted gracefully: it
+    /// gets a `deletionTimestamp` its grace period ahead, and its node agent removes it
+    /// (or a delete with a grace period of 0 does).
     ///
     /// # Errors
     /// 404; 409 when a precondition fails.
@@ -588,41 +615,41 @@ impl Registry {
         res: &ServedResource,
         namespace: Option<&str>,
         name: &str,
-        precondition_uid: Option<&str>,
-        precondition_rv: Option<&str>,
+        options: &DeleteOptions,
     ) -> Result<Value, Error> {
         let rt = &res.rt;
         let key = rt.key(namespace, name)?;
         let kv = self.get_kv(rt, &key, name).await?;
         let mut obj = decode(rt, &kv)?;
-        if let Some(uid) = precondition_uid {
-            if meta_str(&obj, "uid") != Some(uid) {
-                return Err(Error::conflict(
-                    rt,
-                    name,
-                    format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta_str(&obj, "uid").unwrap_or_default()
-                    ),
-                ));
+        if let Some(uid) = &options.uid {
+            let actual = meta_str(&obj, "uid").unwrap_or_default();
+            if actual != uid {
+                let detail = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}");
+                return Err(Error::conflict(rt, name, detail));
             }
         }
-        if let Some(rv) = precondition_rv {
-            if rv != kv.mod_revision.to_string() {
-                return Err(Error::conflict(
-                    rt,
-                    name,
-                    format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision),
-                ));
+        if let Some(rv) = &options.resource_version {
+            if *rv != kv.mod_revision.to_string() {
+                let detail = format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    kv.mod_revision
+                );
+                return Err(Error::conflict(rt, name, detail));
             }
         }
-        if finalizers(&obj).is_empty() {
+        let grace = pod_grace(rt, &obj, options.grace_period_seconds);
+        if finalizers(&obj).is_empty() && grace.is_none() {
             return self.remove(rt, &key, name, kv.mod_revision).await;
         }
-        if meta_str(&obj, "deletionTimestamp").is_none() {
+        let grace = grace.unwrap_or(0);
+        let current = meta(&obj).get("deletionGracePeriodSeconds").and_then(Value::as_i64);
+        // A deletion already under way only ever gets shorter.
+        if meta_str(&obj, "deletionTimestamp").is_none() || current.is_some_and(|c| grace < c) {
+            let at = now().as_second().saturating_add(grace);
+            let at = k8s_openapi::jiff::Timestamp::from_second(at).unwrap_or_else(|_| now()).to_string();
             let m = meta_mut(&mut obj)?;
-            m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            m.insert("deletionTimestamp".into(), Value::String(at));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             let kv = self
                 .store
                 .update(&key, encode(&obj)?, kv.mod_revision)

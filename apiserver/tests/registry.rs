@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use keelson_apiserver::registry::{ListParams, Selection, WatchEventType};
+use keelson_apiserver::registry::{DeleteOptions, ListParams, Selection, WatchEventType};
 use keelson_apiserver::{Registry, ServedResource};
 use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use keelson_core::LabelSelector;
@@ -145,7 +145,7 @@ async fn writes_need_an_existing_live_namespace() {
         .await
         .expect("namespace");
     f.registry
-        .delete(&f.namespaces, None, "going", None, None)
+        .delete(&f.namespaces, None, "going", &DeleteOptions::default())
         .await
         .expect("start deleting");
     let err = f
@@ -245,7 +245,7 @@ async fn finalizers_hold_a_deletion_until_they_are_removed() {
         .expect("create");
     let marked = f
         .registry
-        .delete(&f.configmaps, Some("default"), "held", None, None)
+        .delete(&f.configmaps, Some("default"), "held", &DeleteOptions::default())
         .await
         .expect("delete");
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
@@ -381,7 +381,7 @@ async fn a_watch_sees_selector_transitions_as_added_and_deleted() {
         (WatchEventType::Added, Some("b"))
     );
     f.registry
-        .delete(&f.configmaps, Some("default"), "b", None, None)
+        .delete(&f.configmaps, Some("default"), "b", &DeleteOptions::default())
         .await
         .expect("delete b");
     let gone = w.next().await.expect("event");
@@ -390,4 +390,43 @@ async fn a_watch_sees_selector_transitions_as_added_and_deleted() {
         rv(&gone.object) > rv(&added.object),
         "a deleted object carries the delete's version"
     );
+}
+
+#[tokio::test]
+async fn a_pod_on_a_node_is_deleted_gracefully_and_an_unbound_one_at_once() {
+    let f = fixture().await;
+    let pod = |name: &str, node: Option<&str>| {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        if let Some(node) = node {
+            p["spec"]["nodeName"] = json!(node);
+        }
+        p
+    };
+    f.registry.create(&f.pods, Some("default"), pod("loose", None)).await.expect("create");
+    f.registry.delete(&f.pods, Some("default"), "loose", &DeleteOptions::default()).await.expect("delete");
+    assert!(f.registry.get(&f.pods, Some("default"), "loose").await.expect_err("gone").is_not_found());
+
+    f.registry.create(&f.pods, Some("default"), pod("bound", Some("node-1"))).await.expect("create");
+    let marked = f.registry.delete(&f.pods, Some("default"), "bound", &DeleteOptions::default()).await.expect("delete");
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let now = DeleteOptions { grace_period_seconds: Some(0), ..DeleteOptions::default() };
+    f.registry.delete(&f.pods, Some("default"), "bound", &now).await.expect("force");
+    assert!(f.registry.get(&f.pods, Some("default"), "bound").await.expect_err("gone").is_not_found());
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_checked() {
+    let f = fixture().await;
+    let obj = f.registry.create(&f.configmaps, Some("default"), cm("a", json!({}))).await.expect("create");
+    let wrong = DeleteOptions { uid: Some("nope".into()), ..DeleteOptions::default() };
+    let err = f.registry.delete(&f.configmaps, Some("default"), "a", &wrong).await.expect_err("precondition");
+    assert_eq!(err.code(), 409);
+    assert!(err.to_string().contains("Precondition failed: UID in precondition: nope"), "{err}");
+    let right = DeleteOptions {
+        uid: obj["metadata"]["uid"].as_str().map(str::to_owned),
+        resource_version: obj["metadata"]["resourceVersion"].as_str().map(str::to_owned),
+        ..DeleteOptions::default()
+    };
+    f.registry.delete(&f.configmaps, Some("default"), "a", &right).await.expect("delete");
 }
