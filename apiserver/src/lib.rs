@@ -13,6 +13,7 @@
 //!   transport;
 //! - `rest`: the HTTP front on axum.
 
+pub mod allocator;
 pub mod auth;
 mod defaults;
 pub mod discovery;

@@ -20,12 +20,14 @@ use keelson_core::{Error, FieldError, FieldSelector, LabelSelector, ResourceType
 use keelson_store::{EventKind, KeyValue, ListOptions, Revision, Store, StoreError};
 use serde_json::{json, Map, Value};
 
+use crate::allocator::{Allocator, ServiceRanges};
 use crate::resources::ServedResource;
 
 /// The registry over one store.
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    allocator: Allocator,
 }
 
 /// What a list or a watch selects.
@@ -305,7 +307,12 @@ fn has_status(res: &ServedResource) -> bool {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store }
+        Registry::with_service_ranges(store, ServiceRanges::default())
+    }
+
+    /// A registry whose Services get cluster IPs and node ports from `ranges`.
+    pub fn with_service_ranges(store: Arc<dyn Store>, ranges: ServiceRanges) -> Registry {
+        Registry { allocator: Allocator::new(store.clone(), ranges), store }
     }
 
     /// The store underneath.
@@ -447,11 +454,23 @@ impl Registry {
         }
         self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
-        let kv = self
-            .store
-            .create(&key, encode(&obj)?)
-            .await
-            .map_err(|e| store_error(rt, &name, e))?;
+        let service = is_service(rt);
+        if service {
+            self.allocator.allocate(rt, &mut obj).await?;
+        }
+        let created = match encode(&obj) {
+            Ok(value) => self.store.create(&key, value).await.map_err(|e| store_error(rt, &name, e)),
+            Err(e) => Err(e),
+        };
+        let kv = match created {
+            Ok(kv) => kv,
+            Err(e) => {
+                if service {
+                    let _ = self.allocator.release(&obj).await;
+                }
+                return Err(e);
+            }
+        };
         set_resource_version(&mut obj, kv.mod_revision);
         Ok(obj)
     }
@@ -537,6 +556,9 @@ impl Registry {
         } else {
             let mut next = obj;
             crate::defaults::apply(&rt.group, &rt.kind, &mut next);
+            if is_service(rt) {
+                keep_service_allocations(rt, &current, &mut next)?;
+            }
             // What the server owns stays as it was.
             let old_meta = meta(&current).clone();
             let new_meta = meta_mut(&mut next)?;
@@ -600,6 +622,11 @@ impl Registry {
             .map_err(|e| store_error(rt, name, e))?;
         let mut obj = decode(rt, &d.prev)?;
         set_resource_version(&mut obj, d.revision);
+        if is_service(rt) {
+            if let Err(e) = self.allocator.release(&obj).await {
+                tracing::warn!(service = name, error = %e, "could not release the service's address and ports");
+            }
+        }
         Ok(obj)
     }
 
@@ -802,6 +829,46 @@ impl Selection {
             .is_none_or(|l| l.matches(&labels_of(obj)))
             && self.fields.as_ref().is_none_or(|f| f.matches(rt, obj))
     }
+}
+
+fn is_service(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.kind == "Service"
+}
+
+/// Keeps a Service's allocated address and ports across an update that leaves them out,
+/// and refuses one that changes the address.
+fn keep_service_allocations(rt: &ResourceType, old: &Value, new: &mut Value) -> Result<(), Error> {
+    let name = meta_str(old, "name").unwrap_or_default().to_owned();
+    let old_ip = old.pointer("/spec/clusterIP").cloned();
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+    match (spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()), &old_ip) {
+        (None, Some(ip)) => {
+            spec.insert("clusterIP".into(), ip.clone());
+            for f in ["clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if let Some(v) = old.pointer(&format!("/spec/{f}")) {
+                    spec.entry(f).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        (Some(new_ip), Some(Value::String(old_ip))) if new_ip != old_ip => {
+            return Err(Error::invalid(
+                rt,
+                name.as_str(),
+                vec![FieldError::invalid("spec.clusterIPs[0]", new_ip, "may not change once set")],
+            ));
+        }
+        _ => {}
+    }
+    if let (Some(ports), Some(old_ports)) =
+        (spec.get_mut("ports").and_then(Value::as_array_mut), old.pointer("/spec/ports").and_then(Value::as_array))
+    {
+        for (p, o) in ports.iter_mut().zip(old_ports) {
+            if let (Some(p), Some(np)) = (p.as_object_mut(), o.get("nodePort")) {
+                p.entry("nodePort").or_insert_with(|| np.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {

@@ -430,3 +430,32 @@ async fn delete_preconditions_are_checked() {
     };
     f.registry.delete(&f.configmaps, Some("default"), "a", &right).await.expect("delete");
 }
+
+#[tokio::test]
+async fn services_get_distinct_cluster_ips_and_node_ports_that_are_released() {
+    let f = fixture().await;
+    let services = ServedResource::of::<keelson_core::k8s_openapi::api::core::v1::Service>().with_status();
+    let svc = |name: &str, kind: &str| json!({"metadata": {"name": name}, "spec": {"type": kind, "ports": [{"port": 80}]}});
+    let a = f.registry.create(&services, Some("default"), svc("a", "ClusterIP")).await.expect("a");
+    let b = f.registry.create(&services, Some("default"), svc("b", "NodePort")).await.expect("b");
+    let (ip_a, ip_b) = (a["spec"]["clusterIP"].as_str().expect("ip"), b["spec"]["clusterIP"].as_str().expect("ip"));
+    assert!(ip_a.starts_with("10.") && ip_a != ip_b, "{ip_a} {ip_b}");
+    let port = b["spec"]["ports"][0]["nodePort"].as_u64().expect("node port");
+    assert!((30000..=32767).contains(&port));
+    assert_eq!(b["spec"]["ports"][0]["targetPort"], 80);
+    let mut taken = svc("c", "ClusterIP");
+    taken["spec"]["clusterIP"] = json!(ip_a);
+    let err = f.registry.create(&services, Some("default"), taken.clone()).await.expect_err("taken");
+    assert_eq!(err.code(), 422);
+    assert!(err.to_string().contains("provided IP is already allocated"), "{err}");
+    // An update that leaves the address out keeps it.
+    let mut change = a.clone();
+    change["spec"].as_object_mut().expect("spec").remove("clusterIP");
+    let updated = f.registry.update(&services, Some("default"), "a", change, false).await.expect("update");
+    assert_eq!(updated["spec"]["clusterIP"], ip_a);
+    f.registry.delete(&services, Some("default"), "a", &DeleteOptions::default()).await.expect("delete");
+    f.registry.create(&services, Some("default"), taken).await.expect("a released address can be taken");
+    let headless = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}});
+    let h = f.registry.create(&services, Some("default"), headless).await.expect("headless");
+    assert_eq!(h["spec"]["clusterIP"], "None");
+}
