@@ -15,6 +15,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod cache;
 mod defaults;
 pub mod discovery;
 pub mod openapi;

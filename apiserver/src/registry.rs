@@ -17,10 +17,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use keelson_core::{Error, FieldError, FieldSelector, LabelSelector, ResourceType};
-use keelson_store::{EventKind, KeyValue, ListOptions, Revision, Store, StoreError};
+use keelson_store::{KeyValue, ListOptions, Revision, Store, StoreError};
 use serde_json::{json, Map, Value};
 
 use crate::allocator::{Allocator, ServiceRanges};
+use crate::cache::{Cache, CachedEvent, Delivery};
 use crate::resources::ServedResource;
 
 /// The registry over one store.
@@ -28,6 +29,7 @@ use crate::resources::ServedResource;
 pub struct Registry {
     store: Arc<dyn Store>,
     allocator: Allocator,
+    caches: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<Cache>>>>,
 }
 
 /// What a list or a watch selects.
@@ -59,8 +61,8 @@ pub struct ListParams {
 /// A page of objects.
 #[derive(Clone, Debug)]
 pub struct ObjectList {
-    /// The objects, each with its `resourceVersion`.
-    pub items: Vec<Value>,
+    /// The objects, each with its `resourceVersion` (shared with the watch cache).
+    pub items: Vec<Arc<Value>>,
     /// The revision the list was read at.
     pub resource_version: Revision,
     /// Where the next page starts.
@@ -123,13 +125,14 @@ impl WatchEventType {
     }
 }
 
-/// One watch event: its type and the object (a `Status` for `ERROR`).
+/// One watch event: its type and the object (a `Status` for `ERROR`), shared with every
+/// other watcher that receives it.
 #[derive(Clone, Debug)]
 pub struct WatchEvent {
     /// The type.
     pub kind: WatchEventType,
     /// The object, with its `resourceVersion`.
-    pub object: Value,
+    pub object: Arc<Value>,
 }
 
 fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> Error {
@@ -158,6 +161,10 @@ fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> Error {
 }
 
 /// The object as clients see it: the stored JSON with its `resourceVersion`.
+pub(crate) fn decode_object(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
+    decode(rt, kv)
+}
+
 fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
     let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
         Error::internal(format!(
@@ -312,7 +319,7 @@ impl Registry {
 
     /// A registry whose Services get cluster IPs and node ports from `ranges`.
     pub fn with_service_ranges(store: Arc<dyn Store>, ranges: ServiceRanges) -> Registry {
-        Registry { allocator: Allocator::new(store.clone(), ranges), store }
+        Registry { allocator: Allocator::new(store.clone(), ranges), store, caches: Arc::default() }
     }
 
     /// The store underneath.
@@ -698,6 +705,20 @@ impl Registry {
         params: &ListParams,
     ) -> Result<ObjectList, Error> {
         let rt = &res.rt;
+        // Whole lists (no page size, or any version will do) come from the watch cache.
+        let from_cache = params.continue_token.as_deref().is_none_or(str::is_empty)
+            && !params.exact
+            && (params.limit == 0 || params.resource_version.as_deref() == Some("0"));
+        if from_cache {
+            let cache = self.cache_at(res, params.resource_version.as_deref()).await?;
+            let snapshot = cache.snapshot(params.selection.namespace.as_deref())?;
+            return Ok(ObjectList {
+                items: snapshot.objects.into_iter().filter(|o| params.selection.matches(rt, o)).collect(),
+                resource_version: snapshot.revision,
+                continue_token: None,
+                remaining: None,
+            });
+        }
         let prefix = rt.prefix(params.selection.namespace.as_deref())?;
         let mut revision = match (&params.resource_version, params.exact) {
             (Some(rv), true) => Some(parse_rv(rv)?),
@@ -732,7 +753,7 @@ impl Registry {
             for kv in &page.items {
                 let obj = decode(rt, kv)?;
                 if params.selection.matches(rt, &obj) {
-                    out.items.push(obj);
+                    out.items.push(Arc::new(obj));
                 }
             }
             match page.continue_token {
@@ -752,12 +773,38 @@ impl Registry {
         Ok(out)
     }
 
+    /// The watch cache of a resource type, started on first use.
+    fn cache(&self, res: &ServedResource) -> Result<Arc<Cache>, Error> {
+        let mut caches = self.caches.lock();
+        let key = format!("{}/{}/{}", res.rt.group, res.rt.version, res.rt.plural);
+        if let Some(c) = caches.get(&key) {
+            return Ok(c.clone());
+        }
+        let cache = Cache::start(self.store.clone(), res.rt.clone())?;
+        caches.insert(key, cache.clone());
+        Ok(cache)
+    }
+
+    /// Waits until the cache has caught up with `resource_version` (`None`: with the
+    /// store's current revision, for a consistent read; `"0"`: any state).
+    async fn cache_at(&self, res: &ServedResource, resource_version: Option<&str>) -> Result<Arc<Cache>, Error> {
+        let cache = self.cache(res)?;
+        let target = match resource_version {
+            None | Some("") => self.store.current_revision().await.map_err(|e| store_error(&res.rt, "", e))?,
+            Some("0") => 0,
+            Some(rv) => parse_rv(rv)?,
+        };
+        cache.wait_for(target, CACHE_WAIT).await?;
+        Ok(cache)
+    }
+
     /// Watches objects after `resource_version` (`None` or `"0"`: first an ADDED event for
-    /// every existing object, then changes). Ends with an in-stream `ERROR` event (410
-    /// Expired) when the version is too old.
+    /// every existing object, then changes), from the resource's watch cache. Ends with an
+    /// in-stream `ERROR` event (410 Expired) when the version is too old or the cache had to
+    /// re-list.
     ///
     /// # Errors
-    /// 400 for a malformed resource version.
+    /// 400 for a malformed resource version; 504 when the cache does not reach it in time.
     pub async fn watch(
         &self,
         res: &ServedResource,
@@ -766,54 +813,84 @@ impl Registry {
         send_initial_events: bool,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static, Error> {
         let rt = res.rt.clone();
-        let prefix = rt.prefix(selection.namespace.as_deref())?;
-        let rv = match resource_version.filter(|rv| !rv.is_empty() && *rv != "0") {
-            Some(rv) => Some(parse_rv(rv)?),
-            None => None,
-        };
-        let (initial, after) = if rv.is_none() || send_initial_events {
-            let list = self
-                .list(
-                    res,
-                    &ListParams {
-                        selection: selection.clone(),
-                        ..ListParams::default()
-                    },
-                )
-                .await?;
-            let events: Vec<WatchEvent> = list
-                .items
-                .into_iter()
-                .map(|object| WatchEvent {
-                    kind: WatchEventType::Added,
-                    object,
-                })
-                .collect();
-            (events, list.resource_version)
+        let rv = resource_version.filter(|rv| !rv.is_empty() && *rv != "0");
+        let mut head: Vec<WatchEvent> = Vec::new();
+        let sub = if rv.is_none() || send_initial_events {
+            let cache = self.cache_at(res, resource_version).await?;
+            let (snapshot, sub) = cache.snapshot_and_subscribe(selection.namespace.as_deref())?;
+            head.extend(
+                snapshot
+                    .objects
+                    .into_iter()
+                    .filter(|o| selection.matches(&rt, o))
+                    .map(|object| WatchEvent { kind: WatchEventType::Added, object }),
+            );
+            if send_initial_events {
+                head.push(bookmark(&rt, sub.revision, true));
+            }
+            sub
         } else {
-            (Vec::new(), rv.unwrap_or(0))
+            let cache = self.cache_at(res, rv).await?;
+            let after = parse_rv(rv.unwrap_or("0"))?;
+            match cache.subscribe(after) {
+                Ok(sub) => sub,
+                Err(e) if e.is_expired() => {
+                    let events = vec![error_event(&e)];
+                    return Ok(futures::stream::iter(events).boxed());
+                }
+                Err(e) => return Err(e),
+            }
         };
-        let initial_end = send_initial_events.then(|| bookmark(&rt, after, true));
-        let head = futures::stream::iter(initial.into_iter().chain(initial_end));
-        let tail: futures::stream::BoxStream<'static, WatchEvent> =
-            match self.store.watch(&prefix, after).await {
-                Ok(stream) => {
-                    let rt = rt.clone();
-                    stream
-                        .map(move |item| match item {
-                            Ok(e) => to_watch_event(&rt, &selection, &e),
-                            Err(e) => Some(error_event(&store_error(&rt, "", e))),
-                        })
-                        .filter_map(futures::future::ready)
-                        .boxed()
+        let backlog_rt = rt.clone();
+        let backlog_sel = selection.clone();
+        head.extend(sub.backlog.iter().filter_map(|e| cached_to_watch(&backlog_rt, &backlog_sel, e)));
+        let live = futures::stream::unfold((sub.live, false), move |(mut rx, done)| {
+            let (rt, selection) = (rt.clone(), selection.clone());
+            async move {
+                if done {
+                    return None;
                 }
-                Err(e @ StoreError::Compacted { .. }) => {
-                    futures::stream::iter([error_event(&store_error(&rt, "", e))]).boxed()
+                loop {
+                    match rx.recv().await {
+                        Ok(Delivery::Event(e)) => {
+                            if let Some(w) = cached_to_watch(&rt, &selection, &e) {
+                                return Some((w, (rx, false)));
+                            }
+                        }
+                        Ok(Delivery::Reset) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let e = Error::expired("the watch cache was reset or this watcher fell behind; re-list and watch again");
+                            return Some((error_event(&e), (rx, true)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
                 }
-                Err(e) => return Err(store_error(&rt, "", e)),
-            };
-        Ok(head.chain(tail))
+            }
+        });
+        Ok(futures::stream::iter(head).chain(live.boxed()).boxed())
     }
+}
+
+/// How long a read waits for the watch cache to catch up before giving up.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Turns a cached change into the watch event a selecting watcher sees: an object that
+/// moves into the selection is ADDED, one that moves out is DELETED.
+fn cached_to_watch(rt: &ResourceType, selection: &Selection, e: &CachedEvent) -> Option<WatchEvent> {
+    let selected = |o: &Value| {
+        selection.namespace.as_deref().is_none_or(|ns| meta_str(o, "namespace") == Some(ns)) && selection.matches(rt, o)
+    };
+    let now = selected(&e.object);
+    let kind = match e.kind {
+        WatchEventType::Deleted if now => WatchEventType::Deleted,
+        WatchEventType::Deleted => return None,
+        _ => match (e.prev.as_deref().map(selected), now) {
+            (None | Some(false), true) => WatchEventType::Added,
+            (Some(true), true) => WatchEventType::Modified,
+            (Some(true), false) => WatchEventType::Deleted,
+            (None | Some(false), false) => return None,
+        },
+    };
+    Some(WatchEvent { kind, object: e.object.clone() })
 }
 
 impl Selection {
@@ -926,7 +1003,7 @@ pub fn bookmark(rt: &ResourceType, revision: Revision, end: bool) -> WatchEvent 
     }
     WatchEvent {
         kind: WatchEventType::Bookmark,
-        object: json!({ "kind": rt.kind.as_ref(), "apiVersion": rt.api_version(), "metadata": metadata }),
+        object: Arc::new(json!({ "kind": rt.kind.as_ref(), "apiVersion": rt.api_version(), "metadata": metadata })),
     }
 }
 
@@ -939,41 +1016,6 @@ pub fn error_event(e: &Error) -> WatchEvent {
     }
     WatchEvent {
         kind: WatchEventType::Error,
-        object: status,
-    }
-}
-
-/// Turns a store event into the watch event a selecting watcher sees: an object that moves
-/// into the selection is ADDED, one that moves out is DELETED.
-fn to_watch_event(
-    rt: &ResourceType,
-    selection: &Selection,
-    e: &keelson_store::Event,
-) -> Option<WatchEvent> {
-    let decoded = |kv: &KeyValue| decode(rt, kv).ok();
-    match e.kind {
-        EventKind::Put => {
-            let object = decoded(&e.kv)?;
-            let now = selection.matches(rt, &object);
-            let before = e
-                .prev
-                .as_ref()
-                .and_then(decoded)
-                .map(|p| selection.matches(rt, &p));
-            let kind = match (before, now) {
-                (None | Some(false), true) => WatchEventType::Added,
-                (Some(true), true) => WatchEventType::Modified,
-                (Some(true), false) => WatchEventType::Deleted,
-                (None | Some(false), false) => return None,
-            };
-            Some(WatchEvent { kind, object })
-        }
-        EventKind::Delete => {
-            let object = decoded(&e.kv)?;
-            selection.matches(rt, &object).then_some(WatchEvent {
-                kind: WatchEventType::Deleted,
-                object,
-            })
-        }
+        object: Arc::new(status),
     }
 }
