@@ -71,9 +71,10 @@ impl Pki {
         )?;
         pki.server_cert = cert;
         pki.server_key = key;
-        for (name, text) in [("ca.crt", &pki.ca_cert), ("ca.key", &pki.ca_key), ("server.crt", &pki.server_cert), ("server.key", &pki.server_key)] {
-            std::fs::write(file(name), text)?;
-        }
+        std::fs::write(file("ca.crt"), &pki.ca_cert)?;
+        std::fs::write(file("server.crt"), &pki.server_cert)?;
+        write_secret(&file("ca.key"), &pki.ca_key)?;
+        write_secret(&file("server.key"), &pki.server_key)?;
         Ok(pki)
     }
 
@@ -136,6 +137,19 @@ impl Pki {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
+}
+
+/// Writes a file only its owner can read (keys, tokens, kubeconfigs with credentials).
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// The identity in a verified client certificate: common name and organizations.
