@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use keelson_core::{Error, FieldError, ResourceType};
 use keelson_store::{Store, StoreError};
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 /// The ranges Services are given addresses and ports from.
 #[derive(Clone, Debug)]
@@ -28,7 +28,11 @@ pub struct ServiceRanges {
 impl Default for ServiceRanges {
     /// 10.96.0.0/12 (kubeadm's default) and ports 30000–32767.
     fn default() -> Self {
-        ServiceRanges { network: Ipv4Addr::new(10, 96, 0, 0), prefix: 12, node_ports: (30000, 32767) }
+        ServiceRanges {
+            network: Ipv4Addr::new(10, 96, 0, 0),
+            prefix: 12,
+            node_ports: (30000, 32767),
+        }
     }
 }
 
@@ -38,11 +42,19 @@ impl ServiceRanges {
     /// # Errors
     /// When the text is not an IPv4 CIDR with a prefix between 8 and 30.
     pub fn with_cidr(mut self, cidr: &str) -> Result<Self, String> {
-        let (ip, prefix) = cidr.split_once('/').ok_or_else(|| format!("{cidr:?} is not a CIDR"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| format!("{cidr:?} has a bad prefix length"))?;
+        let (ip, prefix) = cidr
+            .split_once('/')
+            .ok_or_else(|| format!("{cidr:?} is not a CIDR"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("{cidr:?} has a bad prefix length"))?;
         if !(8..=30).contains(&prefix) {
-            return Err(format!("{cidr:?}: the prefix length must be between 8 and 30"));
+            return Err(format!(
+                "{cidr:?}: the prefix length must be between 8 and 30"
+            ));
         }
         let mask = u32::MAX << (32 - prefix);
         self.network = Ipv4Addr::from(u32::from(ip) & mask);
@@ -103,14 +115,23 @@ impl Allocator {
                 None => BTreeSet::new(),
             };
             let out = change(&mut set)?;
-            let value = Bytes::from(json!({ "range": self.ranges.cidr(), "allocated": set }).to_string());
+            let value =
+                Bytes::from(json!({ "range": self.ranges.cidr(), "allocated": set }).to_string());
             let written = match &current {
-                Some(kv) => self.store.update(key, value, kv.mod_revision).await.map(|_| ()),
+                Some(kv) => self
+                    .store
+                    .update(key, value, kv.mod_revision)
+                    .await
+                    .map(|_| ()),
                 None => self.store.create(key, value).await.map(|_| ()),
             };
             match written {
                 Ok(()) => return Ok(out),
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) => continue,
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::AlreadyExists { .. }
+                    | StoreError::NotFound { .. },
+                ) => continue,
                 Err(e) => return Err(store_err(e)),
             }
         }
@@ -123,17 +144,37 @@ impl Allocator {
     /// # Errors
     /// 422 when a requested address or port is outside its range or taken, or a range is full.
     pub async fn allocate(&self, rt: &ResourceType, service: &mut Value) -> Result<(), Error> {
-        let name = service.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = service
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let invalid = |field: &str, value: &str, detail: &str| {
-            Error::invalid(rt, name.as_str(), vec![FieldError::invalid(field, value, detail)])
+            Error::invalid(
+                rt,
+                name.as_str(),
+                vec![FieldError::invalid(field, value, detail)],
+            )
         };
-        let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
-        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+        let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let kind = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_owned();
         if kind != "ExternalName" {
-            let requested = spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+            let requested = spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned);
             if requested.as_deref() != Some("None") {
                 if let Some(ip) = &requested {
-                    let parsed: Ipv4Addr = ip.parse().map_err(|_| invalid("spec.clusterIP", ip, "must be a valid IP address"))?;
+                    let parsed: Ipv4Addr = ip
+                        .parse()
+                        .map_err(|_| invalid("spec.clusterIP", ip, "must be a valid IP address"))?;
                     if !self.ranges.contains(parsed) {
                         return Err(invalid(
                             "spec.clusterIP",
@@ -145,17 +186,23 @@ impl Allocator {
                 let (first, last) = self.ranges.first_last();
                 let ip = self
                     .update_set(IPS_KEY, |set| match &requested {
-                        Some(ip) if set.contains(ip) => {
-                            Err(invalid("spec.clusterIP", ip, "provided IP is already allocated"))
-                        }
+                        Some(ip) if set.contains(ip) => Err(invalid(
+                            "spec.clusterIP",
+                            ip,
+                            "provided IP is already allocated",
+                        )),
                         Some(ip) => {
                             set.insert(ip.clone());
                             Ok(ip.clone())
                         }
                         None => {
                             // The first address is the API server's own (`kubernetes` Service).
-                            let free = (first + 1..=last).map(Ipv4Addr::from).map(|a| a.to_string()).find(|a| !set.contains(a));
-                            let ip = free.ok_or_else(|| Error::internal("the service IP range is full"))?;
+                            let free = (first + 1..=last)
+                                .map(Ipv4Addr::from)
+                                .map(|a| a.to_string())
+                                .find(|a| !set.contains(a));
+                            let ip = free
+                                .ok_or_else(|| Error::internal("the service IP range is full"))?;
                             set.insert(ip.clone());
                             Ok(ip)
                         }
@@ -164,15 +211,21 @@ impl Allocator {
                 spec.insert("clusterIP".into(), json!(ip));
                 spec.insert("clusterIPs".into(), json!([ip]));
                 spec.insert("ipFamilies".into(), json!(["IPv4"]));
-                spec.entry("ipFamilyPolicy").or_insert_with(|| json!("SingleStack"));
+                spec.entry("ipFamilyPolicy")
+                    .or_insert_with(|| json!("SingleStack"));
             }
         }
         if kind == "NodePort" || kind == "LoadBalancer" {
             let (lo, hi) = self.ranges.node_ports;
             let ports = spec.get_mut("ports").and_then(Value::as_array_mut);
             for (i, port) in ports.into_iter().flatten().enumerate() {
-                let Some(port) = port.as_object_mut() else { continue };
-                let requested = port.get("nodePort").and_then(Value::as_u64).filter(|p| *p != 0);
+                let Some(port) = port.as_object_mut() else {
+                    continue;
+                };
+                let requested = port
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|p| *p != 0);
                 if let Some(p) = requested {
                     if !(u64::from(lo)..=u64::from(hi)).contains(&p) {
                         return Err(invalid(
@@ -185,16 +238,21 @@ impl Allocator {
                 let field = format!("spec.ports[{i}].nodePort");
                 let chosen = self
                     .update_set(PORTS_KEY, |set| match requested {
-                        Some(p) if set.contains(&p.to_string()) => {
-                            Err(invalid(&field, &p.to_string(), "provided port is already allocated"))
-                        }
+                        Some(p) if set.contains(&p.to_string()) => Err(invalid(
+                            &field,
+                            &p.to_string(),
+                            "provided port is already allocated",
+                        )),
                         Some(p) => {
                             set.insert(p.to_string());
                             Ok(p)
                         }
                         None => {
-                            let free = (lo..=hi).map(u64::from).find(|p| !set.contains(&p.to_string()));
-                            let p = free.ok_or_else(|| Error::internal("the node port range is full"))?;
+                            let free = (lo..=hi)
+                                .map(u64::from)
+                                .find(|p| !set.contains(&p.to_string()));
+                            let p =
+                                free.ok_or_else(|| Error::internal("the node port range is full"))?;
                             set.insert(p.to_string());
                             Ok(p)
                         }
@@ -211,7 +269,10 @@ impl Allocator {
     /// # Errors
     /// When the store fails.
     pub async fn release(&self, service: &Value) -> Result<(), Error> {
-        let ip = service.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| *ip != "None" && !ip.is_empty());
+        let ip = service
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .filter(|ip| *ip != "None" && !ip.is_empty());
         if let Some(ip) = ip {
             let ip = ip.to_owned();
             self.update_set(IPS_KEY, |set| {
@@ -223,7 +284,12 @@ impl Allocator {
         let ports: Vec<String> = service
             .pointer("/spec/ports")
             .and_then(Value::as_array)
-            .map(|ps| ps.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64)).map(|p| p.to_string()).collect())
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+                    .map(|p| p.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         if !ports.is_empty() {
             self.update_set(PORTS_KEY, |set| {

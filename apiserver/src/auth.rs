@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -45,7 +45,10 @@ pub struct Authenticator {
 impl Authenticator {
     /// An authenticator that lets everyone in (plain HTTP on loopback, tests).
     pub fn allow_all() -> Authenticator {
-        Authenticator { tokens: HashMap::new(), anonymous: true }
+        Authenticator {
+            tokens: HashMap::new(),
+            anonymous: true,
+        }
     }
 
     /// Reads a token file.
@@ -64,22 +67,49 @@ impl Authenticator {
             if fields.len() < 3 || fields[0].is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{} line {}: expected token,user,uid[,\"groups\"]", path.display(), i + 1),
+                    format!(
+                        "{} line {}: expected token,user,uid[,\"groups\"]",
+                        path.display(),
+                        i + 1
+                    ),
                 ));
             }
             let groups = fields
                 .get(3)
-                .map(|g| g.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect())
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
-            tokens.insert(fields[0].clone(), User { name: fields[1].clone(), uid: fields[2].clone(), groups });
+            tokens.insert(
+                fields[0].clone(),
+                User {
+                    name: fields[1].clone(),
+                    uid: fields[2].clone(),
+                    groups,
+                },
+            );
         }
-        Ok(Authenticator { tokens, anonymous: false })
+        Ok(Authenticator {
+            tokens,
+            anonymous: false,
+        })
     }
 
     /// Who a request is, or `None` when it must be refused.
-    pub fn authenticate(&self, authorization: Option<&str>, cert: Option<&ClientCertIdentity>) -> Option<User> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        cert: Option<&ClientCertIdentity>,
+    ) -> Option<User> {
         if let Some(value) = authorization {
-            let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))?
+                .trim();
             return self.tokens.get(token).cloned();
         }
         if let Some(ClientCertIdentity(user)) = cert {
@@ -109,8 +139,15 @@ fn split_csv(line: &str) -> Vec<String> {
 
 /// The axum middleware: authenticates every request and puts its [`User`] into the
 /// request's extensions, or answers 401.
-pub async fn middleware(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
-    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+pub async fn middleware(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let cert = req.extensions().get::<ClientCertIdentity>();
     match auth.authenticate(authorization, cert) {
         Some(user) => {
@@ -123,7 +160,10 @@ pub async fn middleware(State(auth): State<Arc<Authenticator>>, mut req: Request
                 "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401,
             });
             let mut resp = (StatusCode::UNAUTHORIZED, status.to_string()).into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             resp
         }
     }
@@ -138,12 +178,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keelson-auth-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("tokens.csv");
-        std::fs::write(&path, "# admin\ns3cr3t,admin,1,\"system:masters,dev\"\nother,bob,2\n").expect("write");
+        std::fs::write(
+            &path,
+            "# admin\ns3cr3t,admin,1,\"system:masters,dev\"\nother,bob,2\n",
+        )
+        .expect("write");
         let auth = Authenticator::from_token_file(&path).expect("read");
-        let admin = auth.authenticate(Some("Bearer s3cr3t"), None).expect("admin");
+        let admin = auth
+            .authenticate(Some("Bearer s3cr3t"), None)
+            .expect("admin");
         assert_eq!(admin.name, "admin");
         assert_eq!(admin.groups, ["system:masters", "dev"]);
-        assert_eq!(auth.authenticate(Some("Bearer other"), None).map(|u| u.name), Some("bob".into()));
+        assert_eq!(
+            auth.authenticate(Some("Bearer other"), None)
+                .map(|u| u.name),
+            Some("bob".into())
+        );
         assert_eq!(auth.authenticate(Some("Bearer wrong"), None), None);
         assert_eq!(auth.authenticate(None, None), None, "anonymous is off");
         let _ = std::fs::remove_dir_all(dir);
@@ -151,9 +201,21 @@ mod tests {
 
     #[test]
     fn a_certificate_identifies_and_anonymous_needs_enabling() {
-        let cert = ClientCertIdentity(User { name: "node-1".into(), uid: String::new(), groups: vec!["system:nodes".into()] });
+        let cert = ClientCertIdentity(User {
+            name: "node-1".into(),
+            uid: String::new(),
+            groups: vec!["system:nodes".into()],
+        });
         let auth = Authenticator::default();
-        assert_eq!(auth.authenticate(None, Some(&cert)).map(|u| u.name), Some("node-1".into()));
-        assert_eq!(Authenticator::allow_all().authenticate(None, None).map(|u| u.name), Some("system:anonymous".into()));
+        assert_eq!(
+            auth.authenticate(None, Some(&cert)).map(|u| u.name),
+            Some("node-1".into())
+        );
+        assert_eq!(
+            Authenticator::allow_all()
+                .authenticate(None, None)
+                .map(|u| u.name),
+            Some("system:anonymous".into())
+        );
     }
 }

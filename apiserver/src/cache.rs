@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::registry::{WatchEventType, decode_object};
+use crate::registry::{decode_object, WatchEventType};
 
 /// How many recent events each cache keeps for watchers that resume.
 pub const HISTORY: usize = 10_000;
@@ -145,7 +145,14 @@ impl Cache {
         let mut revision = None;
         loop {
             let page = store
-                .list(&self.prefix, ListOptions { revision, limit: Some(1000), continue_token: token.take() })
+                .list(
+                    &self.prefix,
+                    ListOptions {
+                        revision,
+                        limit: Some(1000),
+                        continue_token: token.take(),
+                    },
+                )
                 .await?;
             revision = Some(page.revision);
             for kv in &page.items {
@@ -172,7 +179,9 @@ impl Cache {
         while let Some(item) = watch.next().await {
             let e = item?;
             let key = e.kv.key.to_string();
-            let Ok(object) = decode_object(&self.rt, &e.kv) else { continue };
+            let Ok(object) = decode_object(&self.rt, &e.kv) else {
+                continue;
+            };
             let object = Arc::new(object);
             let mut state = self.state.write();
             let prev = match e.kind {
@@ -184,7 +193,12 @@ impl Cache {
                 (EventKind::Put, None) => WatchEventType::Added,
                 (EventKind::Put, Some(_)) => WatchEventType::Modified,
             };
-            let event = Arc::new(CachedEvent { revision: e.revision(), kind, object, prev });
+            let event = Arc::new(CachedEvent {
+                revision: e.revision(),
+                kind,
+                object,
+                prev,
+            });
             state.revision = e.revision();
             if state.history.len() == HISTORY {
                 if let Some(old) = state.history.pop_front() {
@@ -196,7 +210,10 @@ impl Cache {
             drop(state);
             let _ = self.progress.send(e.revision());
         }
-        Err(StoreError::Unavailable { reason: "the store watch ended".into(), source: None })
+        Err(StoreError::Unavailable {
+            reason: "the store watch ended".into(),
+            source: None,
+        })
     }
 
     /// Waits until the cache has seen `revision` (at most `timeout`).
@@ -213,7 +230,10 @@ impl Cache {
             return Ok(());
         }
         Err(Error::timeout(
-            format!("Too large resource version: {revision}, current: {}", self.state.read().revision),
+            format!(
+                "Too large resource version: {revision}, current: {}",
+                self.state.read().revision
+            ),
             Some(1),
         ))
     }
@@ -228,7 +248,10 @@ impl Cache {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v.clone())
             .collect();
-        Ok(Snapshot { revision: state.revision, objects })
+        Ok(Snapshot {
+            revision: state.revision,
+            objects,
+        })
     }
 
     /// Subscribes to the changes after `revision`.
@@ -238,7 +261,10 @@ impl Cache {
     pub fn subscribe(&self, revision: Revision) -> Result<Subscription, Error> {
         let state = self.state.read();
         if !state.ready || revision < state.history_start {
-            return Err(Error::too_old_resource_version(revision, state.history_start));
+            return Err(Error::too_old_resource_version(
+                revision,
+                state.history_start,
+            ));
         }
         let from = state.history.partition_point(|e| e.revision <= revision);
         Ok(Subscription {
@@ -252,7 +278,10 @@ impl Cache {
     ///
     /// # Errors
     /// As [`Cache::snapshot`].
-    pub fn snapshot_and_subscribe(&self, namespace: Option<&str>) -> Result<(Snapshot, Subscription), Error> {
+    pub fn snapshot_and_subscribe(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<(Snapshot, Subscription), Error> {
         let prefix = self.rt.prefix(namespace)?;
         let state = self.state.read();
         let objects = state
@@ -261,8 +290,15 @@ impl Cache {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v.clone())
             .collect();
-        let snapshot = Snapshot { revision: state.revision, objects };
-        let sub = Subscription { backlog: Vec::new(), live: self.tx.subscribe(), revision: state.revision };
+        let snapshot = Snapshot {
+            revision: state.revision,
+            objects,
+        };
+        let sub = Subscription {
+            backlog: Vec::new(),
+            live: self.tx.subscribe(),
+            revision: state.revision,
+        };
         Ok((snapshot, sub))
     }
 

@@ -12,7 +12,7 @@
 //! counters and strategies. Services: `type: ClusterIP`, `sessionAffinity: None`, port
 //! protocols and `targetPort`.
 
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
 
 fn obj(v: &mut Value) -> Option<&mut Map<String, Value>> {
     v.as_object_mut()
@@ -129,7 +129,9 @@ fn job_spec(spec: &mut Map<String, Value>) {
     default(spec, "backoffLimit", json!(6));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
-    if spec.get("completions").is_none_or(Value::is_null) && spec.get("parallelism") == Some(&json!(1)) {
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism") == Some(&json!(1))
+    {
         spec.insert("completions".into(), json!(1));
     }
     if let Some(pod) = child(spec, "template").and_then(|t| child(t, "spec")) {
@@ -212,7 +214,10 @@ mod tests {
         assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(spec["containers"][1]["ports"][0]["protocol"], "TCP");
-        assert_eq!(spec["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(
+            spec["containers"][0]["terminationMessagePath"],
+            "/dev/termination-log"
+        );
     }
 
     #[test]
@@ -235,7 +240,10 @@ mod tests {
         let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}});
         apply("apps", "Deployment", &mut d);
         assert_eq!(d["spec"]["replicas"], 1);
-        assert_eq!(d["spec"]["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
         assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
         assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
@@ -254,7 +262,10 @@ mod tests {
         let mut s = json!({"spec": {"ports": [{"port": 80}]}});
         apply("", "Service", &mut s);
         assert_eq!(s["spec"]["type"], "ClusterIP");
-        assert_eq!(s["spec"]["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+        assert_eq!(
+            s["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
     }
 
     #[test]

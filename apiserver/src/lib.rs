@@ -21,10 +21,11 @@ pub mod discovery;
 pub mod openapi;
 pub mod registry;
 pub mod resources;
-// pub mod rest; (wired in once discovery, openapi and table land)
+pub mod rest;
 pub mod table;
 pub mod tls;
 
 pub use keelson_core as core;
 pub use registry::Registry;
 pub use resources::{ServedResource, Subresource, STANDARD_VERBS};
+pub use rest::{router, ApiServer};

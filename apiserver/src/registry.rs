@@ -88,10 +88,19 @@ fn pod_grace(rt: &ResourceType, obj: &Value, requested: Option<i64>) -> Option<i
     if !(rt.group.is_empty() && rt.kind == "Pod") {
         return None;
     }
-    let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let bound = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        obj.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
     let grace = requested
-        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30)
         .max(0);
     (bound && !finished && grace > 0).then_some(grace)
@@ -319,7 +328,11 @@ impl Registry {
 
     /// A registry whose Services get cluster IPs and node ports from `ranges`.
     pub fn with_service_ranges(store: Arc<dyn Store>, ranges: ServiceRanges) -> Registry {
-        Registry { allocator: Allocator::new(store.clone(), ranges), store, caches: Arc::default() }
+        Registry {
+            allocator: Allocator::new(store.clone(), ranges),
+            store,
+            caches: Arc::default(),
+        }
     }
 
     /// The store underneath.
@@ -354,7 +367,7 @@ impl Registry {
             return Err(Error::forbidden(
                 &res.rt,
                 meta_str(&obj, "name").unwrap_or(ns),
-                &format!(
+                format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ),
             ));
@@ -451,14 +464,7 @@ impl Registry {
         ] {
             meta.remove(field);
         }
-        if rt.plural == "namespaces" {
-            let status = obj
-                .as_object_mut()
-                .map(|m| m.entry("status").or_insert_with(|| json!({})));
-            if let Some(Value::Object(status)) = status {
-                status.insert("phase".into(), json!("Active"));
-            }
-        }
+        initial_status(res, &mut obj);
         self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
         let service = is_service(rt);
@@ -466,7 +472,11 @@ impl Registry {
             self.allocator.allocate(rt, &mut obj).await?;
         }
         let created = match encode(&obj) {
-            Ok(value) => self.store.create(&key, value).await.map_err(|e| store_error(rt, &name, e)),
+            Ok(value) => self
+                .store
+                .create(&key, value)
+                .await
+                .map_err(|e| store_error(rt, &name, e)),
             Err(e) => Err(e),
         };
         let kv = match created {
@@ -658,7 +668,9 @@ impl Registry {
         if let Some(uid) = &options.uid {
             let actual = meta_str(&obj, "uid").unwrap_or_default();
             if actual != uid {
-                let detail = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}");
+                let detail = format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                );
                 return Err(Error::conflict(rt, name, detail));
             }
         }
@@ -676,11 +688,15 @@ impl Registry {
             return self.remove(rt, &key, name, kv.mod_revision).await;
         }
         let grace = grace.unwrap_or(0);
-        let current = meta(&obj).get("deletionGracePeriodSeconds").and_then(Value::as_i64);
+        let current = meta(&obj)
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
         // A deletion already under way only ever gets shorter.
         if meta_str(&obj, "deletionTimestamp").is_none() || current.is_some_and(|c| grace < c) {
             let at = now().as_second().saturating_add(grace);
-            let at = k8s_openapi::jiff::Timestamp::from_second(at).unwrap_or_else(|_| now()).to_string();
+            let at = k8s_openapi::jiff::Timestamp::from_second(at)
+                .unwrap_or_else(|_| now())
+                .to_string();
             let m = meta_mut(&mut obj)?;
             m.insert("deletionTimestamp".into(), Value::String(at));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
@@ -710,10 +726,16 @@ impl Registry {
             && !params.exact
             && (params.limit == 0 || params.resource_version.as_deref() == Some("0"));
         if from_cache {
-            let cache = self.cache_at(res, params.resource_version.as_deref()).await?;
+            let cache = self
+                .cache_at(res, params.resource_version.as_deref())
+                .await?;
             let snapshot = cache.snapshot(params.selection.namespace.as_deref())?;
             return Ok(ObjectList {
-                items: snapshot.objects.into_iter().filter(|o| params.selection.matches(rt, o)).collect(),
+                items: snapshot
+                    .objects
+                    .into_iter()
+                    .filter(|o| params.selection.matches(rt, o))
+                    .collect(),
                 resource_version: snapshot.revision,
                 continue_token: None,
                 remaining: None,
@@ -787,10 +809,18 @@ impl Registry {
 
     /// Waits until the cache has caught up with `resource_version` (`None`: with the
     /// store's current revision, for a consistent read; `"0"`: any state).
-    async fn cache_at(&self, res: &ServedResource, resource_version: Option<&str>) -> Result<Arc<Cache>, Error> {
+    async fn cache_at(
+        &self,
+        res: &ServedResource,
+        resource_version: Option<&str>,
+    ) -> Result<Arc<Cache>, Error> {
         let cache = self.cache(res)?;
         let target = match resource_version {
-            None | Some("") => self.store.current_revision().await.map_err(|e| store_error(&res.rt, "", e))?,
+            None | Some("") => self
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| store_error(&res.rt, "", e))?,
             Some("0") => 0,
             Some(rv) => parse_rv(rv)?,
         };
@@ -823,7 +853,10 @@ impl Registry {
                     .objects
                     .into_iter()
                     .filter(|o| selection.matches(&rt, o))
-                    .map(|object| WatchEvent { kind: WatchEventType::Added, object }),
+                    .map(|object| WatchEvent {
+                        kind: WatchEventType::Added,
+                        object,
+                    }),
             );
             if send_initial_events {
                 head.push(bookmark(&rt, sub.revision, true));
@@ -843,7 +876,11 @@ impl Registry {
         };
         let backlog_rt = rt.clone();
         let backlog_sel = selection.clone();
-        head.extend(sub.backlog.iter().filter_map(|e| cached_to_watch(&backlog_rt, &backlog_sel, e)));
+        head.extend(
+            sub.backlog
+                .iter()
+                .filter_map(|e| cached_to_watch(&backlog_rt, &backlog_sel, e)),
+        );
         let live = futures::stream::unfold((sub.live, false), move |(mut rx, done)| {
             let (rt, selection) = (rt.clone(), selection.clone());
             async move {
@@ -857,7 +894,8 @@ impl Registry {
                                 return Some((w, (rx, false)));
                             }
                         }
-                        Ok(Delivery::Reset) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(Delivery::Reset)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let e = Error::expired("the watch cache was reset or this watcher fell behind; re-list and watch again");
                             return Some((error_event(&e), (rx, true)));
                         }
@@ -875,9 +913,17 @@ const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Turns a cached change into the watch event a selecting watcher sees: an object that
 /// moves into the selection is ADDED, one that moves out is DELETED.
-fn cached_to_watch(rt: &ResourceType, selection: &Selection, e: &CachedEvent) -> Option<WatchEvent> {
+fn cached_to_watch(
+    rt: &ResourceType,
+    selection: &Selection,
+    e: &CachedEvent,
+) -> Option<WatchEvent> {
     let selected = |o: &Value| {
-        selection.namespace.as_deref().is_none_or(|ns| meta_str(o, "namespace") == Some(ns)) && selection.matches(rt, o)
+        selection
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| meta_str(o, "namespace") == Some(ns))
+            && selection.matches(rt, o)
     };
     let now = selected(&e.object);
     let kind = match e.kind {
@@ -890,7 +936,10 @@ fn cached_to_watch(rt: &ResourceType, selection: &Selection, e: &CachedEvent) ->
             (None | Some(false), false) => return None,
         },
     };
-    Some(WatchEvent { kind, object: e.object.clone() })
+    Some(WatchEvent {
+        kind,
+        object: e.object.clone(),
+    })
 }
 
 impl Selection {
@@ -908,6 +957,63 @@ impl Selection {
     }
 }
 
+/// The status an object starts with. For kinds with a status subresource the client's
+/// status is dropped (only the status subresource writes it), except for Nodes, whose
+/// agents register them with their status; then Pods start Pending with their QoS class,
+/// Namespaces Active and claims Pending, as Kubernetes' create strategies do.
+fn initial_status(res: &ServedResource, obj: &mut Value) {
+    let rt = &res.rt;
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    if has_status(res) && !(rt.group.is_empty() && rt.kind == "Node") {
+        map.remove("status");
+    }
+    let initial = match (rt.group.as_ref(), rt.kind.as_ref()) {
+        ("", "Pod") => Some(json!({ "phase": "Pending", "qosClass": qos_class(map.get("spec")) })),
+        ("", "Namespace") => Some(json!({ "phase": "Active" })),
+        ("", "PersistentVolumeClaim") => Some(json!({ "phase": "Pending" })),
+        _ => None,
+    };
+    if let Some(initial) = initial {
+        map.insert("status".into(), initial);
+    }
+}
+
+/// A pod's QoS class: Guaranteed when every container has CPU and memory limits equal to
+/// its requests, BestEffort when none has any, Burstable otherwise.
+fn qos_class(spec: Option<&Value>) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| spec.and_then(|s| s.get(*l)).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let res =
+        |c: &Value, kind: &str, r: &str| c.pointer(&format!("/resources/{kind}/{r}")).cloned();
+    let any = containers.iter().any(|c| {
+        ["requests", "limits"].iter().any(|k| {
+            c.pointer(&format!("/resources/{k}"))
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = res(c, "limits", r);
+            let request = res(c, "requests", r).or_else(|| limit.clone());
+            limit.is_some() && request == limit
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 fn is_service(rt: &ResourceType) -> bool {
     rt.group.is_empty() && rt.kind == "Service"
 }
@@ -917,8 +1023,15 @@ fn is_service(rt: &ResourceType) -> bool {
 fn keep_service_allocations(rt: &ResourceType, old: &Value, new: &mut Value) -> Result<(), Error> {
     let name = meta_str(old, "name").unwrap_or_default().to_owned();
     let old_ip = old.pointer("/spec/clusterIP").cloned();
-    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
-    match (spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()), &old_ip) {
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    match (
+        spec.get("clusterIP")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty()),
+        &old_ip,
+    ) {
         (None, Some(ip)) => {
             spec.insert("clusterIP".into(), ip.clone());
             for f in ["clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
@@ -931,14 +1044,19 @@ fn keep_service_allocations(rt: &ResourceType, old: &Value, new: &mut Value) -> 
             return Err(Error::invalid(
                 rt,
                 name.as_str(),
-                vec![FieldError::invalid("spec.clusterIPs[0]", new_ip, "may not change once set")],
+                vec![FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    new_ip,
+                    "may not change once set",
+                )],
             ));
         }
         _ => {}
     }
-    if let (Some(ports), Some(old_ports)) =
-        (spec.get_mut("ports").and_then(Value::as_array_mut), old.pointer("/spec/ports").and_then(Value::as_array))
-    {
+    if let (Some(ports), Some(old_ports)) = (
+        spec.get_mut("ports").and_then(Value::as_array_mut),
+        old.pointer("/spec/ports").and_then(Value::as_array),
+    ) {
         for (p, o) in ports.iter_mut().zip(old_ports) {
             if let (Some(p), Some(np)) = (p.as_object_mut(), o.get("nodePort")) {
                 p.entry("nodePort").or_insert_with(|| np.clone());
@@ -1003,7 +1121,9 @@ pub fn bookmark(rt: &ResourceType, revision: Revision, end: bool) -> WatchEvent 
     }
     WatchEvent {
         kind: WatchEventType::Bookmark,
-        object: Arc::new(json!({ "kind": rt.kind.as_ref(), "apiVersion": rt.api_version(), "metadata": metadata })),
+        object: Arc::new(
+            json!({ "kind": rt.kind.as_ref(), "apiVersion": rt.api_version(), "metadata": metadata }),
+        ),
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -36,8 +36,14 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "keelson-ca");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "keelson-ca");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(params)
 }
 
@@ -51,14 +57,24 @@ impl Pki {
         let names = ["ca.crt", "ca.key", "server.crt", "server.key"];
         if names.iter().all(|n| file(n).exists()) {
             let read = |n: &str| std::fs::read_to_string(file(n));
-            return Ok(Pki { ca_cert: read("ca.crt")?, ca_key: read("ca.key")?, server_cert: read("server.crt")?, server_key: read("server.key")? });
+            return Ok(Pki {
+                ca_cert: read("ca.crt")?,
+                ca_key: read("ca.key")?,
+                server_cert: read("server.crt")?,
+                server_key: read("server.key")?,
+            });
         }
         std::fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate().map_err(|e| io_err("generating the CA key", e))?;
         let ca_cert = ca_params()
             .and_then(|p| p.self_signed(&ca_key))
             .map_err(|e| io_err("making the CA certificate", e))?;
-        let mut pki = Pki { ca_cert: ca_cert.pem(), ca_key: ca_key.serialize_pem(), server_cert: String::new(), server_key: String::new() };
+        let mut pki = Pki {
+            ca_cert: ca_cert.pem(),
+            ca_key: ca_key.serialize_pem(),
+            server_cert: String::new(),
+            server_key: String::new(),
+        };
         let (cert, key) = pki.issue(
             "keelson-apiserver",
             &[],
@@ -85,18 +101,27 @@ impl Pki {
         sans: Vec<SanType>,
         usage: ExtendedKeyUsagePurpose,
     ) -> std::io::Result<(String, String)> {
-        let ca_key = KeyPair::from_pem(&self.ca_key).map_err(|e| io_err("reading the CA key", e))?;
+        let ca_key =
+            KeyPair::from_pem(&self.ca_key).map_err(|e| io_err("reading the CA key", e))?;
         let issuer = Issuer::new(ca_params().map_err(|e| io_err("CA", e))?, ca_key);
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| io_err("certificate", e))?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| io_err("certificate", e))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         for o in organizations {
             params.distinguished_name.push(DnType::OrganizationName, *o);
         }
         params.subject_alt_names = sans;
         params.extended_key_usages = vec![usage];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate().map_err(|e| io_err("generating a key", e))?;
-        let cert = params.signed_by(&key, &issuer).map_err(|e| io_err("signing a certificate", e))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| io_err("signing a certificate", e))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -106,7 +131,12 @@ impl Pki {
     /// # Errors
     /// When signing fails.
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> std::io::Result<(String, String)> {
-        self.issue(user, groups, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            user,
+            groups,
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 
     /// The rustls configuration: this server's certificate, ALPN h2 and http/1.1, client
@@ -118,16 +148,23 @@ impl Pki {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_cert.as_bytes()) {
-            roots.add(cert.map_err(|e| io_err("CA certificate", e))?).map_err(|e| io_err("CA certificate", e))?;
+            roots
+                .add(cert.map_err(|e| io_err("CA certificate", e))?)
+                .map_err(|e| io_err("CA certificate", e))?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| io_err("client verifier", e))?;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.server_cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| io_err("server certificate", e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.server_key.as_bytes()).map_err(|e| io_err("server key", e))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| io_err("client verifier", e))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.server_cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| io_err("server certificate", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key.as_bytes())
+            .map_err(|e| io_err("server key", e))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| io_err("TLS versions", e))?
@@ -157,8 +194,15 @@ fn identity(cert: &CertificateDer<'_>) -> Option<ClientCertIdentity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject();
     let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
-    Some(ClientCertIdentity(User { name, uid: String::new(), groups }))
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(ClientCertIdentity(User {
+        name,
+        uid: String::new(),
+        groups,
+    }))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes.
@@ -191,15 +235,25 @@ pub async fn serve(
                     return;
                 }
             };
-            let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(identity);
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(who) = &who {
-                    req.extensions_mut().insert(who.clone());
-                }
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let who = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity);
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(who) = &who {
+                        req.extensions_mut().insert(who.clone());
+                    }
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -221,7 +275,10 @@ mod tests {
         let (cert, _key) = again.issue_client("alice", &["dev"]).expect("client cert");
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem");
         let ClientCertIdentity(user) = identity(&der).expect("identity");
-        assert_eq!((user.name.as_str(), user.groups.as_slice()), ("alice", &["dev".to_owned()][..]));
+        assert_eq!(
+            (user.name.as_str(), user.groups.as_slice()),
+            ("alice", &["dev".to_owned()][..])
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

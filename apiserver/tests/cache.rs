@@ -1,7 +1,7 @@
 //! The watch cache: one store watch per kind, lists without store reads, resumable watches.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,7 +9,9 @@ use futures::StreamExt;
 use keelson_apiserver::registry::{ListParams, Selection, WatchEventType};
 use keelson_apiserver::{Registry, ServedResource};
 use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use keelson_store::{Deleted, KeyValue, ListOptions, ListPage, MemStore, Revision, Store, WatchStream};
+use keelson_store::{
+    Deleted, KeyValue, ListOptions, ListPage, MemStore, Revision, Store, WatchStream,
+};
 use serde_json::json;
 
 /// A store that counts the lists and watches that reach it.
@@ -31,10 +33,19 @@ impl Store for Counting {
     async fn create(&self, key: &str, value: Bytes) -> keelson_store::Result<KeyValue> {
         self.inner.create(key, value).await
     }
-    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> keelson_store::Result<KeyValue> {
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> keelson_store::Result<KeyValue> {
         self.inner.update(key, value, expected).await
     }
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> keelson_store::Result<Deleted> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> keelson_store::Result<Deleted> {
         self.inner.delete(key, expected).await
     }
     async fn watch(&self, prefix: &str, after: Revision) -> keelson_store::Result<WatchStream> {
@@ -51,32 +62,70 @@ impl Store for Counting {
 
 #[tokio::test]
 async fn many_watchers_and_lists_cost_one_store_watch_and_one_list() {
-    let store = Arc::new(Counting { inner: MemStore::ephemeral(), lists: AtomicUsize::new(0), watches: AtomicUsize::new(0) });
+    let store = Arc::new(Counting {
+        inner: MemStore::ephemeral(),
+        lists: AtomicUsize::new(0),
+        watches: AtomicUsize::new(0),
+    });
     let registry = Registry::new(store.clone());
     let namespaces = ServedResource::of::<Namespace>();
     let configmaps = ServedResource::of::<ConfigMap>();
-    registry.create(&namespaces, None, json!({"metadata": {"name": "default"}})).await.expect("namespace");
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
     for i in 0..10 {
-        registry.create(&configmaps, Some("default"), json!({"metadata": {"name": format!("c{i}")}})).await.expect("create");
+        registry
+            .create(
+                &configmaps,
+                Some("default"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .await
+            .expect("create");
     }
     let mut watchers = Vec::new();
     for _ in 0..50 {
-        let w = registry.watch(&configmaps, Selection::default(), None, false).await.expect("watch");
+        let w = registry
+            .watch(&configmaps, Selection::default(), None, false)
+            .await
+            .expect("watch");
         watchers.push(Box::pin(w));
     }
     for _ in 0..20 {
-        let list = registry.list(&configmaps, &ListParams::default()).await.expect("list");
+        let list = registry
+            .list(&configmaps, &ListParams::default())
+            .await
+            .expect("list");
         assert_eq!(list.items.len(), 10);
     }
-    assert_eq!(store.watches.load(Ordering::SeqCst), 1, "one store watch for every watcher");
-    assert_eq!(store.lists.load(Ordering::SeqCst), 1, "the cache's own list only");
-    registry.create(&configmaps, Some("default"), json!({"metadata": {"name": "new"}})).await.expect("create");
+    assert_eq!(
+        store.watches.load(Ordering::SeqCst),
+        1,
+        "one store watch for every watcher"
+    );
+    assert_eq!(
+        store.lists.load(Ordering::SeqCst),
+        1,
+        "the cache's own list only"
+    );
+    registry
+        .create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": "new"}}),
+        )
+        .await
+        .expect("create");
     for w in &mut watchers {
         for _ in 0..10 {
             assert_eq!(w.next().await.expect("initial").kind, WatchEventType::Added);
         }
         let e = w.next().await.expect("live");
-        assert_eq!((e.kind, e.object["metadata"]["name"].as_str()), (WatchEventType::Added, Some("new")));
+        assert_eq!(
+            (e.kind, e.object["metadata"]["name"].as_str()),
+            (WatchEventType::Added, Some("new"))
+        );
     }
 }
 
@@ -85,22 +134,67 @@ async fn a_watch_resumes_from_a_version_and_a_compacted_one_is_expired_in_stream
     let registry = Registry::new(Arc::new(MemStore::ephemeral()));
     let namespaces = ServedResource::of::<Namespace>();
     let configmaps = ServedResource::of::<ConfigMap>();
-    registry.create(&namespaces, None, json!({"metadata": {"name": "default"}})).await.expect("namespace");
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
     // Start the cache before the writes, so its history holds them.
-    registry.list(&configmaps, &ListParams::default()).await.expect("warm the cache");
-    let a = registry.create(&configmaps, Some("default"), json!({"metadata": {"name": "a"}})).await.expect("a");
-    registry.create(&configmaps, Some("default"), json!({"metadata": {"name": "b"}})).await.expect("b");
-    let rv = a["metadata"]["resourceVersion"].as_str().expect("rv").to_owned();
-    let mut w = Box::pin(registry.watch(&configmaps, Selection::default(), Some(&rv), false).await.expect("watch"));
+    registry
+        .list(&configmaps, &ListParams::default())
+        .await
+        .expect("warm the cache");
+    let a = registry
+        .create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": "a"}}),
+        )
+        .await
+        .expect("a");
+    registry
+        .create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": "b"}}),
+        )
+        .await
+        .expect("b");
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+    let mut w = Box::pin(
+        registry
+            .watch(&configmaps, Selection::default(), Some(&rv), false)
+            .await
+            .expect("watch"),
+    );
     let e = w.next().await.expect("event");
-    assert_eq!((e.kind, e.object["metadata"]["name"].as_str()), (WatchEventType::Added, Some("b")));
+    assert_eq!(
+        (e.kind, e.object["metadata"]["name"].as_str()),
+        (WatchEventType::Added, Some("b"))
+    );
     // The namespaces' cache starts now, after revision 1: older history is not in it.
-    registry.create(&namespaces, None, json!({"metadata": {"name": "other"}})).await.expect("namespace");
-    registry.list(&namespaces, &ListParams::default()).await.expect("warm");
-    let mut old = Box::pin(registry.watch(&namespaces, Selection::default(), Some("1"), false).await.expect("watch"));
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "other"}}))
+        .await
+        .expect("namespace");
+    registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("warm");
+    let mut old = Box::pin(
+        registry
+            .watch(&namespaces, Selection::default(), Some("1"), false)
+            .await
+            .expect("watch"),
+    );
     let e = old.next().await.expect("error event");
     assert_eq!(e.kind, WatchEventType::Error);
-    assert_eq!((e.object["code"].as_i64(), e.object["reason"].as_str()), (Some(410), Some("Expired")));
+    assert_eq!(
+        (e.object["code"].as_i64(), e.object["reason"].as_str()),
+        (Some(410), Some("Expired"))
+    );
     assert!(old.next().await.is_none());
 }
 
@@ -109,13 +203,24 @@ async fn send_initial_events_ends_with_the_initial_events_end_bookmark() {
     let registry = Registry::new(Arc::new(MemStore::ephemeral()));
     let namespaces = ServedResource::of::<Namespace>();
     for n in ["a", "b"] {
-        registry.create(&namespaces, None, json!({"metadata": {"name": n}})).await.expect("namespace");
+        registry
+            .create(&namespaces, None, json!({"metadata": {"name": n}}))
+            .await
+            .expect("namespace");
     }
-    let mut w = Box::pin(registry.watch(&namespaces, Selection::default(), Some("0"), true).await.expect("watch"));
+    let mut w = Box::pin(
+        registry
+            .watch(&namespaces, Selection::default(), Some("0"), true)
+            .await
+            .expect("watch"),
+    );
     assert_eq!(w.next().await.expect("a").kind, WatchEventType::Added);
     assert_eq!(w.next().await.expect("b").kind, WatchEventType::Added);
     let end = w.next().await.expect("bookmark");
     assert_eq!(end.kind, WatchEventType::Bookmark);
-    assert_eq!(end.object["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(
+        end.object["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
     assert_eq!(end.object["kind"], "Namespace");
 }

@@ -216,8 +216,13 @@ async fn status_and_spec_are_kept_apart() {
         .update(&f.pods, Some("default"), "p", with_status.clone(), false)
         .await
         .expect("update");
-    assert!(
-        v2.get("status").is_none(),
+    assert_eq!(
+        v1["status"],
+        json!({"phase": "Pending", "qosClass": "BestEffort"}),
+        "a new pod is Pending"
+    );
+    assert_eq!(
+        v2["status"], v1["status"],
         "the main resource ignores status: {v2}"
     );
     with_status["metadata"]["resourceVersion"] = v2["metadata"]["resourceVersion"].clone();
@@ -245,7 +250,12 @@ async fn finalizers_hold_a_deletion_until_they_are_removed() {
         .expect("create");
     let marked = f
         .registry
-        .delete(&f.configmaps, Some("default"), "held", &DeleteOptions::default())
+        .delete(
+            &f.configmaps,
+            Some("default"),
+            "held",
+            &DeleteOptions::default(),
+        )
         .await
         .expect("delete");
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
@@ -381,7 +391,12 @@ async fn a_watch_sees_selector_transitions_as_added_and_deleted() {
         (WatchEventType::Added, Some("b"))
     );
     f.registry
-        .delete(&f.configmaps, Some("default"), "b", &DeleteOptions::default())
+        .delete(
+            &f.configmaps,
+            Some("default"),
+            "b",
+            &DeleteOptions::default(),
+        )
         .await
         .expect("delete b");
     let gone = w.next().await.expect("event");
@@ -402,60 +417,147 @@ async fn a_pod_on_a_node_is_deleted_gracefully_and_an_unbound_one_at_once() {
         }
         p
     };
-    f.registry.create(&f.pods, Some("default"), pod("loose", None)).await.expect("create");
-    f.registry.delete(&f.pods, Some("default"), "loose", &DeleteOptions::default()).await.expect("delete");
-    assert!(f.registry.get(&f.pods, Some("default"), "loose").await.expect_err("gone").is_not_found());
+    f.registry
+        .create(&f.pods, Some("default"), pod("loose", None))
+        .await
+        .expect("create");
+    f.registry
+        .delete(&f.pods, Some("default"), "loose", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    assert!(f
+        .registry
+        .get(&f.pods, Some("default"), "loose")
+        .await
+        .expect_err("gone")
+        .is_not_found());
 
-    f.registry.create(&f.pods, Some("default"), pod("bound", Some("node-1"))).await.expect("create");
-    let marked = f.registry.delete(&f.pods, Some("default"), "bound", &DeleteOptions::default()).await.expect("delete");
+    f.registry
+        .create(&f.pods, Some("default"), pod("bound", Some("node-1")))
+        .await
+        .expect("create");
+    let marked = f
+        .registry
+        .delete(&f.pods, Some("default"), "bound", &DeleteOptions::default())
+        .await
+        .expect("delete");
     assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
-    let now = DeleteOptions { grace_period_seconds: Some(0), ..DeleteOptions::default() };
-    f.registry.delete(&f.pods, Some("default"), "bound", &now).await.expect("force");
-    assert!(f.registry.get(&f.pods, Some("default"), "bound").await.expect_err("gone").is_not_found());
+    let now = DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..DeleteOptions::default()
+    };
+    f.registry
+        .delete(&f.pods, Some("default"), "bound", &now)
+        .await
+        .expect("force");
+    assert!(f
+        .registry
+        .get(&f.pods, Some("default"), "bound")
+        .await
+        .expect_err("gone")
+        .is_not_found());
 }
 
 #[tokio::test]
 async fn delete_preconditions_are_checked() {
     let f = fixture().await;
-    let obj = f.registry.create(&f.configmaps, Some("default"), cm("a", json!({}))).await.expect("create");
-    let wrong = DeleteOptions { uid: Some("nope".into()), ..DeleteOptions::default() };
-    let err = f.registry.delete(&f.configmaps, Some("default"), "a", &wrong).await.expect_err("precondition");
-    assert_eq!(err.code(), 409);
-    assert!(err.to_string().contains("Precondition failed: UID in precondition: nope"), "{err}");
-    let right = DeleteOptions {
-        uid: obj["metadata"]["uid"].as_str().map(str::to_owned),
-        resource_version: obj["metadata"]["resourceVersion"].as_str().map(str::to_owned),
+    let obj = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    let wrong = DeleteOptions {
+        uid: Some("nope".into()),
         ..DeleteOptions::default()
     };
-    f.registry.delete(&f.configmaps, Some("default"), "a", &right).await.expect("delete");
+    let err = f
+        .registry
+        .delete(&f.configmaps, Some("default"), "a", &wrong)
+        .await
+        .expect_err("precondition");
+    assert_eq!(err.code(), 409);
+    assert!(
+        err.to_string()
+            .contains("Precondition failed: UID in precondition: nope"),
+        "{err}"
+    );
+    let right = DeleteOptions {
+        uid: obj["metadata"]["uid"].as_str().map(str::to_owned),
+        resource_version: obj["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned),
+        ..DeleteOptions::default()
+    };
+    f.registry
+        .delete(&f.configmaps, Some("default"), "a", &right)
+        .await
+        .expect("delete");
 }
 
 #[tokio::test]
 async fn services_get_distinct_cluster_ips_and_node_ports_that_are_released() {
     let f = fixture().await;
-    let services = ServedResource::of::<keelson_core::k8s_openapi::api::core::v1::Service>().with_status();
+    let services =
+        ServedResource::of::<keelson_core::k8s_openapi::api::core::v1::Service>().with_status();
     let svc = |name: &str, kind: &str| json!({"metadata": {"name": name}, "spec": {"type": kind, "ports": [{"port": 80}]}});
-    let a = f.registry.create(&services, Some("default"), svc("a", "ClusterIP")).await.expect("a");
-    let b = f.registry.create(&services, Some("default"), svc("b", "NodePort")).await.expect("b");
-    let (ip_a, ip_b) = (a["spec"]["clusterIP"].as_str().expect("ip"), b["spec"]["clusterIP"].as_str().expect("ip"));
+    let a = f
+        .registry
+        .create(&services, Some("default"), svc("a", "ClusterIP"))
+        .await
+        .expect("a");
+    let b = f
+        .registry
+        .create(&services, Some("default"), svc("b", "NodePort"))
+        .await
+        .expect("b");
+    let (ip_a, ip_b) = (
+        a["spec"]["clusterIP"].as_str().expect("ip"),
+        b["spec"]["clusterIP"].as_str().expect("ip"),
+    );
     assert!(ip_a.starts_with("10.") && ip_a != ip_b, "{ip_a} {ip_b}");
-    let port = b["spec"]["ports"][0]["nodePort"].as_u64().expect("node port");
+    let port = b["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("node port");
     assert!((30000..=32767).contains(&port));
     assert_eq!(b["spec"]["ports"][0]["targetPort"], 80);
     let mut taken = svc("c", "ClusterIP");
     taken["spec"]["clusterIP"] = json!(ip_a);
-    let err = f.registry.create(&services, Some("default"), taken.clone()).await.expect_err("taken");
+    let err = f
+        .registry
+        .create(&services, Some("default"), taken.clone())
+        .await
+        .expect_err("taken");
     assert_eq!(err.code(), 422);
-    assert!(err.to_string().contains("provided IP is already allocated"), "{err}");
+    assert!(
+        err.to_string().contains("provided IP is already allocated"),
+        "{err}"
+    );
     // An update that leaves the address out keeps it.
     let mut change = a.clone();
-    change["spec"].as_object_mut().expect("spec").remove("clusterIP");
-    let updated = f.registry.update(&services, Some("default"), "a", change, false).await.expect("update");
+    change["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("clusterIP");
+    let updated = f
+        .registry
+        .update(&services, Some("default"), "a", change, false)
+        .await
+        .expect("update");
     assert_eq!(updated["spec"]["clusterIP"], ip_a);
-    f.registry.delete(&services, Some("default"), "a", &DeleteOptions::default()).await.expect("delete");
-    f.registry.create(&services, Some("default"), taken).await.expect("a released address can be taken");
+    f.registry
+        .delete(&services, Some("default"), "a", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    f.registry
+        .create(&services, Some("default"), taken)
+        .await
+        .expect("a released address can be taken");
     let headless = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}});
-    let h = f.registry.create(&services, Some("default"), headless).await.expect("headless");
+    let h = f
+        .registry
+        .create(&services, Some("default"), headless)
+        .await
+        .expect("headless");
     assert_eq!(h["spec"]["clusterIP"], "None");
 }

@@ -1,13 +1,19 @@
 //! The `keelson` command.
 //!
-//! - `keelson up`: the all-in-one cluster. Today it opens the durable store under the data
-//!   directory (recovering what an earlier run left) and holds it until Ctrl-C or SIGTERM;
-//!   the API server, scheduler, controllers and nodes join it as they are built.
+//! - `keelson up`: the all-in-one cluster. Today it serves the Kubernetes API from a
+//!   durable store under the data directory — over HTTPS with a generated CA and an admin
+//!   token by default, or plain HTTP with `--insecure-http` — and writes a kubeconfig for
+//!   kubectl; the scheduler, controllers and nodes join as they are built.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keelson_apiserver::auth::Authenticator;
+use keelson_apiserver::tls::{self, Pki};
+use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_store::{MemStore, Store};
 
 #[derive(Parser)]
@@ -28,6 +34,15 @@ enum Command {
         /// Where the cluster keeps its state.
         #[arg(long, default_value = ".keelson")]
         data_dir: PathBuf,
+        /// Where the API server listens.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// Where to write the kubeconfig for kubectl (default: DATA_DIR/kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Serve plain HTTP without authentication instead of HTTPS with a token.
+        #[arg(long)]
+        insecure_http: bool,
     },
 }
 
@@ -40,36 +55,154 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     match cli.command {
-        Command::Up { data_dir } => rt.block_on(up(data_dir)),
+        Command::Up {
+            data_dir,
+            listen,
+            kubeconfig,
+            insecure_http,
+        } => {
+            let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
+            rt.block_on(up(data_dir, listen, kubeconfig, insecure_http))
+        }
     }
 }
 
-async fn up(data_dir: PathBuf) -> anyhow::Result<()> {
+/// The namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn up(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    kubeconfig: PathBuf,
+    insecure_http: bool,
+) -> anyhow::Result<()> {
     let store_dir = data_dir.join("store");
     let store = MemStore::open(&store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let revision = store.current_revision().await?;
-    println!(
-        "keelson: store open in {} at revision {revision}",
-        store_dir.display()
-    );
     if let Some(report) = store.recovery_report() {
         println!(
-            "keelson: recovered {} log records in {:?}{}",
+            "keelson: store open in {} at revision {revision} ({} log records replayed in {:?}{})",
+            store_dir.display(),
             report.records,
             report.duration,
             if report.torn_tail.is_some() {
-                " (cut an unfinished write off the log)"
+                "; cut an unfinished write off the log"
             } else {
                 ""
             }
         );
     }
-    println!("keelson: the API server arrives with issue 3; press Ctrl-C to stop");
-    shutdown_signal().await;
-    println!("keelson: stopping");
-    drop(store);
+    let registry = Registry::new(Arc::new(store));
+    let server = ApiServer::new(registry, resources::builtin());
+    let namespaces = server
+        .served()
+        .iter()
+        .find(|s| s.rt.plural == "namespaces")
+        .cloned()
+        .context("namespaces are served")?;
+    for ns in SYSTEM_NAMESPACES {
+        match server
+            .registry()
+            .create(
+                &namespaces,
+                None,
+                serde_json::json!({ "metadata": { "name": ns } }),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(anyhow::anyhow!("creating namespace {ns}: {e}")),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let router = keelson_apiserver::router(server);
+    if insecure_http {
+        write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
+        announce("http", addr, &kubeconfig);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving the API")?;
+    } else {
+        let pki = Pki::load_or_create(&data_dir.join("pki"))
+            .context("making the cluster's certificates")?;
+        let tokens = data_dir.join("tokens.csv");
+        let token = admin_token(&tokens)?;
+        let auth = Authenticator::from_token_file(&tokens)
+            .with_context(|| format!("reading {}", tokens.display()))?;
+        write_kubeconfig(
+            &kubeconfig,
+            &format!("https://{addr}"),
+            Some((&pki.ca_cert, &token)),
+        )?;
+        let router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth),
+            keelson_apiserver::auth::middleware,
+        ));
+        announce("https", addr, &kubeconfig);
+        tls::serve(listener, pki.server_config()?, router, shutdown_signal()).await;
+    }
+    println!("keelson: stopped");
     Ok(())
+}
+
+fn announce(scheme: &str, addr: SocketAddr, kubeconfig: &Path) {
+    println!("keelson: API server listening on {scheme}://{addr}");
+    println!("keelson: kubeconfig written to {}", kubeconfig.display());
+    println!(
+        "keelson: try `kubectl --kubeconfig {} get namespaces`",
+        kubeconfig.display()
+    );
+    println!("keelson: ready; press Ctrl-C to stop");
+}
+
+/// The admin's token: made on first start, kept in the token file.
+fn admin_token(tokens: &Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(tokens) {
+        let admin = text.lines().find_map(|l| {
+            let mut f = l.split(',');
+            let token = f.next()?;
+            (f.next()? == "admin").then(|| token.to_owned())
+        });
+        if let Some(token) = admin {
+            return Ok(token);
+        }
+    }
+    let token = format!("{}{}", uuid_hex(), uuid_hex());
+    tls::write_secret(tokens, &format!("{token},admin,admin,\"system:masters\"\n"))
+        .with_context(|| format!("writing {}", tokens.display()))?;
+    Ok(token)
+}
+
+fn uuid_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Writes a kubeconfig for `server`, with the CA to trust and the token to send over HTTPS.
+fn write_kubeconfig(path: &Path, server: &str, tls: Option<(&str, &str)>) -> anyhow::Result<()> {
+    use base64::Engine;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (ca, user) = match tls {
+        Some((ca, token)) => (
+            format!(
+                "\n    certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(ca)
+            ),
+            format!("\n    token: {token}"),
+        ),
+        None => (String::new(), " {}".to_owned()),
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}{ca}\nusers:\n- name: admin\n  user:{user}\ncontexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: admin\n    namespace: default\ncurrent-context: keelson\n"
+    );
+    tls::write_secret(path, &text).with_context(|| format!("writing {}", path.display()))
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,619 @@
+//! The REST front: the Kubernetes HTTP API on axum, over the [`Registry`].
+//!
+//! Resource paths are parsed by hand rather than by route patterns, because Kubernetes'
+//! paths overlap (`/api/v1/namespaces/x` is a namespace, `/api/v1/namespaces/x/pods` a
+//! collection in it, `/api/v1/namespaces/x/status` a subresource of the namespace):
+//!
+//! ```text
+//! /api/v1/<plural>[/<name>[/<subresource>]]
+//! /api/v1/namespaces/<ns>/<plural>[/<name>[/<subresource>]]
+//! /apis/<group>/<version>/... the same
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use keelson_core::{Error, FieldSelector, LabelSelector};
+use serde_json::{json, Value};
+
+use crate::registry::{now, DeleteOptions, ListParams, Registry, Selection, WatchEventType};
+use crate::resources::ServedResource;
+use crate::table::{self, IncludeObject};
+use crate::{discovery, openapi};
+
+/// The largest request body accepted (as Kubernetes: 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The state the handlers share: the registry and what it serves.
+pub struct ApiServer {
+    registry: Registry,
+    served: Vec<ServedResource>,
+    index: HashMap<(String, String, String), usize>,
+    /// The OpenAPI v3 documents (`api/v1`, `apis/<g>/<v>`) and their root, generated once.
+    openapi: BTreeMap<String, Bytes>,
+    openapi_root: Bytes,
+}
+
+impl ApiServer {
+    /// A server for `served` resources over `registry`.
+    pub fn new(registry: Registry, served: Vec<ServedResource>) -> Arc<ApiServer> {
+        let index = served
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    (
+                        s.rt.group.to_string(),
+                        s.rt.version.to_string(),
+                        s.rt.plural.to_string(),
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let docs = openapi::v3_documents(&served);
+        let openapi_root = Bytes::from(openapi::v3_root_of(&docs).to_string());
+        let openapi = docs
+            .into_iter()
+            .map(|(k, v)| (k, Bytes::from(v.to_string())))
+            .collect();
+        Arc::new(ApiServer {
+            registry,
+            served,
+            index,
+            openapi,
+            openapi_root,
+        })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// What is served.
+    pub fn served(&self) -> &[ServedResource] {
+        &self.served
+    }
+
+    fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ServedResource> {
+        self.index
+            .get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
+            .map(|i| &self.served[*i])
+    }
+}
+
+/// The router: discovery, OpenAPI, health and every served resource.
+pub fn router(server: Arc<ApiServer>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/version/", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/{*path}", get(openapi_doc))
+        .route("/api", get(api_root))
+        .route("/api/", get(api_root))
+        .route("/apis", get(apis_root))
+        .route("/apis/", get(apis_root))
+        .route("/api/{*rest}", axum::routing::any(resource))
+        .route("/apis/{*rest}", axum::routing::any(resource))
+        .fallback(not_found)
+        .with_state(server)
+}
+
+type Shared = State<Arc<ApiServer>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &Error) -> Response {
+    let mut status = serde_json::to_value(e.to_status()).unwrap_or_else(|_| json!({}));
+    if let Some(map) = status.as_object_mut() {
+        map.insert("kind".into(), json!("Status"));
+        map.insert("apiVersion".into(), json!("v1"));
+        map.entry("metadata").or_insert_with(|| json!({}));
+    }
+    json_response(
+        StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &status,
+    )
+}
+
+async fn version() -> Response {
+    json_response(StatusCode::OK, &discovery::version())
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> Response {
+    error_response(&not_found_error())
+}
+
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn discovery_response(
+    headers: &HeaderMap,
+    aggregated: impl FnOnce() -> Value,
+    legacy: impl FnOnce() -> Value,
+) -> Response {
+    if discovery::wants_aggregated(accept(headers)) {
+        let mut resp = json_response(StatusCode::OK, &aggregated());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+        );
+        resp
+    } else {
+        json_response(StatusCode::OK, &legacy())
+    }
+}
+
+async fn api_root(State(s): Shared, headers: HeaderMap) -> Response {
+    discovery_response(
+        &headers,
+        || discovery::aggregated_core(&s.served),
+        discovery::legacy_api_versions,
+    )
+}
+
+async fn apis_root(State(s): Shared, headers: HeaderMap) -> Response {
+    discovery_response(
+        &headers,
+        || discovery::aggregated_groups(&s.served),
+        || discovery::legacy_group_list(&s.served),
+    )
+}
+
+fn bytes_response(body: Bytes) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn openapi_root(State(s): Shared) -> Response {
+    bytes_response(s.openapi_root.clone())
+}
+
+async fn openapi_doc(
+    State(s): Shared,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Response {
+    match s.openapi.get(path.trim_end_matches('/')) {
+        Some(doc) => bytes_response(doc.clone()),
+        None => not_found().await,
+    }
+}
+
+/// Where a resource request points.
+struct Target<'a> {
+    res: &'a ServedResource,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+/// Parses `/api/...` or `/apis/...` into a target, or answers discovery for a group or
+/// group-version path.
+fn parse_target<'a>(s: &'a ApiServer, path: &str) -> Result<Result<Target<'a>, Value>, Error> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group] => {
+            return discovery::group(&s.served, group)
+                .map(Err)
+                .ok_or_else(not_found_error);
+        }
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(not_found_error()),
+    };
+    if rest.is_empty() {
+        return discovery::resource_list(&s.served, group, version)
+            .map(Err)
+            .ok_or_else(not_found_error);
+    }
+    let find = |plural: &str| s.find(group, version, plural).ok_or_else(not_found_error);
+    let target = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if s.find(group, version, plural)
+                .is_some_and(|r| r.rt.is_namespaced()) =>
+        {
+            let res = find(plural)?;
+            match tail {
+                [] => Target {
+                    res,
+                    namespace: Some((*ns).to_owned()),
+                    name: None,
+                    subresource: None,
+                },
+                [name] => Target {
+                    res,
+                    namespace: Some((*ns).to_owned()),
+                    name: Some((*name).to_owned()),
+                    subresource: None,
+                },
+                [name, sub] => Target {
+                    res,
+                    namespace: Some((*ns).to_owned()),
+                    name: Some((*name).to_owned()),
+                    subresource: Some((*sub).to_owned()),
+                },
+                _ => return Err(not_found_error()),
+            }
+        }
+        [plural] => Target {
+            res: find(plural)?,
+            namespace: None,
+            name: None,
+            subresource: None,
+        },
+        [plural, name] => Target {
+            res: find(plural)?,
+            namespace: None,
+            name: Some((*name).to_owned()),
+            subresource: None,
+        },
+        [plural, name, sub] => Target {
+            res: find(plural)?,
+            namespace: None,
+            name: Some((*name).to_owned()),
+            subresource: Some((*sub).to_owned()),
+        },
+        _ => return Err(not_found_error()),
+    };
+    if target.name.is_some() && target.res.rt.is_namespaced() && target.namespace.is_none() {
+        return Err(not_found_error());
+    }
+    Ok(Ok(target))
+}
+
+/// Kubernetes' answer for a path it does not serve.
+fn not_found_error() -> Error {
+    Error::NotFound {
+        resource: keelson_core::GroupResource::new("", ""),
+        name: String::new(),
+        message: "the server could not find the requested resource".into(),
+    }
+}
+
+/// Query parameters, tolerant of the odd forms real clients send (`?&limit=500`).
+fn query(req: &Request) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn selection(q: &HashMap<String, String>, target: &Target<'_>) -> Result<Selection, Error> {
+    let labels = q
+        .get("labelSelector")
+        .filter(|s| !s.is_empty())
+        .map(|s| LabelSelector::parse(s))
+        .transpose()?;
+    let fields = match q.get("fieldSelector").filter(|s| !s.is_empty()) {
+        Some(s) => {
+            let f = FieldSelector::parse(s)?;
+            f.check_supported(&target.res.rt)?;
+            Some(f)
+        }
+        None => None,
+    };
+    Ok(Selection {
+        namespace: target.namespace.clone(),
+        labels,
+        fields,
+    })
+}
+
+fn include_object(q: &HashMap<String, String>) -> Result<IncludeObject, Error> {
+    q.get("includeObject")
+        .map_or(Ok(IncludeObject::Metadata), |v| {
+            v.parse::<IncludeObject>()
+                .map_err(|e| Error::bad_request(e.to_string()))
+        })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    accept(headers)
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+}
+
+async fn body_json(req: Request) -> Result<Value, Error> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if ct.contains("protobuf") {
+        return Err(Error::unsupported_media_type(&[
+            "application/json",
+            "application/yaml",
+        ]));
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Error::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::bad_request(format!("error decoding the request body: {e}")))
+}
+
+async fn resource(State(s): Shared, req: Request) -> Response {
+    match handle(&s, req).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
+    let path = req.uri().path().to_owned();
+    let target = match parse_target(s, &path)? {
+        Ok(t) => t,
+        Err(doc) => return Ok(json_response(StatusCode::OK, &doc)),
+    };
+    let q = query(&req);
+    let headers = req.headers().clone();
+    let method = req.method().clone();
+    let registry = &s.registry;
+    let res = target.res;
+    let ns = target.namespace.as_deref();
+    let include = include_object(&q)?;
+    let obj_response = |status: StatusCode, obj: &Value| -> Response {
+        if wants_table(&headers) {
+            let t = table::table(
+                &res.rt,
+                std::slice::from_ref(obj),
+                "",
+                None,
+                None,
+                include,
+                now(),
+            );
+            json_response(status, &t)
+        } else {
+            json_response(status, obj)
+        }
+    };
+    match (
+        method,
+        target.name.as_deref(),
+        target.subresource.as_deref(),
+    ) {
+        (Method::GET, None, None) => {
+            let sel = selection(&q, &target)?;
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch(s, res, sel, &q, &headers).await;
+            }
+            let params = ListParams {
+                selection: sel,
+                limit: q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0),
+                continue_token: q.get("continue").cloned(),
+                resource_version: q.get("resourceVersion").cloned(),
+                exact: q.get("resourceVersionMatch").is_some_and(|m| m == "Exact"),
+            };
+            let list = registry.list(res, &params).await?;
+            if wants_table(&headers) {
+                let t = table::table(
+                    &res.rt,
+                    &list.items,
+                    &list.resource_version.to_string(),
+                    list.continue_token.as_deref(),
+                    list.remaining,
+                    include_object(&q)?,
+                    now(),
+                );
+                return Ok(json_response(StatusCode::OK, &t));
+            }
+            let mut metadata = json!({ "resourceVersion": list.resource_version.to_string() });
+            if let Some(c) = &list.continue_token {
+                metadata["continue"] = json!(c);
+            }
+            if let Some(r) = list.remaining {
+                metadata["remainingItemCount"] = json!(r);
+            }
+            let body = json!({
+                "kind": res.rt.list_kind(),
+                "apiVersion": res.rt.api_version(),
+                "metadata": metadata,
+                "items": list.items,
+            });
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        (Method::GET, Some(name), None | Some("status")) => {
+            let obj = registry.get(res, ns, name).await?;
+            Ok(obj_response(StatusCode::OK, &obj))
+        }
+        (Method::POST, None, None) => {
+            let body = body_json(req).await?;
+            let obj = registry.create(res, ns, body).await?;
+            Ok(obj_response(StatusCode::CREATED, &obj))
+        }
+        (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+            let body = body_json(req).await?;
+            let obj = registry.update(res, ns, name, body, sub.is_some()).await?;
+            Ok(obj_response(StatusCode::OK, &obj))
+        }
+        (Method::DELETE, Some(name), None) => {
+            let options = delete_options(&q, req).await?;
+            let obj = registry.delete(res, ns, name, &options).await?;
+            let pending = obj.pointer("/metadata/deletionTimestamp").is_some();
+            Ok(obj_response(
+                if pending {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                },
+                &obj,
+            ))
+        }
+        (Method::DELETE, None, None) => {
+            let sel = selection(&q, &target)?;
+            let options = delete_options(&q, req).await?;
+            let list = registry
+                .list(
+                    res,
+                    &ListParams {
+                        selection: sel,
+                        ..ListParams::default()
+                    },
+                )
+                .await?;
+            let mut deleted = Vec::new();
+            for obj in list.items {
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let objns = obj
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                match registry
+                    .delete(res, objns.as_deref(), &name, &options)
+                    .await
+                {
+                    Ok(o) => deleted.push(o),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let body = json!({
+                "kind": res.rt.list_kind(),
+                "apiVersion": res.rt.api_version(),
+                "metadata": {},
+                "items": deleted,
+            });
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        (Method::PATCH, _, _) => Err(Error::UnsupportedMediaType {
+            message: "PATCH is not supported by this server yet".into(),
+        }),
+        (method, _, Some(sub)) if !res.subresources.iter().any(|x| x.name == sub) => {
+            let _ = method;
+            Err(not_found_error())
+        }
+        (method, _, _) => Err(Error::method_not_allowed(&res.rt, method.as_str())),
+    }
+}
+
+/// DeleteOptions from the body (kubectl sends one) and the query (Python sends none).
+async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<DeleteOptions, Error> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Error::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}")))?;
+    let mut options = DeleteOptions {
+        grace_period_seconds: q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+        ..DeleteOptions::default()
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(options);
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+    let pre = v.get("preconditions");
+    options.uid = pre
+        .and_then(|p| p.get("uid"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    options.resource_version = pre
+        .and_then(|p| p.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+        options.grace_period_seconds = Some(g);
+    }
+    Ok(options)
+}
+
+async fn watch(
+    s: &Arc<ApiServer>,
+    res: &ServedResource,
+    sel: Selection,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, Error> {
+    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let events = s
+        .registry
+        .watch(
+            res,
+            sel,
+            q.get("resourceVersion").map(String::as_str),
+            send_initial,
+        )
+        .await?;
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let as_table = wants_table(headers);
+    let include = include_object(q)?;
+    let rt = res.rt.clone();
+    let mut first = true;
+    let lines = events.filter_map(move |e| {
+        let object = if as_table {
+            match e.kind {
+                WatchEventType::Bookmark | WatchEventType::Error => e.object,
+                _ => {
+                    let t = table::watch_table(&rt, &e.object, include, now(), first);
+                    first = false;
+                    Arc::new(t)
+                }
+            }
+        } else {
+            e.object
+        };
+        let mut line = serde_json::to_vec(&json!({ "type": e.kind.as_str(), "object": object }))
+            .unwrap_or_default();
+        line.push(b'\n');
+        futures::future::ready(Some(Ok::<_, std::convert::Infallible>(Bytes::from(line))))
+    });
+    let body = match timeout {
+        Some(t) => {
+            let deadline = tokio::time::sleep(t);
+            Body::from_stream(lines.take_until(deadline))
+        }
+        None => Body::from_stream(lines),
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,211 @@
+//! End to end: `keelson up` driven by the real kubectl.
+//!
+//! Needs `/usr/bin/kubectl` (the machine's dispatcher, which runs the kubectl matching the
+//! server's minor version). Without it the tests say so loudly and pass, except under CI,
+//! where they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    child: Child,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl_available() -> bool {
+    let found = Path::new("/usr/bin/kubectl").exists();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have /usr/bin/kubectl"
+        );
+        eprintln!("SKIPPED: /usr/bin/kubectl is not installed");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn up(insecure_http: bool) -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(insecure_http.then_some("--insecure-http"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start keelson up");
+    let cluster = Cluster {
+        child,
+        kubeconfig,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The kubeconfig is written once the listener is bound, just before serving.
+        if cluster.kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return cluster;
+        }
+        assert!(Instant::now() < deadline, "keelson up did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("/usr/bin/kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        // A cache of its own, so discovery is fetched from this server.
+        cmd.env("KUBECACHEDIR", self._dir.path().join("kube-cache"));
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(!out.status.success(), "kubectl {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+#[test]
+fn kubectl_gets_creates_and_deletes_against_keelson_up() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let version = c.ok(&["version", "-o", "json"]);
+    assert!(version.contains("\"minor\": \"33\""), "{version}");
+
+    let namespaces = c.ok(&["get", "namespaces"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(namespaces.contains(ns), "{namespaces}");
+    }
+    assert!(namespaces.starts_with("NAME"), "a table: {namespaces}");
+    assert!(namespaces.contains("Active"), "{namespaces}");
+
+    let manifest = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"web","labels":{"app":"web"}},"data":{"a":"1","b":"2"}}"#;
+    let created = c.kubectl_stdin(&["create", "-f", "-"], Some(manifest));
+    assert!(
+        created.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(String::from_utf8_lossy(&created.stdout).contains("configmap/web created"));
+
+    let got = c.ok(&["get", "configmaps"]);
+    assert!(got.contains("DATA") && got.contains("web"), "{got}");
+    let yaml = c.ok(&["get", "cm", "web", "-o", "yaml"]);
+    assert!(
+        yaml.contains("resourceVersion:") && yaml.contains("uid:"),
+        "{yaml}"
+    );
+    assert!(c
+        .ok(&["get", "cm", "-l", "app=web", "-o", "name"])
+        .contains("configmap/web"));
+    assert!(c
+        .ok(&[
+            "get",
+            "cm",
+            "--field-selector",
+            "metadata.name=web",
+            "-o",
+            "name"
+        ])
+        .contains("configmap/web"));
+    assert!(!c
+        .ok(&["get", "cm", "-l", "app=other", "-o", "name"])
+        .contains("web"));
+    let all = c.ok(&["get", "cm", "-A", "--show-labels"]);
+    assert!(
+        all.contains("NAMESPACE") && all.contains("app=web"),
+        "{all}"
+    );
+
+    let err = c.fails(&["get", "cm", "nope"]);
+    assert!(
+        err.contains(r#"Error from server (NotFound): configmaps "nope" not found"#),
+        "{err}"
+    );
+
+    assert!(c
+        .ok(&["delete", "cm", "web"])
+        .contains(r#"configmap "web" deleted"#));
+    let err = c.fails(&["get", "cm", "web"]);
+    assert!(err.contains("NotFound"), "{err}");
+}
+
+#[test]
+fn keelson_up_serves_https_with_a_token_by_default() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(false);
+    let kubeconfig = std::fs::read_to_string(&c.kubeconfig).expect("kubeconfig");
+    assert!(
+        kubeconfig.contains("server: https://127.0.0.1:"),
+        "{kubeconfig}"
+    );
+    assert!(
+        kubeconfig.contains("certificate-authority-data:") && kubeconfig.contains("token:"),
+        "{kubeconfig}"
+    );
+    let namespaces = c.ok(&["get", "namespaces", "-o", "name"]);
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    let err = c.fails(&["get", "namespaces", "--token", "wrong"]);
+    assert!(err.contains("You must be logged in to the server"), "{err}");
+}
