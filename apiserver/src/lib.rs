@@ -24,6 +24,7 @@ pub mod resources;
 pub mod rest;
 pub mod table;
 pub mod tls;
+pub mod validation;
 
 pub use keelson_core as core;
 pub use registry::Registry;

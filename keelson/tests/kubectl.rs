@@ -41,7 +41,11 @@ fn free_port() -> u16 {
 }
 
 fn up(insecure_http: bool) -> Cluster {
-    let dir = tempfile::tempdir().expect("temp dir");
+    up_in(tempfile::tempdir().expect("temp dir"), insecure_http)
+}
+
+/// Starts `keelson up` on `dir` (an earlier cluster's, to restart it).
+fn up_in(dir: tempfile::TempDir, insecure_http: bool) -> Cluster {
     let port = free_port();
     let kubeconfig = dir.path().join("kubeconfig");
     let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
@@ -208,4 +212,136 @@ fn keelson_up_serves_https_with_a_token_by_default() {
     assert!(namespaces.contains("namespace/default"), "{namespaces}");
     let err = c.fails(&["get", "namespaces", "--token", "wrong"]);
     assert!(err.contains("You must be logged in to the server"), "{err}");
+}
+
+#[test]
+fn kubectl_apply_describe_explain_watch_and_discovery_work() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let deployment = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","labels":{"app":"web"}},
+      "spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},
+      "template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#;
+    let applied = c.kubectl_stdin(&["apply", "-f", "-"], Some(deployment));
+    assert!(
+        applied.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("deployment.apps/web created"));
+    let wide = c.ok(&["get", "deployments", "-o", "wide"]);
+    for column in [
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        assert!(wide.contains(column), "{column}: {wide}");
+    }
+    assert!(
+        wide.contains("0/2") && wide.contains("nginx:1.27") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let yaml = c.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(
+        yaml.contains("maxSurge: 25%") && yaml.contains("revisionHistoryLimit: 10"),
+        "defaulted: {yaml}"
+    );
+
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(pod))
+        .status
+        .success());
+    let pods = c.ok(&["get", "pods", "-o", "wide"]);
+    for column in ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"] {
+        assert!(pods.contains(column), "{column}: {pods}");
+    }
+    assert!(pods.contains("Pending"), "{pods}");
+    let described = c.ok(&["describe", "pod", "p1"]);
+    assert!(
+        described.contains("Name:") && described.contains("p1") && described.contains("busybox"),
+        "{described}"
+    );
+
+    let explained = c.ok(&["explain", "pods.spec.containers"]);
+    assert!(explained.contains("FIELD: containers"), "{explained}");
+    let resources = c.ok(&["api-resources"]);
+    assert!(
+        resources.contains("deployments")
+            && resources.contains("deploy")
+            && resources.contains("apps/v1"),
+        "{resources}"
+    );
+    let all = c.ok(&["get", "all"]);
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("pod/p1"),
+        "{all}"
+    );
+
+    // A watch sees a change made while it runs, then ends at its timeout.
+    let mut watch = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
+        .args(["get", "configmaps", "-w", "--request-timeout", "5s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    std::thread::sleep(Duration::from_millis(700));
+    let cm =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"watched"},"data":{"a":"1"}}"#;
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(cm))
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watch.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("output");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("watched"),
+        "the watch saw the new configmap: {seen}"
+    );
+
+    let err = c.fails(&["get", "widgets"]);
+    assert!(
+        err.contains(r#"the server doesn't have a resource type "widgets""#),
+        "{err}"
+    );
+    let deleted = c.kubectl_stdin(&["delete", "-f", "-"], Some(deployment));
+    assert!(String::from_utf8_lossy(&deleted.stdout).contains(r#"deployment.apps "web" deleted"#));
+}
+
+#[test]
+fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
+    if !kubectl_available() {
+        return;
+    }
+    let mut c = up(false);
+    let cm =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"kept"},"data":{"a":"1"}}"#;
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(cm))
+        .status
+        .success());
+    let before = c.ok(&["get", "cm", "kept", "-o", "jsonpath={.metadata.uid}"]);
+    // SIGKILL: no clean shutdown, only what the store acknowledged.
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    let dir = std::mem::replace(&mut c._dir, tempfile::tempdir().expect("placeholder"));
+    drop(c);
+    let c = up_in(dir, false);
+    assert_eq!(
+        c.ok(&["get", "cm", "kept", "-o", "jsonpath={.metadata.uid}"]),
+        before
+    );
 }
