@@ -710,6 +710,32 @@ impl Registry {
         Ok(obj)
     }
 
+    /// Patches an object (or, with `status_only`, its status), retrying when another
+    /// writer gets in between, unless the patch itself names a `resourceVersion`.
+    ///
+    /// # Errors
+    /// As [`Registry::update`], plus the patch's own errors (400, 422).
+    pub async fn patch(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: crate::patch::PatchType,
+        patch: &Value,
+        status_only: bool,
+    ) -> Result<Value, Error> {
+        let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+        let mut attempts = 0;
+        loop {
+            let mut object = self.get(res, namespace, name).await?;
+            patch_type.apply(&mut object, patch)?;
+            match self.update(res, namespace, name, object, status_only).await {
+                Err(e) if e.is_conflict() && !pinned && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
     /// Lists objects.
     ///
     /// # Errors

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use keelson_core::{Error, FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 
+use crate::patch::PatchType;
 use crate::registry::{now, DeleteOptions, ListParams, Registry, Selection, WatchEventType};
 use crate::resources::ServedResource;
 use crate::table::{self, IncludeObject};
@@ -520,9 +521,18 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             });
             Ok(json_response(StatusCode::OK, &body))
         }
-        (Method::PATCH, _, _) => Err(Error::UnsupportedMediaType {
-            message: "PATCH is not supported by this server yet".into(),
-        }),
+        (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let patch_type = PatchType::from_content_type(ct)?;
+            let body = body_json(req).await?;
+            let obj = registry
+                .patch(res, ns, name, patch_type, &body, sub.is_some())
+                .await?;
+            Ok(obj_response(StatusCode::OK, &obj))
+        }
         (method, _, Some(sub)) if !res.subresources.iter().any(|x| x.name == sub) => {
             let _ = method;
             Err(not_found_error())

@@ -187,6 +187,26 @@ fn kubectl_gets_creates_and_deletes_against_keelson_up() {
     );
 
     assert!(c
+        .ok(&["label", "cm", "web", "tier=fe"])
+        .contains("configmap/web labeled"));
+    assert!(c
+        .ok(&["annotate", "cm", "web", "note=hi"])
+        .contains("configmap/web annotated"));
+    assert!(c
+        .ok(&["get", "cm", "-l", "tier=fe", "-o", "name"])
+        .contains("configmap/web"));
+    let patched = c.ok(&[
+        "patch",
+        "cm",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/a","value":"9"}]"#,
+    ]);
+    assert!(patched.contains("configmap/web patched"), "{patched}");
+    assert_eq!(c.ok(&["get", "cm", "web", "-o", "jsonpath={.data.a}"]), "9");
+    assert!(c
         .ok(&["delete", "cm", "web"])
         .contains(r#"configmap "web" deleted"#));
     let err = c.fails(&["get", "cm", "web"]);
