@@ -19,6 +19,7 @@ pub mod cache;
 mod defaults;
 pub mod discovery;
 pub mod openapi;
+pub mod patch;
 pub mod registry;
 pub mod resources;
 pub mod rest;

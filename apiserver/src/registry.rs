@@ -413,6 +413,7 @@ impl Registry {
         if let Some(ns) = &namespace {
             meta.insert("namespace".into(), Value::String(ns.clone()));
         }
+        let mut generated_name = false;
         let name = match meta
             .get("name")
             .and_then(Value::as_str)
@@ -424,7 +425,10 @@ impl Registry {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
             {
-                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                Some(prefix) => {
+                    generated_name = true;
+                    format!("{prefix}{}", random_suffix())
+                }
                 None => {
                     return Err(Error::invalid(
                         rt,
@@ -465,19 +469,39 @@ impl Registry {
             meta.remove(field);
         }
         initial_status(res, &mut obj);
+        check_required(res, &name, &obj)?;
         self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
         let service = is_service(rt);
         if service {
             self.allocator.allocate(rt, &mut obj).await?;
         }
-        let created = match encode(&obj) {
-            Ok(value) => self
-                .store
-                .create(&key, value)
-                .await
-                .map_err(|e| store_error(rt, &name, e)),
-            Err(e) => Err(e),
+        let generated = meta_str(&obj, "generateName")
+            .map(str::to_owned)
+            .filter(|_| generated_name);
+        let mut key = key;
+        let mut name = name;
+        let mut attempts = 0;
+        let created = loop {
+            let result = match encode(&obj) {
+                Ok(value) => self
+                    .store
+                    .create(&key, value)
+                    .await
+                    .map_err(|e| store_error(rt, &name, e)),
+                Err(e) => Err(e),
+            };
+            // A generated name that is taken gets another try with a new suffix, as
+            // Kubernetes does.
+            match (&result, &generated) {
+                (Err(e), Some(prefix)) if e.is_already_exists() && attempts < 8 => {
+                    attempts += 1;
+                    name = format!("{prefix}{}", random_suffix());
+                    key = rt.key(namespace.as_deref(), &name)?;
+                    meta_mut(&mut obj)?.insert("name".into(), Value::String(name.clone()));
+                }
+                _ => break result,
+            }
         };
         let kv = match created {
             Ok(kv) => kv,
@@ -601,6 +625,7 @@ impl Registry {
                     };
                 }
             }
+            check_required(res, name, &next)?;
             if spec_changed(&current, &next) {
                 let generation = old_meta
                     .get("generation")
@@ -1037,6 +1062,16 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// Refuses an object that lacks what Kubernetes requires, naming every missing field.
+fn check_required(res: &ServedResource, name: &str, obj: &Value) -> Result<(), Error> {
+    let causes = crate::validation::required_fields(&res.rt, &res.schema, obj);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(&res.rt, name, causes))
     }
 }
 

@@ -28,6 +28,7 @@ use crate::patch::PatchType;
 use crate::registry::{now, DeleteOptions, ListParams, Registry, Selection, WatchEventType};
 use crate::resources::ServedResource;
 use crate::table::{self, IncludeObject};
+use crate::validation::{self, FieldValidation};
 use crate::{discovery, openapi};
 
 /// The largest request body accepted (as Kubernetes: 3 MiB).
@@ -459,14 +460,27 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             Ok(obj_response(StatusCode::OK, &obj))
         }
         (Method::POST, None, None) => {
+            let validation = FieldValidation::from_query(
+                q.get("fieldValidation").map(String::as_str),
+                "CreateOptions",
+            )?;
             let body = body_json(req).await?;
+            let warnings = unknown_fields(res, validation, &body)?;
             let obj = registry.create(res, ns, body).await?;
-            Ok(obj_response(StatusCode::CREATED, &obj))
+            Ok(with_warnings(
+                obj_response(StatusCode::CREATED, &obj),
+                &warnings,
+            ))
         }
         (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+            let validation = FieldValidation::from_query(
+                q.get("fieldValidation").map(String::as_str),
+                "UpdateOptions",
+            )?;
             let body = body_json(req).await?;
+            let warnings = unknown_fields(res, validation, &body)?;
             let obj = registry.update(res, ns, name, body, sub.is_some()).await?;
-            Ok(obj_response(StatusCode::OK, &obj))
+            Ok(with_warnings(obj_response(StatusCode::OK, &obj), &warnings))
         }
         (Method::DELETE, Some(name), None) => {
             let options = delete_options(&q, req).await?;
@@ -527,18 +541,55 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch_type = PatchType::from_content_type(ct)?;
+            let validation = FieldValidation::from_query(
+                q.get("fieldValidation").map(String::as_str),
+                "PatchOptions",
+            )?;
             let body = body_json(req).await?;
+            let warnings = match patch_type {
+                PatchType::Merge => unknown_fields(res, validation, &body)?,
+                PatchType::Json => Vec::new(),
+            };
             let obj = registry
                 .patch(res, ns, name, patch_type, &body, sub.is_some())
                 .await?;
-            Ok(obj_response(StatusCode::OK, &obj))
+            Ok(with_warnings(obj_response(StatusCode::OK, &obj), &warnings))
         }
-        (method, _, Some(sub)) if !res.subresources.iter().any(|x| x.name == sub) => {
-            let _ = method;
+        (_, _, Some(sub)) if !res.subresources.iter().any(|x| x.name == sub) => {
             Err(not_found_error())
         }
         (method, _, _) => Err(Error::method_not_allowed(&res.rt, method.as_str())),
     }
+}
+
+/// Checks a body for fields its kind does not have: Strict refuses (400, worded as
+/// Kubernetes words it), Warn returns warnings for the response, Ignore does nothing.
+fn unknown_fields(
+    res: &ServedResource,
+    validation: FieldValidation,
+    body: &Value,
+) -> Result<Vec<String>, Error> {
+    validation::check_unknown(validation, &res.rt.kind, &res.schema, body).map_err(|e| match e {
+        Error::BadRequest { message } => Error::BadRequest {
+            message: format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {message}",
+                kind = res.rt.kind,
+                version = res.rt.version
+            ),
+        },
+        other => other,
+    })
+}
+
+/// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// DeleteOptions from the body (kubectl sends one) and the query (Python sends none).

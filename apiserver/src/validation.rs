@@ -1,21 +1,884 @@
+//! Schema-driven checks of incoming objects: unknown fields (the `fieldValidation` query
+//! parameter) and required fields, plus the few required-by-validation rules of built-in
+//! kinds that their schemas do not express.
+//!
+//! The schemas are the kinds' JSON Schemas (draft 2020-12, `$defs`, `$ref`), as
+//! [`ServedResource::schema`](crate::ServedResource) holds them. Paths are written the way
+//! Kubernetes writes them: `spec.containers[0].image`.
+//!
+//! ```
+//! use keelson_apiserver::validation::{check_unknown, FieldValidation};
+//! use keelson_apiserver::ServedResource;
+//! use keelson_core::k8s_openapi::api::core::v1::ConfigMap;
+//!
+//! let schema = ServedResource::of::<ConfigMap>().schema;
+//! let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "datta": {}});
+//! let warnings = check_unknown(FieldValidation::Warn, "ConfigMap", &schema, &cm).unwrap();
+//! assert_eq!(warnings, [r#"unknown field "datta""#]);
+//! let err = check_unknown(FieldValidation::Strict, "ConfigMap", &schema, &cm).unwrap_err();
+//! assert_eq!(err.to_string(), r#"strict decoding error: unknown field "datta""#);
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+
+use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
+use keelson_core::{CauseType, Error, FieldError, LabelSelector, ResourceType};
+use serde_json::{Map, Value};
+
+/// How far `$ref`, `allOf`, `anyOf` and `oneOf` are followed before a schema is treated
+/// as allowing anything (guards against reference cycles).
+const MAX_SCHEMA_DEPTH: usize = 32;
+
+/// The values the `fieldValidation` query parameter may take, in Kubernetes' sorted order.
+const FIELD_VALIDATION_VALUES: &[&str] = &["", "Ignore", "Strict", "Warn"];
+
+/// What to do with fields of a request body that the kind's schema does not know: the
+/// `fieldValidation` query parameter of create, update and patch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop unknown fields silently.
+    Ignore,
+    /// Drop unknown fields and warn about each (the server default).
+    #[default]
+    Warn,
+    /// Reject the request with a 400 naming the unknown fields.
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses the parameter's value; the empty string means the default, [`Self::Warn`].
+    ///
+    /// # Errors
+    ///
+    /// Any other value is a `fieldValidation: Unsupported value: "x": supported values:
+    /// "", "Ignore", "Strict", "Warn"` field error, as Kubernetes words it.
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        match value {
+            "" | "Warn" => Ok(Self::Warn),
+            "Ignore" => Ok(Self::Ignore),
+            "Strict" => Ok(Self::Strict),
+            other => Err(FieldError::not_supported(
+                "fieldValidation",
+                other,
+                FIELD_VALIDATION_VALUES,
+            )),
+        }
+    }
+
+    /// Reads the parameter from a request's query: absent means [`Self::Warn`].
+    /// `options_kind` is the options kind of the verb (`CreateOptions`, `UpdateOptions`,
+    /// `PatchOptions`), which Kubernetes names in the error.
+    ///
+    /// # Errors
+    ///
+    /// An unknown value is the 422 Kubernetes returns: `CreateOptions.meta.k8s.io "" is
+    /// invalid: fieldValidation: Unsupported value: "x": supported values: "", "Ignore",
+    /// "Strict", "Warn"`.
+    pub fn from_query(value: Option<&str>, options_kind: &str) -> Result<Self, Error> {
+        Self::parse(value.unwrap_or_default())
+            .map_err(|cause| Error::invalid(("meta.k8s.io", options_kind), "", vec![cause]))
+    }
+
+    /// The parameter's value: `Ignore`, `Warn` or `Strict`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ignore => "Ignore",
+            Self::Warn => "Warn",
+            Self::Strict => "Strict",
+        }
+    }
+}
+
+impl std::fmt::Display for FieldValidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FieldValidation {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The paths of the fields of `object` that `schema` does not know, in Kubernetes'
+/// notation (`spec.foo`, `spec.containers[0].imagee`, `metadata.foo`), in the order the
+/// object's maps iterate.
+///
+/// `$ref`s are resolved into the schema's `$defs`; maps (`additionalProperties`) accept
+/// any key; `x-kubernetes-preserve-unknown-fields` and schemas that say nothing about an
+/// object's properties accept anything. `apiVersion` and `kind` are always known at the
+/// top level. A value of the wrong type is not an unknown field and is not reported.
+pub fn unknown_fields(schema: &Value, object: &Value) -> Vec<String> {
+    let walker = Walker { root: schema };
+    let mut out = Vec::new();
+    walker.unknown(schema, object, "", &mut out);
+    out
+}
+
+/// Applies a `fieldValidation` directive to the unknown fields of `object`.
+///
+/// `kind_name` names the kind for diagnostics. Kubernetes itself wraps the strict error
+/// as `<Kind> in version "<v>" cannot be handled as a <Kind>: strict decoding error: ...`;
+/// that prefix is the REST layer's to add, since it knows the version.
+///
+/// Returns the warnings to send (`unknown field "spec.foo"`, one per field, for
+/// `Warning: 299 - "..."` headers): none for [`FieldValidation::Ignore`] and for objects
+/// without unknown fields.
+///
+/// # Errors
+///
+/// With [`FieldValidation::Strict`] and at least one unknown field, a 400
+/// `strict decoding error: unknown field "a", unknown field "b"`.
+pub fn check_unknown(
+    validation: FieldValidation,
+    kind_name: &str,
+    schema: &Value,
+    object: &Value,
+) -> Result<Vec<String>, Error> {
+    if validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let warnings: Vec<String> = unknown_fields(schema, object)
+        .iter()
+        .map(|path| format!("unknown field {}", quote(path)))
+        .collect();
+    if validation == FieldValidation::Strict && !warnings.is_empty() {
+        tracing::debug!(
+            kind = kind_name,
+            fields = warnings.len(),
+            "rejecting unknown fields"
+        );
+        return Err(Error::bad_request(format!(
+            "strict decoding error: {}",
+            warnings.join(", ")
+        )));
+    }
+    Ok(warnings)
+}
+
+/// The required fields `object` lacks, as `Required value` field errors, plus the
+/// required-by-validation rules of built-in kinds that their schemas do not mark:
+///
+/// - Pods (and the pod templates of PodTemplates, workloads, Jobs and CronJobs) need a
+///   non-empty `containers`, and each container and init container a `name` and an
+///   `image`;
+/// - Deployments, ReplicaSets, StatefulSets and DaemonSets need `spec.selector` and
+///   `spec.template`, and the selector must match the template's labels;
+/// - Services need at least one port unless headless (`clusterIP: None`) or
+///   `ExternalName`.
+///
+/// `metadata` is never reported (k8s-openapi marks it required; Kubernetes does not),
+/// and nothing under the top-level `status` is checked. Every cause is returned, each once,
+/// ready for [`Error::invalid`].
+pub fn required_fields(rt: &ResourceType, schema: &Value, object: &Value) -> Vec<FieldError> {
+    let walker = Walker { root: schema };
+    let mut out = Vec::new();
+    walker.required(schema, object, "", &mut out);
+    builtin_rules(rt, object, &mut out);
+    let mut seen = HashSet::new();
+    out.retain(|e| seen.insert((e.field.clone(), e.message.clone())));
+    out
+}
+
+/// What a schema (with its references and combinators followed) says about objects.
+#[derive(Default)]
+struct Shape<'s> {
+    properties: BTreeMap<&'s str, &'s Value>,
+    /// `additionalProperties`, when some branch gives it.
+    additional: Option<&'s Value>,
+    /// Whether some branch has `properties` or `additionalProperties` at all; if none
+    /// does, the schema says nothing about keys and accepts any.
+    constrains_keys: bool,
+    preserve_unknown: bool,
+    embedded_resource: bool,
+    /// `items` of the first branch that has it.
+    items: Option<&'s Value>,
+}
+
+struct Walker<'s> {
+    root: &'s Value,
+}
+
+impl<'s> Walker<'s> {
+    /// Looks up a local reference such as `#/$defs/io.k8s.api.core.v1.PodSpec`.
+    fn lookup(&self, reference: &str) -> Option<&'s Value> {
+        let pointer = reference.strip_prefix('#')?;
+        if pointer.is_empty() {
+            return Some(self.root);
+        }
+        self.root.pointer(pointer)
+    }
+
+    /// The schemas that apply to a value: the schema itself, its `$ref` target and its
+    /// `allOf`, `anyOf` and `oneOf` branches (except `{"type": "null"}`), recursively.
+    /// With `definite`, only the branches that always apply (`$ref`, `allOf`).
+    fn branches(&self, schema: &'s Value, definite: bool, depth: usize, out: &mut Vec<&'s Value>) {
+        if depth > MAX_SCHEMA_DEPTH {
+            return;
+        }
+        out.push(schema);
+        let Some(obj) = schema.as_object() else {
+            return;
+        };
+        if let Some(target) = obj
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| self.lookup(r))
+        {
+            self.branches(target, definite, depth + 1, out);
+        }
+        let combinators: &[&str] = if definite {
+            &["allOf"]
+        } else {
+            &["allOf", "anyOf", "oneOf"]
+        };
+        for key in combinators {
+            for branch in obj
+                .get(*key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !is_null_schema(branch) {
+                    self.branches(branch, definite, depth + 1, out);
+                }
+            }
+        }
+    }
+
+    fn shape(&self, schema: &'s Value) -> Shape<'s> {
+        let mut branches = Vec::new();
+        self.branches(schema, false, 0, &mut branches);
+        let mut shape = Shape::default();
+        for branch in branches.iter().filter_map(|b| b.as_object()) {
+            if let Some(props) = branch.get("properties").and_then(Value::as_object) {
+                shape.constrains_keys = true;
+                for (name, prop) in props {
+                    shape.properties.entry(name.as_str()).or_insert(prop);
+                }
+            }
+            if let Some(additional) = branch.get("additionalProperties") {
+                shape.constrains_keys = true;
+                shape.additional.get_or_insert(additional);
+            }
+            shape.preserve_unknown |= flag(branch, "x-kubernetes-preserve-unknown-fields");
+            shape.embedded_resource |= flag(branch, "x-kubernetes-embedded-resource");
+            if shape.items.is_none() {
+                shape.items = branch.get("items");
+            }
+        }
+        shape
+    }
+
+    fn unknown(&self, schema: &'s Value, value: &Value, path: &str, out: &mut Vec<String>) {
+        let shape = self.shape(schema);
+        match value {
+            Value::Object(fields) => {
+                if !shape.constrains_keys {
+                    return;
+                }
+                let top = path.is_empty();
+                for (key, child) in fields {
+                    let child_path = join(path, key);
+                    if let Some(prop) = shape.properties.get(key.as_str()) {
+                        self.unknown(prop, child, &child_path, out);
+                    } else if (top || shape.embedded_resource)
+                        && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")
+                    {
+                        // Always known on a whole object, even if the schema omits them.
+                    } else if let Some(additional) = shape.additional {
+                        if additional.as_bool() == Some(false) {
+                            if !shape.preserve_unknown {
+                                out.push(child_path);
+                            }
+                        } else {
+                            self.unknown(additional, child, &child_path, out);
+                        }
+                    } else if !shape.preserve_unknown {
+                        out.push(child_path);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = shape.items {
+                    for (i, item) in items.iter().enumerate() {
+                        self.unknown(item_schema, item, &format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn required(&self, schema: &'s Value, value: &Value, path: &str, out: &mut Vec<FieldError>) {
+        match value {
+            Value::Object(fields) => {
+                let mut definite = Vec::new();
+                self.branches(schema, true, 0, &mut definite);
+                let required = definite
+                    .iter()
+                    .filter_map(|b| b.get("required").and_then(Value::as_array))
+                    .flatten()
+                    .filter_map(Value::as_str);
+                for name in required {
+                    if name != "metadata" && is_missing(fields.get(name)) {
+                        out.push(FieldError::required(join(path, name), ""));
+                    }
+                }
+                let shape = self.shape(schema);
+                for (key, child) in fields {
+                    if path.is_empty() && key == "status" {
+                        continue;
+                    }
+                    let child_path = join(path, key);
+                    if let Some(prop) = shape.properties.get(key.as_str()) {
+                        self.required(prop, child, &child_path, out);
+                    } else if let Some(additional) = shape.additional.filter(|a| a.is_object()) {
+                        self.required(additional, child, &child_path, out);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = self.shape(schema).items {
+                    for (i, item) in items.iter().enumerate() {
+                        self.required(item_schema, item, &format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The checks Kubernetes' validation makes that the schemas do not express.
+fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
+    match (rt.group.as_ref(), rt.kind.as_ref()) {
+        ("", "Pod") => pod_spec(object.get("spec"), "spec", out),
+        ("", "PodTemplate") => {
+            if let Some(template) = object.get("template") {
+                pod_spec(template.get("spec"), "template.spec", out);
+            }
+        }
+        ("", "ReplicationController") => {
+            if let Some(template) = object.pointer("/spec/template") {
+                pod_spec(template.get("spec"), "spec.template.spec", out);
+            }
+        }
+        ("", "Service") => service(object, out),
+        ("apps", kind @ ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")) => {
+            workload(kind, object.get("spec"), out);
+        }
+        ("batch", "Job") => {
+            if let Some(template) = object.pointer("/spec/template") {
+                pod_spec(template.get("spec"), "spec.template.spec", out);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(template) = object.pointer("/spec/jobTemplate/spec/template") {
+                pod_spec(
+                    template.get("spec"),
+                    "spec.jobTemplate.spec.template.spec",
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A pod spec needs containers, and each container a name and an image.
+fn pod_spec(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
+    if containers.is_none_or(Vec::is_empty) {
+        out.push(FieldError::required(format!("{path}.containers"), ""));
+    }
+    for list in ["initContainers", "containers"] {
+        let items = spec.and_then(|s| s.get(list)).and_then(Value::as_array);
+        for (i, container) in items.into_iter().flatten().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            if is_blank(container.get("name")) {
+                out.push(FieldError::required(format!("{at}.name"), ""));
+            }
+            match container.get("image").and_then(Value::as_str) {
+                None | Some("") => out.push(FieldError::required(format!("{at}.image"), "")),
+                Some(image) if image.trim() != image => out.push(FieldError::invalid(
+                    format!("{at}.image"),
+                    image,
+                    "must not have leading or trailing whitespace",
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A workload needs a selector and a template whose labels the selector matches.
+fn workload(kind: &str, spec: Option<&Value>, out: &mut Vec<FieldError>) {
+    let selector_value = spec
+        .and_then(|s| s.get("selector"))
+        .filter(|v| !v.is_null());
+    let template = spec
+        .and_then(|s| s.get("template"))
+        .filter(|v| !v.is_null());
+    let selector = match selector_value {
+        None => {
+            out.push(FieldError::required("spec.selector", ""));
+            // A missing selector selects nothing, so no template matches it.
+            Some(LabelSelector::nothing())
+        }
+        Some(value) => match parse_selector(value) {
+            Ok(selector) if selector.is_empty() => {
+                out.push(FieldError::invalid(
+                    "spec.selector",
+                    value.clone(),
+                    &format!("empty selector is invalid for {}", kind.to_lowercase()),
+                ));
+                None
+            }
+            Ok(selector) => Some(selector),
+            Err(err) => {
+                out.push(FieldError::invalid(
+                    "spec.selector",
+                    value.clone(),
+                    &err.to_string(),
+                ));
+                None
+            }
+        },
+    };
+    let Some(template) = template else {
+        out.push(FieldError::required("spec.template", ""));
+        return;
+    };
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    if let Some(selector) = selector {
+        let set: BTreeMap<String, String> = labels
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        if !selector.matches(&set) {
+            out.push(FieldError {
+                reason: CauseType::Invalid,
+                field: "spec.template.metadata.labels".to_owned(),
+                message: format!(
+                    "Invalid value: {}: `selector` does not match template `labels`",
+                    go_string_map(labels)
+                ),
+            });
+        }
+    }
+    pod_spec(template.get("spec"), "spec.template.spec", out);
+}
+
+fn parse_selector(value: &Value) -> Result<LabelSelector, Error> {
+    let selector: metav1::LabelSelector = serde_json::from_value(value.clone())
+        .map_err(|err| Error::bad_request(format!("invalid label selector: {err}")))?;
+    LabelSelector::from_k8s(&selector)
+}
+
+/// A Service needs a port unless it is headless or an `ExternalName` service.
+fn service(object: &Value, out: &mut Vec<FieldError>) {
+    let spec = object.get("spec");
+    let field = |name: &str| spec.and_then(|s| s.get(name));
+    let has_ports = field("ports")
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty());
+    let headless = field("clusterIP").and_then(Value::as_str) == Some("None");
+    let external_name = field("type").and_then(Value::as_str) == Some("ExternalName");
+    if !has_ports && !headless && !external_name {
+        out.push(FieldError::required("spec.ports", ""));
+    }
+}
+
+/// Go's `%#v` of a `map[string]string`, which Kubernetes prints for invalid label maps:
+/// `map[string]string{"app":"web", "tier":"fe"}`, or `map[string]string(nil)`.
+fn go_string_map(labels: Option<&Map<String, Value>>) -> String {
+    let Some(labels) = labels else {
+        return "map[string]string(nil)".to_owned();
+    };
+    let mut entries: Vec<(&String, &Value)> = labels.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let body: Vec<String> = entries
+        .into_iter()
+        .map(|(k, v)| format!("{}:{}", quote(k), quote(v.as_str().unwrap_or_default())))
+        .collect();
+    format!("map[string]string{{{}}}", body.join(", "))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn quote(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+fn flag(schema: &Map<String, Value>, name: &str) -> bool {
+    schema.get(name).and_then(Value::as_bool) == Some(true)
+}
+
+fn is_null_schema(schema: &Value) -> bool {
+    schema.get("type").and_then(Value::as_str) == Some("null")
+}
+
+fn is_missing(value: Option<&Value>) -> bool {
+    value.is_none_or(Value::is_null)
+}
+
+fn is_blank(value: Option<&Value>) -> bool {
+    is_missing(value) || value.and_then(Value::as_str) == Some("")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::ServedResource;
+    use keelson_core::k8s_openapi::api::apps::v1::Deployment;
+    use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+    use keelson_core::Resource;
+    use serde_json::json;
+
+    fn schema_of<K: Resource>() -> Value {
+        ServedResource::of::<K>().schema
+    }
+
+    fn pod(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    fn deployment(selector: Value, template_labels: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 2,
+                "selector": selector,
+                "template": {
+                    "metadata": {"labels": template_labels},
+                    "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                        "ports": [{"containerPort": 80}],
+                        "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}}]}
+                }
+            }
+        })
+    }
+
+    fn messages(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
-    fn scratch_dump() {
-        use crate::ServedResource;
-        use k8s_openapi::api::apps::v1::Deployment;
-        use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-        for (n, s) in [
-            ("pod", ServedResource::of::<Pod>().schema),
-            ("deploy", ServedResource::of::<Deployment>().schema),
-            ("svc", ServedResource::of::<Service>().schema),
-            ("cm", ServedResource::of::<ConfigMap>().schema),
+    fn an_unknown_top_level_spec_field_is_reported_with_its_path() {
+        let object = pod(json!({"containers": [{"name": "a", "image": "x"}], "foo": 1}));
+        assert_eq!(unknown_fields(&schema_of::<Pod>(), &object), ["spec.foo"]);
+    }
+
+    #[test]
+    fn a_typo_inside_a_container_is_reported_with_its_index() {
+        let object = pod(json!({"containers": [
+            {"name": "a", "image": "x"},
+            {"name": "b", "imagee": "x", "env": [{"name": "A", "valeu": "1"}]}
+        ]}));
+        assert_eq!(
+            unknown_fields(&schema_of::<Pod>(), &object),
+            [
+                "spec.containers[1].env[0].valeu",
+                "spec.containers[1].imagee"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_in_metadata_and_at_the_top_are_reported() {
+        let object = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "foo": "x"}, "extra": true,
+            "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        assert_eq!(
+            unknown_fields(&schema_of::<Pod>(), &object),
+            ["extra", "metadata.foo"]
+        );
+    }
+
+    #[test]
+    fn maps_accept_any_key() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "labels": {"any/key": "v"},
+                "annotations": {"example.com/whatever": "x"}},
+            "data": {"anything": "goes", "config.yaml": "a: b"},
+            "binaryData": {"blob": "AAEC"}});
+        assert!(unknown_fields(&schema_of::<ConfigMap>(), &cm).is_empty());
+        let object = pod(json!({"containers": [{"name": "a", "image": "x",
+            "resources": {"limits": {"cpu": "1", "example.com/gpu": 2}}}],
+            "nodeSelector": {"disk": "ssd"}}));
+        assert!(unknown_fields(&schema_of::<Pod>(), &object).is_empty());
+    }
+
+    #[test]
+    fn int_or_string_and_managed_fields_accept_their_json_shapes() {
+        let object = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "managedFields": [{"manager": "kubectl",
+                "operation": "Apply", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:ports": {".": {}}}}}]},
+            "spec": {"ports": [{"port": 80, "targetPort": "http"}]}});
+        assert!(unknown_fields(&schema_of::<Service>(), &object).is_empty());
+    }
+
+    #[test]
+    fn preserve_unknown_fields_accepts_unknown_keys_but_checks_known_ones() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "spec": {"$ref": "#/$defs/Spec"},
+                "config": {"type": ["object", "null"], "x-kubernetes-preserve-unknown-fields": true}
+            },
+            "$defs": {"Spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"inner": {"type": "object", "properties": {"a": {"type": "string"}}}}
+            }}
+        });
+        let object = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "config": {"free": {"form": [1, 2]}},
+            "spec": {"anything": 1, "inner": {"a": "x", "b": "y"}}});
+        assert_eq!(unknown_fields(&schema, &object), ["spec.inner.b"]);
+    }
+
+    #[test]
+    fn nullable_refs_and_combinators_are_followed() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"spec": {"anyOf": [{"$ref": "#/$defs/Spec"}, {"type": "null"}]}},
+            "$defs": {"Spec": {"type": ["object", "null"], "properties": {
+                "items": {"type": "array", "items": {"allOf": [{"$ref": "#/$defs/Item"}]}}
+            }}, "Item": {"type": "object", "properties": {"n": {"type": "integer"}},
+                "required": ["n"]}}
+        });
+        let object = json!({"spec": {"items": [{"n": 1}, {"m": 2}]}});
+        assert_eq!(unknown_fields(&schema, &object), ["spec.items[1].m"]);
+        let rt = ResourceType::new(
+            "example.com",
+            "v1",
+            "Widget",
+            "widgets",
+            keelson_core::Scope::Namespaced,
+        );
+        assert_eq!(
+            messages(&required_fields(&rt, &schema, &object)),
+            ["spec.items[1].n: Required value"]
+        );
+    }
+
+    #[test]
+    fn strict_rejects_unknown_fields_with_kubernetes_wording() {
+        let object = pod(json!({"containers": [{"name": "a", "image": "x"}], "foo": 1, "bar": 2}));
+        let err = check_unknown(FieldValidation::Strict, "Pod", &schema_of::<Pod>(), &object)
+            .expect_err("should fail");
+        assert_eq!((err.code(), err.reason()), (400, "BadRequest"));
+        assert_eq!(
+            err.to_string(),
+            r#"strict decoding error: unknown field "spec.bar", unknown field "spec.foo""#
+        );
+    }
+
+    #[test]
+    fn warn_returns_one_warning_per_unknown_field() {
+        let object = pod(json!({"containers": [{"name": "a", "image": "x"}], "foo": 1}));
+        let warnings = check_unknown(FieldValidation::Warn, "Pod", &schema_of::<Pod>(), &object)
+            .expect("should succeed");
+        assert_eq!(warnings, [r#"unknown field "spec.foo""#]);
+    }
+
+    #[test]
+    fn ignore_and_known_fields_produce_nothing() {
+        let schema = schema_of::<Pod>();
+        let bad = pod(json!({"containers": [{"name": "a", "image": "x"}], "foo": 1}));
+        assert!(check_unknown(FieldValidation::Ignore, "Pod", &schema, &bad)
+            .expect("should succeed")
+            .is_empty());
+        let good = pod(json!({"containers": [{"name": "a", "image": "x"}]}));
+        assert!(
+            check_unknown(FieldValidation::Strict, "Pod", &schema, &good)
+                .expect("should succeed")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn field_validation_parses_like_kubernetes() {
+        assert_eq!(FieldValidation::parse(""), Ok(FieldValidation::Warn));
+        assert_eq!(
+            FieldValidation::parse("Strict"),
+            Ok(FieldValidation::Strict)
+        );
+        assert_eq!(
+            FieldValidation::parse("Ignore"),
+            Ok(FieldValidation::Ignore)
+        );
+        assert_eq!(
+            FieldValidation::from_query(None, "CreateOptions").expect("should succeed"),
+            FieldValidation::Warn
+        );
+        let err =
+            FieldValidation::from_query(Some("strict"), "CreateOptions").expect_err("should fail");
+        assert_eq!(err.code(), 422);
+        assert_eq!(
+            err.to_string(),
+            r#"CreateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: "strict": supported values: "", "Ignore", "Strict", "Warn""#
+        );
+    }
+
+    #[test]
+    fn a_pod_with_no_containers_needs_containers() {
+        let rt = Pod::resource_type();
+        let schema = schema_of::<Pod>();
+        for object in [
+            pod(json!({"containers": []})),
+            pod(json!({})),
+            json!({"metadata": {"name": "a"}}),
         ] {
-            std::fs::write(
-                format!("/tmp/schema_{n}.json"),
-                serde_json::to_string_pretty(&s).unwrap(),
-            )
-            .unwrap();
+            assert_eq!(
+                messages(&required_fields(&rt, &schema, &object)),
+                ["spec.containers: Required value"],
+                "{object}"
+            );
         }
+    }
+
+    #[test]
+    fn a_container_without_an_image_or_name_is_invalid() {
+        let object = pod(json!({"containers": [{"name": "a"}, {"image": "x"}],
+            "initContainers": [{"name": "init", "image": " x"}]}));
+        let errors = required_fields(&Pod::resource_type(), &schema_of::<Pod>(), &object);
+        assert_eq!(
+            messages(&errors),
+            [
+                "spec.containers[1].name: Required value",
+                "spec.initContainers[0].image: Invalid value: \" x\": must not have leading or trailing whitespace",
+                "spec.containers[0].image: Required value",
+            ]
+        );
+        let err = Error::invalid(Pod::resource_type().group_kind(), "web", errors);
+        assert_eq!(err.code(), 422);
+    }
+
+    #[test]
+    fn a_deployment_whose_selector_does_not_match_its_template_is_invalid() {
+        let object = deployment(
+            json!({"matchLabels": {"app": "web"}}),
+            json!({"app": "api", "tier": "fe"}),
+        );
+        let errors = required_fields(
+            &Deployment::resource_type(),
+            &schema_of::<Deployment>(),
+            &object,
+        );
+        assert_eq!(
+            messages(&errors),
+            ["spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"api\", \"tier\":\"fe\"}: `selector` does not match template `labels`"]
+        );
+        assert_eq!(errors[0].reason, CauseType::Invalid);
+    }
+
+    #[test]
+    fn a_deployment_without_selector_or_template_reports_every_cause() {
+        let object = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 1}});
+        let errors = required_fields(
+            &Deployment::resource_type(),
+            &schema_of::<Deployment>(),
+            &object,
+        );
+        assert_eq!(
+            messages(&errors),
+            [
+                "spec.selector: Required value",
+                "spec.template: Required value"
+            ]
+        );
+        let no_selector = deployment(Value::Null, json!({"app": "web"}));
+        let errors = required_fields(
+            &Deployment::resource_type(),
+            &schema_of::<Deployment>(),
+            &no_selector,
+        );
+        assert_eq!(
+            messages(&errors),
+            [
+                "spec.selector: Required value",
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"web\"}: `selector` does not match template `labels`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_deployment_produces_no_errors_or_unknown_fields() {
+        let object = deployment(
+            json!({"matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe"]}]}),
+            json!({"app": "web", "tier": "fe"}),
+        );
+        let schema = schema_of::<Deployment>();
+        assert_eq!(
+            messages(&required_fields(
+                &Deployment::resource_type(),
+                &schema,
+                &object
+            )),
+            Vec::<String>::new()
+        );
+        assert_eq!(unknown_fields(&schema, &object), Vec::<String>::new());
+    }
+
+    #[test]
+    fn metadata_is_never_reported_as_required() {
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"}});
+        assert!(required_fields(
+            &ConfigMap::resource_type(),
+            &schema_of::<ConfigMap>(),
+            &object
+        )
+        .is_empty());
+        let object = json!({"apiVersion": "v1", "kind": "Pod",
+            "spec": {"containers": [{"name": "a", "image": "x"}]},
+            "status": {"conditions": [{"lastProbeTime": null}], "containerStatuses": [{}]}});
+        assert!(required_fields(&Pod::resource_type(), &schema_of::<Pod>(), &object).is_empty());
+    }
+
+    #[test]
+    fn a_service_needs_ports_unless_headless() {
+        let rt = Service::resource_type();
+        let schema = schema_of::<Service>();
+        let svc = |spec: Value| json!({"metadata": {"name": "s"}, "spec": spec});
+        assert_eq!(
+            messages(&required_fields(
+                &rt,
+                &schema,
+                &svc(json!({"selector": {"app": "a"}}))
+            )),
+            ["spec.ports: Required value"]
+        );
+        assert!(required_fields(&rt, &schema, &svc(json!({"clusterIP": "None"}))).is_empty());
+        assert!(required_fields(&rt, &schema, &svc(json!({"ports": [{"port": 80}]}))).is_empty());
+        assert_eq!(
+            messages(&required_fields(
+                &rt,
+                &schema,
+                &svc(json!({"ports": [{"name": "x"}]}))
+            )),
+            ["spec.ports[0].port: Required value"]
+        );
     }
 }

@@ -332,6 +332,23 @@ fn kubectl_apply_describe_explain_watch_and_discovery_work() {
         "the watch saw the new configmap: {seen}"
     );
 
+    // Unknown fields are refused under Strict (kubectl's default), invalid objects get 422.
+    let typo =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo"},"dta":{"a":"1"}}"#;
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(typo));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(r#"unknown field "dta""#),
+        "{err}"
+    );
+    let bad =
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bad"},"spec":{"containers":[]}}"#;
+    let out = c.kubectl_stdin(&["create", "-f", "-"], Some(bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"The Pod "bad" is invalid: spec.containers: Required value"#),
+        "{err}"
+    );
     let err = c.fails(&["get", "widgets"]);
     assert!(
         err.contains(r#"the server doesn't have a resource type "widgets""#),
