@@ -175,7 +175,7 @@ impl Cache {
             state.history_start = revision;
             state.ready = true;
         }
-        let _ = self.progress.send(revision);
+        self.progress.send_replace(revision);
         while let Some(item) = watch.next().await {
             let e = item?;
             let key = e.kv.key.to_string();
@@ -208,7 +208,7 @@ impl Cache {
             state.history.push_back(event.clone());
             let _ = self.tx.send(Delivery::Event(event));
             drop(state);
-            let _ = self.progress.send(e.revision());
+            self.progress.send_replace(e.revision());
         }
         Err(StoreError::Unavailable {
             reason: "the store watch ended".into(),
