@@ -124,6 +124,35 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// A `<Kind>List`, serialized straight from the shared objects (no intermediate copy of
+/// the items).
+fn list_response(
+    rt: &keelson_core::ResourceType,
+    metadata: &Value,
+    items: &[Arc<Value>],
+) -> Response {
+    let mut buf = Vec::with_capacity(256 + items.len() * 1024);
+    let head =
+        json!({ "kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": metadata });
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    // `{"apiVersion":..,"kind":..,"metadata":..}` without its closing brace, then the items.
+    buf.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    buf.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut buf, item.as_ref());
+    }
+    buf.extend_from_slice(b"]}");
+    let mut resp = (StatusCode::OK, buf).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 fn error_response(e: &Error) -> Response {
     let mut status = serde_json::to_value(e.to_status()).unwrap_or_else(|_| json!({}));
     if let Some(map) = status.as_object_mut() {
@@ -447,13 +476,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             if let Some(r) = list.remaining {
                 metadata["remainingItemCount"] = json!(r);
             }
-            let body = json!({
-                "kind": res.rt.list_kind(),
-                "apiVersion": res.rt.api_version(),
-                "metadata": metadata,
-                "items": list.items,
-            });
-            Ok(json_response(StatusCode::OK, &body))
+            Ok(list_response(&res.rt, &metadata, &list.items))
         }
         (Method::GET, Some(name), None | Some("status")) => {
             let obj = registry.get(res, ns, name).await?;

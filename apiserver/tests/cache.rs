@@ -229,13 +229,25 @@ async fn send_initial_events_ends_with_the_initial_events_end_bookmark() {
 async fn a_consistent_list_sees_writes_made_while_nobody_waited() {
     let registry = Registry::new(Arc::new(MemStore::ephemeral()));
     let namespaces = ServedResource::of::<Namespace>();
-    registry.list(&namespaces, &ListParams::default()).await.expect("warm the cache");
+    registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("warm the cache");
     for n in ["a", "b", "c"] {
-        registry.create(&namespaces, None, json!({"metadata": {"name": n}})).await.expect("namespace");
+        registry
+            .create(&namespaces, None, json!({"metadata": {"name": n}}))
+            .await
+            .expect("namespace");
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let started = std::time::Instant::now();
-    let list = registry.list(&namespaces, &ListParams::default()).await.expect("list");
+    let list = registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("list");
     assert_eq!(list.items.len(), 3);
-    assert!(started.elapsed() < std::time::Duration::from_secs(1), "no wait for a revision already reached");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "no wait for a revision already reached"
+    );
 }
