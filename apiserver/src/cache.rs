@@ -241,17 +241,20 @@ impl Cache {
     /// The objects under `namespace` (all when `None`) at the cache's revision.
     pub fn snapshot(&self, namespace: Option<&str>) -> Result<Snapshot, Error> {
         let prefix = self.rt.prefix(namespace)?;
-        let state = self.state.read();
+        Ok(Self::snapshot_of(&self.state.read(), &prefix))
+    }
+
+    fn snapshot_of(state: &State, prefix: &str) -> Snapshot {
         let objects = state
             .objects
-            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(&prefix))
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
             .collect();
-        Ok(Snapshot {
+        Snapshot {
             revision: state.revision,
             objects,
-        })
+        }
     }
 
     /// Subscribes to the changes after `revision`.
@@ -284,16 +287,7 @@ impl Cache {
     ) -> Result<(Snapshot, Subscription), Error> {
         let prefix = self.rt.prefix(namespace)?;
         let state = self.state.read();
-        let objects = state
-            .objects
-            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| v.clone())
-            .collect();
-        let snapshot = Snapshot {
-            revision: state.revision,
-            objects,
-        };
+        let snapshot = Self::snapshot_of(&state, &prefix);
         let sub = Subscription {
             backlog: Vec::new(),
             live: self.tx.subscribe(),
