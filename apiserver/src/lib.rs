@@ -1,17 +1,27 @@
-//! keelson-apiserver: the Kubernetes-compatible API server.
+//! keelson-apiserver: the Kubernetes-compatible API server (issue 3 in progress).
 //!
-//! Being built (issue 3). The pieces, each in its own module:
+//! Start with [`Registry`] (object semantics over a `keelson_store::Store`, shared by every
+//! transport) and [`router`] (the HTTP front). `keelson up` puts them together:
 //!
-//! - `resources`: the list of served resources (kind, verbs, subresources, schema) that
-//!   discovery, OpenAPI and the routes are built from;
-//! - `discovery`: `/version`, aggregated and legacy discovery documents;
-//! - `openapi`: OpenAPI v3 documents generated from the kinds' schemas;
-//! - `table`: the `meta.k8s.io/v1` Table form of lists and watch events, with the columns
-//!   kubectl shows for each built-in kind;
-//! - `registry`: object semantics over a `Store` (names, uid, timestamps, resource versions,
-//!   generation, namespaces, finalizers, selectors, pagination, watch), shared by every
-//!   transport;
-//! - `rest`: the HTTP front on axum.
+//! ```text
+//!  HTTP(S) ─▶ auth ─▶ rest (parse path, negotiate JSON/Table, fieldValidation)
+//!                       └─▶ registry: defaults ─▶ validation ─▶ allocation ─▶ store
+//!                                       reads/watches ◀─ cache (one store watch per kind)
+//! ```
+//!
+//! The modules:
+//! - `resources`: the served resources (kind, verbs, subresources, schema) that discovery,
+//!   OpenAPI and routing are built from;
+//! - `registry`: names, uid, timestamps, resource versions, generation, namespaces,
+//!   finalizers, graceful deletion, status kept apart, selectors, pagination, watch;
+//! - `defaults`, `validation`, `allocator`, `patch`: Kubernetes defaulting; required fields
+//!   and unknown fields (`fieldValidation`); Service cluster IPs and node ports; JSON merge
+//!   patch and JSON patch;
+//! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
+//! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
+//!   kinds' schemas, and the Table form with kubectl's columns;
+//! - `rest`: the HTTP front on axum; `auth` and `tls`: bearer tokens, client certificates,
+//!   the generated CA and the HTTPS server.
 
 pub mod allocator;
 pub mod auth;
