@@ -15,7 +15,7 @@
 //! which any other implementation of [`Store`] can run too.
 //!
 //! # Features
-//! - `etcd`: [`EtcdStore`](crate::EtcdStore); pulls in `etcd-client` (and needs `protoc` to build).
+//! - `etcd`: `EtcdStore`; pulls in `etcd-client` (and needs `protoc` to build).
 //! - `conformance`: the shared test suite.
 
 mod continue_token;
