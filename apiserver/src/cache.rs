@@ -296,6 +296,13 @@ impl Cache {
         Ok((snapshot, sub))
     }
 
+    /// The object at `key` if the cache has caught up with `revision` (`Some(None)`: it
+    /// does not exist); `None` when the cache is behind or not ready.
+    pub fn lookup_if_current(&self, key: &str, revision: Revision) -> Option<Option<Arc<Value>>> {
+        let state = self.state.read();
+        (state.ready && state.revision >= revision).then(|| state.objects.get(key).cloned())
+    }
+
     /// The cache's current revision.
     pub fn revision(&self) -> Revision {
         self.state.read().revision

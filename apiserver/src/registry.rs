@@ -195,13 +195,16 @@ fn set_resource_version(obj: &mut Value, revision: Revision) {
 }
 
 fn encode(obj: &Value) -> Result<Bytes, Error> {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    serde_json::to_vec(&obj)
-        .map(Bytes::from)
-        .map_err(Error::internal)
+    let stored = if obj.pointer("/metadata/resourceVersion").is_some() {
+        let mut copy = obj.clone();
+        if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        serde_json::to_vec(&copy)
+    } else {
+        serde_json::to_vec(obj)
+    };
+    stored.map(Bytes::from).map_err(Error::internal)
 }
 
 fn meta(obj: &Value) -> &Map<String, Value> {
@@ -340,10 +343,6 @@ impl Registry {
         &self.store
     }
 
-    fn namespace_key(namespace: &str) -> Result<String, Error> {
-        ResourceType::of::<k8s_openapi::api::core::v1::Namespace>().key(None, namespace)
-    }
-
     /// Refuses writes into a namespace that does not exist or is being deleted.
     async fn check_namespace(
         &self,
@@ -354,13 +353,7 @@ impl Registry {
             return Ok(());
         };
         let ns_rt = ResourceType::of::<k8s_openapi::api::core::v1::Namespace>();
-        let kv = self
-            .store
-            .get(&Self::namespace_key(ns)?)
-            .await
-            .map_err(|e| store_error(&ns_rt, ns, e))?
-            .ok_or_else(|| Error::not_found(&ns_rt, ns))?;
-        let obj = decode(&ns_rt, &kv)?;
+        let obj = self.get_shared_rt(&ns_rt, None, ns).await?;
         let terminating = meta_str(&obj, "deletionTimestamp").is_some()
             || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
         if terminating {
@@ -534,6 +527,42 @@ impl Registry {
             .await
             .map_err(|e| store_error(rt, name, e))?;
         decode(rt, &kv.ok_or_else(|| Error::not_found(rt, name))?)
+    }
+
+    /// Reads one object, from the watch cache when it has caught up with the store (no
+    /// decoding, the object shared), else from the store.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub async fn get_shared(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, Error> {
+        self.get_shared_rt(&res.rt, namespace, name).await
+    }
+
+    async fn get_shared_rt(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, Error> {
+        let key = rt.key(namespace, name)?;
+        let cache = self.cache_for(rt)?;
+        let current = self
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| store_error(rt, name, e))?;
+        match cache.lookup_if_current(&key, current) {
+            Some(found) => found.ok_or_else(|| Error::not_found(rt, name)),
+            None => {
+                let kv = self.get_kv(rt, &key, name).await?;
+                decode(rt, &kv).map(Arc::new)
+            }
+        }
     }
 
     async fn get_kv(&self, rt: &ResourceType, key: &str, name: &str) -> Result<KeyValue, Error> {
@@ -848,12 +877,16 @@ impl Registry {
 
     /// The watch cache of a resource type, started on first use.
     fn cache(&self, res: &ServedResource) -> Result<Arc<Cache>, Error> {
+        self.cache_for(&res.rt)
+    }
+
+    fn cache_for(&self, rt: &ResourceType) -> Result<Arc<Cache>, Error> {
         let mut caches = self.caches.lock();
-        let key = format!("{}/{}/{}", res.rt.group, res.rt.version, res.rt.plural);
+        let key = format!("{}/{}/{}", rt.group, rt.version, rt.plural);
         if let Some(c) = caches.get(&key) {
             return Ok(c.clone());
         }
-        let cache = Cache::start(self.store.clone(), res.rt.clone())?;
+        let cache = Cache::start(self.store.clone(), rt.clone())?;
         caches.insert(key, cache.clone());
         Ok(cache)
     }

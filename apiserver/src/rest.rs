@@ -479,7 +479,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             Ok(list_response(&res.rt, &metadata, &list.items))
         }
         (Method::GET, Some(name), None | Some("status")) => {
-            let obj = registry.get(res, ns, name).await?;
+            let obj = registry.get_shared(res, ns, name).await?;
             Ok(obj_response(StatusCode::OK, &obj))
         }
         (Method::POST, None, None) => {

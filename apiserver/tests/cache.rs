@@ -14,7 +14,7 @@ use keelson_store::{
 };
 use serde_json::json;
 
-/// A store that counts the lists and watches that reach it.
+/// A store that counts the lists and watches of configmaps that reach it.
 struct Counting {
     inner: MemStore,
     lists: AtomicUsize,
@@ -27,7 +27,9 @@ impl Store for Counting {
         self.inner.get(key).await
     }
     async fn list(&self, prefix: &str, options: ListOptions) -> keelson_store::Result<ListPage> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
+        if prefix.starts_with("/registry/core/configmaps/") {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.list(prefix, options).await
     }
     async fn create(&self, key: &str, value: Bytes) -> keelson_store::Result<KeyValue> {
@@ -49,7 +51,9 @@ impl Store for Counting {
         self.inner.delete(key, expected).await
     }
     async fn watch(&self, prefix: &str, after: Revision) -> keelson_store::Result<WatchStream> {
-        self.watches.fetch_add(1, Ordering::SeqCst);
+        if prefix.starts_with("/registry/core/configmaps/") {
+            self.watches.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.watch(prefix, after).await
     }
     async fn compact(&self, revision: Revision) -> keelson_store::Result<()> {
