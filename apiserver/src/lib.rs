@@ -20,9 +20,11 @@
 //! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
 //!   kinds' schemas, and the Table form with kubectl's columns;
+//! - `admission`: the mutating and validating plugins users add to every write;
 //! - `rest`: the HTTP front on axum; `auth` and `tls`: bearer tokens, client certificates,
 //!   the generated CA and the HTTPS server.
 
+pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod cache;

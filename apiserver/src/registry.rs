@@ -20,6 +20,7 @@ use keelson_core::{Error, FieldError, FieldSelector, LabelSelector, ResourceType
 use keelson_store::{KeyValue, ListOptions, Revision, Store, StoreError};
 use serde_json::{json, Map, Value};
 
+use crate::admission::{AdmissionChain, AdmissionRequest, Operation};
 use crate::allocator::{Allocator, ServiceRanges};
 use crate::cache::{Cache, CachedEvent, Delivery};
 use crate::resources::ServedResource;
@@ -30,6 +31,7 @@ pub struct Registry {
     store: Arc<dyn Store>,
     allocator: Allocator,
     caches: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<Cache>>>>,
+    admission: Arc<AdmissionChain>,
 }
 
 /// What a list or a watch selects.
@@ -335,7 +337,15 @@ impl Registry {
             allocator: Allocator::new(store.clone(), ranges),
             store,
             caches: Arc::default(),
+            admission: Arc::default(),
         }
+    }
+
+    /// The same registry, with every write passing `chain` (see [`crate::admission`]).
+    #[must_use]
+    pub fn with_admission(mut self, chain: AdmissionChain) -> Registry {
+        self.admission = Arc::new(chain);
+        self
     }
 
     /// The store underneath.
@@ -462,7 +472,17 @@ impl Registry {
             meta.remove(field);
         }
         initial_status(res, &mut obj);
+        let request = AdmissionRequest {
+            operation: Operation::Create,
+            resource: rt,
+            namespace: namespace.as_deref(),
+            name: &name,
+            old: None,
+            status_only: false,
+        };
+        self.admission.run_mutating(&request, &mut obj).await?;
         check_required(res, &name, &obj)?;
+        self.admission.run_validating(&request, &obj).await?;
         self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
         let service = is_service(rt);
@@ -654,7 +674,6 @@ impl Registry {
                     };
                 }
             }
-            check_required(res, name, &next)?;
             if spec_changed(&current, &next) {
                 let generation = old_meta
                     .get("generation")
@@ -665,6 +684,20 @@ impl Registry {
             }
             next
         };
+        let mut next = next;
+        let request = AdmissionRequest {
+            operation: Operation::Update,
+            resource: rt,
+            namespace,
+            name,
+            old: Some(&current),
+            status_only,
+        };
+        self.admission.run_mutating(&request, &mut next).await?;
+        if !status_only {
+            check_required(res, name, &next)?;
+        }
+        self.admission.run_validating(&request, &next).await?;
         let kv = self
             .store
             .update(&key, encode(&next)?, current_kv.mod_revision)
@@ -737,6 +770,15 @@ impl Registry {
                 return Err(Error::conflict(rt, name, detail));
             }
         }
+        let request = AdmissionRequest {
+            operation: Operation::Delete,
+            resource: rt,
+            namespace,
+            name,
+            old: Some(&obj),
+            status_only: false,
+        };
+        self.admission.run_validating(&request, &obj).await?;
         let grace = pod_grace(rt, &obj, options.grace_period_seconds);
         if finalizers(&obj).is_empty() && grace.is_none() {
             return self.remove(rt, &key, name, kv.mod_revision).await;

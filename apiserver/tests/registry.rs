@@ -561,3 +561,105 @@ async fn services_get_distinct_cluster_ips_and_node_ports_that_are_released() {
         .expect("headless");
     assert_eq!(h["spec"]["clusterIP"], "None");
 }
+
+mod admission_plugins {
+    use async_trait::async_trait;
+    use keelson_apiserver::admission::{
+        AdmissionChain, AdmissionRequest, MutatingAdmission, Operation, ValidatingAdmission,
+    };
+    use keelson_core::Error;
+    use serde_json::{json, Value};
+
+    pub struct AddTeam;
+
+    #[async_trait]
+    impl MutatingAdmission for AddTeam {
+        fn name(&self) -> &str {
+            "AddTeam"
+        }
+        async fn admit(
+            &self,
+            _req: &AdmissionRequest<'_>,
+            object: &mut Value,
+        ) -> Result<(), Error> {
+            object["metadata"]["labels"]["team"] = json!("infra");
+            Ok(())
+        }
+    }
+
+    pub struct Protect;
+
+    #[async_trait]
+    impl ValidatingAdmission for Protect {
+        fn name(&self) -> &str {
+            "Protect"
+        }
+        async fn validate(&self, req: &AdmissionRequest<'_>, object: &Value) -> Result<(), Error> {
+            let protected = object.pointer("/metadata/labels/protected").is_some();
+            if req.name.starts_with("forbidden-")
+                || (req.operation == Operation::Delete && protected)
+            {
+                return Err(Error::forbidden(
+                    req.resource,
+                    req.name,
+                    format!("Protect refuses to {:?} it", req.operation),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    pub fn chain() -> AdmissionChain {
+        AdmissionChain::default().mutate(AddTeam).validate(Protect)
+    }
+}
+
+#[tokio::test]
+async fn admission_plugins_mutate_then_validate_every_write() {
+    let f = fixture().await;
+    let registry = f
+        .registry
+        .clone()
+        .with_admission(admission_plugins::chain());
+    let created = registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    assert_eq!(
+        created["metadata"]["labels"]["team"], "infra",
+        "the mutating plugin ran"
+    );
+    let err = registry
+        .create(&f.configmaps, Some("default"), cm("forbidden-x", json!({})))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), 403);
+    assert!(
+        err.to_string().contains("Protect refuses to Create it"),
+        "{err}"
+    );
+    let mut protect = created.clone();
+    protect["metadata"]["labels"]["protected"] = json!("yes");
+    let updated = registry
+        .update(&f.configmaps, Some("default"), "a", protect, false)
+        .await
+        .expect("update");
+    assert_eq!(updated["metadata"]["labels"]["team"], "infra");
+    let err = registry
+        .delete(
+            &f.configmaps,
+            Some("default"),
+            "a",
+            &DeleteOptions::default(),
+        )
+        .await
+        .expect_err("protected");
+    assert_eq!(err.code(), 403);
+    assert!(
+        registry
+            .get(&f.configmaps, Some("default"), "a")
+            .await
+            .is_ok(),
+        "a refused delete deletes nothing"
+    );
+}
