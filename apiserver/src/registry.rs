@@ -703,7 +703,6 @@ impl Registry {
             .update(&key, encode(&next)?, current_kv.mod_revision)
             .await
             .map_err(|e| store_error(rt, name, e))?;
-        let mut next = next;
         set_resource_version(&mut next, kv.mod_revision);
         // An object whose deletion waits only on finalizers goes once they are gone.
         if meta_str(&next, "deletionTimestamp").is_some() && finalizers(&next).is_empty() {
