@@ -967,6 +967,24 @@ impl Registry {
         resource_version: Option<&str>,
         send_initial_events: bool,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static, Error> {
+        self.watch_with_bookmarks(res, selection, resource_version, send_initial_events, None)
+            .await
+    }
+
+    /// [`Registry::watch`], sending a BOOKMARK with the latest revision the watcher has
+    /// been through every `bookmark_every` when there has been a change since the last one
+    /// (`allowWatchBookmarks`).
+    ///
+    /// # Errors
+    /// As [`Registry::watch`].
+    pub async fn watch_with_bookmarks(
+        &self,
+        res: &ServedResource,
+        selection: Selection,
+        resource_version: Option<&str>,
+        send_initial_events: bool,
+        bookmark_every: Option<std::time::Duration>,
+    ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static, Error> {
         let rt = res.rt.clone();
         let rv = resource_version.filter(|rv| !rv.is_empty() && *rv != "0");
         let mut head: Vec<WatchEvent> = Vec::new();
@@ -1006,23 +1024,58 @@ impl Registry {
                 .iter()
                 .filter_map(|e| cached_to_watch(&backlog_rt, &backlog_sel, e)),
         );
-        let live = futures::stream::unfold((sub.live, false), move |(mut rx, done)| {
+        let seen = sub
+            .backlog
+            .last()
+            .map_or(sub.revision, |e| e.revision.max(sub.revision));
+        let deadline = bookmark_every.map(|every| tokio::time::Instant::now() + every);
+        let state = Live {
+            rx: sub.live,
+            done: false,
+            seen,
+            bookmarked: seen,
+            every: bookmark_every,
+            deadline,
+        };
+        let live = futures::stream::unfold(state, move |mut s| {
             let (rt, selection) = (rt.clone(), selection.clone());
             async move {
-                if done {
+                if s.done {
                     return None;
                 }
                 loop {
-                    match rx.recv().await {
+                    let tick = async {
+                        match s.deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => futures::future::pending().await,
+                        }
+                    };
+                    let delivery = tokio::select! {
+                        d = s.rx.recv() => d,
+                        () = tick => {
+                            s.deadline = s.every.map(|every| tokio::time::Instant::now() + every);
+                            // Everything up to `seen` has been handed out (or filtered out).
+                            if s.seen > s.bookmarked {
+                                s.bookmarked = s.seen;
+                                return Some((bookmark(&rt, s.seen, false), s));
+                            }
+                            continue;
+                        }
+                    };
+                    match delivery {
                         Ok(Delivery::Event(e)) => {
+                            s.seen = e.revision;
                             if let Some(w) = cached_to_watch(&rt, &selection, &e) {
-                                return Some((w, (rx, false)));
+                                return Some((w, s));
                             }
                         }
                         Ok(Delivery::Reset)
                         | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let e = Error::expired("the watch cache was reset or this watcher fell behind; re-list and watch again");
-                            return Some((error_event(&e), (rx, true)));
+                            s.done = true;
+                            let e = Error::expired(
+                                "the watch cache was reset or this watcher fell behind; re-list and watch again",
+                            );
+                            return Some((error_event(&e), s));
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
@@ -1031,6 +1084,20 @@ impl Registry {
         });
         Ok(futures::stream::iter(head).chain(live.boxed()).boxed())
     }
+}
+
+/// A live watch's state.
+struct Live {
+    rx: tokio::sync::broadcast::Receiver<Delivery>,
+    done: bool,
+    /// The revision of the last change this watcher has been through.
+    seen: Revision,
+    /// The revision of the last bookmark sent.
+    bookmarked: Revision,
+    /// How often to send a bookmark when there is news.
+    every: Option<std::time::Duration>,
+    /// When the next bookmark is due.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// How long a read waits for the watch cache to catch up before giving up.

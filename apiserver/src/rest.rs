@@ -31,6 +31,9 @@ use crate::table::{self, IncludeObject};
 use crate::validation::{self, FieldValidation};
 use crate::{discovery, openapi};
 
+/// How often a watch that allows bookmarks gets one (Kubernetes sends about one a minute).
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
 /// The largest request body accepted (as Kubernetes: 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -652,14 +655,14 @@ async fn watch(
     headers: &HeaderMap,
 ) -> Result<Response, Error> {
     let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let bookmarks = q
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true")
+        .then_some(BOOKMARK_EVERY);
+    let rv = q.get("resourceVersion").map(String::as_str);
     let events = s
         .registry
-        .watch(
-            res,
-            sel,
-            q.get("resourceVersion").map(String::as_str),
-            send_initial,
-        )
+        .watch_with_bookmarks(res, sel, rv, send_initial, bookmarks)
         .await?;
     let timeout = q
         .get("timeoutSeconds")

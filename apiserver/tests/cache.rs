@@ -255,3 +255,63 @@ async fn a_consistent_list_sees_writes_made_while_nobody_waited() {
         "no wait for a revision already reached"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn bookmarks_carry_the_latest_revision_a_watcher_has_been_through() {
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let namespaces = ServedResource::of::<Namespace>();
+    let configmaps = ServedResource::of::<ConfigMap>();
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
+    let selection = Selection {
+        labels: Some(keelson_core::LabelSelector::parse("app=x").expect("selector")),
+        ..Selection::default()
+    };
+    let every = std::time::Duration::from_secs(60);
+    let mut w = Box::pin(
+        registry
+            .watch_with_bookmarks(&configmaps, selection, None, false, Some(every))
+            .await
+            .expect("watch"),
+    );
+    // A change the watcher does not select still moves its bookmark on.
+    let other = registry
+        .create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": "other"}}),
+        )
+        .await
+        .expect("cm");
+    let started = tokio::time::Instant::now();
+    let e = w.next().await.expect("bookmark");
+    assert_eq!(e.kind, WatchEventType::Bookmark);
+    assert_eq!(
+        e.object["metadata"]["resourceVersion"],
+        other["metadata"]["resourceVersion"]
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(59),
+        "about a minute later"
+    );
+    let x = registry
+        .create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": "x", "labels": {"app": "x"}}}),
+        )
+        .await
+        .expect("cm");
+    let e = w.next().await.expect("event");
+    assert_eq!(
+        (e.kind, e.object["metadata"]["name"].as_str()),
+        (WatchEventType::Added, Some("x"))
+    );
+    let e = w.next().await.expect("bookmark");
+    assert_eq!(
+        (e.kind, &e.object["metadata"]["resourceVersion"]),
+        (WatchEventType::Bookmark, &x["metadata"]["resourceVersion"])
+    );
+}
