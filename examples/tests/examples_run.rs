@@ -23,3 +23,29 @@ fn store_watch_example_runs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn embedded_apiserver_example_runs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_embedded_apiserver"))
+        .output()
+        .expect("run embedded_apiserver");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "embedded_apiserver failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("refused: pods \"web\" is forbidden"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(403 Forbidden)"), "{stdout}");
+    assert!(
+        stdout.contains(r#"created pod "web" with status "Pending""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"GET over HTTP: HTTP/1.1 200 OK; pod "web" in "default""#),
+        "{stdout}"
+    );
+}
