@@ -273,13 +273,22 @@ async fn writes<S: Store + Clone>(stores: &[S], writers: usize, duration: Durati
             (ops, h)
         }));
     }
+    run_for(duration, &stop, tasks).await
+}
+
+/// Lets `tasks` run for `duration`, stops them, and merges their counts and latencies.
+async fn run_for(
+    duration: Duration,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
+) -> Figures {
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = hist();
     let mut ops = 0;
     for t in tasks {
-        let (n, h) = t.await.expect("writer");
+        let (n, h) = t.await.expect("load task");
         ops += n;
         total.add(h).expect("merge");
     }
@@ -340,17 +349,7 @@ async fn gets<S: Store + Clone>(stores: &[S], keys: usize, duration: Duration) -
             (ops, h)
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = hist();
-    let mut ops = 0;
-    for t in tasks {
-        let (n, h) = t.await.expect("reader");
-        ops += n;
-        total.add(h).expect("merge");
-    }
-    figures(ops, started.elapsed(), &total)
+    run_for(duration, &stop, tasks).await
 }
 
 async fn lists<S: Store>(s: &S, keys: usize, duration: Duration) -> Figures {
