@@ -21,6 +21,7 @@
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
 //!   kinds' schemas, and the Table form with kubectl's columns;
 //! - `admission`: the mutating and validating plugins users add to every write;
+//! - `client` (`ApiServer::client`): the in-process transport of `keelson_core`'s client;
 //! - `rest`: the HTTP front on axum; `auth` and `tls`: bearer tokens, client certificates,
 //!   the generated CA and the HTTPS server.
 
@@ -28,6 +29,7 @@ pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod cache;
+mod client;
 mod defaults;
 pub mod discovery;
 pub mod openapi;

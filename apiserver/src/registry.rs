@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use keelson_core::{Error, FieldError, FieldSelector, LabelSelector, ResourceType};
+use keelson_core::{Error, FieldError, ResourceType};
 use keelson_store::{KeyValue, ListOptions, Revision, Store, StoreError};
 use serde_json::{json, Map, Value};
 
@@ -34,55 +34,9 @@ pub struct Registry {
     admission: Arc<AdmissionChain>,
 }
 
-/// What a list or a watch selects.
-#[derive(Clone, Debug, Default)]
-pub struct Selection {
-    /// Only objects in this namespace (`None`: every namespace).
-    pub namespace: Option<String>,
-    /// `labelSelector`.
-    pub labels: Option<LabelSelector>,
-    /// `fieldSelector`.
-    pub fields: Option<FieldSelector>,
-}
-
-/// How a list reads.
-#[derive(Clone, Debug, Default)]
-pub struct ListParams {
-    /// What to select.
-    pub selection: Selection,
-    /// `limit` (0: all).
-    pub limit: usize,
-    /// `continue`.
-    pub continue_token: Option<String>,
-    /// `resourceVersion`: `None` or `"0"` read the latest; with `exact`, this revision.
-    pub resource_version: Option<String>,
-    /// `resourceVersionMatch=Exact`.
-    pub exact: bool,
-}
-
-/// A page of objects.
-#[derive(Clone, Debug)]
-pub struct ObjectList {
-    /// The objects, each with its `resourceVersion` (shared with the watch cache).
-    pub items: Vec<Arc<Value>>,
-    /// The revision the list was read at.
-    pub resource_version: Revision,
-    /// Where the next page starts.
-    pub continue_token: Option<String>,
-    /// How many objects follow, when known.
-    pub remaining: Option<i64>,
-}
-
-/// DeleteOptions: preconditions and the grace period.
-#[derive(Clone, Debug, Default)]
-pub struct DeleteOptions {
-    /// `preconditions.uid`.
-    pub uid: Option<String>,
-    /// `preconditions.resourceVersion`.
-    pub resource_version: Option<String>,
-    /// `gracePeriodSeconds` (pods).
-    pub grace_period_seconds: Option<i64>,
-}
+pub use keelson_core::client::{
+    DeleteOptions, ListParams, ObjectList, Selection, WatchEvent, WatchEventType,
+};
 
 /// The grace period a pod's deletion waits, or `None` when it is deleted at once: pods
 /// not bound to a node, finished pods, and a grace period of 0 go at once.
@@ -106,44 +60,6 @@ fn pod_grace(rt: &ResourceType, obj: &Value, requested: Option<i64>) -> Option<i
         .unwrap_or(30)
         .max(0);
     (bound && !finished && grace > 0).then_some(grace)
-}
-
-/// The type of a watch event, as Kubernetes names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchEventType {
-    /// `ADDED`.
-    Added,
-    /// `MODIFIED`.
-    Modified,
-    /// `DELETED`.
-    Deleted,
-    /// `BOOKMARK`.
-    Bookmark,
-    /// `ERROR`.
-    Error,
-}
-
-impl WatchEventType {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WatchEventType::Added => "ADDED",
-            WatchEventType::Modified => "MODIFIED",
-            WatchEventType::Deleted => "DELETED",
-            WatchEventType::Bookmark => "BOOKMARK",
-            WatchEventType::Error => "ERROR",
-        }
-    }
-}
-
-/// One watch event: its type and the object (a `Status` for `ERROR`), shared with every
-/// other watcher that receives it.
-#[derive(Clone, Debug)]
-pub struct WatchEvent {
-    /// The type.
-    pub kind: WatchEventType,
-    /// The object, with its `resourceVersion`.
-    pub object: Arc<Value>,
 }
 
 fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> Error {
@@ -235,18 +151,6 @@ fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, Error> {
     }
     meta.as_object_mut()
         .ok_or_else(|| Error::bad_request("metadata must be an object"))
-}
-
-fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
-    meta(obj)
-        .get("labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Checks a DNS-1123 subdomain (most object names), with Kubernetes' messages.
@@ -857,7 +761,7 @@ impl Registry {
                     .into_iter()
                     .filter(|o| params.selection.matches(rt, o))
                     .collect(),
-                resource_version: snapshot.revision,
+                resource_version: snapshot.revision.to_string(),
                 continue_token: None,
                 remaining: None,
             });
@@ -870,7 +774,7 @@ impl Registry {
         let mut token = params.continue_token.clone().filter(|t| !t.is_empty());
         let mut out = ObjectList {
             items: Vec::new(),
-            resource_version: 0,
+            resource_version: String::new(),
             continue_token: None,
             remaining: None,
         };
@@ -890,7 +794,7 @@ impl Registry {
                     ),
                     other => store_error(rt, "", other),
                 })?;
-            out.resource_version = page.revision;
+            out.resource_version = page.revision.to_string();
             revision = Some(page.revision);
             let filtered = page.remaining.is_some() && !params.selection.is_everything();
             for kv in &page.items {
@@ -1132,21 +1036,6 @@ fn cached_to_watch(
         kind,
         object: e.object.clone(),
     })
-}
-
-impl Selection {
-    fn is_everything(&self) -> bool {
-        self.labels.as_ref().is_none_or(LabelSelector::is_empty)
-            && self.fields.as_ref().is_none_or(FieldSelector::is_empty)
-    }
-
-    /// Whether an object is selected.
-    pub fn matches(&self, rt: &ResourceType, obj: &Value) -> bool {
-        self.labels
-            .as_ref()
-            .is_none_or(|l| l.matches(&labels_of(obj)))
-            && self.fields.as_ref().is_none_or(|f| f.matches(rt, obj))
-    }
 }
 
 /// The status an object starts with. For kinds with a status subresource the client's

@@ -89,7 +89,7 @@ impl ApiServer {
         &self.served
     }
 
-    fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ServedResource> {
+    pub(crate) fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ServedResource> {
         self.index
             .get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
             .map(|i| &self.served[*i])

@@ -1,7 +1,7 @@
 //! keelson-core: the object model every Keelson crate shares.
 //!
 //! Keelson builds Kubernetes' architecture out of Rust crates; this one holds the types
-//! and traits they all speak, and nothing that runs (no async runtime, no I/O):
+//! and traits they all speak, and the client every component talks to the cluster through:
 //!
 //! - **Kinds.** [`Resource`] is a Rust type that is a kind of object: its group,
 //!   version, kind, plural, scope and JSON schema, and its [`ObjectMeta`]. It is
@@ -19,6 +19,10 @@
 //!   Kubernetes' selector syntax with Kubernetes' error messages.
 //! - **Errors.** [`Error`] has the variants callers branch on, and turns into the
 //!   Kubernetes `Status` a client expects ([`Error::to_status`]).
+//! - **The client.** [`client::Client`] and the typed [`client::Api`] handles: how every
+//!   Keelson component reads, writes and watches the cluster, over the in-process
+//!   transport of `keelson-apiserver` or over HTTP(S) to any Kubernetes-compatible server
+//!   (feature `http`).
 //!
 //! Start with [`Resource`] and [`ResourceType`]:
 //!
@@ -31,13 +35,15 @@
 //! # Ok::<(), keelson_core::Error>(())
 //! ```
 //!
-//! The crate has no optional features. It re-exports [`k8s_openapi`] (built with the
+//! One optional feature, `http`, adds the client's HTTP transport (hyper, rustls and a
+//! kubeconfig reader); without it the crate does no I/O. It re-exports [`k8s_openapi`] (built with the
 //! `v1_33` and `schemars` features) and [`schemars`], so that users get the versions
 //! Keelson uses.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod builtin;
+pub mod client;
 mod dynamic;
 mod error;
 mod fields;

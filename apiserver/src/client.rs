@@ -1,0 +1,171 @@
+//! The in-process transport of the client: the registry called directly.
+//!
+//! [`ApiServer::client`] gives a [`Client`] whose calls go straight to the [`Registry`](crate::Registry)
+//! — no sockets, no HTTP, no JSON text. Writes get the same defaulting, validation and
+//! admission as writes over HTTP; reads and watches share the watch cache's decoded
+//! objects (a `get` that the cache can answer copies nothing until the caller decodes its
+//! typed object).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use keelson_core::client::{
+    Client, DeleteOptions, ListParams, ObjectList, Patch, Transport, WatchParams, WatchStream,
+};
+use keelson_core::{Error, ResourceType, Result};
+use serde_json::Value;
+
+use crate::patch::PatchType;
+use crate::resources::ServedResource;
+use crate::rest::{ApiServer, BOOKMARK_EVERY};
+
+/// The transport over an [`ApiServer`]'s registry.
+struct InProcess {
+    server: Arc<ApiServer>,
+}
+
+impl ApiServer {
+    /// A client that calls this server's registry in-process.
+    pub fn client(self: &Arc<Self>) -> Client {
+        Client::new(Arc::new(InProcess {
+            server: self.clone(),
+        }))
+    }
+}
+
+impl InProcess {
+    fn served(&self, rt: &ResourceType) -> Result<&ServedResource> {
+        self.server
+            .find(&rt.group, &rt.version, &rt.plural)
+            .ok_or_else(|| Error::NotFound {
+                resource: rt.group_resource(),
+                name: String::new(),
+                message: format!("the server could not find the requested resource ({rt})"),
+            })
+    }
+
+    /// `None` for the object itself, `true` for its status; any other subresource is not
+    /// served in-process yet.
+    fn status_only(res: &ServedResource, subresource: Option<&str>) -> Result<bool> {
+        match subresource {
+            None => Ok(false),
+            Some("status") if res.subresources.iter().any(|s| s.name == "status") => Ok(true),
+            Some(other) => Err(Error::NotFound {
+                resource: res.rt.group_resource(),
+                name: String::new(),
+                message: format!(
+                    "the server could not find the requested resource ({}/{other})",
+                    res.rt.plural
+                ),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for InProcess {
+    async fn get(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>> {
+        let res = self.served(rt)?;
+        self.server
+            .registry()
+            .get_shared(res, namespace, name)
+            .await
+    }
+
+    async fn list(&self, rt: &ResourceType, params: &ListParams) -> Result<ObjectList> {
+        let res = self.served(rt)?;
+        if let Some(f) = &params.selection.fields {
+            f.check_supported(rt)?;
+        }
+        self.server.registry().list(res, params).await
+    }
+
+    async fn create(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Value> {
+        let res = self.served(rt)?;
+        self.server.registry().create(res, namespace, object).await
+    }
+
+    async fn replace(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        object: Value,
+    ) -> Result<Value> {
+        let res = self.served(rt)?;
+        let status_only = Self::status_only(res, subresource)?;
+        self.server
+            .registry()
+            .update(res, namespace, name, object, status_only)
+            .await
+    }
+
+    async fn patch(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        patch: &Patch,
+    ) -> Result<Value> {
+        let res = self.served(rt)?;
+        let status_only = Self::status_only(res, subresource)?;
+        let patch_type = match patch {
+            Patch::Merge(_) => PatchType::Merge,
+            Patch::Json(_) => PatchType::Json,
+        };
+        self.server
+            .registry()
+            .patch(res, namespace, name, patch_type, patch.body(), status_only)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Option<Value>> {
+        let res = self.served(rt)?;
+        self.server
+            .registry()
+            .delete(res, namespace, name, options)
+            .await
+            .map(Some)
+    }
+
+    async fn watch(&self, rt: &ResourceType, params: &WatchParams) -> Result<WatchStream> {
+        let res = self.served(rt)?;
+        if let Some(f) = &params.selection.fields {
+            f.check_supported(rt)?;
+        }
+        let events = self
+            .server
+            .registry()
+            .watch_with_bookmarks(
+                res,
+                params.selection.clone(),
+                params.resource_version.as_deref(),
+                params.send_initial_events,
+                params.bookmarks.then_some(BOOKMARK_EVERY),
+            )
+            .await?
+            .map(Ok);
+        Ok(match params.timeout {
+            Some(t) => events.take_until(tokio::time::sleep(t)).boxed(),
+            None => events.boxed(),
+        })
+    }
+}
