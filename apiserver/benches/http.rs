@@ -17,6 +17,10 @@ use keelson_apiserver::{resources, ApiServer, Registry, ServedResource};
 use keelson_store::MemStore;
 use serde_json::json;
 
+/// The allocator `keelson up` runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn pod(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "bench"}},
            "spec": {"containers": [{"name": "c", "image": "registry.example/app:1.0", "ports": [{"containerPort": 8080}]}]}})

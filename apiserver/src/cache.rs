@@ -70,7 +70,13 @@ pub struct Cache {
     state: RwLock<State>,
     tx: broadcast::Sender<Delivery>,
     progress: tokio::sync::watch::Sender<Revision>,
+    /// Objects this process has just written, by revision, offered by the registry so
+    /// that their events need no decoding (see [`Cache::offer`]).
+    hints: parking_lot::Mutex<std::collections::HashMap<Revision, Arc<Value>>>,
 }
+
+/// At most this many offered objects wait for their events; more are not kept.
+const MAX_HINTS: usize = 4096;
 
 /// A snapshot for a list: the objects under a prefix at one revision.
 pub struct Snapshot {
@@ -109,6 +115,7 @@ impl Cache {
             }),
             tx,
             progress,
+            hints: parking_lot::Mutex::default(),
         });
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
@@ -178,11 +185,23 @@ impl Cache {
         self.progress.send_replace(revision);
         while let Some(item) = watch.next().await {
             let e = item?;
+            if e.kind == EventKind::Put && !self.hints.lock().contains_key(&e.revision()) {
+                // The writer of this change, if it is in this process, is probably about
+                // to offer its object: let it run first, rather than decode the bytes.
+                tokio::task::yield_now().await;
+            }
             let key = e.kv.key.to_string();
-            let Ok(object) = decode_object(&self.rt, &e.kv) else {
-                continue;
+            let offered = match e.kind {
+                EventKind::Put => self.take_hint(e.revision()),
+                EventKind::Delete => None,
             };
-            let object = Arc::new(object);
+            let object = match offered {
+                Some(object) => object,
+                None => match decode_object(&self.rt, &e.kv) {
+                    Ok(object) => Arc::new(object),
+                    Err(_) => continue,
+                },
+            };
             let mut state = self.state.write();
             let prev = match e.kind {
                 EventKind::Put => state.objects.insert(key, object.clone()),
@@ -214,6 +233,46 @@ impl Cache {
             reason: "the store watch ended".into(),
             source: None,
         })
+    }
+
+    /// Offers the object a write of this process stored at `revision` (with its
+    /// `resourceVersion`), so that the cache takes it instead of decoding the store's
+    /// bytes again when the write's event arrives. Offers for events the cache has
+    /// already handled are dropped.
+    pub fn offer(&self, revision: Revision, object: &Arc<Value>) {
+        if *self.progress.borrow() >= revision {
+            return;
+        }
+        let mut hints = self.hints.lock();
+        if hints.len() < MAX_HINTS {
+            hints.insert(revision, object.clone());
+        }
+    }
+
+    /// The object offered for `revision`, if any; forgets offers the cache has passed.
+    fn take_hint(&self, revision: Revision) -> Option<Arc<Value>> {
+        let mut hints = self.hints.lock();
+        if hints.is_empty() {
+            return None;
+        }
+        let found = hints.remove(&revision);
+        // An offer that lost the race with its own event stays behind; sweep those now
+        // and then.
+        if hints.len() > 64 {
+            hints.retain(|r, _| *r > revision);
+        }
+        found
+    }
+
+    /// The object at `key` as the cache has it now (possibly a little behind the store);
+    /// `None` when absent or when the cache is not ready.
+    pub fn lookup(&self, key: &str) -> Option<Arc<Value>> {
+        let state = self.state.read();
+        if state.ready {
+            state.objects.get(key).cloned()
+        } else {
+            None
+        }
     }
 
     /// Waits until the cache has seen `revision` (at most `timeout`).

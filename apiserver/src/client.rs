@@ -90,7 +90,7 @@ impl Transport for InProcess {
         rt: &ResourceType,
         namespace: Option<&str>,
         object: Value,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
         self.server.registry().create(res, namespace, object).await
     }
@@ -102,7 +102,7 @@ impl Transport for InProcess {
         name: &str,
         subresource: Option<&str>,
         object: Value,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
         let status_only = Self::status_only(res, subresource)?;
         self.server
@@ -118,7 +118,7 @@ impl Transport for InProcess {
         name: &str,
         subresource: Option<&str>,
         patch: &Patch,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
         let status_only = Self::status_only(res, subresource)?;
         let patch_type = match patch {
@@ -137,7 +137,7 @@ impl Transport for InProcess {
         namespace: Option<&str>,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<Arc<Value>>> {
         let res = self.served(rt)?;
         self.server
             .registry()

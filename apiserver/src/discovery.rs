@@ -573,17 +573,19 @@ mod tests {
     #[test]
     fn the_preferred_version_is_listed_first() {
         use keelson_core::{ResourceType, Scope};
-        let widget = |version: &'static str| ServedResource {
-            rt: ResourceType::new(
-                "example.com",
-                version,
-                "Widget",
-                "widgets",
-                Scope::Namespaced,
-            ),
-            verbs: vec!["get".into()],
-            subresources: Vec::new(),
-            schema: json!({}),
+        let widget = |version: &'static str| {
+            let mut w = ServedResource::new(
+                ResourceType::new(
+                    "example.com",
+                    version,
+                    "Widget",
+                    "widgets",
+                    Scope::Namespaced,
+                ),
+                json!({}),
+            );
+            w.verbs = vec!["get".into()];
+            w
         };
         let served = vec![
             widget("v1beta1"),

@@ -1482,20 +1482,15 @@ mod tests {
     #[test]
     fn a_custom_kind_is_named_like_a_crd_and_merges_without_strategic_patches() {
         use keelson_core::{ResourceType, Scope};
-        let widget = ServedResource {
-            rt: ResourceType::new("example.com", "v1", "Widget", "widgets", Scope::Namespaced),
-            verbs: crate::STANDARD_VERBS
-                .iter()
-                .map(|v| (*v).to_owned())
-                .collect(),
-            subresources: Vec::new(),
-            schema: json!({
+        let widget = ServedResource::new(
+            ResourceType::new("example.com", "v1", "Widget", "widgets", Scope::Namespaced),
+            json!({
                 "title": "Widget",
                 "type": "object",
                 "properties": {"spec": {"$ref": "#/$defs/WidgetSpec"}},
                 "$defs": {"WidgetSpec": {"type": "object", "properties": {"size": {"type": "integer"}}}},
             }),
-        };
+        );
         let doc = v3_group_version(&[widget], "example.com", "v1").expect("served");
         let kind = schema(&doc, "com.example.v1.Widget");
         assert_eq!(

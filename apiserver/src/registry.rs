@@ -266,8 +266,16 @@ impl Registry {
         let Some(ns) = namespace.filter(|_| res.rt.is_namespaced()) else {
             return Ok(());
         };
-        let ns_rt = ResourceType::of::<k8s_openapi::api::core::v1::Namespace>();
-        let obj = self.get_shared_rt(&ns_rt, None, ns).await?;
+        // As Kubernetes' NamespaceLifecycle admission: the namespace as the cache has it,
+        // and a read of the store only when the cache does not have it (yet).
+        static NAMESPACES: std::sync::OnceLock<ResourceType> = std::sync::OnceLock::new();
+        let ns_rt =
+            NAMESPACES.get_or_init(ResourceType::of::<k8s_openapi::api::core::v1::Namespace>);
+        let cached = self.cache_for(ns_rt)?.lookup(&ns_rt.key(None, ns)?);
+        let obj = match cached {
+            Some(obj) => obj,
+            None => self.get_shared_rt(ns_rt, None, ns).await?,
+        };
         let terminating = meta_str(&obj, "deletionTimestamp").is_some()
             || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
         if terminating {
@@ -293,7 +301,7 @@ impl Registry {
         res: &ServedResource,
         namespace: Option<&str>,
         mut obj: Value,
-    ) -> Result<Value, Error> {
+    ) -> Result<Arc<Value>, Error> {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
@@ -430,7 +438,18 @@ impl Registry {
             }
         };
         set_resource_version(&mut obj, kv.mod_revision);
-        Ok(obj)
+        Ok(self.offer(rt, kv.mod_revision, obj))
+    }
+
+    /// Hands a just-written object to the kind's watch cache, so that its event needs no
+    /// decoding, and returns it shared.
+    fn offer(&self, rt: &ResourceType, revision: Revision, obj: Value) -> Arc<Value> {
+        let obj = Arc::new(obj);
+        let running = self.caches.lock().get(&cache_key(rt)).cloned();
+        if let Some(cache) = running {
+            cache.offer(revision, &obj);
+        }
+        obj
     }
 
     /// Reads one object.
@@ -509,7 +528,7 @@ impl Registry {
         name: &str,
         mut obj: Value,
         status_only: bool,
-    ) -> Result<Value, Error> {
+    ) -> Result<Arc<Value>, Error> {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         let key = rt.key(namespace, name)?;
@@ -612,7 +631,7 @@ impl Registry {
         if meta_str(&next, "deletionTimestamp").is_some() && finalizers(&next).is_empty() {
             return self.remove(rt, &key, name, kv.mod_revision).await;
         }
-        Ok(next)
+        Ok(self.offer(rt, kv.mod_revision, next))
     }
 
     async fn remove(
@@ -621,7 +640,7 @@ impl Registry {
         key: &str,
         name: &str,
         expected: Revision,
-    ) -> Result<Value, Error> {
+    ) -> Result<Arc<Value>, Error> {
         let d = self
             .store
             .delete(key, Some(expected))
@@ -634,7 +653,7 @@ impl Registry {
                 tracing::warn!(service = name, error = %e, "could not release the service's address and ports");
             }
         }
-        Ok(obj)
+        Ok(Arc::new(obj))
     }
 
     /// Deletes an object. With finalizers, it only gets its `deletionTimestamp` and goes
@@ -650,7 +669,7 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Value, Error> {
+    ) -> Result<Arc<Value>, Error> {
         let rt = &res.rt;
         let key = rt.key(namespace, name)?;
         let kv = self.get_kv(rt, &key, name).await?;
@@ -705,8 +724,9 @@ impl Registry {
                 .await
                 .map_err(|e| store_error(rt, name, e))?;
             set_resource_version(&mut obj, kv.mod_revision);
+            return Ok(self.offer(rt, kv.mod_revision, obj));
         }
-        Ok(obj)
+        Ok(Arc::new(obj))
     }
 
     /// Patches an object (or, with `status_only`, its status), retrying when another
@@ -722,7 +742,7 @@ impl Registry {
         patch_type: crate::patch::PatchType,
         patch: &Value,
         status_only: bool,
-    ) -> Result<Value, Error> {
+    ) -> Result<Arc<Value>, Error> {
         let pinned = patch.pointer("/metadata/resourceVersion").is_some();
         let mut attempts = 0;
         loop {
@@ -827,7 +847,7 @@ impl Registry {
 
     fn cache_for(&self, rt: &ResourceType) -> Result<Arc<Cache>, Error> {
         let mut caches = self.caches.lock();
-        let key = format!("{}/{}/{}", rt.group, rt.version, rt.plural);
+        let key = cache_key(rt);
         if let Some(c) = caches.get(&key) {
             return Ok(c.clone());
         }
@@ -1004,6 +1024,11 @@ struct Live {
     deadline: Option<tokio::time::Instant>,
 }
 
+/// The key of a resource type's watch cache.
+fn cache_key(rt: &ResourceType) -> String {
+    format!("{}/{}/{}", rt.group, rt.version, rt.plural)
+}
+
 /// How long a read waits for the watch cache to catch up before giving up.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -1097,7 +1122,7 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
 
 /// Refuses an object that lacks what Kubernetes requires, naming every missing field.
 fn check_required(res: &ServedResource, name: &str, obj: &Value) -> Result<(), Error> {
-    let causes = crate::validation::required_fields(&res.rt, &res.schema, obj);
+    let causes = crate::validation::required_fields(&res.rt, res.validator(), obj);
     if causes.is_empty() {
         Ok(())
     } else {

@@ -1,7 +1,11 @@
 //! The resources a server serves: each kind's type description, verbs, subresources and
 //! schema. Discovery, OpenAPI and the REST routes are all built from this one list.
 
+use std::sync::{Arc, OnceLock};
+
 use keelson_core::{GroupVersionKind, Resource, ResourceType};
+
+use crate::validation::Schema;
 
 /// The verbs every ordinary resource supports, in the order discovery lists them.
 pub const STANDARD_VERBS: &[&str] = &[
@@ -37,17 +41,32 @@ pub struct ServedResource {
     pub subresources: Vec<Subresource>,
     /// The kind's JSON schema (draft 2020-12, with `$defs`), as [`Resource::schema`] gives it.
     pub schema: serde_json::Value,
+    /// The schema compiled for validation, on first use.
+    compiled: Arc<OnceLock<Schema>>,
 }
 
 impl ServedResource {
-    /// A resource served with the standard verbs and no subresources.
+    /// A resource of a Rust kind, served with the standard verbs and no subresources.
     pub fn of<K: Resource>() -> ServedResource {
+        ServedResource::new(K::resource_type(), K::schema())
+    }
+
+    /// A resource described at run time (a CRD's kind), with the standard verbs and no
+    /// subresources.
+    pub fn new(rt: ResourceType, schema: serde_json::Value) -> ServedResource {
         ServedResource {
-            rt: K::resource_type(),
+            rt,
             verbs: STANDARD_VERBS.iter().map(|v| (*v).to_owned()).collect(),
             subresources: Vec::new(),
-            schema: K::schema(),
+            schema,
+            compiled: Arc::default(),
         }
+    }
+
+    /// The schema compiled for checking objects (unknown and required fields), compiled
+    /// from [`ServedResource::schema`] on first use and shared by every clone.
+    pub fn validator(&self) -> &Schema {
+        self.compiled.get_or_init(|| Schema::compile(&self.schema))
     }
 
     /// Adds a subresource.

@@ -595,16 +595,18 @@ fn unknown_fields(
     validation: FieldValidation,
     body: &Value,
 ) -> Result<Vec<String>, Error> {
-    validation::check_unknown(validation, &res.rt.kind, &res.schema, body).map_err(|e| match e {
-        Error::BadRequest { message } => Error::BadRequest {
-            message: format!(
-                "{kind} in version \"{version}\" cannot be handled as a {kind}: {message}",
-                kind = res.rt.kind,
-                version = res.rt.version
-            ),
+    validation::check_unknown(validation, &res.rt.kind, res.validator(), body).map_err(
+        |e| match e {
+            Error::BadRequest { message } => Error::BadRequest {
+                message: format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: {message}",
+                    kind = res.rt.kind,
+                    version = res.rt.version
+                ),
+            },
+            other => other,
         },
-        other => other,
-    })
+    )
 }
 
 /// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.

@@ -3,7 +3,8 @@
 //! kinds that their schemas do not express.
 //!
 //! The schemas are the kinds' JSON Schemas (draft 2020-12, `$defs`, `$ref`), as
-//! [`ServedResource::schema`](crate::ServedResource) holds them. Paths are written the way
+//! [`ServedResource::schema`](crate::ServedResource) holds them, compiled once per kind into
+//! a [`Schema`] so that a check costs a walk of the object only. Paths are written the way
 //! Kubernetes writes them: `spec.containers[0].image`.
 //!
 //! ```
@@ -11,15 +12,16 @@
 //! use keelson_apiserver::ServedResource;
 //! use keelson_core::k8s_openapi::api::core::v1::ConfigMap;
 //!
-//! let schema = ServedResource::of::<ConfigMap>().schema;
+//! let configmaps = ServedResource::of::<ConfigMap>();
+//! let schema = configmaps.validator();
 //! let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "datta": {}});
-//! let warnings = check_unknown(FieldValidation::Warn, "ConfigMap", &schema, &cm).unwrap();
+//! let warnings = check_unknown(FieldValidation::Warn, "ConfigMap", schema, &cm).unwrap();
 //! assert_eq!(warnings, [r#"unknown field "datta""#]);
-//! let err = check_unknown(FieldValidation::Strict, "ConfigMap", &schema, &cm).unwrap_err();
+//! let err = check_unknown(FieldValidation::Strict, "ConfigMap", schema, &cm).unwrap_err();
 //! assert_eq!(err.to_string(), r#"strict decoding error: unknown field "datta""#);
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use keelson_core::{CauseType, Error, FieldError, LabelSelector, ResourceType};
@@ -111,10 +113,9 @@ impl std::str::FromStr for FieldValidation {
 /// any key; `x-kubernetes-preserve-unknown-fields` and schemas that say nothing about an
 /// object's properties accept anything. `apiVersion` and `kind` are always known at the
 /// top level. A value of the wrong type is not an unknown field and is not reported.
-pub fn unknown_fields(schema: &Value, object: &Value) -> Vec<String> {
-    let walker = Walker { root: schema };
+pub fn unknown_fields(schema: &Schema, object: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    walker.unknown(schema, object, "", &mut out);
+    schema.unknown(0, object, &mut String::new(), &mut out);
     out
 }
 
@@ -135,7 +136,7 @@ pub fn unknown_fields(schema: &Value, object: &Value) -> Vec<String> {
 pub fn check_unknown(
     validation: FieldValidation,
     kind_name: &str,
-    schema: &Value,
+    schema: &Schema,
     object: &Value,
 ) -> Result<Vec<String>, Error> {
     if validation == FieldValidation::Ignore {
@@ -173,29 +174,15 @@ pub fn check_unknown(
 /// `metadata` is never reported (k8s-openapi marks it required; Kubernetes does not),
 /// and nothing under the top-level `status` is checked. Every cause is returned, each once,
 /// ready for [`Error::invalid`].
-pub fn required_fields(rt: &ResourceType, schema: &Value, object: &Value) -> Vec<FieldError> {
-    let walker = Walker { root: schema };
+pub fn required_fields(rt: &ResourceType, schema: &Schema, object: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
-    walker.required(schema, object, "", &mut out);
+    schema.required(0, object, &mut String::new(), &mut out);
     builtin_rules(rt, object, &mut out);
-    let mut seen = HashSet::new();
-    out.retain(|e| seen.insert((e.field.clone(), e.message.clone())));
+    if out.len() > 1 {
+        let mut seen = HashSet::new();
+        out.retain(|e| seen.insert((e.field.clone(), e.message.clone())));
+    }
     out
-}
-
-/// What a schema (with its references and combinators followed) says about objects.
-#[derive(Default)]
-struct Shape<'s> {
-    properties: BTreeMap<&'s str, &'s Value>,
-    /// `additionalProperties`, when some branch gives it.
-    additional: Option<&'s Value>,
-    /// Whether some branch has `properties` or `additionalProperties` at all; if none
-    /// does, the schema says nothing about keys and accepts any.
-    constrains_keys: bool,
-    preserve_unknown: bool,
-    embedded_resource: bool,
-    /// `items` of the first branch that has it.
-    items: Option<&'s Value>,
 }
 
 struct Walker<'s> {
@@ -248,64 +235,104 @@ impl<'s> Walker<'s> {
             }
         }
     }
+}
 
-    fn shape(&self, schema: &'s Value) -> Shape<'s> {
-        let mut branches = Vec::new();
-        self.branches(schema, false, 0, &mut branches);
-        let mut shape = Shape::default();
-        for branch in branches.iter().filter_map(|b| b.as_object()) {
-            if let Some(props) = branch.get("properties").and_then(Value::as_object) {
-                shape.constrains_keys = true;
-                for (name, prop) in props {
-                    shape.properties.entry(name.as_str()).or_insert(prop);
-                }
-            }
-            if let Some(additional) = branch.get("additionalProperties") {
-                shape.constrains_keys = true;
-                shape.additional.get_or_insert(additional);
-            }
-            shape.preserve_unknown |= flag(branch, "x-kubernetes-preserve-unknown-fields");
-            shape.embedded_resource |= flag(branch, "x-kubernetes-embedded-resource");
-            if shape.items.is_none() {
-                shape.items = branch.get("items");
-            }
+/// A kind's JSON schema compiled for checking objects: `$ref`s resolved and `allOf`,
+/// `anyOf` and `oneOf` merged once, so that a check walks only the object. Compile it once
+/// per kind ([`ServedResource::validator`](crate::ServedResource::validator) does).
+pub struct Schema {
+    /// Node 0 is the root; the others are reached through it. Reference cycles (recursive
+    /// types) point back to earlier nodes.
+    nodes: Vec<Node>,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema")
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+/// What a schema (with its references and combinators followed) says about a value.
+#[derive(Default)]
+struct Node {
+    /// Required properties, from the branches that always apply (`$ref`, `allOf`), except
+    /// `metadata` (k8s-openapi marks it required; Kubernetes does not).
+    required: Vec<String>,
+    /// Properties, from every branch (the first branch naming a property wins).
+    properties: std::collections::HashMap<String, usize>,
+    /// `additionalProperties`, when some branch gives it.
+    additional: Option<Additional>,
+    /// Whether some branch has `properties` or `additionalProperties` at all; if none
+    /// does, the schema says nothing about keys and accepts any.
+    constrains_keys: bool,
+    preserve_unknown: bool,
+    embedded_resource: bool,
+    /// `items` of the first branch that has it.
+    items: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum Additional {
+    /// `additionalProperties: false`.
+    Forbidden,
+    /// A schema every other property must satisfy.
+    Schema(usize),
+    /// `true` or anything else that is not a schema object: any value.
+    Any,
+}
+
+impl Schema {
+    /// Compiles a schema (draft 2020-12, local `$ref`s into `$defs`).
+    pub fn compile(root: &Value) -> Schema {
+        let mut compiler = Compiler {
+            walker: Walker { root },
+            nodes: Vec::new(),
+            memo: std::collections::HashMap::new(),
+        };
+        compiler.node(root);
+        Schema {
+            nodes: compiler.nodes,
         }
-        shape
     }
 
-    fn unknown(&self, schema: &'s Value, value: &Value, path: &str, out: &mut Vec<String>) {
-        let shape = self.shape(schema);
+    fn unknown(&self, id: usize, value: &Value, path: &mut String, out: &mut Vec<String>) {
+        let node = &self.nodes[id];
         match value {
             Value::Object(fields) => {
-                if !shape.constrains_keys {
+                if !node.constrains_keys {
                     return;
                 }
                 let top = path.is_empty();
                 for (key, child) in fields {
-                    let child_path = join(path, key);
-                    if let Some(prop) = shape.properties.get(key.as_str()) {
-                        self.unknown(prop, child, &child_path, out);
-                    } else if (top || shape.embedded_resource)
+                    let len = push_key(path, key);
+                    if let Some(prop) = node.properties.get(key.as_str()) {
+                        self.unknown(*prop, child, path, out);
+                    } else if (top || node.embedded_resource)
                         && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")
                     {
                         // Always known on a whole object, even if the schema omits them.
-                    } else if let Some(additional) = shape.additional {
-                        if additional.as_bool() == Some(false) {
-                            if !shape.preserve_unknown {
-                                out.push(child_path);
+                    } else {
+                        match node.additional {
+                            Some(Additional::Forbidden) | None => {
+                                if !node.preserve_unknown {
+                                    out.push(path.clone());
+                                }
                             }
-                        } else {
-                            self.unknown(additional, child, &child_path, out);
+                            Some(Additional::Schema(a)) => self.unknown(a, child, path, out),
+                            Some(Additional::Any) => {}
                         }
-                    } else if !shape.preserve_unknown {
-                        out.push(child_path);
                     }
+                    path.truncate(len);
                 }
             }
             Value::Array(items) => {
-                if let Some(item_schema) = shape.items {
-                    for (i, item) in items.iter().enumerate() {
-                        self.unknown(item_schema, item, &format!("{path}[{i}]"), out);
+                if let Some(item) = node.items {
+                    for (i, child) in items.iter().enumerate() {
+                        let len = push_index(path, i);
+                        self.unknown(item, child, path, out);
+                        path.truncate(len);
                     }
                 }
             }
@@ -313,43 +340,142 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn required(&self, schema: &'s Value, value: &Value, path: &str, out: &mut Vec<FieldError>) {
+    fn required(&self, id: usize, value: &Value, path: &mut String, out: &mut Vec<FieldError>) {
+        let node = &self.nodes[id];
         match value {
             Value::Object(fields) => {
-                let mut definite = Vec::new();
-                self.branches(schema, true, 0, &mut definite);
-                let required = definite
-                    .iter()
-                    .filter_map(|b| b.get("required").and_then(Value::as_array))
-                    .flatten()
-                    .filter_map(Value::as_str);
-                for name in required {
-                    if name != "metadata" && is_missing(fields.get(name)) {
+                for name in &node.required {
+                    if is_missing(fields.get(name)) {
                         out.push(FieldError::required(join(path, name), ""));
                     }
                 }
-                let shape = self.shape(schema);
+                let top = path.is_empty();
                 for (key, child) in fields {
-                    if path.is_empty() && key == "status" {
+                    if top && key == "status" {
                         continue;
                     }
-                    let child_path = join(path, key);
-                    if let Some(prop) = shape.properties.get(key.as_str()) {
-                        self.required(prop, child, &child_path, out);
-                    } else if let Some(additional) = shape.additional.filter(|a| a.is_object()) {
-                        self.required(additional, child, &child_path, out);
+                    let next = match node.properties.get(key.as_str()) {
+                        Some(prop) => *prop,
+                        None => match node.additional {
+                            Some(Additional::Schema(a)) => a,
+                            _ => continue,
+                        },
+                    };
+                    if matches!(child, Value::Object(_) | Value::Array(_)) {
+                        let len = push_key(path, key);
+                        self.required(next, child, path, out);
+                        path.truncate(len);
                     }
                 }
             }
             Value::Array(items) => {
-                if let Some(item_schema) = self.shape(schema).items {
-                    for (i, item) in items.iter().enumerate() {
-                        self.required(item_schema, item, &format!("{path}[{i}]"), out);
+                if let Some(item) = node.items {
+                    for (i, child) in items.iter().enumerate() {
+                        if matches!(child, Value::Object(_) | Value::Array(_)) {
+                            let len = push_index(path, i);
+                            self.required(item, child, path, out);
+                            path.truncate(len);
+                        }
                     }
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// Appends `.key` (or `key` at the top) to a path; returns the length to truncate back to.
+fn push_key(path: &mut String, key: &str) -> usize {
+    let len = path.len();
+    if len > 0 {
+        path.push('.');
+    }
+    path.push_str(key);
+    len
+}
+
+/// Appends `[i]` to a path; returns the length to truncate back to.
+fn push_index(path: &mut String, i: usize) -> usize {
+    use std::fmt::Write;
+    let len = path.len();
+    let _ = write!(path, "[{i}]");
+    len
+}
+
+struct Compiler<'s> {
+    walker: Walker<'s>,
+    nodes: Vec<Node>,
+    /// Schemas already compiled, by address (each schema value is compiled once).
+    memo: std::collections::HashMap<*const Value, usize>,
+}
+
+impl<'s> Compiler<'s> {
+    fn node(&mut self, schema: &'s Value) -> usize {
+        if let Some(id) = self.memo.get(&(schema as *const Value)) {
+            return *id;
+        }
+        let id = self.nodes.len();
+        self.nodes.push(Node::default());
+        self.memo.insert(schema as *const Value, id);
+
+        let mut definite = Vec::new();
+        self.walker.branches(schema, true, 0, &mut definite);
+        let mut required: Vec<String> = Vec::new();
+        for name in definite
+            .iter()
+            .filter_map(|b| b.get("required").and_then(Value::as_array))
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if name != "metadata" && !required.iter().any(|r| r == name) {
+                required.push(name.to_owned());
+            }
+        }
+
+        let mut all = Vec::new();
+        self.walker.branches(schema, false, 0, &mut all);
+        let mut node = Node {
+            required,
+            ..Node::default()
+        };
+        let mut properties: Vec<(&'s str, &'s Value)> = Vec::new();
+        let mut additional = None;
+        let mut items = None;
+        for branch in all.iter().filter_map(|b| b.as_object()) {
+            if let Some(props) = branch.get("properties").and_then(Value::as_object) {
+                node.constrains_keys = true;
+                for (name, prop) in props {
+                    if !properties.iter().any(|(n, _)| *n == name.as_str()) {
+                        properties.push((name.as_str(), prop));
+                    }
+                }
+            }
+            if let Some(a) = branch.get("additionalProperties") {
+                node.constrains_keys = true;
+                additional.get_or_insert(a);
+            }
+            node.preserve_unknown |= flag(branch, "x-kubernetes-preserve-unknown-fields");
+            node.embedded_resource |= flag(branch, "x-kubernetes-embedded-resource");
+            if items.is_none() {
+                items = branch.get("items");
+            }
+        }
+        for (name, prop) in properties {
+            let child = self.node(prop);
+            node.properties.insert(name.to_owned(), child);
+        }
+        node.additional = additional.map(|a| {
+            if a.as_bool() == Some(false) {
+                Additional::Forbidden
+            } else if a.is_object() {
+                Additional::Schema(self.node(a))
+            } else {
+                Additional::Any
+            }
+        });
+        node.items = items.map(|i| self.node(i));
+        self.nodes[id] = node;
+        id
     }
 }
 
@@ -459,7 +585,7 @@ fn workload(kind: &str, spec: Option<&Value>, out: &mut Vec<FieldError>) {
         .pointer("/metadata/labels")
         .and_then(Value::as_object);
     if let Some(selector) = selector {
-        let set: BTreeMap<String, String> = labels
+        let set: std::collections::BTreeMap<String, String> = labels
             .into_iter()
             .flatten()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
@@ -550,8 +676,8 @@ mod tests {
     use keelson_core::Resource;
     use serde_json::json;
 
-    fn schema_of<K: Resource>() -> Value {
-        ServedResource::of::<K>().schema
+    fn schema_of<K: Resource>() -> Schema {
+        Schema::compile(&ServedResource::of::<K>().schema)
     }
 
     fn pod(spec: Value) -> Value {
@@ -594,9 +720,10 @@ mod tests {
         ]}));
         assert_eq!(
             unknown_fields(&schema_of::<Pod>(), &object),
+            // In the order the body gives them, as Kubernetes reports them.
             [
-                "spec.containers[1].env[0].valeu",
-                "spec.containers[1].imagee"
+                "spec.containers[1].imagee",
+                "spec.containers[1].env[0].valeu"
             ]
         );
     }
@@ -608,7 +735,7 @@ mod tests {
             "spec": {"containers": [{"name": "a", "image": "x"}]}});
         assert_eq!(
             unknown_fields(&schema_of::<Pod>(), &object),
-            ["extra", "metadata.foo"]
+            ["metadata.foo", "extra"]
         );
     }
 
@@ -653,7 +780,10 @@ mod tests {
         let object = json!({"apiVersion": "example.com/v1", "kind": "Widget",
             "config": {"free": {"form": [1, 2]}},
             "spec": {"anything": 1, "inner": {"a": "x", "b": "y"}}});
-        assert_eq!(unknown_fields(&schema, &object), ["spec.inner.b"]);
+        assert_eq!(
+            unknown_fields(&Schema::compile(&schema), &object),
+            ["spec.inner.b"]
+        );
     }
 
     #[test]
@@ -667,7 +797,10 @@ mod tests {
                 "required": ["n"]}}
         });
         let object = json!({"spec": {"items": [{"n": 1}, {"m": 2}]}});
-        assert_eq!(unknown_fields(&schema, &object), ["spec.items[1].m"]);
+        assert_eq!(
+            unknown_fields(&Schema::compile(&schema), &object),
+            ["spec.items[1].m"]
+        );
         let rt = ResourceType::new(
             "example.com",
             "v1",
@@ -676,7 +809,7 @@ mod tests {
             keelson_core::Scope::Namespaced,
         );
         assert_eq!(
-            messages(&required_fields(&rt, &schema, &object)),
+            messages(&required_fields(&rt, &Schema::compile(&schema), &object)),
             ["spec.items[1].n: Required value"]
         );
     }
@@ -689,7 +822,7 @@ mod tests {
         assert_eq!((err.code(), err.reason()), (400, "BadRequest"));
         assert_eq!(
             err.to_string(),
-            r#"strict decoding error: unknown field "spec.bar", unknown field "spec.foo""#
+            r#"strict decoding error: unknown field "spec.foo", unknown field "spec.bar""#
         );
     }
 

@@ -315,3 +315,57 @@ async fn bookmarks_carry_the_latest_revision_a_watcher_has_been_through() {
         (WatchEventType::Bookmark, &x["metadata"]["resourceVersion"])
     );
 }
+
+#[tokio::test]
+async fn an_offered_object_is_taken_instead_of_decoding_the_write() {
+    use keelson_apiserver::cache::Cache;
+    use keelson_core::Resource;
+    let store: Arc<dyn Store> = Arc::new(MemStore::ephemeral());
+    let cache = Cache::start(store.clone(), ConfigMap::resource_type()).expect("cache");
+    cache
+        .wait_for(0, std::time::Duration::from_secs(3))
+        .await
+        .expect("ready");
+    let next = store.current_revision().await.expect("revision") + 1;
+    // The offer carries a marker the stored bytes do not: the cache must hand out the
+    // offered object.
+    let offered = Arc::new(
+        json!({"metadata": {"name": "a", "resourceVersion": next.to_string()}, "offered": true}),
+    );
+    cache.offer(next, &offered);
+    let kv = store
+        .create(
+            "/registry/core/configmaps/default/a",
+            Bytes::from_static(br#"{"metadata":{"name":"a"}}"#),
+        )
+        .await
+        .expect("create");
+    assert_eq!(kv.mod_revision, next);
+    cache
+        .wait_for(next, std::time::Duration::from_secs(3))
+        .await
+        .expect("caught up");
+    let got = cache
+        .lookup("/registry/core/configmaps/default/a")
+        .expect("cached");
+    assert!(Arc::ptr_eq(&got, &offered));
+    // Without an offer, the write is decoded from the store's bytes.
+    store
+        .create(
+            "/registry/core/configmaps/default/b",
+            Bytes::from_static(br#"{"metadata":{"name":"b"}}"#),
+        )
+        .await
+        .expect("create b");
+    let now = store.current_revision().await.expect("revision");
+    cache
+        .wait_for(now, std::time::Duration::from_secs(3))
+        .await
+        .expect("caught up");
+    let b = cache
+        .lookup("/registry/core/configmaps/default/b")
+        .expect("cached");
+    assert_eq!(b["metadata"]["resourceVersion"], now.to_string());
+    // An offer for a revision the cache has passed is dropped.
+    cache.offer(1, &offered);
+}

@@ -72,7 +72,7 @@ async fn create_fills_in_server_owned_metadata() {
         .get(&f.configmaps, Some("default"), "a")
         .await
         .expect("get");
-    assert_eq!(got, obj);
+    assert_eq!(got, *obj);
 }
 
 #[tokio::test]
@@ -168,7 +168,7 @@ async fn a_stale_update_is_a_conflict_and_generation_follows_the_spec() {
         .create(&f.configmaps, Some("default"), cm("a", json!({})))
         .await
         .expect("create");
-    let mut change = v1.clone();
+    let mut change = (*v1).clone();
     change["data"]["k"] = json!("w");
     let v2 = f
         .registry
@@ -188,7 +188,7 @@ async fn a_stale_update_is_a_conflict_and_generation_follows_the_spec() {
         "{err}"
     );
     // A metadata-only change keeps the generation.
-    let mut relabel = v2.clone();
+    let mut relabel = (*v2).clone();
     relabel["metadata"]["labels"] = json!({"x": "y"});
     let v3 = f
         .registry
@@ -209,7 +209,7 @@ async fn status_and_spec_are_kept_apart() {
         .create(&f.pods, Some("default"), pod)
         .await
         .expect("create");
-    let mut with_status = v1.clone();
+    let mut with_status = (*v1).clone();
     with_status["status"] = json!({"phase": "Running"});
     let v2 = f
         .registry
@@ -369,7 +369,7 @@ async fn a_watch_sees_selector_transitions_as_added_and_deleted() {
         (first.kind, first.object["metadata"]["name"].as_str()),
         (WatchEventType::Added, Some("a"))
     );
-    let mut moved = a.clone();
+    let mut moved = (*a).clone();
     moved["metadata"]["labels"] = json!({"tier": "be"});
     f.registry
         .update(&f.configmaps, Some("default"), "a", moved, false)
@@ -534,7 +534,7 @@ async fn services_get_distinct_cluster_ips_and_node_ports_that_are_released() {
         "{err}"
     );
     // An update that leaves the address out keeps it.
-    let mut change = a.clone();
+    let mut change = (*a).clone();
     change["spec"]
         .as_object_mut()
         .expect("spec")
@@ -638,7 +638,7 @@ async fn admission_plugins_mutate_then_validate_every_write() {
         err.to_string().contains("Protect refuses to Create it"),
         "{err}"
     );
-    let mut protect = created.clone();
+    let mut protect = (*created).clone();
     protect["metadata"]["labels"]["protected"] = json!("yes");
     let updated = registry
         .update(&f.configmaps, Some("default"), "a", protect, false)

@@ -620,7 +620,7 @@ impl Transport for HttpTransport {
         rt: &ResourceType,
         namespace: Option<&str>,
         object: Value,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let namespace = namespace.or_else(|| {
             object
                 .pointer("/metadata/namespace")
@@ -633,6 +633,7 @@ impl Transport for HttpTransport {
             Some(("application/json", json_body(&object)?)),
         )
         .await
+        .map(Arc::new)
     }
 
     async fn replace(
@@ -642,7 +643,7 @@ impl Transport for HttpTransport {
         name: &str,
         subresource: Option<&str>,
         object: Value,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let url = self.path(rt, namespace, Some(name), subresource);
         self.call(
             Method::PUT,
@@ -650,6 +651,7 @@ impl Transport for HttpTransport {
             Some(("application/json", json_body(&object)?)),
         )
         .await
+        .map(Arc::new)
     }
 
     async fn patch(
@@ -659,7 +661,7 @@ impl Transport for HttpTransport {
         name: &str,
         subresource: Option<&str>,
         patch: &Patch,
-    ) -> Result<Value> {
+    ) -> Result<Arc<Value>> {
         let url = self.path(rt, namespace, Some(name), subresource);
         self.call(
             Method::PATCH,
@@ -667,6 +669,7 @@ impl Transport for HttpTransport {
             Some((patch.content_type(), json_body(patch.body())?)),
         )
         .await
+        .map(Arc::new)
     }
 
     async fn delete(
@@ -675,7 +678,7 @@ impl Transport for HttpTransport {
         namespace: Option<&str>,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<Arc<Value>>> {
         let mut body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
         if let Some(g) = options.grace_period_seconds {
             body["gracePeriodSeconds"] = g.into();
@@ -694,7 +697,7 @@ impl Transport for HttpTransport {
                 Some(("application/json", json_body(&body)?)),
             )
             .await?;
-        Ok((v.get("kind").and_then(Value::as_str) != Some("Status")).then_some(v))
+        Ok((v.get("kind").and_then(Value::as_str) != Some("Status")).then(|| Arc::new(v)))
     }
 
     async fn watch(&self, rt: &ResourceType, params: &WatchParams) -> Result<WatchStream> {

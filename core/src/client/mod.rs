@@ -315,7 +315,7 @@ pub trait Transport: Send + Sync + 'static {
         rt: &ResourceType,
         namespace: Option<&str>,
         object: Value,
-    ) -> Result<Value>;
+    ) -> Result<Arc<Value>>;
 
     /// Replaces an object (or its status) and returns it as stored.
     async fn replace(
@@ -325,7 +325,7 @@ pub trait Transport: Send + Sync + 'static {
         name: &str,
         subresource: Option<&str>,
         object: Value,
-    ) -> Result<Value>;
+    ) -> Result<Arc<Value>>;
 
     /// Patches an object (or its status) and returns it as stored.
     async fn patch(
@@ -335,7 +335,7 @@ pub trait Transport: Send + Sync + 'static {
         name: &str,
         subresource: Option<&str>,
         patch: &Patch,
-    ) -> Result<Value>;
+    ) -> Result<Arc<Value>>;
 
     /// Deletes an object. Returns the object (gone, or still there with its
     /// `deletionTimestamp` while finalizers or a grace period hold it), or `None` when
@@ -346,7 +346,7 @@ pub trait Transport: Send + Sync + 'static {
         namespace: Option<&str>,
         name: &str,
         options: &DeleteOptions,
-    ) -> Result<Option<Value>>;
+    ) -> Result<Option<Arc<Value>>>;
 
     /// Watches objects (`params.selection.namespace` scopes it).
     async fn watch(&self, rt: &ResourceType, params: &WatchParams) -> Result<WatchStream>;
