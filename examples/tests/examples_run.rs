@@ -49,3 +49,34 @@ fn embedded_apiserver_example_runs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn client_example_runs_over_both_transports() {
+    let out = Command::new(env!("CARGO_BIN_EXE_client"))
+        .output()
+        .expect("run client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for transport in ["in-process", "http"] {
+        assert!(
+            stdout.contains(&format!(
+                "{transport}: watched settings-{transport} change to mode=fast"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                r#"{transport}: get missing: configmaps "missing" not found (404)"#
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("http: configmaps in demo: settings-http, settings-in-process"),
+        "{stdout}"
+    );
+}
