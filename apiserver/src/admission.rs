@@ -38,6 +38,8 @@ use async_trait::async_trait;
 use keelson_core::{Error, ResourceType};
 use serde_json::Value;
 
+use crate::auth::User;
+
 /// What a write does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -54,6 +56,9 @@ pub enum Operation {
 pub struct AdmissionRequest<'a> {
     /// Create, update or delete.
     pub operation: Operation,
+    /// Who asks: the authenticated user of an HTTP request, or the identity of an
+    /// in-process client.
+    pub user: &'a User,
     /// The kind.
     pub resource: &'a ResourceType,
     /// The namespace, for namespaced kinds.

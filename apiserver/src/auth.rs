@@ -28,6 +28,27 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+impl User {
+    /// The identity of the server's own in-process clients (as Kubernetes' loopback
+    /// client): `system:apiserver`, in `system:masters`.
+    pub fn loopback() -> User {
+        User {
+            name: "system:apiserver".into(),
+            uid: String::new(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        }
+    }
+
+    /// The identity of requests without credentials, when anonymous access is on.
+    pub fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+}
+
 /// The identity a verified client certificate gave its connection: the certificate's
 /// common name and organizations, as Kubernetes reads them. Put into each request's
 /// extensions by the TLS server.
@@ -115,11 +136,7 @@ impl Authenticator {
         if let Some(ClientCertIdentity(user)) = cert {
             return Some(user.clone());
         }
-        self.anonymous.then(|| User {
-            name: "system:anonymous".into(),
-            uid: String::new(),
-            groups: vec!["system:unauthenticated".into()],
-        })
+        self.anonymous.then(User::anonymous)
     }
 }
 

@@ -15,19 +15,32 @@ use keelson_core::client::{
 use keelson_core::{Error, ResourceType, Result};
 use serde_json::Value;
 
+use crate::auth::User;
 use crate::patch::PatchType;
+use crate::registry::Registry;
 use crate::resources::ServedResource;
 use crate::rest::{ApiServer, BOOKMARK_EVERY};
 
 /// The transport over an [`ApiServer`]'s registry.
 struct InProcess {
     server: Arc<ApiServer>,
+    /// The registry, writing as the client's user.
+    registry: Registry,
 }
 
 impl ApiServer {
-    /// A client that calls this server's registry in-process.
+    /// A client that calls this server's registry in-process, as the server's own
+    /// identity ([`User::loopback`]).
     pub fn client(self: &Arc<Self>) -> Client {
+        self.client_as(User::loopback())
+    }
+
+    /// A client that calls this server's registry in-process on behalf of `user`, whom
+    /// admission plugins see (a component's own identity, such as
+    /// `system:kube-scheduler`).
+    pub fn client_as(self: &Arc<Self>, user: User) -> Client {
         Client::new(Arc::new(InProcess {
+            registry: self.registry().as_user(user),
             server: self.clone(),
         }))
     }
@@ -71,10 +84,7 @@ impl Transport for InProcess {
         name: &str,
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
-        self.server
-            .registry()
-            .get_shared(res, namespace, name)
-            .await
+        self.registry.get_shared(res, namespace, name).await
     }
 
     async fn list(&self, rt: &ResourceType, params: &ListParams) -> Result<ObjectList> {
@@ -82,7 +92,7 @@ impl Transport for InProcess {
         if let Some(f) = &params.selection.fields {
             f.check_supported(rt)?;
         }
-        self.server.registry().list(res, params).await
+        self.registry.list(res, params).await
     }
 
     async fn create(
@@ -92,7 +102,7 @@ impl Transport for InProcess {
         object: Value,
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
-        self.server.registry().create(res, namespace, object).await
+        self.registry.create(res, namespace, object).await
     }
 
     async fn replace(
@@ -105,8 +115,7 @@ impl Transport for InProcess {
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
         let status_only = Self::status_only(res, subresource)?;
-        self.server
-            .registry()
+        self.registry
             .update(res, namespace, name, object, status_only)
             .await
     }
@@ -125,8 +134,7 @@ impl Transport for InProcess {
             Patch::Merge(_) => PatchType::Merge,
             Patch::Json(_) => PatchType::Json,
         };
-        self.server
-            .registry()
+        self.registry
             .patch(res, namespace, name, patch_type, patch.body(), status_only)
             .await
     }
@@ -139,8 +147,7 @@ impl Transport for InProcess {
         options: &DeleteOptions,
     ) -> Result<Option<Arc<Value>>> {
         let res = self.served(rt)?;
-        self.server
-            .registry()
+        self.registry
             .delete(res, namespace, name, options)
             .await
             .map(Some)

@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::admission::{AdmissionChain, AdmissionRequest, Operation};
 use crate::allocator::{Allocator, ServiceRanges};
+use crate::auth::User;
 use crate::cache::{Cache, CachedEvent, Delivery};
 use crate::resources::ServedResource;
 
@@ -32,6 +33,8 @@ pub struct Registry {
     allocator: Allocator,
     caches: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<Cache>>>>,
     admission: Arc<AdmissionChain>,
+    /// Who the writes are made for (admission plugins see it).
+    user: Arc<User>,
 }
 
 pub use keelson_core::client::{
@@ -242,7 +245,24 @@ impl Registry {
             store,
             caches: Arc::default(),
             admission: Arc::default(),
+            user: Arc::new(User::loopback()),
         }
+    }
+
+    /// The same registry (sharing its store, caches and plugins), writing on behalf of
+    /// `user`: admission plugins see who asks. A registry made by [`Registry::new`] writes
+    /// as [`User::loopback`].
+    #[must_use]
+    pub fn as_user(&self, user: User) -> Registry {
+        Registry {
+            user: Arc::new(user),
+            ..self.clone()
+        }
+    }
+
+    /// Who this registry writes for.
+    pub fn user(&self) -> &User {
+        &self.user
     }
 
     /// The same registry, with every write passing `chain` (see [`crate::admission`]).
@@ -386,6 +406,7 @@ impl Registry {
         initial_status(res, &mut obj);
         let request = AdmissionRequest {
             operation: Operation::Create,
+            user: &self.user,
             resource: rt,
             namespace: namespace.as_deref(),
             name: &name,
@@ -610,6 +631,7 @@ impl Registry {
         let mut next = next;
         let request = AdmissionRequest {
             operation: Operation::Update,
+            user: &self.user,
             resource: rt,
             namespace,
             name,
@@ -694,6 +716,7 @@ impl Registry {
         }
         let request = AdmissionRequest {
             operation: Operation::Delete,
+            user: &self.user,
             resource: rt,
             namespace,
             name,

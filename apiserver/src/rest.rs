@@ -422,7 +422,12 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
     let q = query(&req);
     let headers = req.headers().clone();
     let method = req.method().clone();
-    let registry = &s.registry;
+    // Writes are made for the authenticated user (plain HTTP without authentication:
+    // the server's own identity).
+    let registry = &match req.extensions().get::<crate::auth::User>() {
+        Some(user) => s.registry.as_user(user.clone()),
+        None => s.registry.clone(),
+    };
     let res = target.res;
     let ns = target.namespace.as_deref();
     let include = include_object(&q)?;

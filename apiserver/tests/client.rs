@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use keelson_apiserver::auth::Authenticator;
+use keelson_apiserver::admission::{
+    AdmissionChain, AdmissionRequest, MutatingAdmission, Operation,
+};
+use keelson_apiserver::auth::{Authenticator, User};
 use keelson_apiserver::tls::Pki;
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_core::client::{
@@ -18,9 +21,43 @@ use keelson_core::{DynamicObject, Error, Resource};
 use keelson_store::MemStore;
 use serde_json::json;
 
+/// Records who created each object, as an annotation.
+struct CreatedBy;
+
+#[async_trait::async_trait]
+impl MutatingAdmission for CreatedBy {
+    fn name(&self) -> &str {
+        "CreatedBy"
+    }
+
+    async fn admit(
+        &self,
+        req: &AdmissionRequest<'_>,
+        object: &mut serde_json::Value,
+    ) -> keelson_core::Result<()> {
+        if req.operation == Operation::Create {
+            object["metadata"]["annotations"]["example.com/created-by"] = json!(req.user.name);
+        }
+        Ok(())
+    }
+}
+
 fn server() -> Arc<ApiServer> {
-    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()))
+        .with_admission(AdmissionChain::default().mutate(CreatedBy));
     ApiServer::new(registry, resources::builtin())
+}
+
+async fn created_by(client: Client) -> String {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some("who".into());
+    let created = namespaces.create(&n).await.expect("create");
+    created
+        .metadata
+        .annotations
+        .and_then(|a| a.get("example.com/created-by").cloned())
+        .unwrap_or_default()
 }
 
 /// Serves `server` over plain HTTP (HTTP/1.1 and h2c) on a loopback port.
@@ -369,6 +406,27 @@ async fn in_process() {
 }
 
 #[tokio::test]
+async fn admission_sees_the_in_process_client_s_user() {
+    let server = server();
+    assert_eq!(created_by(server.client()).await, "system:apiserver");
+    let scheduler = User {
+        name: "system:kube-scheduler".into(),
+        uid: String::new(),
+        groups: vec!["system:authenticated".into()],
+    };
+    let mut other = Namespace::default();
+    other.metadata.name = Some("by-scheduler".into());
+    let created = Api::<Namespace>::all(server.client_as(scheduler))
+        .create(&other)
+        .await
+        .expect("create");
+    assert_eq!(
+        created.metadata.annotations.expect("annotations")["example.com/created-by"],
+        "system:kube-scheduler"
+    );
+}
+
+#[tokio::test]
 async fn over_http1() {
     let url = serve_plain(server()).await;
     suite(Client::from_config(Config::new(url)).expect("client")).await;
@@ -388,7 +446,12 @@ async fn over_https_with_a_token_from_a_kubeconfig() {
     let config = Config::from_kubeconfig(&path, None).expect("kubeconfig");
     let client = Client::from_config(config).expect("client");
     assert_eq!(client.default_namespace(), "suite");
-    suite(client).await;
+    suite(client.clone()).await;
+    assert_eq!(
+        created_by(client).await,
+        "admin",
+        "admission sees the token's user"
+    );
 
     // Without the token: 401 as a Status.
     let mut anonymous = Config::new(url.clone());
@@ -424,7 +487,13 @@ async fn over_https_with_a_client_certificate() {
     let mut config = Config::new(url);
     config.certificate_authority = Some(pki.ca_cert.clone().into_bytes());
     config.client_certificate = Some((cert.into_bytes(), key.into_bytes()));
-    suite(Client::from_config(config).expect("client")).await;
+    let client = Client::from_config(config).expect("client");
+    suite(client.clone()).await;
+    assert_eq!(
+        created_by(client).await,
+        "alice",
+        "admission sees the certificate's user"
+    );
 }
 
 #[tokio::test]
