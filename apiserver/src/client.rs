@@ -133,6 +133,7 @@ impl Transport for InProcess {
         let patch_type = match patch {
             Patch::Merge(_) => PatchType::Merge,
             Patch::Json(_) => PatchType::Json,
+            Patch::Strategic(_) => PatchType::Strategic,
         };
         self.registry
             .patch(res, namespace, name, patch_type, patch.body(), status_only)

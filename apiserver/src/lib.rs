@@ -14,9 +14,9 @@
 //!   OpenAPI and routing are built from;
 //! - `registry`: names, uid, timestamps, resource versions, generation, namespaces,
 //!   finalizers, graceful deletion, status kept apart, selectors, pagination, watch;
-//! - `defaults`, `validation`, `allocator`, `patch`: Kubernetes defaulting; required fields
-//!   and unknown fields (`fieldValidation`); Service cluster IPs and node ports; JSON merge
-//!   patch and JSON patch;
+//! - `defaults`, `validation`, `allocator`, `patch`, `strategic`: Kubernetes defaulting;
+//!   required fields and unknown fields (`fieldValidation`); Service cluster IPs and node
+//!   ports; JSON merge patch, JSON patch and strategic merge patch;
 //! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
 //!   kinds' schemas, and the Table form with kubectl's columns;
@@ -37,6 +37,7 @@ pub mod patch;
 pub mod registry;
 pub mod resources;
 pub mod rest;
+pub mod strategic;
 pub mod table;
 pub mod tls;
 pub mod validation;

@@ -431,7 +431,7 @@ fn is_meta_reference(property: &Value) -> bool {
 /// The component name of a served kind's schema: its dotted schemars title when it has
 /// one (k8s-openapi's are Kubernetes' definition names), else the CRD-style
 /// `<reversed group>.<version>.<Kind>`.
-fn definition_name(resource: &ServedResource) -> String {
+pub(crate) fn definition_name(resource: &ServedResource) -> String {
     if let Some(title) = resource.schema.get("title").and_then(Value::as_str) {
         if title.contains('.') {
             return title.to_owned();
@@ -1093,6 +1093,18 @@ fn lower_first(s: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Merge metadata of built-in types
 // ---------------------------------------------------------------------------------------
+
+/// The patch strategy (`merge`, `retainKeys`, `merge,retainKeys`, `replace`) and merge
+/// key of a field of a built-in type, if it declares one.
+pub(crate) fn patch_strategy(
+    definition: &str,
+    field: &str,
+) -> Option<(&'static str, &'static str)> {
+    LIST_EXTENSIONS
+        .iter()
+        .find(|e| e.definition == definition && e.field == field && !e.patch_strategy.is_empty())
+        .map(|e| (e.patch_strategy, e.patch_merge_key))
+}
 
 /// The merge and list metadata of one field of a built-in type.
 struct ListExtension {

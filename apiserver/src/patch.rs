@@ -1,5 +1,5 @@
-//! Patches: JSON merge patch (RFC 7386) and JSON patch (RFC 6902). Strategic merge patch
-//! and server-side apply arrive with the next API server issue.
+//! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and, for built-in kinds,
+//! strategic merge patch ([`crate::strategic`]).
 
 use keelson_core::Error;
 use serde_json::{Map, Value};
@@ -11,6 +11,8 @@ pub enum PatchType {
     Merge,
     /// `application/json-patch+json`.
     Json,
+    /// `application/strategic-merge-patch+json` (built-in kinds only).
+    Strategic,
 }
 
 impl PatchType {
@@ -22,25 +24,40 @@ impl PatchType {
         match content_type.split(';').next().map(str::trim) {
             Some("application/merge-patch+json") => Ok(PatchType::Merge),
             Some("application/json-patch+json") => Ok(PatchType::Json),
+            Some("application/strategic-merge-patch+json") => Ok(PatchType::Strategic),
             _ => Err(Error::unsupported_media_type(&[
                 "application/json-patch+json",
                 "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
             ])),
         }
     }
 
-    /// Applies `patch` to `target`.
+    /// Applies `patch` to `target`, an object of the kind `res` serves.
     ///
     /// # Errors
     /// 400 for a malformed patch; 422 for a JSON patch that does not apply (a failed
-    /// `test`, a path that does not exist).
-    pub fn apply(self, target: &mut Value, patch: &Value) -> Result<(), Error> {
+    /// `test`, a path that does not exist); 415 for a strategic merge patch of a kind that
+    /// is not built in (as Kubernetes answers for custom resources).
+    pub fn apply(
+        self,
+        res: &crate::ServedResource,
+        target: &mut Value,
+        patch: &Value,
+    ) -> Result<(), Error> {
         match self {
             PatchType::Merge => {
                 merge(target, patch);
                 Ok(())
             }
             PatchType::Json => json_patch(target, patch),
+            PatchType::Strategic => match res.patch_schema() {
+                Some(schema) => crate::strategic::apply(schema, target, patch),
+                None => Err(Error::unsupported_media_type(&[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                ])),
+            },
         }
     }
 }
@@ -240,18 +257,20 @@ mod tests {
             {"op": "move", "from": "/d", "path": "/e"},
             {"op": "remove", "path": "/a/b/0"}
         ]);
-        PatchType::Json.apply(&mut t, &ok).expect("applies");
+        let res =
+            crate::ServedResource::of::<keelson_core::k8s_openapi::api::core::v1::ConfigMap>();
+        PatchType::Json.apply(&res, &mut t, &ok).expect("applies");
         assert_eq!(t, json!({"a": {"b": [2, 3]}, "c": "y", "e": "y"}));
         let failing = json!([{"op": "replace", "path": "/c", "value": "z"}, {"op": "test", "path": "/c", "value": "no"}]);
         let err = PatchType::Json
-            .apply(&mut t, &failing)
+            .apply(&res, &mut t, &failing)
             .expect_err("test fails");
         assert_eq!(err.code(), 422);
         assert_eq!(t["c"], "y", "nothing changed");
         let missing = json!([{"op": "remove", "path": "/nope"}]);
         assert_eq!(
             PatchType::Json
-                .apply(&mut t, &missing)
+                .apply(&res, &mut t, &missing)
                 .expect_err("missing")
                 .code(),
             422
@@ -264,8 +283,21 @@ mod tests {
             PatchType::from_content_type("application/merge-patch+json; charset=utf-8").ok(),
             Some(PatchType::Merge)
         );
-        let err = PatchType::from_content_type("application/strategic-merge-patch+json")
-            .expect_err("not yet");
+        let err = PatchType::from_content_type("text/plain").expect_err("unknown");
+        assert_eq!(err.code(), 415);
+    }
+
+    #[test]
+    fn strategic_merge_is_for_built_in_kinds_only() {
+        use keelson_core::{ResourceType, Scope};
+        let widgets = crate::ServedResource::new(
+            ResourceType::new("example.com", "v1", "Widget", "widgets", Scope::Namespaced),
+            json!({"type": "object"}),
+        );
+        let mut w = json!({"spec": {}});
+        let err = PatchType::Strategic
+            .apply(&widgets, &mut w, &json!({"spec": {"a": 1}}))
+            .expect_err("custom kind");
         assert_eq!(err.code(), 415);
     }
 }

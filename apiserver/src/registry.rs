@@ -770,7 +770,7 @@ impl Registry {
         let mut attempts = 0;
         loop {
             let mut object = self.get(res, namespace, name).await?;
-            patch_type.apply(&mut object, patch)?;
+            patch_type.apply(res, &mut object, patch)?;
             match self.update(res, namespace, name, object, status_only).await {
                 Err(e) if e.is_conflict() && !pinned && attempts < 5 => attempts += 1,
                 other => return other,

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use keelson_core::{GroupVersionKind, Resource, ResourceType};
 
+use crate::strategic::PatchSchema;
 use crate::validation::Schema;
 
 /// The verbs every ordinary resource supports, in the order discovery lists them.
@@ -43,6 +44,8 @@ pub struct ServedResource {
     pub schema: serde_json::Value,
     /// The schema compiled for validation, on first use.
     compiled: Arc<OnceLock<Schema>>,
+    /// The schema compiled for strategic merge (built-in kinds), on first use.
+    patch: Arc<OnceLock<Option<PatchSchema>>>,
 }
 
 impl ServedResource {
@@ -60,7 +63,20 @@ impl ServedResource {
             subresources: Vec::new(),
             schema,
             compiled: Arc::default(),
+            patch: Arc::default(),
         }
+    }
+
+    /// The schema compiled for strategic merge patches, or `None` for kinds that are not
+    /// built in (Kubernetes refuses strategic merge for custom resources).
+    pub fn patch_schema(&self) -> Option<&PatchSchema> {
+        self.patch
+            .get_or_init(|| {
+                crate::openapi::definition_name(self)
+                    .starts_with("io.k8s.")
+                    .then(|| PatchSchema::compile(self))
+            })
+            .as_ref()
     }
 
     /// The schema compiled for checking objects (unknown and required fields), compiled

@@ -579,6 +579,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             let body = body_json(req).await?;
             let warnings = match patch_type {
                 PatchType::Merge => unknown_fields(res, validation, &body)?,
+                PatchType::Strategic => unknown_fields(
+                    res,
+                    validation,
+                    &crate::strategic::without_directives(&body),
+                )?,
                 PatchType::Json => Vec::new(),
             };
             let obj = registry

@@ -359,6 +359,93 @@ fn kubectl_apply_describe_explain_watch_and_discovery_work() {
 }
 
 #[test]
+fn kubectl_changes_objects_with_strategic_merge_patches() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let v1 = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},
+      "spec":{"selector":{"matchLabels":{"app":"web"}},
+      "template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[
+        {"name":"nginx","image":"nginx:1.27","ports":[{"containerPort":80}]},
+        {"name":"sidecar","image":"busybox"}]}}}}"#;
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(v1));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Re-applying a changed manifest: kubectl computes a three-way strategic merge patch
+    // (with $setElementOrder and a deleted container) from the last-applied annotation.
+    let v2 = v1.replace("nginx:1.27", "nginx:1.28").replace(
+        r#",
+        {"name":"sidecar","image":"busybox"}"#,
+        "",
+    );
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(&v2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("deployment.apps/web configured"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let containers = |c: &Cluster| {
+        c.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={range .spec.template.spec.containers[*]}{.name}={.image};{end}",
+        ])
+    };
+    assert_eq!(containers(&c), "nginx=nginx:1.28;");
+
+    let out = c.ok(&["set", "image", "deployment/web", "nginx=nginx:1.29"]);
+    assert!(out.contains("image updated"), "{out}");
+    assert_eq!(containers(&c), "nginx=nginx:1.29;");
+
+    // `kubectl patch` sends a strategic merge patch by default: the container merges by name.
+    c.ok(&[
+        "patch", "deployment", "web", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","env":[{"name":"MODE","value":"fast"}]}]}}}}"#,
+    ]);
+    let env = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[0].value} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]);
+    assert_eq!(env, "fast nginx:1.29 80");
+
+    let out = c.ok(&["rollout", "restart", "deployment/web"]);
+    assert!(out.contains("deployment.apps/web restarted"), "{out}");
+    let restarted = c.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        r#"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"#,
+    ]);
+    assert!(!restarted.trim().is_empty(), "restartedAt is set");
+    let generation = c.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    assert_eq!(generation, "5", "each spec change bumped the generation");
+
+    // A merging list element without its merge key is a 400 naming the key.
+    let err = c.fails(&[
+        "patch",
+        "deployment",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#,
+    ]);
+    assert!(
+        err.contains("does not contain declared merge key: name"),
+        "{err}"
+    );
+}
+
+#[test]
 fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
     if !kubectl_available() {
         return;

@@ -198,6 +198,10 @@ pub enum Patch {
     Merge(Value),
     /// A JSON patch (RFC 6902): a list of operations.
     Json(Value),
+    /// A strategic merge patch (built-in kinds): lists merge by their merge keys
+    /// (`containers` by `name`), with the `$patch`, `$retainKeys`, `$setElementOrder` and
+    /// `$deleteFromPrimitiveList` directives.
+    Strategic(Value),
 }
 
 impl Patch {
@@ -206,13 +210,14 @@ impl Patch {
         match self {
             Patch::Merge(_) => "application/merge-patch+json",
             Patch::Json(_) => "application/json-patch+json",
+            Patch::Strategic(_) => "application/strategic-merge-patch+json",
         }
     }
 
     /// The patch document.
     pub fn body(&self) -> &Value {
         match self {
-            Patch::Merge(v) | Patch::Json(v) => v,
+            Patch::Merge(v) | Patch::Json(v) | Patch::Strategic(v) => v,
         }
     }
 }
