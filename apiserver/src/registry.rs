@@ -35,6 +35,8 @@ pub struct Registry {
     admission: Arc<AdmissionChain>,
     /// Who the writes are made for (admission plugins see it).
     user: Arc<User>,
+    /// `dryRun=All`: every step of a write but storing it.
+    dry_run: bool,
 }
 
 pub use keelson_core::client::{
@@ -246,6 +248,18 @@ impl Registry {
             caches: Arc::default(),
             admission: Arc::default(),
             user: Arc::new(User::loopback()),
+            dry_run: false,
+        }
+    }
+
+    /// The same registry, with writes that do everything (defaulting, admission,
+    /// validation, conflict checks) but store nothing (`dryRun=All`): each returns the
+    /// object it would have written, without a new `resourceVersion`.
+    #[must_use]
+    pub fn with_dry_run(&self, dry_run: bool) -> Registry {
+        Registry {
+            dry_run,
+            ..self.clone()
         }
     }
 
@@ -418,6 +432,18 @@ impl Registry {
         self.admission.run_validating(&request, &obj).await?;
         self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
+        if self.dry_run {
+            // Nothing is stored or allocated; a taken name is still refused.
+            let taken = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_error(rt, &name, e))?;
+            if taken.is_some() {
+                return Err(Error::already_exists(rt, name.as_str()));
+            }
+            return Ok(Arc::new(obj));
+        }
         let service = is_service(rt);
         if service {
             self.allocator.allocate(rt, &mut obj).await?;
@@ -643,6 +669,10 @@ impl Registry {
             check_required(res, name, &next)?;
         }
         self.admission.run_validating(&request, &next).await?;
+        if self.dry_run {
+            set_resource_version(&mut next, current_kv.mod_revision);
+            return Ok(Arc::new(next));
+        }
         let kv = self
             .store
             .update(&key, encode(&next)?, current_kv.mod_revision)
@@ -725,7 +755,11 @@ impl Registry {
         };
         self.admission.run_validating(&request, &obj).await?;
         let grace = pod_grace(rt, &obj, options.grace_period_seconds);
+        let dry_run = self.dry_run || options.dry_run;
         if finalizers(&obj).is_empty() && grace.is_none() {
+            if dry_run {
+                return Ok(Arc::new(obj));
+            }
             return self.remove(rt, &key, name, kv.mod_revision).await;
         }
         let grace = grace.unwrap_or(0);
@@ -741,6 +775,9 @@ impl Registry {
             let m = meta_mut(&mut obj)?;
             m.insert("deletionTimestamp".into(), Value::String(at));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if dry_run {
+                return Ok(Arc::new(obj));
+            }
             let kv = self
                 .store
                 .update(&key, encode(&obj)?, kv.mod_revision)

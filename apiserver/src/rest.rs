@@ -424,9 +424,30 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
     let method = req.method().clone();
     // Writes are made for the authenticated user (plain HTTP without authentication:
     // the server's own identity).
-    let registry = &match req.extensions().get::<crate::auth::User>() {
+    let registry = match req.extensions().get::<crate::auth::User>() {
         Some(user) => s.registry.as_user(user.clone()),
         None => s.registry.clone(),
+    };
+    let registry = &match q.get("dryRun").map(String::as_str) {
+        None | Some("") => registry,
+        Some("All") => registry.with_dry_run(true),
+        Some(other) => {
+            let options = match method {
+                Method::POST => "CreateOptions",
+                Method::DELETE => "DeleteOptions",
+                Method::PATCH => "PatchOptions",
+                _ => "UpdateOptions",
+            };
+            return Err(Error::invalid(
+                ("meta.k8s.io", options),
+                "",
+                vec![keelson_core::FieldError::not_supported(
+                    "dryRun",
+                    other,
+                    &["All"],
+                )],
+            ));
+        }
     };
     let res = target.res;
     let ns = target.namespace.as_deref();
@@ -655,6 +676,32 @@ async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<Del
         .map(str::to_owned);
     if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
         options.grace_period_seconds = Some(g);
+    }
+    match v.get("dryRun") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(values)) => {
+            for value in values {
+                match value.as_str() {
+                    Some("All") => options.dry_run = true,
+                    _ => {
+                        return Err(Error::invalid(
+                            ("meta.k8s.io", "DeleteOptions"),
+                            "",
+                            vec![keelson_core::FieldError::not_supported(
+                                "dryRun",
+                                value.clone(),
+                                &["All"],
+                            )],
+                        ))
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "error decoding DeleteOptions: dryRun must be a list, not {other}"
+            )))
+        }
     }
     Ok(options)
 }

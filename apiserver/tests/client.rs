@@ -533,3 +533,26 @@ fn kubeconfig_errors_say_what_is_wrong() {
     let e = Client::from_config(Config::new("127.0.0.1:6443")).expect_err("not a URL");
     assert!(e.to_string().contains("not an http"), "{e}");
 }
+
+#[tokio::test]
+async fn a_dry_run_value_other_than_all_is_refused_with_422() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HyperClient;
+    let url = serve_plain(server()).await;
+    let http = HyperClient::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = hyper::Request::post(format!("{url}/api/v1/namespaces?dryRun=Some"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from_static(
+            br#"{"metadata":{"name":"x"}}"#,
+        )))
+        .expect("request");
+    let resp = http.request(req).await.expect("response");
+    assert_eq!(resp.status(), 422);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        status["message"],
+        r#"CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: "Some": supported values: "All""#
+    );
+}

@@ -663,3 +663,68 @@ async fn admission_plugins_mutate_then_validate_every_write() {
         "a refused delete deletes nothing"
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_does_every_step_but_stores_nothing() {
+    let f = fixture().await;
+    let dry = f.registry.with_dry_run(true);
+    let before = f.registry.store().current_revision().await.expect("rev");
+    let would = dry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("dry create");
+    assert_eq!(would["metadata"]["name"], "a");
+    assert!(would["metadata"]["uid"].is_string());
+    assert!(would["metadata"].get("resourceVersion").is_none());
+    assert!(f
+        .registry
+        .get(&f.configmaps, Some("default"), "a")
+        .await
+        .expect_err("not stored")
+        .is_not_found());
+    // Validation still runs.
+    let err = dry
+        .create(&f.configmaps, Some("default"), cm("Bad_Name", json!({})))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), 422);
+
+    let stored = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect("create");
+    let err = dry
+        .create(&f.configmaps, Some("default"), cm("a", json!({})))
+        .await
+        .expect_err("taken");
+    assert!(err.is_already_exists());
+    let mut change = (*stored).clone();
+    change["data"]["k"] = json!("changed");
+    let would = dry
+        .update(&f.configmaps, Some("default"), "a", change, false)
+        .await
+        .expect("dry update");
+    assert_eq!(would["data"]["k"], "changed");
+    assert_eq!(would["metadata"]["generation"], 2);
+    assert_eq!(
+        would["metadata"]["resourceVersion"],
+        stored["metadata"]["resourceVersion"]
+    );
+    dry.delete(
+        &f.configmaps,
+        Some("default"),
+        "a",
+        &DeleteOptions::default(),
+    )
+    .await
+    .expect("dry delete");
+    let still = f
+        .registry
+        .get(&f.configmaps, Some("default"), "a")
+        .await
+        .expect("still there");
+    assert_eq!(still["data"]["k"], "v");
+    let after = f.registry.store().current_revision().await.expect("rev");
+    assert_eq!(after, before + 1, "only the real create was written");
+}

@@ -446,6 +446,68 @@ fn kubectl_changes_objects_with_strategic_merge_patches() {
 }
 
 #[test]
+fn kubectl_dry_run_server_and_diff_store_nothing() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{"mode":"slow"}}"#;
+    let out = c.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(cm));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("configmap/settings created (server dry run)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = c.fails(&["get", "configmap", "settings"]);
+    assert!(err.contains(r#"configmaps "settings" not found"#), "{err}");
+
+    // `kubectl diff` of a new object, then of a changed one, asks the server (dry run).
+    let out = c.kubectl_stdin(&["diff", "-f", "-"], Some(cm));
+    assert_eq!(out.status.code(), Some(1), "differences found: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+  mode: slow"));
+    assert!(c
+        .kubectl_stdin(&["apply", "-f", "-"], Some(cm))
+        .status
+        .success());
+    let out = c.kubectl_stdin(&["diff", "-f", "-"], Some(cm));
+    assert_eq!(out.status.code(), Some(0), "no differences: {out:?}");
+    let changed = cm.replace("slow", "fast");
+    let out = c.kubectl_stdin(&["diff", "-f", "-"], Some(&changed));
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(1)
+            && diff.contains("-  mode: slow")
+            && diff.contains("+  mode: fast"),
+        "{diff}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "slow"
+    );
+
+    let out = c.ok(&["delete", "configmap", "settings", "--dry-run=server"]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "slow"
+    );
+}
+
+#[test]
 fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
     if !kubectl_available() {
         return;

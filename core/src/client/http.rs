@@ -689,6 +689,9 @@ impl Transport for HttpTransport {
         if let Some(rv) = &options.resource_version {
             body["preconditions"]["resourceVersion"] = rv.clone().into();
         }
+        if options.dry_run {
+            body["dryRun"] = serde_json::json!(["All"]);
+        }
         let url = self.path(rt, namespace, Some(name), None);
         let v = self
             .call(

@@ -189,6 +189,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `gracePeriodSeconds` (pods; 0 deletes at once).
     pub grace_period_seconds: Option<i64>,
+    /// `dryRun: ["All"]`: check everything, delete nothing.
+    pub dry_run: bool,
 }
 
 /// A change to apply to an object.
