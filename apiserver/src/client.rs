@@ -57,12 +57,14 @@ impl InProcess {
             })
     }
 
-    /// `None` for the object itself, `true` for its status; any other subresource is not
-    /// served in-process yet.
-    fn status_only(res: &ServedResource, subresource: Option<&str>) -> Result<bool> {
+    /// The subresource named, if the kind serves it (`None`: the object itself).
+    fn subresource<'a>(
+        res: &ServedResource,
+        subresource: Option<&'a str>,
+    ) -> Result<Option<&'a str>> {
         match subresource {
-            None => Ok(false),
-            Some("status") if res.subresources.iter().any(|s| s.name == "status") => Ok(true),
+            None => Ok(None),
+            Some(name) if res.subresources.iter().any(|s| s.name == name) => Ok(Some(name)),
             Some(other) => Err(Error::NotFound {
                 resource: res.rt.group_resource(),
                 name: String::new(),
@@ -85,6 +87,41 @@ impl Transport for InProcess {
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
         self.registry.get_shared(res, namespace, name).await
+    }
+
+    async fn get_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+    ) -> Result<Arc<Value>> {
+        let res = self.served(rt)?;
+        match Self::subresource(res, Some(subresource))? {
+            Some("scale") => self
+                .registry
+                .get_scale(res, namespace, name)
+                .await
+                .map(Arc::new),
+            _ => self.registry.get_shared(res, namespace, name).await,
+        }
+    }
+
+    async fn create_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+    ) -> Result<Arc<Value>> {
+        let res = self.served(rt)?;
+        let answer = match Self::subresource(res, Some(subresource))? {
+            Some("binding") => self.registry.bind(res, namespace, name, &body).await?,
+            Some("eviction") => self.registry.evict(res, namespace, name, &body).await?,
+            _ => return Err(Error::method_not_allowed(&res.rt, "create")),
+        };
+        Ok(Arc::new(answer))
     }
 
     async fn list(&self, rt: &ResourceType, params: &ListParams) -> Result<ObjectList> {
@@ -114,10 +151,24 @@ impl Transport for InProcess {
         object: Value,
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
-        let status_only = Self::status_only(res, subresource)?;
-        self.registry
-            .update(res, namespace, name, object, status_only)
-            .await
+        match Self::subresource(res, subresource)? {
+            Some("scale") => self
+                .registry
+                .update_scale(res, namespace, name, &object)
+                .await
+                .map(Arc::new),
+            Some("status") => {
+                self.registry
+                    .update(res, namespace, name, object, true)
+                    .await
+            }
+            Some(_) => Err(Error::method_not_allowed(&res.rt, "update")),
+            None => {
+                self.registry
+                    .update(res, namespace, name, object, false)
+                    .await
+            }
+        }
     }
 
     async fn patch(
@@ -129,15 +180,29 @@ impl Transport for InProcess {
         patch: &Patch,
     ) -> Result<Arc<Value>> {
         let res = self.served(rt)?;
-        let status_only = Self::status_only(res, subresource)?;
         let patch_type = match patch {
             Patch::Merge(_) => PatchType::Merge,
             Patch::Json(_) => PatchType::Json,
             Patch::Strategic(_) => PatchType::Strategic,
         };
-        self.registry
-            .patch(res, namespace, name, patch_type, patch.body(), status_only)
-            .await
+        match Self::subresource(res, subresource)? {
+            Some("scale") => self
+                .registry
+                .patch_scale(res, namespace, name, patch_type, patch.body())
+                .await
+                .map(Arc::new),
+            Some("status") => {
+                self.registry
+                    .patch(res, namespace, name, patch_type, patch.body(), true)
+                    .await
+            }
+            Some(_) => Err(Error::method_not_allowed(&res.rt, "patch")),
+            None => {
+                self.registry
+                    .patch(res, namespace, name, patch_type, patch.body(), false)
+                    .await
+            }
+        }
     }
 
     async fn delete(

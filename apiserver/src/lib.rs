@@ -17,6 +17,7 @@
 //! - `defaults`, `validation`, `allocator`, `patch`, `strategic`: Kubernetes defaulting;
 //!   required fields and unknown fields (`fieldValidation`); Service cluster IPs and node
 //!   ports; JSON merge patch, JSON patch and strategic merge patch;
+//! - `subresources`: `scale`, `binding` and `eviction` (honouring PodDisruptionBudgets);
 //! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
 //!   kinds' schemas, and the Table form with kubectl's columns;
@@ -38,6 +39,7 @@ pub mod registry;
 pub mod resources;
 pub mod rest;
 pub mod strategic;
+mod subresources;
 pub mod table;
 pub mod tls;
 pub mod validation;

@@ -573,9 +573,27 @@ impl Registry {
         res: &ServedResource,
         namespace: Option<&str>,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         status_only: bool,
     ) -> Result<Arc<Value>, Error> {
+        let mode = if status_only {
+            UpdateMode::Status
+        } else {
+            UpdateMode::Object
+        };
+        self.update_in_mode(res, namespace, name, obj, mode).await
+    }
+
+    /// [`Registry::update`] in any [`UpdateMode`].
+    pub(crate) async fn update_in_mode(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        mode: UpdateMode,
+    ) -> Result<Arc<Value>, Error> {
+        let status_only = mode == UpdateMode::Status;
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         let key = rt.key(namespace, name)?;
@@ -636,12 +654,18 @@ impl Registry {
                     None => new_meta.remove(field),
                 };
             }
-            if has_status(res) {
+            if has_status(res) && mode == UpdateMode::Object {
                 if let Some(map) = next.as_object_mut() {
                     match current.get("status") {
                         Some(status) => map.insert("status".into(), status.clone()),
                         None => map.remove("status"),
                     };
+                }
+            }
+            if mode == UpdateMode::Object {
+                let causes = crate::validation::immutable_fields(rt, &current, &next);
+                if !causes.is_empty() {
+                    return Err(Error::invalid(rt, name, causes));
                 }
             }
             if spec_changed(&current, &next) {
@@ -1121,6 +1145,19 @@ fn cached_to_watch(
         kind,
         object: e.object.clone(),
     })
+}
+
+/// What an update may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpdateMode {
+    /// The object through its main resource: its status is kept (for kinds with a status
+    /// subresource) and immutable fields are checked.
+    Object,
+    /// Only the status (the `status` subresource).
+    Status,
+    /// Spec and status together, as a subresource of the server's own writes them
+    /// (`binding` sets a pod's node and its PodScheduled condition).
+    Whole,
 }
 
 /// The status an object starts with. For kinds with a status subresource the client's

@@ -42,6 +42,8 @@ pub struct ServedResource {
     pub subresources: Vec<Subresource>,
     /// The kind's JSON schema (draft 2020-12, with `$defs`), as [`Resource::schema`] gives it.
     pub schema: serde_json::Value,
+    /// Where the `scale` subresource reads and writes, when the kind has one.
+    pub scale: Option<ScalePaths>,
     /// The schema compiled for validation, on first use.
     compiled: Arc<OnceLock<Schema>>,
     /// The schema compiled for strategic merge (built-in kinds), on first use.
@@ -62,6 +64,7 @@ impl ServedResource {
             verbs: STANDARD_VERBS.iter().map(|v| (*v).to_owned()).collect(),
             subresources: Vec::new(),
             schema,
+            scale: None,
             compiled: Arc::default(),
             patch: Arc::default(),
         }
@@ -100,9 +103,49 @@ impl ServedResource {
         let kind = self.rt.gvk();
         self.with_subresource("status", kind, &["get", "patch", "update"])
     }
+
+    /// Adds a `scale` subresource (get, patch, update of an `autoscaling/v1` `Scale`)
+    /// reading and writing the object where `paths` say.
+    pub fn with_scale(mut self, paths: ScalePaths) -> Self {
+        self.scale = Some(paths);
+        self.with_subresource(
+            "scale",
+            GroupVersionKind::new("autoscaling", "v1", "Scale"),
+            &["get", "patch", "update"],
+        )
+    }
 }
 
-/// The built-in kinds Keelson serves, with their `status` subresources.
+/// Where a kind keeps what its `scale` subresource shows, as JSON pointers (a CRD's
+/// `specReplicasPath`, `statusReplicasPath` and `labelSelectorPath`, written `/spec/replicas`
+/// rather than `.spec.replicas`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// The desired replicas (`/spec/replicas`).
+    pub spec_replicas: String,
+    /// The observed replicas (`/status/replicas`).
+    pub status_replicas: String,
+    /// Where the label selector of the pods is, as a string (a CRD's
+    /// `labelSelectorPath`), or `None` to format it from `spec.selector` (built-in
+    /// workloads).
+    pub label_selector: Option<String>,
+}
+
+impl ScalePaths {
+    /// The paths of the built-in workloads: `spec.replicas`, `status.replicas`, and the
+    /// selector formatted from `spec.selector`.
+    pub fn workload() -> ScalePaths {
+        ScalePaths {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            label_selector: None,
+        }
+    }
+}
+
+/// The built-in kinds Keelson serves, with their subresources: `status`; `scale` of
+/// Deployments, ReplicaSets, StatefulSets and ReplicationControllers; `binding` and
+/// `eviction` of Pods.
 pub fn builtin() -> Vec<ServedResource> {
     use k8s_openapi::api;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
@@ -116,7 +159,7 @@ pub fn builtin() -> Vec<ServedResource> {
         (@one $ty:ty, status) => { ServedResource::of::<$ty>().with_status() };
     }
 
-    served![
+    let mut served = served![
         api::core::v1::Pod: status,
         api::core::v1::Service: status,
         api::core::v1::Endpoints,
@@ -162,7 +205,31 @@ pub fn builtin() -> Vec<ServedResource> {
         api::admissionregistration::v1::ValidatingWebhookConfiguration,
         apiextensions::CustomResourceDefinition: status,
         apiregistration::APIService: status,
-    ]
+    ];
+    for res in &mut served {
+        let scalable = matches!(
+            (res.rt.group.as_ref(), res.rt.kind.as_ref()),
+            ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") | ("", "ReplicationController")
+        );
+        if scalable {
+            *res = res.clone().with_scale(ScalePaths::workload());
+        }
+        if res.rt.group.is_empty() && res.rt.kind == "Pod" {
+            *res = res
+                .clone()
+                .with_subresource(
+                    "binding",
+                    GroupVersionKind::new("", "v1", "Binding"),
+                    &["create"],
+                )
+                .with_subresource(
+                    "eviction",
+                    GroupVersionKind::new("policy", "v1", "Eviction"),
+                    &["create"],
+                );
+        }
+    }
+    served
 }
 
 #[cfg(test)]

@@ -379,6 +379,13 @@ fn include_object(q: &HashMap<String, String>) -> Result<IncludeObject, Error> {
         })
 }
 
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 fn wants_table(headers: &HeaderMap) -> bool {
     accept(headers)
         .split(',')
@@ -588,11 +595,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             Ok(json_response(StatusCode::OK, &body))
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let patch_type = PatchType::from_content_type(ct)?;
+            let patch_type = PatchType::from_content_type(content_type(&headers))?;
             let validation = FieldValidation::from_query(
                 q.get("fieldValidation").map(String::as_str),
                 "PatchOptions",
@@ -614,6 +617,33 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
         }
         (_, _, Some(sub)) if !res.subresources.iter().any(|x| x.name == sub) => {
             Err(not_found_error())
+        }
+        (Method::GET, Some(name), Some("scale")) => {
+            let scale = registry.get_scale(res, ns, name).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        (Method::PUT, Some(name), Some("scale")) => {
+            let body = body_json(req).await?;
+            let scale = registry.update_scale(res, ns, name, &body).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        (Method::PATCH, Some(name), Some("scale")) => {
+            let patch_type = PatchType::from_content_type(content_type(&headers))?;
+            let body = body_json(req).await?;
+            let scale = registry
+                .patch_scale(res, ns, name, patch_type, &body)
+                .await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        (Method::POST, Some(name), Some("binding")) => {
+            let body = body_json(req).await?;
+            let status = registry.bind(res, ns, name, &body).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        (Method::POST, Some(name), Some("eviction")) => {
+            let body = body_json(req).await?;
+            let status = registry.evict(res, ns, name, &body).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
         }
         (method, _, _) => Err(Error::method_not_allowed(&res.rt, method.as_str())),
     }

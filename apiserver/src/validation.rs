@@ -479,6 +479,140 @@ impl<'s> Compiler<'s> {
     }
 }
 
+/// The fields an update may not change, with Kubernetes' messages:
+///
+/// - a Pod's spec, but for the images of its containers, `activeDeadlineSeconds`,
+///   `terminationGracePeriodSeconds` and added tolerations;
+/// - the `spec.selector` of Deployments, ReplicaSets, StatefulSets and DaemonSets; the
+///   spec of a StatefulSet but for `replicas`, `ordinals`, `template`, `updateStrategy`,
+///   `persistentVolumeClaimRetentionPolicy` and `minReadySeconds`;
+/// - a Job's `selector`, `template` and `completions`;
+/// - the `data`, `binaryData` (and `stringData`) of ConfigMaps and Secrets marked
+///   `immutable`, and the mark itself;
+/// - a PersistentVolumeClaim's spec, but for `resources.requests` and
+///   `volumeAttributesClassName`.
+///
+/// Status updates are not checked (the caller passes only spec updates).
+pub fn immutable_fields(rt: &ResourceType, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let spec = |v: &Value| v.get("spec").cloned().unwrap_or(Value::Null);
+    let same = |path: &str| old.pointer(path) == new.pointer(path);
+    let immutable = |out: &mut Vec<FieldError>, path: &str, field: &str| {
+        if !same(path) {
+            let value = new.pointer(path).cloned().unwrap_or(Value::Null);
+            out.push(FieldError::invalid(field, value, "field is immutable"));
+        }
+    };
+    match (rt.group.as_ref(), rt.kind.as_ref()) {
+        ("", "Pod") => {
+            let mask = |v: &Value| {
+                let mut s = spec(v);
+                if let Some(m) = s.as_object_mut() {
+                    for f in [
+                        "activeDeadlineSeconds",
+                        "terminationGracePeriodSeconds",
+                        "tolerations",
+                    ] {
+                        m.remove(f);
+                    }
+                    for list in ["containers", "initContainers", "ephemeralContainers"] {
+                        for c in m
+                            .get_mut(list)
+                            .and_then(Value::as_array_mut)
+                            .into_iter()
+                            .flatten()
+                        {
+                            if let Some(c) = c.as_object_mut() {
+                                c.remove("image");
+                            }
+                        }
+                    }
+                }
+                s
+            };
+            let old_tolerations = old.pointer("/spec/tolerations").and_then(Value::as_array);
+            let new_tolerations = new.pointer("/spec/tolerations").and_then(Value::as_array);
+            let kept = old_tolerations
+                .into_iter()
+                .flatten()
+                .all(|t| new_tolerations.is_some_and(|n| n.contains(t)));
+            if mask(old) != mask(new) || !kept {
+                out.push(FieldError::forbidden(
+                    "spec",
+                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+        }
+        ("apps", kind @ ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")) => {
+            immutable(&mut out, "/spec/selector", "spec.selector");
+            if kind == "StatefulSet" {
+                let mask = |v: &Value| {
+                    let mut s = spec(v);
+                    if let Some(m) = s.as_object_mut() {
+                        for f in [
+                            "replicas",
+                            "ordinals",
+                            "template",
+                            "updateStrategy",
+                            "persistentVolumeClaimRetentionPolicy",
+                            "minReadySeconds",
+                            "selector",
+                        ] {
+                            m.remove(f);
+                        }
+                    }
+                    s
+                };
+                if mask(old) != mask(new) {
+                    out.push(FieldError::forbidden(
+                        "spec",
+                        "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                    ));
+                }
+            }
+        }
+        ("batch", "Job") => {
+            immutable(&mut out, "/spec/selector", "spec.selector");
+            immutable(&mut out, "/spec/template", "spec.template");
+            immutable(&mut out, "/spec/completions", "spec.completions");
+        }
+        ("", "ConfigMap" | "Secret")
+            if old.get("immutable").and_then(Value::as_bool) == Some(true) =>
+        {
+            for field in ["immutable", "data", "binaryData", "stringData"] {
+                if old.get(field) != new.get(field)
+                    && !(field == "stringData" && new.get(field).is_none())
+                {
+                    out.push(FieldError::forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            let mask = |v: &Value| {
+                let mut s = spec(v);
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("volumeAttributesClassName");
+                    if let Some(r) = m.get_mut("resources").and_then(Value::as_object_mut) {
+                        r.remove("requests");
+                    }
+                }
+                s
+            };
+            if mask(old) != mask(new) {
+                out.push(FieldError::forbidden(
+                    "spec",
+                    "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
 /// The checks Kubernetes' validation makes that the schemas do not express.
 fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
     match (rt.group.as_ref(), rt.kind.as_ref()) {

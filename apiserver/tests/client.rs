@@ -16,7 +16,9 @@ use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_core::client::{
     Api, Client, Config, DeleteOptions, Event, ListParams, Patch, WatchParams,
 };
-use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use keelson_core::k8s_openapi::api::apps::v1::Deployment;
+use keelson_core::k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec};
+use keelson_core::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use keelson_core::{DynamicObject, Error, Resource};
 use keelson_store::MemStore;
 use serde_json::json;
@@ -375,6 +377,162 @@ async fn suite(client: Client) {
         .await
         .expect("delete pod");
     assert!(typed.get_opt("p").await.expect("get").is_none());
+
+    // Immutable fields: a pod's spec (but images), a workload's selector.
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("fixed".into());
+    pod.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "c".into(),
+            image: Some("busybox:1".into()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    });
+    let created = typed.create(&pod).await.expect("create fixed");
+    let mut new_image = created.clone();
+    new_image.spec.as_mut().expect("spec").containers[0].image = Some("busybox:2".into());
+    let updated = typed
+        .replace("fixed", &new_image)
+        .await
+        .expect("an image may change");
+    let mut new_command = updated.clone();
+    new_command.spec.as_mut().expect("spec").containers[0].command = Some(vec!["sh".into()]);
+    let e = typed
+        .replace("fixed", &new_command)
+        .await
+        .expect_err("immutable");
+    assert_eq!(e.code(), 422, "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("pod updates may not change fields other than"),
+        "{e}"
+    );
+
+    // Scale.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "suite");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}))
+    .expect("deployment");
+    deployments.create(&web).await.expect("create deployment");
+    let scale = deployments.get_scale("web").await.expect("scale");
+    assert_eq!(scale.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert_eq!(
+        scale.status.as_ref().and_then(|s| s.selector.as_deref()),
+        Some("app=web")
+    );
+    let scale = deployments
+        .patch_scale("web", &Patch::Merge(json!({"spec": {"replicas": 5}})))
+        .await
+        .expect("patch scale");
+    assert_eq!(scale.spec.as_ref().and_then(|s| s.replicas), Some(5));
+    let d = deployments.get("web").await.expect("deployment");
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(5));
+    assert_eq!(d.metadata.generation, Some(2));
+    let mut negative = scale.clone();
+    negative.spec.as_mut().expect("spec").replicas = Some(-1);
+    let e = deployments
+        .replace_scale("web", &negative)
+        .await
+        .expect_err("negative");
+    assert_eq!(e.code(), 422, "{e:?}");
+    let mut moved = d.clone();
+    moved.spec.as_mut().expect("spec").selector.match_labels =
+        Some([("app".to_owned(), "other".to_owned())].into());
+    let e = deployments
+        .replace("web", &moved)
+        .await
+        .expect_err("selector is immutable");
+    assert!(e.to_string().contains("spec.selector"), "{e}");
+    let e = typed
+        .get_scale("fixed")
+        .await
+        .expect_err("pods do not scale");
+    assert!(e.is_not_found(), "{e:?}");
+
+    // Binding: a pod placed on a node, once.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "fixed"},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    let status: serde_json::Value = typed
+        .create_subresource("binding", "fixed", &binding)
+        .await
+        .expect("bind");
+    assert_eq!(status["status"], "Success");
+    let bound = typed.get("fixed").await.expect("pod");
+    assert_eq!(
+        bound.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("n1")
+    );
+    let scheduled = bound.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(scheduled
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+    let e = typed
+        .create_subresource::<_, serde_json::Value>("binding", "fixed", &binding)
+        .await
+        .expect_err("bound already");
+    assert!(
+        e.is_conflict() && e.to_string().contains("already assigned to node"),
+        "{e}"
+    );
+
+    // Eviction: refused while the disruption budget allows none, then allowed once.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "suite");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "guard"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}}))
+    .expect("pdb");
+    let pdb = budgets.create(&pdb).await.expect("create pdb");
+    let mut guarded = pod.clone();
+    guarded.metadata.name = Some("guarded".into());
+    guarded.metadata.labels = Some([("app".to_owned(), "guarded".to_owned())].into());
+    typed.create(&guarded).await.expect("create guarded");
+    let set_allowed = |allowed: i32| {
+        let budgets = budgets.clone();
+        async move {
+            let mut current = budgets.get("guard").await.expect("pdb");
+            current.status = Some(
+                serde_json::from_value(json!({
+                "observedGeneration": 1, "disruptionsAllowed": allowed,
+                "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}))
+                .expect("status"),
+            );
+            budgets
+                .replace_status("guard", &current)
+                .await
+                .expect("pdb status");
+        }
+    };
+    set_allowed(0).await;
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                          "metadata": {"name": "guarded", "namespace": "suite"}, "deleteOptions": {}});
+    let e = typed
+        .create_subresource::<_, serde_json::Value>("eviction", "guarded", &eviction)
+        .await
+        .expect_err("budget allows none");
+    assert_eq!(e.code(), 429, "{e:?}");
+    assert!(e.to_string().contains("disruption budget"), "{e}");
+    set_allowed(1).await;
+    let _: serde_json::Value = typed
+        .create_subresource("eviction", "guarded", &eviction)
+        .await
+        .expect("evicted");
+    assert!(typed.get_opt("guarded").await.expect("get").is_none());
+    let after = budgets
+        .get("guard")
+        .await
+        .expect("pdb")
+        .status
+        .expect("status");
+    assert_eq!(after.disruptions_allowed, 0);
+    assert!(after
+        .disrupted_pods
+        .unwrap_or_default()
+        .contains_key("guarded"));
+    drop(pdb);
 
     // A resource the server does not serve.
     let rt = keelson_core::ResourceType::new(

@@ -728,3 +728,35 @@ async fn a_dry_run_does_every_step_but_stores_nothing() {
     let after = f.registry.store().current_revision().await.expect("rev");
     assert_eq!(after, before + 1, "only the real create was written");
 }
+
+#[tokio::test]
+async fn an_immutable_configmap_keeps_its_data() {
+    let f = fixture().await;
+    let mut frozen = cm("frozen", json!({}));
+    frozen["immutable"] = json!(true);
+    let stored = f
+        .registry
+        .create(&f.configmaps, Some("default"), frozen)
+        .await
+        .expect("create");
+    let mut change = (*stored).clone();
+    change["data"]["k"] = json!("other");
+    let err = f
+        .registry
+        .update(&f.configmaps, Some("default"), "frozen", change, false)
+        .await
+        .expect_err("immutable");
+    assert_eq!(err.code(), 422);
+    assert!(
+        err.to_string()
+            .contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    // Labels may still change.
+    let mut relabel = (*stored).clone();
+    relabel["metadata"]["labels"] = json!({"a": "b"});
+    f.registry
+        .update(&f.configmaps, Some("default"), "frozen", relabel, false)
+        .await
+        .expect("metadata may change");
+}

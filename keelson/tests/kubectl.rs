@@ -431,6 +431,45 @@ fn kubectl_changes_objects_with_strategic_merge_patches() {
     ]);
     assert_eq!(generation, "5", "each spec change bumped the generation");
 
+    let out = c.ok(&["scale", "deployment", "web", "--replicas=4"]);
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    assert_eq!(
+        c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
+    let err = c.fails(&["scale", "configmap", "x", "--replicas=2"]);
+    assert!(!err.is_empty());
+
+    // drain: cordon (a strategic merge patch of the node), then evict its pods.
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}"#;
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(node))
+        .status
+        .success());
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"on-n1"},
+      "spec":{"nodeName":"n1","containers":[{"name":"c","image":"busybox"}]}}"#;
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(pod))
+        .status
+        .success());
+    let out = c.ok(&[
+        "drain",
+        "n1",
+        "--force",
+        "--grace-period=0",
+        "--timeout=30s",
+    ]);
+    assert!(
+        out.contains("node/n1 drained") || out.contains("node/n1 cordoned"),
+        "{out}"
+    );
+    assert_eq!(
+        c.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]),
+        "true"
+    );
+    let err = c.fails(&["get", "pod", "on-n1"]);
+    assert!(err.contains("not found"), "evicted: {err}");
+
     // A merging list element without its merge key is a 400 naming the key.
     let err = c.fails(&[
         "patch",

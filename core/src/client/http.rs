@@ -559,6 +559,35 @@ impl Transport for HttpTransport {
         self.call(Method::GET, url, None).await.map(Arc::new)
     }
 
+    async fn get_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+    ) -> Result<Arc<Value>> {
+        let url = self.path(rt, namespace, Some(name), Some(subresource));
+        self.call(Method::GET, url, None).await.map(Arc::new)
+    }
+
+    async fn create_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+    ) -> Result<Arc<Value>> {
+        let url = self.path(rt, namespace, Some(name), Some(subresource));
+        self.call(
+            Method::POST,
+            url,
+            Some(("application/json", json_body(&body)?)),
+        )
+        .await
+        .map(Arc::new)
+    }
+
     async fn list(&self, rt: &ResourceType, params: &ListParams) -> Result<ObjectList> {
         let mut q = Vec::new();
         selection_query(&params.selection, &mut q);

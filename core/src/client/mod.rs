@@ -45,6 +45,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use k8s_openapi::api::autoscaling::v1::Scale;
+
 use crate::{DynamicObject, Error, FieldSelector, LabelSelector, Resource, ResourceType, Result};
 
 #[cfg(feature = "http")]
@@ -301,8 +303,8 @@ pub type WatchStream = BoxStream<'static, Result<WatchEvent>>;
 ///
 /// Implemented by the in-process transport of `keelson-apiserver` and by
 /// [`HttpTransport`] (feature `http`); implement it to put something in between (a
-/// recorder, a fault injector). `subresource` is `None` for the object itself or
-/// `Some("status")`.
+/// recorder, a fault injector). `subresource` is `None` for the object itself, or names
+/// one (`status`, `scale`).
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Reads one object.
@@ -311,6 +313,26 @@ pub trait Transport: Send + Sync + 'static {
         rt: &ResourceType,
         namespace: Option<&str>,
         name: &str,
+    ) -> Result<Arc<Value>>;
+
+    /// Reads a subresource of an object (`status`, `scale`).
+    async fn get_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+    ) -> Result<Arc<Value>>;
+
+    /// Creates a subresource of an object (`binding` and `eviction` of a pod): returns the
+    /// server's answer, often a `Status`.
+    async fn create_subresource(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
     ) -> Result<Arc<Value>>;
 
     /// Lists objects (`params.selection.namespace` scopes it).
@@ -616,6 +638,62 @@ where
         let v = self
             .transport()
             .patch(&self.rt, self.ns(), name, Some("status"), patch)
+            .await?;
+        from_json(&v)
+    }
+
+    /// The `Scale` of a workload (`scale` subresource).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the object or its kind's scale subresource does not exist.
+    pub async fn get_scale(&self, name: &str) -> Result<Scale> {
+        let v = self
+            .transport()
+            .get_subresource(&self.rt, self.ns(), name, "scale")
+            .await?;
+        from_json(&v)
+    }
+
+    /// Sets a workload's replicas through its `Scale`.
+    ///
+    /// # Errors
+    /// As [`Api::replace`]; 422 for negative replicas.
+    pub async fn replace_scale(&self, name: &str, scale: &Scale) -> Result<Scale> {
+        let v = self
+            .transport()
+            .replace(&self.rt, self.ns(), name, Some("scale"), to_json(scale)?)
+            .await?;
+        from_json(&v)
+    }
+
+    /// Patches a workload's `Scale` (`Patch::Merge(json!({"spec": {"replicas": 3}}))`).
+    ///
+    /// # Errors
+    /// As [`Api::patch`].
+    pub async fn patch_scale(&self, name: &str, patch: &Patch) -> Result<Scale> {
+        let v = self
+            .transport()
+            .patch(&self.rt, self.ns(), name, Some("scale"), patch)
+            .await?;
+        from_json(&v)
+    }
+
+    /// Creates a subresource of an object — a pod's `binding` (what a scheduler does) or
+    /// `eviction` (what `kubectl drain` does) — and decodes the answer as `R` (a `Status`,
+    /// or [`serde_json::Value`]).
+    ///
+    /// # Errors
+    /// The subresource's own: 409 for a pod already bound, 429 for an eviction its
+    /// disruption budget does not allow, 404.
+    pub async fn create_subresource<T: Serialize, R: DeserializeOwned>(
+        &self,
+        subresource: &str,
+        name: &str,
+        body: &T,
+    ) -> Result<R> {
+        let v = self
+            .transport()
+            .create_subresource(&self.rt, self.ns(), name, subresource, to_json(body)?)
             .await?;
         from_json(&v)
     }
