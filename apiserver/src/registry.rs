@@ -40,7 +40,7 @@ pub struct Registry {
 }
 
 pub use keelson_core::client::{
-    DeleteOptions, ListParams, ObjectList, Selection, WatchEvent, WatchEventType,
+    DeleteOptions, ListParams, ObjectList, PropagationPolicy, Selection, WatchEvent, WatchEventType,
 };
 
 /// The grace period a pod's deletion waits, or `None` when it is deleted at once: pods
@@ -780,6 +780,26 @@ impl Registry {
         self.admission.run_validating(&request, &obj).await?;
         let grace = pod_grace(rt, &obj, options.grace_period_seconds);
         let dry_run = self.dry_run || options.dry_run;
+        // Foreground and orphan deletion are the garbage collector's to finish: the
+        // object stays, marked, until it removes the finalizer.
+        let finalizer = match options.propagation_policy {
+            Some(PropagationPolicy::Foreground) => Some("foregroundDeletion"),
+            Some(PropagationPolicy::Orphan) => Some("orphan"),
+            _ => None,
+        };
+        let mut marked = false;
+        if let Some(f) = finalizer {
+            if !finalizers(&obj).iter().any(|x| x == f) {
+                let m = meta_mut(&mut obj)?;
+                let list = m.entry("finalizers").or_insert_with(|| json!([]));
+                if let Value::Array(list) = list {
+                    list.push(json!(f));
+                } else {
+                    *list = json!([f]);
+                }
+                marked = true;
+            }
+        }
         if finalizers(&obj).is_empty() && grace.is_none() {
             if dry_run {
                 return Ok(Arc::new(obj));
@@ -791,14 +811,18 @@ impl Registry {
             .get("deletionGracePeriodSeconds")
             .and_then(Value::as_i64);
         // A deletion already under way only ever gets shorter.
-        if meta_str(&obj, "deletionTimestamp").is_none() || current.is_some_and(|c| grace < c) {
-            let at = now().as_second().saturating_add(grace);
-            let at = k8s_openapi::jiff::Timestamp::from_second(at)
-                .unwrap_or_else(|_| now())
-                .to_string();
-            let m = meta_mut(&mut obj)?;
-            m.insert("deletionTimestamp".into(), Value::String(at));
-            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        let starts_or_shortens =
+            meta_str(&obj, "deletionTimestamp").is_none() || current.is_some_and(|c| grace < c);
+        if starts_or_shortens || marked {
+            if starts_or_shortens {
+                let at = now().as_second().saturating_add(grace);
+                let at = k8s_openapi::jiff::Timestamp::from_second(at)
+                    .unwrap_or_else(|_| now())
+                    .to_string();
+                let m = meta_mut(&mut obj)?;
+                m.insert("deletionTimestamp".into(), Value::String(at));
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
             if dry_run {
                 return Ok(Arc::new(obj));
             }

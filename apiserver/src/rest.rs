@@ -30,6 +30,7 @@ use crate::resources::ServedResource;
 use crate::table::{self, IncludeObject};
 use crate::validation::{self, FieldValidation};
 use crate::{discovery, openapi};
+use keelson_core::client::PropagationPolicy;
 
 /// How often a watch that allows bookmarks gets one (Kubernetes sends about one a minute).
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
@@ -688,6 +689,9 @@ async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<Del
         .map_err(|_| Error::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}")))?;
     let mut options = DeleteOptions {
         grace_period_seconds: q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+        propagation_policy: q
+            .get("propagationPolicy")
+            .and_then(|p| PropagationPolicy::parse(p)),
         ..DeleteOptions::default()
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -707,6 +711,37 @@ async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<Del
     if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
         options.grace_period_seconds = Some(g);
     }
+    let policy = v.get("propagationPolicy").filter(|p| !p.is_null());
+    let orphan = v.get("orphanDependents").and_then(Value::as_bool);
+    options.propagation_policy = match (policy, orphan) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                ("meta.k8s.io", "DeleteOptions"),
+                "",
+                vec![keelson_core::FieldError::invalid(
+                    "propagationPolicy",
+                    policy.cloned().unwrap_or(Value::Null),
+                    "orphanDependents and deletionPropagation cannot be both set",
+                )],
+            ))
+        }
+        (Some(p), None) => Some(p.as_str().and_then(PropagationPolicy::parse).ok_or_else(
+            || {
+                Error::invalid(
+                    ("meta.k8s.io", "DeleteOptions"),
+                    "",
+                    vec![keelson_core::FieldError::not_supported(
+                        "propagationPolicy",
+                        p.clone(),
+                        &["Foreground", "Background", "Orphan"],
+                    )],
+                )
+            },
+        )?),
+        (None, Some(true)) => Some(PropagationPolicy::Orphan),
+        (None, Some(false)) => Some(PropagationPolicy::Background),
+        (None, None) => None,
+    };
     match v.get("dryRun") {
         None | Some(Value::Null) => {}
         Some(Value::Array(values)) => {

@@ -471,6 +471,10 @@ fn delete_options(v: Option<&Value>) -> Result<DeleteOptions, Error> {
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|x| x == "All")),
+        propagation_policy: v
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .and_then(crate::registry::PropagationPolicy::parse),
     })
 }
 

@@ -760,3 +760,67 @@ async fn an_immutable_configmap_keeps_its_data() {
         .await
         .expect("metadata may change");
 }
+
+#[tokio::test]
+async fn foreground_and_orphan_deletion_leave_the_object_to_the_garbage_collector() {
+    use keelson_apiserver::registry::PropagationPolicy;
+    let f = fixture().await;
+    for (name, policy, finalizer) in [
+        ("fg", PropagationPolicy::Foreground, "foregroundDeletion"),
+        ("or", PropagationPolicy::Orphan, "orphan"),
+    ] {
+        f.registry
+            .create(&f.configmaps, Some("default"), cm(name, json!({})))
+            .await
+            .expect("create");
+        let options = DeleteOptions {
+            propagation_policy: Some(policy),
+            ..DeleteOptions::default()
+        };
+        let marked = f
+            .registry
+            .delete(&f.configmaps, Some("default"), name, &options)
+            .await
+            .expect("delete");
+        assert_eq!(marked["metadata"]["finalizers"], json!([finalizer]));
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        // Deleting again changes nothing.
+        let again = f
+            .registry
+            .delete(&f.configmaps, Some("default"), name, &options)
+            .await
+            .expect("delete again");
+        assert_eq!(again["metadata"]["finalizers"], json!([finalizer]));
+        // The garbage collector's part: once the finalizer is gone, so is the object.
+        let mut done = (*again).clone();
+        done["metadata"]["finalizers"] = json!([]);
+        f.registry
+            .update(&f.configmaps, Some("default"), name, done, false)
+            .await
+            .expect("finalizer removed");
+        assert!(f
+            .registry
+            .get(&f.configmaps, Some("default"), name)
+            .await
+            .expect_err("gone")
+            .is_not_found());
+    }
+    // Background (the default) deletes at once.
+    f.registry
+        .create(&f.configmaps, Some("default"), cm("bg", json!({})))
+        .await
+        .expect("create");
+    let options = DeleteOptions {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteOptions::default()
+    };
+    f.registry
+        .delete(&f.configmaps, Some("default"), "bg", &options)
+        .await
+        .expect("delete");
+    assert!(f
+        .registry
+        .get(&f.configmaps, Some("default"), "bg")
+        .await
+        .is_err());
+}

@@ -721,6 +721,9 @@ impl Transport for HttpTransport {
         if options.dry_run {
             body["dryRun"] = serde_json::json!(["All"]);
         }
+        if let Some(p) = options.propagation_policy {
+            body["propagationPolicy"] = p.as_str().into();
+        }
         let url = self.path(rt, namespace, Some(name), None);
         let v = self
             .call(

@@ -193,6 +193,44 @@ pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
     /// `dryRun: ["All"]`: check everything, delete nothing.
     pub dry_run: bool,
+    /// `propagationPolicy`: what happens to the objects this one owns (`None`: the
+    /// kind's default, background).
+    pub propagation_policy: Option<PropagationPolicy>,
+}
+
+/// What deleting an object does to the objects it owns (through their
+/// `ownerReferences`), carried out by the garbage collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PropagationPolicy {
+    /// The owner goes at once; the garbage collector deletes its dependents afterwards.
+    Background,
+    /// The owner stays (with the `foregroundDeletion` finalizer) until the garbage
+    /// collector has deleted its blocking dependents.
+    Foreground,
+    /// The owner stays (with the `orphan` finalizer) until the garbage collector has
+    /// removed it from its dependents' `ownerReferences`; the dependents stay.
+    Orphan,
+}
+
+impl PropagationPolicy {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PropagationPolicy::Background => "Background",
+            PropagationPolicy::Foreground => "Foreground",
+            PropagationPolicy::Orphan => "Orphan",
+        }
+    }
+
+    /// The policy of a wire name.
+    pub fn parse(name: &str) -> Option<PropagationPolicy> {
+        match name {
+            "Background" => Some(PropagationPolicy::Background),
+            "Foreground" => Some(PropagationPolicy::Foreground),
+            "Orphan" => Some(PropagationPolicy::Orphan),
+            _ => None,
+        }
+    }
 }
 
 /// A change to apply to an object.
