@@ -288,6 +288,23 @@ fn kubectl_apply_describe_explain_watch_and_discovery_work() {
         "{described}"
     );
 
+    // describe lists the pod's events (a field selector on involvedObject).
+    let uid = c.ok(&["get", "pod", "p1", "-o", "jsonpath={.metadata.uid}"]);
+    let event = format!(
+        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"p1.1"}},"type":"Warning","reason":"FailedScheduling",
+          "message":"0/0 nodes are available","count":1,"source":{{"component":"default-scheduler"}},
+          "involvedObject":{{"apiVersion":"v1","kind":"Pod","name":"p1","namespace":"default","uid":"{uid}"}}}}"#
+    );
+    assert!(c
+        .kubectl_stdin(&["create", "-f", "-"], Some(&event))
+        .status
+        .success());
+    let described = c.ok(&["describe", "pod", "p1"]);
+    assert!(
+        described.contains("FailedScheduling") && described.contains("0/0 nodes are available"),
+        "{described}"
+    );
+
     let explained = c.ok(&["explain", "pods.spec.containers"]);
     assert!(explained.contains("FIELD: containers"), "{explained}");
     let resources = c.ok(&["api-resources"]);
