@@ -16,6 +16,7 @@ use keelson_core::{Error, ResourceType, Result};
 use serde_json::Value;
 
 use crate::auth::User;
+use crate::catalog::Entry;
 use crate::patch::PatchType;
 use crate::registry::Registry;
 use crate::resources::ServedResource;
@@ -47,14 +48,14 @@ impl ApiServer {
 }
 
 impl InProcess {
-    fn served(&self, rt: &ResourceType) -> Result<&ServedResource> {
-        self.server
-            .find(&rt.group, &rt.version, &rt.plural)
-            .ok_or_else(|| Error::NotFound {
+    fn served(&self, rt: &ResourceType) -> Result<Entry> {
+        Entry::find(self.server.served(), &rt.group, &rt.version, &rt.plural).ok_or_else(|| {
+            Error::NotFound {
                 resource: rt.group_resource(),
                 name: String::new(),
                 message: format!("the server could not find the requested resource ({rt})"),
-            })
+            }
+        })
     }
 
     /// The subresource named, if the kind serves it (`None`: the object itself).
@@ -85,7 +86,8 @@ impl Transport for InProcess {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         self.registry.get_shared(res, namespace, name).await
     }
 
@@ -96,7 +98,8 @@ impl Transport for InProcess {
         name: &str,
         subresource: &str,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         match Self::subresource(res, Some(subresource))? {
             Some("scale") => self
                 .registry
@@ -115,7 +118,8 @@ impl Transport for InProcess {
         subresource: &str,
         body: Value,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         let answer = match Self::subresource(res, Some(subresource))? {
             Some("binding") => self.registry.bind(res, namespace, name, &body).await?,
             Some("eviction") => self.registry.evict(res, namespace, name, &body).await?,
@@ -125,7 +129,8 @@ impl Transport for InProcess {
     }
 
     async fn list(&self, rt: &ResourceType, params: &ListParams) -> Result<ObjectList> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         if let Some(f) = &params.selection.fields {
             f.check_supported(rt)?;
         }
@@ -138,7 +143,8 @@ impl Transport for InProcess {
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         self.registry.create(res, namespace, object).await
     }
 
@@ -150,7 +156,8 @@ impl Transport for InProcess {
         subresource: Option<&str>,
         object: Value,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         match Self::subresource(res, subresource)? {
             Some("scale") => self
                 .registry
@@ -179,7 +186,8 @@ impl Transport for InProcess {
         subresource: Option<&str>,
         patch: &Patch,
     ) -> Result<Arc<Value>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         let patch_type = match patch {
             Patch::Merge(_) => PatchType::Merge,
             Patch::Json(_) => PatchType::Json,
@@ -212,7 +220,8 @@ impl Transport for InProcess {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Option<Arc<Value>>> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         self.registry
             .delete(res, namespace, name, options)
             .await
@@ -220,7 +229,8 @@ impl Transport for InProcess {
     }
 
     async fn watch(&self, rt: &ResourceType, params: &WatchParams) -> Result<WatchStream> {
-        let res = self.served(rt)?;
+        let entry = self.served(rt)?;
+        let res: &ServedResource = &entry;
         if let Some(f) = &params.selection.fields {
             f.check_supported(rt)?;
         }

@@ -30,6 +30,7 @@ pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod cache;
+pub mod catalog;
 mod client;
 mod defaults;
 pub mod discovery;

@@ -10,7 +10,7 @@
 //! /apis/<group>/<version>/... the same
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +24,13 @@ use futures::StreamExt;
 use keelson_core::{Error, FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 
+use crate::catalog::Catalog;
+use crate::discovery;
 use crate::patch::PatchType;
 use crate::registry::{now, DeleteOptions, ListParams, Registry, Selection, WatchEventType};
 use crate::resources::ServedResource;
 use crate::table::{self, IncludeObject};
 use crate::validation::{self, FieldValidation};
-use crate::{discovery, openapi};
 use keelson_core::client::PropagationPolicy;
 
 /// How often a watch that allows bookmarks gets one (Kubernetes sends about one a minute).
@@ -41,42 +42,15 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// The state the handlers share: the registry and what it serves.
 pub struct ApiServer {
     registry: Registry,
-    served: Vec<ServedResource>,
-    index: HashMap<(String, String, String), usize>,
-    /// The OpenAPI v3 documents (`api/v1`, `apis/<g>/<v>`) and their root, generated once.
-    openapi: BTreeMap<String, Bytes>,
-    openapi_root: Bytes,
+    catalog: parking_lot::RwLock<Arc<Catalog>>,
 }
 
 impl ApiServer {
     /// A server for `served` resources over `registry`.
     pub fn new(registry: Registry, served: Vec<ServedResource>) -> Arc<ApiServer> {
-        let index = served
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                (
-                    (
-                        s.rt.group.to_string(),
-                        s.rt.version.to_string(),
-                        s.rt.plural.to_string(),
-                    ),
-                    i,
-                )
-            })
-            .collect();
-        let docs = openapi::v3_documents(&served);
-        let openapi_root = Bytes::from(openapi::v3_root_of(&docs).to_string());
-        let openapi = docs
-            .into_iter()
-            .map(|(k, v)| (k, Bytes::from(v.to_string())))
-            .collect();
         Arc::new(ApiServer {
             registry,
-            served,
-            index,
-            openapi,
-            openapi_root,
+            catalog: parking_lot::RwLock::new(Arc::new(Catalog::new(served))),
         })
     }
 
@@ -85,15 +59,25 @@ impl ApiServer {
         &self.registry
     }
 
-    /// What is served.
-    pub fn served(&self) -> &[ServedResource] {
-        &self.served
+    /// What is served now (a snapshot: resources installed later are not in it).
+    pub fn served(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
     }
 
-    pub(crate) fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ServedResource> {
-        self.index
-            .get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
-            .map(|i| &self.served[*i])
+    /// Serves `resources` from now on, each replacing any served at its group, version
+    /// and plural: discovery, OpenAPI, and the REST paths and in-process client see them
+    /// at once.
+    pub fn install(&self, resources: Vec<ServedResource>) {
+        let mut catalog = self.catalog.write();
+        *catalog = Arc::new(catalog.with_changes(resources, |_| false));
+    }
+
+    /// Stops serving every version of `plural` in `group` (its objects stay in the store).
+    pub fn uninstall(&self, group: &str, plural: &str) {
+        let mut catalog = self.catalog.write();
+        *catalog = Arc::new(
+            catalog.with_changes(Vec::new(), |s| s.rt.group == group && s.rt.plural == plural),
+        );
     }
 }
 
@@ -207,18 +191,20 @@ fn discovery_response(
 }
 
 async fn api_root(State(s): Shared, headers: HeaderMap) -> Response {
+    let served = s.served();
     discovery_response(
         &headers,
-        || discovery::aggregated_core(&s.served),
+        || discovery::aggregated_core(&served),
         discovery::legacy_api_versions,
     )
 }
 
 async fn apis_root(State(s): Shared, headers: HeaderMap) -> Response {
+    let served = s.served();
     discovery_response(
         &headers,
-        || discovery::aggregated_groups(&s.served),
-        || discovery::legacy_group_list(&s.served),
+        || discovery::aggregated_groups(&served),
+        || discovery::legacy_group_list(&served),
     )
 }
 
@@ -232,14 +218,14 @@ fn bytes_response(body: Bytes) -> Response {
 }
 
 async fn openapi_root(State(s): Shared) -> Response {
-    bytes_response(s.openapi_root.clone())
+    bytes_response(s.served().openapi_root().clone())
 }
 
 async fn openapi_doc(
     State(s): Shared,
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Response {
-    match s.openapi.get(path.trim_end_matches('/')) {
+    match s.served().openapi(path.trim_end_matches('/')) {
         Some(doc) => bytes_response(doc.clone()),
         None => not_found().await,
     }
@@ -255,7 +241,7 @@ struct Target<'a> {
 
 /// Parses `/api/...` or `/apis/...` into a target, or answers discovery for a group or
 /// group-version path.
-fn parse_target<'a>(s: &'a ApiServer, path: &str) -> Result<Result<Target<'a>, Value>, Error> {
+fn parse_target<'a>(s: &'a Catalog, path: &str) -> Result<Result<Target<'a>, Value>, Error> {
     let segments: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -264,7 +250,7 @@ fn parse_target<'a>(s: &'a ApiServer, path: &str) -> Result<Result<Target<'a>, V
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group] => {
-            return discovery::group(&s.served, group)
+            return discovery::group(s, group)
                 .map(Err)
                 .ok_or_else(not_found_error);
         }
@@ -272,7 +258,7 @@ fn parse_target<'a>(s: &'a ApiServer, path: &str) -> Result<Result<Target<'a>, V
         _ => return Err(not_found_error()),
     };
     if rest.is_empty() {
-        return discovery::resource_list(&s.served, group, version)
+        return discovery::resource_list(s, group, version)
             .map(Err)
             .ok_or_else(not_found_error);
     }
@@ -423,7 +409,8 @@ async fn resource(State(s): Shared, req: Request) -> Response {
 
 async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
     let path = req.uri().path().to_owned();
-    let target = match parse_target(s, &path)? {
+    let catalog = s.served();
+    let target = match parse_target(&catalog, &path)? {
         Ok(t) => t,
         Err(doc) => return Ok(json_response(StatusCode::OK, &doc)),
     };
