@@ -218,7 +218,7 @@ impl Cache {
                 object,
                 prev,
             });
-            state.revision = e.revision();
+            state.revision = state.revision.max(e.revision());
             if state.history.len() == HISTORY {
                 if let Some(old) = state.history.pop_front() {
                     state.history_start = old.revision;
@@ -227,7 +227,13 @@ impl Cache {
             state.history.push_back(event.clone());
             let _ = self.tx.send(Delivery::Event(event));
             drop(state);
-            self.progress.send_replace(e.revision());
+            self.progress.send_if_modified(|r| {
+                let older = *r < e.revision();
+                if older {
+                    *r = e.revision();
+                }
+                older
+            });
         }
         Err(StoreError::Unavailable {
             reason: "the store watch ended".into(),
@@ -273,6 +279,25 @@ impl Cache {
         } else {
             None
         }
+    }
+
+    /// Records that nothing under the cache's prefix changed up to `revision` (the
+    /// registry checked the store), so reads at `revision` need not wait for an event.
+    pub fn advance(&self, revision: Revision) {
+        {
+            let mut state = self.state.write();
+            if !state.ready || state.revision >= revision {
+                return;
+            }
+            state.revision = revision;
+        }
+        self.progress.send_if_modified(|r| {
+            let older = *r < revision;
+            if older {
+                *r = revision;
+            }
+            older
+        });
     }
 
     /// Waits until the cache has seen `revision` (at most `timeout`).

@@ -17,6 +17,8 @@
 //! - `defaults`, `validation`, `allocator`, `patch`, `strategic`: Kubernetes defaulting;
 //!   required fields and unknown fields (`fieldValidation`); Service cluster IPs and node
 //!   ports; JSON merge patch, JSON patch and strategic merge patch;
+//! - `crd`: CustomResourceDefinitions — the controller that serves the kinds they
+//!   define, their validation, and the clean-up when one is deleted;
 //! - `subresources`: `scale`, `binding` and `eviction` (honouring PodDisruptionBudgets);
 //! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
@@ -32,6 +34,7 @@ pub mod auth;
 pub mod cache;
 pub mod catalog;
 mod client;
+pub mod crd;
 mod defaults;
 pub mod discovery;
 pub mod openapi;

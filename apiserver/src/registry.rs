@@ -105,7 +105,29 @@ fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
         ))
     })?;
     set_resource_version(&mut obj, kv.mod_revision);
+    // Every version of a kind stores under one key; each reads it as its own version
+    // (a CRD's conversion strategy `None`).
+    if let Some(map) = obj.as_object_mut() {
+        let same = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|a| is_api_version(a, rt));
+        if !same {
+            map.insert("apiVersion".into(), Value::String(rt.api_version()));
+        }
+    }
     Ok(obj)
+}
+
+/// Whether `api_version` is `rt`'s (`v1`, `apps/v1`), without building the string.
+fn is_api_version(api_version: &str, rt: &ResourceType) -> bool {
+    if rt.group.is_empty() {
+        return api_version == rt.version;
+    }
+    api_version
+        .strip_prefix(&*rt.group)
+        .and_then(|rest| rest.strip_prefix('/'))
+        == Some(&*rt.version)
 }
 
 fn set_resource_version(obj: &mut Value, revision: Revision) {
@@ -339,6 +361,9 @@ impl Registry {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
+        if res.validate_values {
+            res.validator().apply_defaults(&mut obj);
+        }
         let meta = meta_mut(&mut obj)?;
         let body_ns = meta
             .get("namespace")
@@ -634,6 +659,9 @@ impl Registry {
         } else {
             let mut next = obj;
             crate::defaults::apply(&rt.group, &rt.kind, &mut next);
+            if res.validate_values {
+                res.validator().apply_defaults(&mut next);
+            }
             if is_service(rt) {
                 keep_service_allocations(rt, &current, &mut next)?;
             }
@@ -981,8 +1009,38 @@ impl Registry {
             Some("0") => 0,
             Some(rv) => parse_rv(rv)?,
         };
-        cache.wait_for(target, CACHE_WAIT).await?;
-        Ok(cache)
+        if cache.wait_for(target, CATCH_UP).await.is_ok() {
+            return Ok(cache);
+        }
+        // The cache is behind the store; often only because nothing under its prefix has
+        // changed since its last event (writes went to other kinds). Ask the store what
+        // changed after what the cache has seen: events up to the target must reach the
+        // cache first; if there are none, the cache is current as of the target.
+        let prefix = res.rt.prefix(None)?;
+        let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+        loop {
+            let seen = cache.revision();
+            if seen >= target {
+                return Ok(cache);
+            }
+            let mut changes = self
+                .store
+                .watch(&prefix, seen)
+                .await
+                .map_err(|e| store_error(&res.rt, "", e))?;
+            let first = tokio::time::timeout(PROBE, changes.next()).await;
+            match first {
+                Ok(Some(Ok(e))) if e.revision() <= target => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    cache.wait_for(e.revision(), left).await?;
+                }
+                Ok(Some(Err(e))) => return Err(store_error(&res.rt, "", e)),
+                _ => {
+                    cache.advance(target);
+                    return Ok(cache);
+                }
+            }
+        }
     }
 
     /// Watches objects after `resource_version` (`None` or `"0"`: first an ADDED event for
@@ -1137,6 +1195,14 @@ fn cache_key(rt: &ResourceType) -> String {
     format!("{}/{}/{}", rt.group, rt.version, rt.plural)
 }
 
+/// How long a consistent read waits for the watch cache before asking the store whether
+/// the cache's kind changed at all.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long the store gets to show a change the watch cache has not seen (MemStore shows
+/// them at once; etcd within a round trip).
+const PROBE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How long a read waits for the watch cache to catch up before giving up.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -1243,7 +1309,10 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
 
 /// Refuses an object that lacks what Kubernetes requires, naming every missing field.
 fn check_required(res: &ServedResource, name: &str, obj: &Value) -> Result<(), Error> {
-    let causes = crate::validation::required_fields(&res.rt, res.validator(), obj);
+    let mut causes = crate::validation::required_fields(&res.rt, res.validator(), obj);
+    if res.validate_values {
+        causes.extend(res.validator().check_values(obj));
+    }
     if causes.is_empty() {
         Ok(())
     } else {

@@ -44,6 +44,10 @@ pub struct ServedResource {
     pub schema: serde_json::Value,
     /// Where the `scale` subresource reads and writes, when the kind has one.
     pub scale: Option<ScalePaths>,
+    /// Whether objects are checked against the schema's value constraints (types, enums,
+    /// ranges, patterns) and defaulted from its `default`s, as custom resources are.
+    /// Built-in kinds have their own rules instead.
+    pub validate_values: bool,
     /// The schema compiled for validation, on first use.
     compiled: Arc<OnceLock<Schema>>,
     /// The schema compiled for strategic merge (built-in kinds), on first use.
@@ -65,6 +69,7 @@ impl ServedResource {
             subresources: Vec::new(),
             schema,
             scale: None,
+            validate_values: false,
             compiled: Arc::default(),
             patch: Arc::default(),
         }

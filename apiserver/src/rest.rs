@@ -46,12 +46,16 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// A server for `served` resources over `registry`.
+    /// A server for `served` resources over `registry`. When CustomResourceDefinitions
+    /// are among them and a tokio runtime is running, the controller that serves what
+    /// CRDs define starts with it (see [`crate::crd`]).
     pub fn new(registry: Registry, served: Vec<ServedResource>) -> Arc<ApiServer> {
-        Arc::new(ApiServer {
+        let server = Arc::new(ApiServer {
             registry,
             catalog: parking_lot::RwLock::new(Arc::new(Catalog::new(served))),
-        })
+        });
+        crate::crd::start(&server);
+        server
     }
 
     /// The registry.
@@ -70,6 +74,15 @@ impl ApiServer {
     pub fn install(&self, resources: Vec<ServedResource>) {
         let mut catalog = self.catalog.write();
         *catalog = Arc::new(catalog.with_changes(resources, |_| false));
+    }
+
+    /// Serves exactly `resources` (any number of versions) for `plural` in `group`,
+    /// replacing whatever was served for them, in one step.
+    pub fn install_kind(&self, group: &str, plural: &str, resources: Vec<ServedResource>) {
+        let mut catalog = self.catalog.write();
+        *catalog = Arc::new(
+            catalog.with_changes(resources, |s| s.rt.group == group && s.rt.plural == plural),
+        );
     }
 
     /// Stops serving every version of `plural` in `group` (its objects stay in the store).

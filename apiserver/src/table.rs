@@ -119,6 +119,9 @@ pub struct UnknownIncludeObject(pub String);
 /// for Events, which lead with `Last Seen` and keep `Name` as a wide column, as the
 /// apiserver prints them. Every other kind gets `Name` and `Created At` (type `date`).
 pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
+    if !rt.printer_columns.is_empty() {
+        return custom_definitions(rt);
+    }
     printer(rt).0.iter().map(Column::definition).collect()
 }
 
@@ -128,9 +131,13 @@ pub fn column_definitions(rt: &ResourceType) -> Vec<Value> {
 /// There is one cell per column of [`column_definitions`]. Pods that have succeeded or
 /// failed also carry the row condition `Completed`, as the apiserver marks them.
 pub fn row(rt: &ResourceType, object: &Value, include: IncludeObject, now: Timestamp) -> Value {
-    let (_, cells) = printer(rt);
+    let cells = if rt.printer_columns.is_empty() {
+        (printer(rt).1)(object, now)
+    } else {
+        custom_cells(rt, object, now)
+    };
     let mut row = Map::new();
-    row.insert("cells".into(), Value::Array(cells(object, now)));
+    row.insert("cells".into(), Value::Array(cells));
     if let Some(conditions) = row_conditions(rt, object) {
         row.insert("conditions".into(), conditions);
     }
@@ -324,6 +331,103 @@ fn keep_latest(latest: &mut Option<Timestamp>, t: Option<Timestamp>) {
             *latest = Some(t);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Columns a kind declares (a CRD's additionalPrinterColumns)
+
+fn custom_definitions(rt: &ResourceType) -> Vec<Value> {
+    let mut out = vec![NAME.definition()];
+    for c in &rt.printer_columns {
+        out.push(json!({
+            "name": c.name,
+            "type": c.type_,
+            "format": c.format,
+            "description": c.description,
+            "priority": c.priority,
+        }));
+    }
+    out
+}
+
+fn custom_cells(rt: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> {
+    let mut cells = vec![json!(text(object, &["metadata", "name"]))];
+    for c in &rt.printer_columns {
+        let value = json_path(object, &c.json_path);
+        let cell = match (c.type_.as_str(), value) {
+            (_, None | Some(Value::Null)) => Value::Null,
+            ("date", Some(v)) => match v.as_str().and_then(|s| s.parse::<Timestamp>().ok()) {
+                Some(t) => json!(since(Some(t), now)),
+                None => v.clone(),
+            },
+            ("string", Some(v)) if !v.is_string() => json!(v.to_string()),
+            (_, Some(v)) => v.clone(),
+        };
+        cells.push(cell);
+    }
+    cells
+}
+
+/// Evaluates the JSONPath forms printer columns use: `.a.b`, `.a[0]`, `.a['b.c']`, and a
+/// filter picking the first matching element, `.a[?(@.type=="Ready")].status`.
+pub fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut rest = path.strip_prefix('$').unwrap_or(path);
+    let mut cur = object;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let key = &r[..end];
+            if !key.is_empty() {
+                cur = cur.get(key)?;
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = bracket_end(r)?;
+            let inner = r[..end].trim();
+            rest = &r[end + 1..];
+            if let Some(filter) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')')) {
+                let (lhs, rhs) = filter.split_once("==")?;
+                let key = lhs.trim().strip_prefix("@.")?;
+                let want = rhs.trim().trim_matches(|c| c == '"' || c == '\'');
+                cur = cur.as_array()?.iter().find(|e| {
+                    e.get(key).is_some_and(|v| match v {
+                        Value::String(s) => s == want,
+                        Value::Number(n) => n.to_string() == want,
+                        Value::Bool(b) => (if *b { "true" } else { "false" }) == want,
+                        _ => false,
+                    })
+                })?;
+            } else if let Ok(i) = inner.parse::<usize>() {
+                cur = cur.get(i)?;
+            } else if inner == "*" {
+                cur = cur.as_array()?.first()?;
+            } else {
+                cur = cur.get(inner.trim_matches(|c| c == '"' || c == '\''))?;
+            }
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// Where the `]` closing a bracket expression is (quotes and parentheses respected).
+fn bracket_end(s: &str) -> Option<usize> {
+    let mut quote = None;
+    let mut depth = 0;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ']') if depth == 0 => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------

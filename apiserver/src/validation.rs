@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use keelson_core::{CauseType, Error, FieldError, LabelSelector, ResourceType};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// How far `$ref`, `allOf`, `anyOf` and `oneOf` are followed before a schema is treated
 /// as allowing anything (guards against reference cycles).
@@ -271,6 +271,210 @@ struct Node {
     embedded_resource: bool,
     /// `items` of the first branch that has it.
     items: Option<usize>,
+    /// The value constraints of the schema itself (types, enum, ranges, lengths,
+    /// patterns, item counts), checked for custom resources.
+    checks: Option<Box<Checks>>,
+    /// The `default` of each property that has one.
+    defaults: Vec<(String, Value)>,
+}
+
+/// What a schema requires of a value besides its fields.
+#[derive(Default)]
+struct Checks {
+    /// `type` (empty: any).
+    types: Vec<String>,
+    nullable: bool,
+    int_or_string: bool,
+    enum_values: Option<Vec<Value>>,
+    /// `minimum` and whether it is exclusive.
+    minimum: Option<(f64, bool)>,
+    maximum: Option<(f64, bool)>,
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    pattern: Option<(String, regex_lite::Regex)>,
+    min_items: Option<u64>,
+    max_items: Option<u64>,
+}
+
+impl Checks {
+    fn of(schema: &Map<String, Value>) -> Option<Checks> {
+        let num = |k: &str| schema.get(k).and_then(Value::as_f64);
+        let count = |k: &str| schema.get(k).and_then(Value::as_u64);
+        // OpenAPI 3.0 marks exclusivity with a boolean; 3.1 gives the bound itself.
+        let bound = |limit: &str, exclusive: &str| match (num(limit), schema.get(exclusive)) {
+            (Some(v), Some(Value::Bool(true))) => Some((v, true)),
+            (Some(v), _) => Some((v, false)),
+            (None, Some(e)) => e.as_f64().map(|v| (v, true)),
+            (None, None) => None,
+        };
+        let types = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.clone()],
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let checks = Checks {
+            nullable: schema.get("nullable").and_then(Value::as_bool) == Some(true)
+                || types.iter().any(|t| t == "null"),
+            types: types.into_iter().filter(|t| t != "null").collect(),
+            int_or_string: flag(schema, "x-kubernetes-int-or-string"),
+            enum_values: schema.get("enum").and_then(Value::as_array).cloned(),
+            minimum: bound("minimum", "exclusiveMinimum"),
+            maximum: bound("maximum", "exclusiveMaximum"),
+            min_length: count("minLength"),
+            max_length: count("maxLength"),
+            pattern: schema
+                .get("pattern")
+                .and_then(Value::as_str)
+                .and_then(|p| regex_lite::Regex::new(p).ok().map(|r| (p.to_owned(), r))),
+            min_items: count("minItems"),
+            max_items: count("maxItems"),
+        };
+        let any = !checks.types.is_empty()
+            || checks.enum_values.is_some()
+            || checks.minimum.is_some()
+            || checks.maximum.is_some()
+            || checks.min_length.is_some()
+            || checks.max_length.is_some()
+            || checks.pattern.is_some()
+            || checks.min_items.is_some()
+            || checks.max_items.is_some();
+        any.then_some(checks)
+    }
+
+    fn check(&self, value: &Value, path: &str, out: &mut Vec<FieldError>) {
+        if value.is_null() {
+            if !self.nullable && !self.types.is_empty() {
+                out.push(FieldError::type_invalid(
+                    path,
+                    Value::Null,
+                    &format!(
+                        "{path} in body must be of type {}: \"null\"",
+                        self.types.join(",")
+                    ),
+                ));
+            }
+            return;
+        }
+        let actual = json_type(value);
+        let type_ok = self.int_or_string && matches!(actual, "integer" | "string")
+            || self.types.is_empty()
+            || self
+                .types
+                .iter()
+                .any(|t| t == actual || (t == "number" && actual == "integer"));
+        if !type_ok {
+            out.push(FieldError::type_invalid(
+                path,
+                json!(actual),
+                &format!(
+                    "{path} in body must be of type {}: \"{actual}\"",
+                    self.types.join(",")
+                ),
+            ));
+            return;
+        }
+        if let Some(allowed) = &self.enum_values {
+            if !allowed.contains(value) {
+                let names: Vec<String> = allowed
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                out.push(FieldError::not_supported(path, value.clone(), &names));
+            }
+        }
+        if let Some(n) = value.as_f64() {
+            if let Some((min, exclusive)) = self.minimum {
+                if n < min || (exclusive && n == min) {
+                    let how = if exclusive {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
+                    out.push(FieldError::invalid(
+                        path,
+                        value.clone(),
+                        &format!("{path} in body should be {how} {}", number(min)),
+                    ));
+                }
+            }
+            if let Some((max, exclusive)) = self.maximum {
+                if n > max || (exclusive && n == max) {
+                    let how = if exclusive {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
+                    out.push(FieldError::invalid(
+                        path,
+                        value.clone(),
+                        &format!("{path} in body should be {how} {}", number(max)),
+                    ));
+                }
+            }
+        }
+        if let Some(text) = value.as_str() {
+            let chars = text.chars().count() as u64;
+            if let Some(max) = self.max_length.filter(|m| chars > *m) {
+                out.push(FieldError::too_long(path, max as usize));
+            }
+            if let Some(min) = self.min_length.filter(|m| chars < *m) {
+                out.push(FieldError::invalid(
+                    path,
+                    value.clone(),
+                    &format!("{path} in body should be at least {min} chars long"),
+                ));
+            }
+            if let Some((source, pattern)) = &self.pattern {
+                if !pattern.is_match(text) {
+                    out.push(FieldError::invalid(
+                        path,
+                        value.clone(),
+                        &format!("{path} in body should match '{source}'"),
+                    ));
+                }
+            }
+        }
+        if let Some(items) = value.as_array() {
+            if let Some(max) = self.max_items.filter(|m| items.len() as u64 > *m) {
+                out.push(FieldError::too_many(path, items.len(), max as usize));
+            }
+            if let Some(min) = self.min_items.filter(|m| (items.len() as u64) < *m) {
+                out.push(FieldError::invalid(
+                    path,
+                    json!(items.len()),
+                    &format!("{path} in body should have at least {min} items"),
+                ));
+            }
+        }
+    }
+}
+
+/// The JSON Schema type of a value (`integer` for whole numbers).
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A bound as Kubernetes prints it (`100`, not `100.0`).
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -294,6 +498,100 @@ impl Schema {
         compiler.node(root);
         Schema {
             nodes: compiler.nodes,
+        }
+    }
+
+    /// The values of `object` the schema does not allow — wrong types, values outside
+    /// an `enum`, numbers out of range, strings too long or not matching their `pattern`,
+    /// lists with too many or too few items — as field errors with Kubernetes' wording.
+    /// (Custom resources are checked this way; built-in kinds by their own rules.)
+    pub fn check_values(&self, object: &Value) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        self.values(0, object, &mut String::new(), &mut out);
+        out
+    }
+
+    /// Sets every missing field that has a `default` in the schema, at every level of the
+    /// object that is present, as Kubernetes defaults custom resources.
+    pub fn apply_defaults(&self, object: &mut Value) {
+        self.defaults(0, object);
+    }
+
+    fn defaults(&self, id: usize, value: &mut Value) {
+        let node = &self.nodes[id];
+        match value {
+            Value::Object(fields) => {
+                for (name, default) in &node.defaults {
+                    if !fields.contains_key(name) {
+                        fields.insert(name.clone(), default.clone());
+                    }
+                }
+                for (key, child) in fields.iter_mut() {
+                    let next =
+                        node.properties
+                            .get(key.as_str())
+                            .copied()
+                            .or(match node.additional {
+                                Some(Additional::Schema(a)) => Some(a),
+                                _ => None,
+                            });
+                    if let Some(next) = next {
+                        if child.is_object() || child.is_array() {
+                            self.defaults(next, child);
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item) = node.items {
+                    for child in items.iter_mut().filter(|c| c.is_object() || c.is_array()) {
+                        self.defaults(item, child);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn values(&self, id: usize, value: &Value, path: &mut String, out: &mut Vec<FieldError>) {
+        let node = &self.nodes[id];
+        if let Some(checks) = &node.checks {
+            if !path.is_empty() {
+                checks.check(value, path, out);
+            }
+        }
+        match value {
+            Value::Object(fields) => {
+                let top = path.is_empty();
+                for (key, child) in fields {
+                    if top && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                        continue;
+                    }
+                    let next =
+                        node.properties
+                            .get(key.as_str())
+                            .copied()
+                            .or(match node.additional {
+                                Some(Additional::Schema(a)) => Some(a),
+                                _ => None,
+                            });
+                    if let Some(next) = next {
+                        let len = push_key(path, key);
+                        self.values(next, child, path, out);
+                        path.truncate(len);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item) = node.items {
+                    for (i, child) in items.iter().enumerate() {
+                        let len = push_index(path, i);
+                        self.values(item, child, path, out);
+                        path.truncate(len);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -436,6 +734,7 @@ impl<'s> Compiler<'s> {
         self.walker.branches(schema, false, 0, &mut all);
         let mut node = Node {
             required,
+            checks: schema.as_object().and_then(Checks::of).map(Box::new),
             ..Node::default()
         };
         let mut properties: Vec<(&'s str, &'s Value)> = Vec::new();
@@ -461,6 +760,9 @@ impl<'s> Compiler<'s> {
             }
         }
         for (name, prop) in properties {
+            if let Some(default) = prop.get("default") {
+                node.defaults.push((name.to_owned(), default.clone()));
+            }
             let child = self.node(prop);
             node.properties.insert(name.to_owned(), child);
         }
@@ -628,6 +930,7 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
             }
         }
         ("", "Service") => service(object, out),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::validate(object, out),
         ("apps", kind @ ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")) => {
             workload(kind, object.get("spec"), out);
         }

@@ -369,3 +369,52 @@ async fn an_offered_object_is_taken_instead_of_decoding_the_write() {
     // An offer for a revision the cache has passed is dropped.
     cache.offer(1, &offered);
 }
+
+#[tokio::test]
+async fn a_consistent_list_of_an_idle_kind_does_not_wait_for_writes_to_other_kinds() {
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let namespaces = ServedResource::of::<Namespace>();
+    let configmaps = ServedResource::of::<ConfigMap>();
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
+    registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("warm the namespaces' cache");
+    // Writes to another kind move the store's revision past the namespaces' cache.
+    for n in 0..20 {
+        registry
+            .create(
+                &configmaps,
+                Some("default"),
+                json!({"metadata": {"name": format!("c{n}")}}),
+            )
+            .await
+            .expect("configmap");
+    }
+    let started = std::time::Instant::now();
+    let list = registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("a consistent list");
+    assert_eq!(list.items.len(), 1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    let current = registry.store().current_revision().await.expect("revision");
+    assert_eq!(list.resource_version, current.to_string());
+    // A write to the idle kind still shows up in the next consistent list.
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "other"}}))
+        .await
+        .expect("namespace");
+    let list = registry
+        .list(&namespaces, &ListParams::default())
+        .await
+        .expect("list");
+    assert_eq!(list.items.len(), 2);
+}

@@ -60,7 +60,7 @@ pub use fields::{
 };
 pub use gvk::{GroupKind, GroupResource, GroupVersionKind};
 pub use labels::{validate_label_key, validate_label_value, LabelSelector, Operator, Requirement};
-pub use resource::{Resource, ResourceType, Scope, CORE_GROUP_SEGMENT, KEY_ROOT};
+pub use resource::{PrinterColumn, Resource, ResourceType, Scope, CORE_GROUP_SEGMENT, KEY_ROOT};
 
 pub use k8s_openapi;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

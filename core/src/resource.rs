@@ -90,6 +90,27 @@ pub struct ResourceType {
     /// use (`spec.nodeName` for pods). For kinds that are not built in, each is a dotted
     /// path into the object (as a CRD's `selectableFields`, without the leading dot).
     pub selectable_fields: Vec<Cow<'static, str>>,
+    /// The columns `kubectl get` shows beyond the name (a CRD's
+    /// `additionalPrinterColumns`); empty for built-in kinds, which have their own.
+    pub printer_columns: Vec<PrinterColumn>,
+}
+
+/// A column of a kind's Table, as a CRD's `additionalPrinterColumns` declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PrinterColumn {
+    /// The header (`Replicas`).
+    pub name: String,
+    /// The OpenAPI type: `integer`, `number`, `string`, `boolean` or `date`.
+    pub type_: String,
+    /// An OpenAPI format hint (`int32`, `byte`, ...), or empty.
+    pub format: String,
+    /// What the column shows.
+    pub description: String,
+    /// 0 for `kubectl get`, more for `-o wide` only.
+    pub priority: i32,
+    /// A simple JSONPath into the object (`.spec.replicas`,
+    /// `.status.conditions[?(@.type=="Ready")].status`).
+    pub json_path: String,
 }
 
 impl ResourceType {
@@ -117,6 +138,7 @@ impl ResourceType {
             short_names: Vec::new(),
             categories: Vec::new(),
             selectable_fields,
+            printer_columns: Vec::new(),
         }
     }
 
@@ -155,6 +177,12 @@ impl ResourceType {
         fields: impl IntoIterator<Item = S>,
     ) -> Self {
         extend_unique(&mut self.selectable_fields, fields);
+        self
+    }
+
+    /// The kind with the Table columns `kubectl get` shows after the name.
+    pub fn with_printer_columns(mut self, columns: Vec<PrinterColumn>) -> Self {
+        self.printer_columns = columns;
         self
     }
 

@@ -564,6 +564,95 @@ fn kubectl_dry_run_server_and_diff_store_nothing() {
 }
 
 #[test]
+fn kubectl_works_with_a_custom_resource_definition() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+      "metadata":{"name":"widgets.example.com"},
+      "spec":{"group":"example.com","scope":"Namespaced",
+        "names":{"plural":"widgets","singular":"widget","kind":"Widget","shortNames":["wd"]},
+        "versions":[{"name":"v1","served":true,"storage":true,
+          "schema":{"openAPIV3Schema":{"type":"object","properties":{"spec":{"type":"object",
+            "properties":{"size":{"type":"integer","maximum":10,"description":"How big the widget is."},
+                          "color":{"type":"string","enum":["red","green"],"default":"red"}}}}}},
+          "subresources":{"status":{}},
+          "additionalPrinterColumns":[{"name":"Size","type":"integer","jsonPath":".spec.size"},
+                                      {"name":"Color","type":"string","jsonPath":".spec.color"}]}]}}"#;
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(crd));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/widgets.example.com",
+    ]);
+    let widget = r#"{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"w1"},"spec":{"size":3}}"#;
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(widget));
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("widget.example.com/w1 created"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = c.ok(&["get", "wd"]);
+    assert!(
+        table.contains("SIZE")
+            && table.contains("COLOR")
+            && table.contains("w1")
+            && table.contains("red"),
+        "{table}"
+    );
+    let explained = c.ok(&["explain", "widget.spec.size"]);
+    assert!(explained.contains("How big the widget is."), "{explained}");
+    let too_big = widget
+        .replace(r#""size":3"#, r#""size":30"#)
+        .replace("w1", "w2");
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(&too_big));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("spec.size in body should be less than or equal to 10"),
+        "{err}"
+    );
+    // A strategic merge patch of a custom resource is refused, as on Kubernetes; merge works.
+    let err = c.fails(&["patch", "widget", "w1", "-p", r#"{"spec":{"size":4}}"#]);
+    assert!(
+        err.contains("application/strategic-merge-patch+json is not supported by example.com/v1, Kind=Widget"),
+        "{err}"
+    );
+    c.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":4}}"#,
+    ]);
+    assert_eq!(
+        c.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"]),
+        "4"
+    );
+    let out = c.ok(&["delete", "crd", "widgets.example.com", "--timeout=20s"]);
+    assert!(out.contains("deleted"), "{out}");
+    // (kubectl's discovery cache may still name the kind; the server no longer serves it.)
+    let err = c.fails(&["get", "widgets"]);
+    assert!(
+        err.contains("the server doesn't have a resource type")
+            || err.contains("the server could not find the requested resource"),
+        "{err}"
+    );
+}
+
+#[test]
 fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
     if !kubectl_available() {
         return;
