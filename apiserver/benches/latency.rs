@@ -21,7 +21,8 @@
 //! charged for the requests that wait for a free connection (no coordinated omission, as
 //! wrk2 does). tokio's timer has a 1 ms resolution, so a request may be written up to about
 //! 1 ms after its planned time; that wait is in the figures too. The service time (from
-//! the write of the request to its response) is reported beside it.
+//! the write of the request to its response) is reported beside it, and so is when the
+//! requests slower than 20 ms were due (a stall of the write path shows as one burst).
 //!
 //! Goal (issue 3): p99 ≤ 50 ms at 2,000 creates/s (the Kubernetes SLO for mutating calls
 //! is 1 s at p99).
@@ -38,6 +39,9 @@ use keelson_store::MemStore;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// Requests slower than this (from their planned time) are listed by when they were due.
+const SLOW: Duration = Duration::from_millis(20);
 
 struct Args {
     quick: bool,
@@ -243,6 +247,8 @@ struct Report {
     failures: u64,
     /// From `t0` to the last response.
     span: Duration,
+    /// When the requests slower than [`SLOW`] were planned, from `t0`, in order.
+    slow: Vec<Duration>,
     /// CPU seconds by thread name during the run.
     cpu: BTreeMap<String, f64>,
     /// The wall time `cpu` is measured over.
@@ -278,10 +284,11 @@ async fn run(addr: SocketAddr, args: &Args, count: usize) -> Report {
                 let (mut latency, mut service) = (histogram(), histogram());
                 let mut body = Vec::new();
                 let mut last = t0;
+                let mut slow = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
-                        return (latency, service, last);
+                        return (latency, service, last, slow);
                     }
                     #[allow(clippy::cast_precision_loss)]
                     let planned = t0 + Duration::from_secs_f64(i as f64 / rate);
@@ -293,6 +300,9 @@ async fn run(addr: SocketAddr, args: &Args, count: usize) -> Report {
                     if status == 201 {
                         record(&mut latency, last - planned);
                         record(&mut service, last - written);
+                        if last - planned > SLOW {
+                            slow.push(planned - t0);
+                        }
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
                         eprintln!("create failed: {status} {}", String::from_utf8_lossy(&body));
@@ -302,12 +312,15 @@ async fn run(addr: SocketAddr, args: &Args, count: usize) -> Report {
         })
         .collect();
     let (mut latency, mut service, mut last) = (histogram(), histogram(), t0);
+    let mut slow = Vec::new();
     for t in tasks {
-        let (l, s, at) = t.await.expect("client task");
+        let (l, s, at, sl) = t.await.expect("client task");
         latency.add(l).expect("merge histograms");
         service.add(s).expect("merge histograms");
         last = last.max(at);
+        slow.extend(sl);
     }
+    slow.sort();
     let cpu_after = cpu_by_thread();
     let wall = cpu_started.elapsed();
     let cpu = cpu_after
@@ -322,6 +335,7 @@ async fn run(addr: SocketAddr, args: &Args, count: usize) -> Report {
         service,
         failures: failures.load(Ordering::Relaxed),
         span: last.saturating_duration_since(t0),
+        slow,
         cpu,
         wall,
     }
@@ -413,6 +427,30 @@ fn main() {
             ms(h.max())
         );
     }
+    // When the slow requests were due: one stall shows as one burst.
+    let mut bursts: Vec<(f64, f64, usize)> = Vec::new();
+    for at in &r.slow {
+        let at = at.as_secs_f64();
+        match bursts.last_mut() {
+            Some((_, end, n)) if at - *end < 0.1 => {
+                *end = at;
+                *n += 1;
+            }
+            _ => bursts.push((at, at, 1)),
+        }
+    }
+    let shown: Vec<String> = bursts
+        .iter()
+        .take(10)
+        .map(|(from, to, n)| format!("{n} at {from:.2}-{to:.2} s"))
+        .collect();
+    println!(
+        "\nrequests over {} ms: {}{}{}",
+        SLOW.as_millis(),
+        r.slow.len(),
+        if shown.is_empty() { "" } else { ": " },
+        shown.join(", ")
+    );
     let p99 = ms(r.latency.value_at_quantile(0.99));
     #[allow(clippy::cast_precision_loss)]
     let kept_up = achieved >= 0.98 * args.rate && r.failures == 0;
