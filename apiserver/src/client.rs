@@ -192,6 +192,20 @@ impl Transport for InProcess {
             Patch::Merge(_) => PatchType::Merge,
             Patch::Json(_) => PatchType::Json,
             Patch::Strategic(_) => PatchType::Strategic,
+            Patch::Apply {
+                config,
+                field_manager,
+                force,
+            } => {
+                if subresource.is_some() {
+                    return Err(Error::method_not_allowed(&res.rt, "apply"));
+                }
+                return self
+                    .registry
+                    .apply(res, namespace, name, config.clone(), field_manager, *force)
+                    .await
+                    .map(|(obj, _)| obj);
+            }
         };
         match Self::subresource(res, subresource)? {
             Some("scale") => self

@@ -30,6 +30,7 @@
 
 pub mod admission;
 pub mod allocator;
+pub mod apply;
 pub mod auth;
 pub mod cache;
 pub mod catalog;

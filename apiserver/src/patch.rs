@@ -28,6 +28,7 @@ impl PatchType {
             _ => Err(Error::unsupported_media_type(&[
                 "application/json-patch+json",
                 "application/merge-patch+json",
+                "application/apply-patch+yaml",
                 "application/strategic-merge-patch+json",
             ])),
         }
@@ -56,6 +57,7 @@ impl PatchType {
                 None => Err(Error::unsupported_media_type(&[
                     "application/json-patch+json",
                     "application/merge-patch+json",
+                    "application/apply-patch+yaml",
                 ])),
             },
         }

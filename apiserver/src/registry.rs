@@ -37,6 +37,8 @@ pub struct Registry {
     user: Arc<User>,
     /// `dryRun=All`: every step of a write but storing it.
     dry_run: bool,
+    /// The `fieldManager` writes are recorded for in `managedFields`.
+    field_manager: Option<Arc<str>>,
 }
 
 pub use keelson_core::client::{
@@ -271,7 +273,80 @@ impl Registry {
             admission: Arc::default(),
             user: Arc::new(User::loopback()),
             dry_run: false,
+            field_manager: None,
         }
+    }
+
+    /// The same registry, recording the fields its writes change as `manager`'s in
+    /// `metadata.managedFields` (see [`crate::apply`]).
+    #[must_use]
+    pub fn with_field_manager(&self, manager: Option<&str>) -> Registry {
+        Registry {
+            field_manager: manager.filter(|m| !m.is_empty()).map(Arc::from),
+            ..self.clone()
+        }
+    }
+
+    /// Server-side apply: merges `config` into the object as `manager`'s configuration
+    /// (creating the object when it does not exist), or refuses with a 409 naming the
+    /// fields another manager owns, unless `force`. Returns the object and whether it was
+    /// created.
+    ///
+    /// # Errors
+    /// 409 for conflicts; 400 when the configuration names another object; as
+    /// [`Registry::create`] and [`Registry::update`].
+    pub async fn apply(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<(Arc<Value>, bool), Error> {
+        let rt = &res.rt;
+        check_type(rt, &mut config)?;
+        let meta = meta_mut(&mut config)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(Error::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("name".into(), Value::String(name.to_owned()));
+            }
+        }
+        let plain = self.with_field_manager(None);
+        for attempt in 0.. {
+            let current = match self.get(res, namespace, name).await {
+                Ok(c) => Some(c),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            let mut next = crate::apply::apply(res, current.as_ref(), &config, manager, force)?;
+            let written = match &current {
+                None => plain.create(res, namespace, next).await.map(|o| (o, true)),
+                Some(current) => {
+                    if let (Some(rv), Some(m)) = (
+                        current.pointer("/metadata/resourceVersion").cloned(),
+                        next.get_mut("metadata").and_then(Value::as_object_mut),
+                    ) {
+                        m.insert("resourceVersion".into(), rv);
+                    }
+                    plain
+                        .update_in_mode(res, namespace, name, next, UpdateMode::Object)
+                        .await
+                        .map(|o| (o, false))
+                }
+            };
+            match written {
+                Err(e) if (e.is_conflict() || e.is_already_exists()) && attempt < 5 => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// The same registry, with writes that do everything (defaulting, admission,
@@ -443,6 +518,9 @@ impl Registry {
             meta.remove(field);
         }
         initial_status(res, &mut obj);
+        if let Some(manager) = &self.field_manager {
+            crate::apply::record_update(res, None, &mut obj, manager, "");
+        }
         let request = AdmissionRequest {
             operation: Operation::Create,
             user: &self.user,
@@ -707,6 +785,10 @@ impl Registry {
             next
         };
         let mut next = next;
+        if let Some(manager) = &self.field_manager {
+            let subresource = if status_only { "status" } else { "" };
+            crate::apply::record_update(res, Some(&current), &mut next, manager, subresource);
+        }
         let request = AdmissionRequest {
             operation: Operation::Update,
             user: &self.user,

@@ -36,6 +36,9 @@ use keelson_core::client::PropagationPolicy;
 /// How often a watch that allows bookmarks gets one (Kubernetes sends about one a minute).
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
+/// The media type of server-side apply.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
 /// The largest request body accepted (as Kubernetes: 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -413,6 +416,26 @@ async fn body_json(req: Request) -> Result<Value, Error> {
         .map_err(|e| Error::bad_request(format!("error decoding the request body: {e}")))
 }
 
+/// An apply body: YAML (JSON is YAML too).
+async fn body_yaml_or_json(req: Request) -> Result<Value, Error> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Error::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}")))?;
+    if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::bad_request("error decoding the request body: not UTF-8"))?;
+    let v: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| Error::bad_request(format!("error decoding YAML: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::bad_request(
+            "error decoding YAML: the apply configuration must be an object",
+        ));
+    }
+    Ok(v)
+}
+
 async fn resource(State(s): Shared, req: Request) -> Response {
     match handle(&s, req).await {
         Ok(resp) => resp,
@@ -436,6 +459,7 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
         Some(user) => s.registry.as_user(user.clone()),
         None => s.registry.clone(),
     };
+    let registry = registry.with_field_manager(q.get("fieldManager").map(String::as_str));
     let registry = &match q.get("dryRun").map(String::as_str) {
         None | Some("") => registry,
         Some("All") => registry.with_dry_run(true),
@@ -595,7 +619,50 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             });
             Ok(json_response(StatusCode::OK, &body))
         }
+        (Method::PATCH, Some(name), None) if content_type(&headers).starts_with(APPLY_PATCH) => {
+            let manager = q
+                .get("fieldManager")
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        ("meta.k8s.io", "PatchOptions"),
+                        "",
+                        vec![keelson_core::FieldError::required(
+                            "fieldManager",
+                            "is required for apply patch",
+                        )],
+                    )
+                })?
+                .clone();
+            let force = q.get("force").is_some_and(|f| f == "true");
+            let validation = FieldValidation::from_query(
+                q.get("fieldValidation").map(String::as_str),
+                "PatchOptions",
+            )?;
+            let body = body_yaml_or_json(req).await?;
+            let warnings = unknown_fields(res, validation, &body)?;
+            let (obj, created) = registry
+                .with_field_manager(None)
+                .apply(res, ns, name, body, &manager, force)
+                .await?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(with_warnings(obj_response(status, &obj), &warnings))
+        }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+            if q.get("force").is_some_and(|f| f == "true") {
+                return Err(Error::invalid(
+                    ("meta.k8s.io", "PatchOptions"),
+                    "",
+                    vec![keelson_core::FieldError::forbidden(
+                        "force",
+                        "may not be specified for non-apply patch",
+                    )],
+                ));
+            }
             let patch_type = PatchType::from_content_type(content_type(&headers))?;
             let validation = FieldValidation::from_query(
                 q.get("fieldValidation").map(String::as_str),

@@ -111,6 +111,27 @@ impl PatchSchema {
     fn items(&self, node: Option<usize>) -> Option<usize> {
         node.and_then(|n| self.nodes.get(n)).and_then(|n| n.items)
     }
+
+    /// The node of field `name` under `node`, and how the field's lists merge:
+    /// `Some(key)` by that merge key, `Some("")` as a set of scalars, `None` whole.
+    pub(crate) fn child(
+        &self,
+        node: Option<usize>,
+        name: &str,
+    ) -> (Option<usize>, Option<&'static str>) {
+        let f = self.field(node, name);
+        let list = match f.list {
+            ListMerge::Replace => None,
+            ListMerge::ByKey(k) => Some(k),
+            ListMerge::Set => Some(""),
+        };
+        (f.node, list)
+    }
+
+    /// The node of a list's elements.
+    pub(crate) fn element(&self, node: Option<usize>) -> Option<usize> {
+        self.items(node)
+    }
 }
 
 struct Compiler<'s> {

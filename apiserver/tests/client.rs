@@ -229,6 +229,52 @@ async fn suite(client: Client) {
         .expect("json patch");
     assert_eq!(patched.data.expect("data")["k"], "json");
 
+    // Server-side apply: create, conflict, force, and removal of what a manager drops.
+    let apply = |manager: &str, data: serde_json::Value, force: bool| Patch::Apply {
+        config: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": data}),
+        field_manager: manager.to_owned(),
+        force,
+    };
+    let created = cms
+        .patch(
+            "applied",
+            &apply("alice", json!({"a": "1", "b": "2"}), false),
+        )
+        .await
+        .expect("apply creates");
+    assert_eq!(created.data.as_ref().map(|d| d.len()), Some(2));
+    let managers = created.metadata.managed_fields.clone().unwrap_or_default();
+    assert_eq!(managers.len(), 1);
+    assert_eq!(
+        (
+            managers[0].manager.as_deref(),
+            managers[0].operation.as_deref()
+        ),
+        (Some("alice"), Some("Apply"))
+    );
+    let e = cms
+        .patch("applied", &apply("bob", json!({"a": "9"}), false))
+        .await
+        .expect_err("conflict");
+    assert_eq!(e.code(), 409, "{e:?}");
+    assert!(
+        e.to_string().contains(r#"conflict with "alice""#) && e.to_string().contains(".data.a"),
+        "{e}"
+    );
+    let forced = cms
+        .patch("applied", &apply("bob", json!({"a": "9"}), true))
+        .await
+        .expect("forced");
+    assert_eq!(forced.data.as_ref().map(|d| d["a"].as_str()), Some("9"));
+    // Alice stops applying b (and no longer owns a): b goes, a stays bob's.
+    let after = cms
+        .patch("applied", &apply("alice", json!({}), false))
+        .await
+        .expect("apply less");
+    let data = after.data.unwrap_or_default();
+    assert_eq!(data.get("a").map(String::as_str), Some("9"));
+    assert!(!data.contains_key("b"), "{data:?}");
+
     // Validation errors keep their causes.
     let e = cms
         .create(&configmap("Not_A_Name", "x"))

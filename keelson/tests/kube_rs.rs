@@ -117,7 +117,7 @@ async fn kube_rs_lists_watches_writes_and_runs_a_controller() {
         .expect("an object");
     assert_eq!(later.name_any(), "later");
 
-    // The patch types (server-side apply comes with issue 4's second part).
+    // The patch types.
     let merged = cms
         .patch(
             "c0",
@@ -145,6 +145,38 @@ async fn kube_rs_lists_watches_writes_and_runs_a_controller() {
         .await
         .expect("json patch");
     assert_eq!(patched.data.expect("data")["k"], "json");
+
+    // Server-side apply, with a conflict and a forced apply.
+    let applied = cms
+        .patch(
+            "applied",
+            &PatchParams::apply("kube-test"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "applied"}, "data": {"x": "1"}})),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(applied.data.expect("data")["x"], "1");
+    let conflict = cms
+        .patch(
+            "applied",
+            &PatchParams::apply("other"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "applied"}, "data": {"x": "2"}})),
+        )
+        .await;
+    match conflict {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    cms.patch(
+        "applied",
+        &PatchParams::apply("other").force(),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "applied"}, "data": {"x": "2"}})),
+    )
+    .await
+    .expect("forced apply");
 
     // A stale replace is a 409.
     let mut stale = all.items[1].clone();

@@ -538,6 +538,74 @@ fn kubectl_works_with_a_custom_resource_definition() {
 }
 
 #[test]
+fn kubectl_apply_server_side_tracks_owners_and_reports_conflicts() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"owned"},"data":{"a":"1","b":"2"}}"#;
+    let out = c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(cm));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("configmap/owned serverside-applied"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = c.ok(&[
+        "get",
+        "configmap",
+        "owned",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
+    assert!(
+        yaml.contains("manager: kubectl") && yaml.contains("operation: Apply"),
+        "{yaml}"
+    );
+    // Another manager changes a field the applier owns...
+    c.ok(&[
+        "patch",
+        "configmap",
+        "owned",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"a":"changed"}}"#,
+    ]);
+    // ...so applying the old value again is a conflict, until forced.
+    let out = c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(cm));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("conflict") && err.contains(".data.a"),
+        "{err}"
+    );
+    let out = c.kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(cm),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&["get", "configmap", "owned", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    // Dropping a field from the configuration removes it.
+    let less = cm.replace(r#","b":"2""#, "");
+    assert!(c
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&less))
+        .status
+        .success());
+    assert_eq!(
+        c.ok(&["get", "configmap", "owned", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1"}"#
+    );
+}
+
+#[test]
 fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
     if !kubectl_available() {
         return;

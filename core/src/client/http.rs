@@ -691,7 +691,19 @@ impl Transport for HttpTransport {
         subresource: Option<&str>,
         patch: &Patch,
     ) -> Result<Arc<Value>> {
-        let url = self.path(rt, namespace, Some(name), subresource);
+        let mut url = self.path(rt, namespace, Some(name), subresource);
+        if let Patch::Apply {
+            field_manager,
+            force,
+            ..
+        } = patch
+        {
+            let mut q = vec![("fieldManager", field_manager.clone())];
+            if *force {
+                q.push(("force", "true".to_owned()));
+            }
+            url = with_query(url, &q);
+        }
         self.call(
             Method::PATCH,
             url,

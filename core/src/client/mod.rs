@@ -244,6 +244,17 @@ pub enum Patch {
     /// (`containers` by `name`), with the `$patch`, `$retainKeys`, `$setElementOrder` and
     /// `$deleteFromPrimitiveList` directives.
     Strategic(Value),
+    /// Server-side apply: `config` is `field_manager`'s whole intent for the object; the
+    /// server merges it, removes what the manager no longer sets, and refuses (409)
+    /// changes to fields other managers own unless `force`. Creates a missing object.
+    Apply {
+        /// The configuration (with `apiVersion`, `kind` and `metadata.name`).
+        config: Value,
+        /// Who applies (`fieldManager`).
+        field_manager: String,
+        /// Take over fields other managers own.
+        force: bool,
+    },
 }
 
 impl Patch {
@@ -253,6 +264,7 @@ impl Patch {
             Patch::Merge(_) => "application/merge-patch+json",
             Patch::Json(_) => "application/json-patch+json",
             Patch::Strategic(_) => "application/strategic-merge-patch+json",
+            Patch::Apply { .. } => "application/apply-patch+yaml",
         }
     }
 
@@ -260,6 +272,7 @@ impl Patch {
     pub fn body(&self) -> &Value {
         match self {
             Patch::Merge(v) | Patch::Json(v) | Patch::Strategic(v) => v,
+            Patch::Apply { config, .. } => config,
         }
     }
 }
