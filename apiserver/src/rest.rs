@@ -46,7 +46,13 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct ApiServer {
     registry: Registry,
     catalog: parking_lot::RwLock<Arc<Catalog>>,
+    /// The JSON of objects being sent to watchers, by object: every watcher of an event
+    /// gets the same shared object, so it is encoded once, not once per watcher.
+    encoded: parking_lot::Mutex<HashMap<usize, (std::sync::Weak<Value>, Bytes)>>,
 }
+
+/// How many encoded objects the watch memo keeps before starting afresh.
+const ENCODED_MEMO: usize = 4096;
 
 impl ApiServer {
     /// A server for `served` resources over `registry`. When CustomResourceDefinitions
@@ -56,6 +62,7 @@ impl ApiServer {
         let server = Arc::new(ApiServer {
             registry,
             catalog: parking_lot::RwLock::new(Arc::new(Catalog::new(served))),
+            encoded: parking_lot::Mutex::default(),
         });
         crate::crd::start(&server);
         server
@@ -86,6 +93,26 @@ impl ApiServer {
         *catalog = Arc::new(
             catalog.with_changes(resources, |s| s.rt.group == group && s.rt.plural == plural),
         );
+    }
+
+    /// The JSON of a shared object, encoded once for all the watchers it goes to.
+    fn encoded(&self, object: &Arc<Value>) -> Bytes {
+        let key = Arc::as_ptr(object) as usize;
+        if let Some((weak, bytes)) = self.encoded.lock().get(&key) {
+            if weak.upgrade().is_some_and(|o| Arc::ptr_eq(&o, object)) {
+                return bytes.clone();
+            }
+        }
+        let bytes = Bytes::from(serde_json::to_vec(object.as_ref()).unwrap_or_default());
+        let mut memo = self.encoded.lock();
+        if memo.len() >= ENCODED_MEMO {
+            memo.retain(|_, (weak, _)| weak.strong_count() > 0);
+            if memo.len() >= ENCODED_MEMO {
+                memo.clear();
+            }
+        }
+        memo.insert(key, (Arc::downgrade(object), bytes.clone()));
+        bytes
     }
 
     /// Stops serving every version of `plural` in `group` (its objects stay in the store).
@@ -862,6 +889,7 @@ async fn watch(
     let as_table = wants_table(headers);
     let include = include_object(q)?;
     let rt = res.rt.clone();
+    let server = s.clone();
     let mut first = true;
     let lines = events.filter_map(move |e| {
         let object = if as_table {
@@ -876,11 +904,29 @@ async fn watch(
         } else {
             e.object
         };
-        let mut line = serde_json::to_vec(&json!({ "type": e.kind.as_str(), "object": object }))
-            .unwrap_or_default();
-        line.push(b'\n');
-        futures::future::ready(Some(Ok::<_, std::convert::Infallible>(Bytes::from(line))))
+        let encoded = match e.kind {
+            // The objects the cache shares: encoded once for every watcher.
+            WatchEventType::Added | WatchEventType::Modified | WatchEventType::Deleted
+                if !as_table =>
+            {
+                server.encoded(&object)
+            }
+            _ => Bytes::from(serde_json::to_vec(object.as_ref()).unwrap_or_default()),
+        };
+        let kind = e.kind.as_str();
+        let mut line = Vec::with_capacity(encoded.len() + kind.len() + 24);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&encoded);
+        line.extend_from_slice(b"}\n");
+        futures::future::ready(Some(line))
     });
+    // Events that are ready together go out as one chunk: one write for a watcher that
+    // has fallen a little behind, not one per event.
+    let lines = lines
+        .ready_chunks(64)
+        .map(|chunk| Ok::<_, std::convert::Infallible>(Bytes::from(chunk.concat())));
     let body = match timeout {
         Some(t) => {
             let deadline = tokio::time::sleep(t);
