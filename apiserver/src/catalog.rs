@@ -20,13 +20,37 @@ pub struct Catalog {
     served: Vec<ServedResource>,
     index: HashMap<(String, String, String), usize>,
     /// The OpenAPI v3 documents (`api/v1`, `apis/<g>/<v>`), and their root.
-    openapi: BTreeMap<String, Bytes>,
+    openapi: BTreeMap<String, Document>,
     openapi_root: Bytes,
+}
+
+/// One OpenAPI document, serialized, with the hash its root entry carries.
+#[derive(Clone)]
+struct Document {
+    json: Bytes,
+    hash: String,
+}
+
+impl Document {
+    fn of(doc: &serde_json::Value) -> Document {
+        Document {
+            json: Bytes::from(doc.to_string()),
+            hash: openapi::content_hash(doc),
+        }
+    }
 }
 
 impl Catalog {
     /// The catalog of `served` (OpenAPI documents generated now).
     pub fn new(served: Vec<ServedResource>) -> Catalog {
+        let docs = openapi::v3_documents(&served)
+            .into_iter()
+            .map(|(k, v)| (k, Document::of(&v)))
+            .collect();
+        Catalog::assemble(served, docs)
+    }
+
+    fn assemble(served: Vec<ServedResource>, openapi: BTreeMap<String, Document>) -> Catalog {
         let index = served
             .iter()
             .enumerate()
@@ -41,12 +65,14 @@ impl Catalog {
                 )
             })
             .collect();
-        let docs = openapi::v3_documents(&served);
-        let openapi_root = Bytes::from(openapi::v3_root_of(&docs).to_string());
-        let openapi = docs
-            .into_iter()
-            .map(|(k, v)| (k, Bytes::from(v.to_string())))
+        let paths: serde_json::Map<String, serde_json::Value> = openapi
+            .iter()
+            .map(|(key, doc)| {
+                let url = format!("/openapi/v3/{key}?hash={}", doc.hash);
+                (key.clone(), serde_json::json!({ "serverRelativeURL": url }))
+            })
             .collect();
+        let openapi_root = Bytes::from(serde_json::json!({ "paths": paths }).to_string());
         Catalog {
             served,
             index,
@@ -64,7 +90,7 @@ impl Catalog {
 
     /// The OpenAPI v3 document at `path` (`api/v1`, `apis/apps/v1`).
     pub fn openapi(&self, path: &str) -> Option<&Bytes> {
-        self.openapi.get(path)
+        self.openapi.get(path).map(|d| &d.json)
     }
 
     /// The OpenAPI v3 root document (`/openapi/v3`).

@@ -141,7 +141,7 @@ pub fn v3_documents(served: &[ServedResource]) -> BTreeMap<String, Value> {
 }
 
 /// `api/v1` for the core group, `apis/<group>/<version>` otherwise.
-fn document_key(group: &str, version: &str) -> String {
+pub(crate) fn document_key(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -237,8 +237,8 @@ impl Components {
     /// The kind's schema gets its `x-kubernetes-group-version-kind`.
     fn add_kind(&mut self, resource: &ServedResource) -> String {
         let name = definition_name(resource);
-        let root = match &resource.schema {
-            Value::Object(_) => resource.schema.clone(),
+        let root = match resource.schema.as_ref() {
+            Value::Object(_) => (*resource.schema).clone(),
             // A kind without a usable schema still gets an entry kubectl can find.
             _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         };

@@ -40,8 +40,9 @@ pub struct ServedResource {
     pub verbs: Vec<String>,
     /// Its subresources.
     pub subresources: Vec<Subresource>,
-    /// The kind's JSON schema (draft 2020-12, with `$defs`), as [`Resource::schema`] gives it.
-    pub schema: serde_json::Value,
+    /// The kind's JSON schema (draft 2020-12, with `$defs`), as [`Resource::schema`] gives
+    /// it; shared, so serving one more kind copies no schema.
+    pub schema: Arc<serde_json::Value>,
     /// Where the `scale` subresource reads and writes, when the kind has one.
     pub scale: Option<ScalePaths>,
     /// Whether objects are checked against the schema's value constraints (types, enums,
@@ -67,7 +68,7 @@ impl ServedResource {
             rt,
             verbs: STANDARD_VERBS.iter().map(|v| (*v).to_owned()).collect(),
             subresources: Vec::new(),
-            schema,
+            schema: Arc::new(schema),
             scale: None,
             validate_values: false,
             compiled: Arc::default(),
