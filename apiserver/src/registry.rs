@@ -383,6 +383,39 @@ impl Registry {
         self
     }
 
+    /// Compacts the store's history every `interval`, to the revision it had one interval
+    /// before — so watchers and paginated lists keep at least one interval of history,
+    /// and memory does not grow with every write ever made. Kubernetes' apiserver does the
+    /// same every 5 minutes. The task stops when the returned handle is aborted or the
+    /// store fails.
+    pub fn start_compactor(&self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut previous: Option<Revision> = None;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let current = match store.current_revision().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the compactor stops: the store is unavailable");
+                        return;
+                    }
+                };
+                if let Some(target) = previous.filter(|r| *r > 0) {
+                    match store.compact(target).await {
+                        Ok(()) => {
+                            tracing::debug!(revision = target, "compacted the store's history")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not compact the store"),
+                    }
+                }
+                previous = Some(current);
+            }
+        })
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

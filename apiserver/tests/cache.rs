@@ -418,3 +418,40 @@ async fn a_consistent_list_of_an_idle_kind_does_not_wait_for_writes_to_other_kin
         .expect("list");
     assert_eq!(list.items.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_compactor_keeps_one_interval_of_history() {
+    let store = Arc::new(MemStore::ephemeral());
+    let registry = Registry::new(store.clone());
+    let namespaces = ServedResource::of::<Namespace>();
+    let compactor = registry.start_compactor(std::time::Duration::from_secs(300));
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "a"}}))
+        .await
+        .expect("namespace");
+    let early = store.current_revision().await.expect("revision");
+    // The first tick only records where history stands; the next compacts to it.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "b"}}))
+        .await
+        .expect("namespace");
+    assert!(
+        store.watch("/registry/", 0).await.is_ok(),
+        "nothing compacted yet"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(301)).await;
+    tokio::task::yield_now().await;
+    match store.watch("/registry/", early - 1).await {
+        Err(keelson_store::StoreError::Compacted { .. }) => {}
+        other => panic!(
+            "expected history before {early} to be compacted, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    assert!(
+        store.watch("/registry/", early).await.is_ok(),
+        "one interval kept"
+    );
+    compactor.abort();
+}

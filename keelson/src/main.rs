@@ -99,6 +99,8 @@ async fn up(
         );
     }
     let registry = Registry::new(Arc::new(store));
+    // Keep five minutes of history, as Kubernetes' apiserver compacts etcd.
+    let _compactor = registry.start_compactor(std::time::Duration::from_secs(300));
     let server = ApiServer::new(registry, resources::builtin());
     let namespaces = server
         .served()
