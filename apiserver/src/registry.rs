@@ -121,6 +121,28 @@ fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
     Ok(obj)
 }
 
+/// Trims every map and list of an object that the watch cache will keep to its length:
+/// maps grown by doubling while the object was built hold up to twice the memory they need,
+/// for as long as the object is cached.
+fn shrink(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for v in map.values_mut() {
+                shrink(v);
+            }
+            let exact: Map<String, Value> = std::mem::take(map).into_iter().collect();
+            *map = exact;
+        }
+        Value::Array(items) => {
+            for v in items.iter_mut() {
+                shrink(v);
+            }
+            items.shrink_to_fit();
+        }
+        _ => {}
+    }
+}
+
 /// Whether `api_version` is `rt`'s (`v1`, `apps/v1`), without building the string.
 fn is_api_version(api_version: &str, rt: &ResourceType) -> bool {
     if rt.group.is_empty() {
@@ -626,7 +648,8 @@ impl Registry {
 
     /// Hands a just-written object to the kind's watch cache, so that its event needs no
     /// decoding, and returns it shared.
-    fn offer(&self, rt: &ResourceType, revision: Revision, obj: Value) -> Arc<Value> {
+    fn offer(&self, rt: &ResourceType, revision: Revision, mut obj: Value) -> Arc<Value> {
+        shrink(&mut obj);
         let obj = Arc::new(obj);
         let running = self.caches.lock().get(&cache_key(rt)).cloned();
         if let Some(cache) = running {
