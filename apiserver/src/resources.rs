@@ -57,8 +57,12 @@ pub struct ServedResource {
 
 impl ServedResource {
     /// A resource of a Rust kind, served with the standard verbs and no subresources.
+    /// A kind that is not built in gets its values checked against its schema and
+    /// defaulted from it, as a CRD's objects are.
     pub fn of<K: Resource>() -> ServedResource {
-        ServedResource::new(K::resource_type(), K::schema())
+        let mut res = ServedResource::new(K::resource_type(), K::schema());
+        res.validate_values = !crate::openapi::definition_name(&res).starts_with("io.k8s.");
+        res
     }
 
     /// A resource described at run time (a CRD's kind), with the standard verbs and no
