@@ -207,6 +207,36 @@ pub fn validate(crd: &Value, out: &mut Vec<FieldError>) {
         ));
     }
     for (i, v) in versions.iter().enumerate() {
+        if let Some(scale) = v.pointer("/subresources/scale") {
+            let at = format!("spec.versions[{i}].subresources.scale");
+            for (field, prefix) in [
+                ("specReplicasPath", ".spec."),
+                ("statusReplicasPath", ".status."),
+            ] {
+                let value = text(scale, &format!("/{field}"));
+                if value.is_empty() {
+                    out.push(FieldError::required(format!("{at}.{field}"), ""));
+                } else if !value.starts_with(prefix) || value.len() == prefix.len() {
+                    out.push(FieldError::invalid(
+                        format!("{at}.{field}"),
+                        value,
+                        &format!(
+                            "should be a json path under {}",
+                            prefix.trim_end_matches('.')
+                        ),
+                    ));
+                }
+            }
+            let selector = text(scale, "/labelSelectorPath");
+            let under = selector.starts_with(".spec.") || selector.starts_with(".status.");
+            if !selector.is_empty() && !under {
+                out.push(FieldError::invalid(
+                    format!("{at}.labelSelectorPath"),
+                    selector,
+                    "should be a json path under either .spec or .status",
+                ));
+            }
+        }
         let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
         match v.pointer("/schema/openAPIV3Schema") {
             None => out.push(FieldError::required(path, "schemas are required")),

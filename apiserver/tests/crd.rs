@@ -233,6 +233,7 @@ async fn a_crd_that_is_not_structural_is_refused() {
         ["size"] = json!({"minimum": 1});
     v["spec"]["versions"][1]["storage"] = json!(true);
     v["metadata"]["name"] = json!("gadgets.example.com");
+    v["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] = json!("replicas");
     crd = serde_json::from_value(v).expect("crd");
     let e = crds.create(&crd).await.expect_err("not structural");
     assert_eq!(e.code(), 422, "{e}");
@@ -246,6 +247,10 @@ async fn a_crd_that_is_not_structural_is_refused() {
         "{text}"
     );
     assert!(text.contains("metadata.name"), "{text}");
+    assert!(
+        text.contains("subresources.scale.specReplicasPath"),
+        "{text}"
+    );
 }
 
 mod rust_kind {
