@@ -488,6 +488,11 @@ impl Registry {
         namespace: Option<&str>,
         mut obj: Value,
     ) -> Result<Arc<Value>, Error> {
+        if let Some(view) = &res.view {
+            let stored =
+                Box::pin(self.create(&view.storage, namespace, (view.to_storage)(obj))).await?;
+            return Ok(Arc::new((view.from_storage)((*stored).clone())));
+        }
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
@@ -668,6 +673,10 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, Error> {
+        if let Some(view) = &res.view {
+            let stored = Box::pin(self.get(&view.storage, namespace, name)).await?;
+            return Ok((view.from_storage)(stored));
+        }
         let rt = &res.rt;
         let key = rt.key(namespace, name)?;
         let kv = self
@@ -689,6 +698,12 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Arc<Value>, Error> {
+        if let Some(view) = &res.view {
+            let stored = self
+                .get_shared_rt(&view.storage.rt, namespace, name)
+                .await?;
+            return Ok(Arc::new((view.from_storage)((*stored).clone())));
+        }
         self.get_shared_rt(&res.rt, namespace, name).await
     }
 
@@ -752,6 +767,17 @@ impl Registry {
         mut obj: Value,
         mode: UpdateMode,
     ) -> Result<Arc<Value>, Error> {
+        if let Some(view) = &res.view {
+            let stored = Box::pin(self.update_in_mode(
+                &view.storage,
+                namespace,
+                name,
+                (view.to_storage)(obj),
+                mode,
+            ))
+            .await?;
+            return Ok(Arc::new((view.from_storage)((*stored).clone())));
+        }
         let status_only = mode == UpdateMode::Status;
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
@@ -912,6 +938,10 @@ impl Registry {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Arc<Value>, Error> {
+        if let Some(view) = &res.view {
+            let stored = Box::pin(self.delete(&view.storage, namespace, name, options)).await?;
+            return Ok(Arc::new((view.from_storage)((*stored).clone())));
+        }
         let rt = &res.rt;
         let key = rt.key(namespace, name)?;
         let kv = self.get_kv(rt, &key, name).await?;
@@ -1039,6 +1069,15 @@ impl Registry {
         res: &ServedResource,
         params: &ListParams,
     ) -> Result<ObjectList, Error> {
+        if let Some(view) = &res.view {
+            let mut list = Box::pin(self.list(&view.storage, params)).await?;
+            list.items = list
+                .items
+                .into_iter()
+                .map(|o| Arc::new((view.from_storage)((*o).clone())))
+                .collect();
+            return Ok(list);
+        }
         let rt = &res.rt;
         // Whole lists (no page size, or any version will do) come from the watch cache.
         let from_cache = params.continue_token.as_deref().is_none_or(str::is_empty)
@@ -1213,6 +1252,45 @@ impl Registry {
         send_initial_events: bool,
         bookmark_every: Option<std::time::Duration>,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static, Error> {
+        let Some(view) = res.view.clone() else {
+            return self
+                .watch_stored(
+                    res,
+                    selection,
+                    resource_version,
+                    send_initial_events,
+                    bookmark_every,
+                )
+                .await;
+        };
+        let events = self
+            .watch_stored(
+                &view.storage,
+                selection,
+                resource_version,
+                send_initial_events,
+                bookmark_every,
+            )
+            .await?;
+        Ok(events
+            .map(move |e| match e.kind {
+                WatchEventType::Error => e,
+                kind => WatchEvent {
+                    kind,
+                    object: Arc::new((view.from_storage)((*e.object).clone())),
+                },
+            })
+            .boxed())
+    }
+
+    async fn watch_stored(
+        &self,
+        res: &ServedResource,
+        selection: Selection,
+        resource_version: Option<&str>,
+        send_initial_events: bool,
+        bookmark_every: Option<std::time::Duration>,
+    ) -> Result<futures::stream::BoxStream<'static, WatchEvent>, Error> {
         let rt = res.rt.clone();
         let rv = resource_version.filter(|rv| !rv.is_empty() && *rv != "0");
         let mut head: Vec<WatchEvent> = Vec::new();

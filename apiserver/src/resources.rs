@@ -45,6 +45,9 @@ pub struct ServedResource {
     pub schema: Arc<serde_json::Value>,
     /// Where the `scale` subresource reads and writes, when the kind has one.
     pub scale: Option<ScalePaths>,
+    /// Another resource whose storage this one shares, converting objects on the way in
+    /// and out (events.k8s.io/v1 Events are core/v1 Events underneath, as in Kubernetes).
+    pub view: Option<Arc<StorageView>>,
     /// Whether objects are checked against the schema's value constraints (types, enums,
     /// ranges, patterns) and defaulted from its `default`s, as custom resources are.
     /// Built-in kinds have their own rules instead.
@@ -74,6 +77,7 @@ impl ServedResource {
             subresources: Vec::new(),
             schema: Arc::new(schema),
             scale: None,
+            view: None,
             validate_values: false,
             compiled: Arc::default(),
             patch: Arc::default(),
@@ -124,6 +128,59 @@ impl ServedResource {
             &["get", "patch", "update"],
         )
     }
+}
+
+/// How a resource stored as another one converts to and from it.
+#[derive(Debug)]
+pub struct StorageView {
+    /// The resource objects are stored as.
+    pub storage: ServedResource,
+    /// This resource's object as the storage's.
+    pub to_storage: fn(serde_json::Value) -> serde_json::Value,
+    /// The storage's object as this resource's.
+    pub from_storage: fn(serde_json::Value) -> serde_json::Value,
+}
+
+/// Renames top-level fields of an object (`from` → `to`) and sets its type.
+fn rename(
+    mut v: serde_json::Value,
+    api_version: &str,
+    kind: &str,
+    pairs: &[(&str, &str)],
+) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        for (from, to) in pairs {
+            if let Some(x) = m.remove(*from) {
+                m.insert((*to).to_owned(), x);
+            }
+        }
+        m.insert(
+            "apiVersion".into(),
+            serde_json::Value::String(api_version.into()),
+        );
+        m.insert("kind".into(), serde_json::Value::String(kind.into()));
+    }
+    v
+}
+
+/// The fields events.k8s.io/v1 names differently from core/v1.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("reportingController", "reportingComponent"),
+];
+
+fn event_to_core(v: serde_json::Value) -> serde_json::Value {
+    rename(v, "v1", "Event", EVENT_FIELDS)
+}
+
+fn event_from_core(v: serde_json::Value) -> serde_json::Value {
+    let back: Vec<(&str, &str)> = EVENT_FIELDS.iter().map(|(a, b)| (*b, *a)).collect();
+    rename(v, "events.k8s.io/v1", "Event", &back)
 }
 
 /// Where a kind keeps what its `scale` subresource shows, as JSON pointers (a CRD's
@@ -223,6 +280,13 @@ pub fn builtin() -> Vec<ServedResource> {
         );
         if scalable {
             *res = res.clone().with_scale(ScalePaths::workload());
+        }
+        if res.rt.group == "events.k8s.io" && res.rt.kind == "Event" {
+            res.view = Some(Arc::new(StorageView {
+                storage: ServedResource::of::<k8s_openapi::api::core::v1::Event>(),
+                to_storage: event_to_core,
+                from_storage: event_from_core,
+            }));
         }
         if res.rt.group.is_empty() && res.rt.kind == "Pod" {
             *res = res

@@ -580,6 +580,46 @@ async fn suite(client: Client) {
         .contains_key("guarded"));
     drop(pdb);
 
+    // events.k8s.io/v1 Events are core/v1 Events underneath, as in Kubernetes.
+    let new_events = Api::dynamic(
+        client.clone(),
+        &keelson_core::k8s_openapi::api::events::v1::Event::resource_type(),
+        Some("suite"),
+    );
+    let core_events = Api::dynamic(
+        client.clone(),
+        &keelson_core::k8s_openapi::api::core::v1::Event::resource_type(),
+        Some("suite"),
+    );
+    let mut ev = DynamicObject::new(
+        &keelson_core::k8s_openapi::api::events::v1::Event::resource_type(),
+        "e1",
+    );
+    ev.data = json!({"eventTime": "2026-11-25T10:00:00.000000Z", "reason": "Scheduled",
+        "note": "assigned suite/p to n1", "type": "Normal", "action": "Binding",
+        "reportingController": "default-scheduler", "reportingInstance": "s1",
+        "regarding": {"kind": "Pod", "name": "p", "namespace": "suite"}});
+    let created = new_events
+        .create(&ev)
+        .await
+        .expect("create an events.k8s.io event");
+    assert_eq!(created.data["note"], "assigned suite/p to n1");
+    let as_core = core_events.get("e1").await.expect("read as core/v1");
+    assert_eq!(as_core.api_version, "v1");
+    assert_eq!(as_core.data["message"], "assigned suite/p to n1");
+    assert_eq!(as_core.data["involvedObject"]["name"], "p");
+    assert_eq!(as_core.data["reportingComponent"], "default-scheduler");
+    let listed = new_events.list(&ListParams::default()).await.expect("list");
+    assert!(listed
+        .items
+        .iter()
+        .any(|e| e.data["regarding"]["name"] == "p"));
+    new_events
+        .delete("e1", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    assert!(core_events.get_opt("e1").await.expect("get").is_none());
+
     // A resource the server does not serve.
     let rt = keelson_core::ResourceType::new(
         "example.com",
