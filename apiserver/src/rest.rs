@@ -430,15 +430,12 @@ async fn body_json(req: Request) -> Result<Value, Error> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if ct.contains("protobuf") {
-        return Err(Error::unsupported_media_type(&[
-            "application/json",
-            "application/yaml",
-        ]));
-    }
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| Error::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}")))?;
+    if ct.starts_with(crate::protobuf::MEDIA_TYPE) {
+        return crate::protobuf::decode(&bytes);
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_request(format!("error decoding the request body: {e}")))
 }

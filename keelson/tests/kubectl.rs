@@ -606,6 +606,97 @@ fn kubectl_apply_server_side_tracks_owners_and_reports_conflicts() {
 }
 
 #[test]
+fn kubectl_create_generators_send_protobuf_and_work() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let out = c.ok(&["create", "namespace", "dev"]);
+    assert!(out.contains("namespace/dev created"), "{out}");
+    let out = c.ok(&[
+        "-n",
+        "dev",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ]);
+    assert!(out.contains("configmap/settings created"), "{out}");
+    let out = c.ok(&[
+        "-n",
+        "dev",
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "--from-literal=key=s3cr3t",
+    ]);
+    assert!(out.contains("secret/token created"), "{out}");
+    let out = c.ok(&[
+        "-n",
+        "dev",
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=2",
+        "--port=80",
+    ]);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let out = c.ok(&[
+        "-n",
+        "dev",
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+    ]);
+    assert!(out.contains("service/web created"), "{out}");
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "dev",
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "fast"
+    );
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "dev",
+            "get",
+            "secret",
+            "token",
+            "-o",
+            "jsonpath={.data.key}"
+        ]),
+        "czNjcjN0"
+    );
+    assert_eq!(
+        c.ok(&["-n", "dev", "get", "deploy", "web", "-o",
+               "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]),
+        "2 nginx:1.27 80"
+    );
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "dev",
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort}"
+        ]),
+        "80 8080"
+    );
+}
+
+#[test]
 fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
     if !kubectl_available() {
         return;
