@@ -43,6 +43,9 @@ pub fn decode(body: &[u8]) -> Result<Value, Error> {
         ("v1", "Secret") => secret(decode_as(&raw)?, &mut left),
         ("v1", "Service") => service(decode_as(&raw)?, &mut left),
         ("apps/v1", "Deployment") => deployment(decode_as(&raw)?, &mut left),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            access_review(decode_as(&raw)?, &mut left)
+        }
         _ => return Err(unsupported(&format!("{api_version} {kind} bodies"))),
     };
     if !left.is_empty() {
@@ -524,6 +527,42 @@ fn deployment(mut d: apps::Deployment, left: &mut Vec<String>) -> Value {
     }
     d.status = None;
     leftover(&d, "Deployment", left);
+    Value::Object(out)
+}
+
+fn access_review(
+    mut r: k8s_pb::api::authorization::v1::SelfSubjectAccessReview,
+    left: &mut Vec<String>,
+) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "metadata".into(),
+        metadata(r.metadata.take(), "metadata", left),
+    );
+    let mut spec = Map::new();
+    if let Some(mut s) = r.spec.take() {
+        if let Some(mut a) = s.resource_attributes.take() {
+            let mut o = Map::new();
+            put(&mut o, "namespace", json!(nz(a.namespace.take())));
+            put(&mut o, "verb", json!(nz(a.verb.take())));
+            put(&mut o, "group", json!(nz(a.group.take())));
+            put(&mut o, "version", json!(nz(a.version.take())));
+            put(&mut o, "resource", json!(nz(a.resource.take())));
+            put(&mut o, "subresource", json!(nz(a.subresource.take())));
+            put(&mut o, "name", json!(nz(a.name.take())));
+            leftover(&a, "spec.resourceAttributes", left);
+            spec.insert("resourceAttributes".into(), Value::Object(o));
+        }
+        if let Some(mut a) = s.non_resource_attributes.take() {
+            let o = json!({"path": nz(a.path.take()), "verb": nz(a.verb.take())});
+            leftover(&a, "spec.nonResourceAttributes", left);
+            spec.insert("nonResourceAttributes".into(), o);
+        }
+        leftover(&s, "spec", left);
+    }
+    out.insert("spec".into(), Value::Object(spec));
+    r.status = None;
+    leftover(&r, "SelfSubjectAccessReview", left);
     Value::Object(out)
 }
 

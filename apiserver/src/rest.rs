@@ -440,6 +440,44 @@ async fn body_json(req: Request) -> Result<Value, Error> {
         .map_err(|e| Error::bad_request(format!("error decoding the request body: {e}")))
 }
 
+/// Where `kubectl auth can-i` asks whether it may do something.
+const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+/// Answers a SelfSubjectAccessReview. Keelson has no authorizer yet (RBAC comes with the
+/// controllers), so every authenticated request is allowed, and the review says so.
+async fn self_subject_access_review(req: Request) -> Result<Response, Error> {
+    if req.method() != Method::POST {
+        return Err(Error::MethodNotAllowed {
+            resource: keelson_core::GroupResource::new(
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews",
+            ),
+            message: format!(
+                "{} is not supported on selfsubjectaccessreviews.authorization.k8s.io: only create is",
+                req.method()
+            ),
+        });
+    }
+    let mut review = body_json(req).await?;
+    if !review.get("spec").is_some_and(Value::is_object) {
+        return Err(Error::invalid(
+            ("authorization.k8s.io", "SelfSubjectAccessReview"),
+            "",
+            vec![keelson_core::FieldError::required(
+                "spec.resourceAttributes",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            )],
+        ));
+    }
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    review["status"] = json!({
+        "allowed": true,
+        "reason": "no authorizer is configured: every authenticated request is allowed",
+    });
+    Ok(json_response(StatusCode::CREATED, &review))
+}
+
 /// An apply body: YAML (JSON is YAML too).
 async fn body_yaml_or_json(req: Request) -> Result<Value, Error> {
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
@@ -469,6 +507,9 @@ async fn resource(State(s): Shared, req: Request) -> Response {
 
 async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
     let path = req.uri().path().to_owned();
+    if path.trim_end_matches('/') == SELF_SUBJECT_ACCESS_REVIEWS {
+        return self_subject_access_review(req).await;
+    }
     let catalog = s.served();
     let target = match parse_target(&catalog, &path)? {
         Ok(t) => t,

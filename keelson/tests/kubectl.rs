@@ -694,6 +694,14 @@ fn kubectl_create_generators_send_protobuf_and_work() {
         ]),
         "80 8080"
     );
+    // `auth can-i` posts a SelfSubjectAccessReview (as protobuf); with no authorizer
+    // configured, an authenticated user may do anything.
+    assert_eq!(c.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
+    assert_eq!(
+        c.ok(&["auth", "can-i", "delete", "deployments", "-n", "dev"])
+            .trim(),
+        "yes"
+    );
 }
 
 #[test]
