@@ -266,14 +266,16 @@ fn now_rfc3339() -> String {
 
 /// Whether anything but metadata and status differs (what bumps `generation`).
 fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| -> Map<String, Value> {
-        let mut m = v.as_object().cloned().unwrap_or_default();
-        for k in ["metadata", "status", "apiVersion", "kind"] {
-            m.remove(k);
-        }
-        m
+    const NOT_SPEC: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
+    let empty = Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let differs = |a: &Map<String, Value>, b: &Map<String, Value>| {
+        a.iter()
+            .filter(|(k, _)| !NOT_SPEC.contains(&k.as_str()))
+            .any(|(k, v)| b.get(k) != Some(v))
     };
-    strip(old) != strip(new)
+    differs(old, new) || differs(new, old)
 }
 
 fn has_status(res: &ServedResource) -> bool {
@@ -648,13 +650,14 @@ impl Registry {
             }
         };
         set_resource_version(&mut obj, kv.mod_revision);
+        // A new object is trimmed to its length: it may stay cached for a long time.
+        shrink(&mut obj);
         Ok(self.offer(rt, kv.mod_revision, obj))
     }
 
     /// Hands a just-written object to the kind's watch cache, so that its event needs no
     /// decoding, and returns it shared.
-    fn offer(&self, rt: &ResourceType, revision: Revision, mut obj: Value) -> Arc<Value> {
-        shrink(&mut obj);
+    fn offer(&self, rt: &ResourceType, revision: Revision, obj: Value) -> Arc<Value> {
         let obj = Arc::new(obj);
         let running = self.caches.lock().get(&cache_key(rt)).cloned();
         if let Some(cache) = running {
