@@ -767,8 +767,23 @@ impl Registry {
         res: &ServedResource,
         namespace: Option<&str>,
         name: &str,
+        obj: Value,
+        mode: UpdateMode,
+    ) -> Result<Arc<Value>, Error> {
+        self.update_after_read(res, namespace, name, obj, mode, None)
+            .await
+    }
+
+    /// [`Registry::update_in_mode`], given the stored version already read (and decoded)
+    /// by the caller, as a patch has it.
+    async fn update_after_read(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
         mut obj: Value,
         mode: UpdateMode,
+        read: Option<(KeyValue, Value)>,
     ) -> Result<Arc<Value>, Error> {
         if let Some(view) = &res.view {
             let stored = Box::pin(self.update_in_mode(
@@ -785,8 +800,14 @@ impl Registry {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         let key = rt.key(namespace, name)?;
-        let current_kv = self.get_kv(rt, &key, name).await?;
-        let current = decode(rt, &current_kv)?;
+        let (current_kv, current) = match read {
+            Some(read) => read,
+            None => {
+                let kv = self.get_kv(rt, &key, name).await?;
+                let current = decode(rt, &kv)?;
+                (kv, current)
+            }
+        };
         let body_meta = meta_mut(&mut obj)?;
         if let Some(body_name) = body_meta
             .get("name")
@@ -1051,11 +1072,30 @@ impl Registry {
         status_only: bool,
     ) -> Result<Arc<Value>, Error> {
         let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+        let mode = if status_only {
+            UpdateMode::Status
+        } else {
+            UpdateMode::Object
+        };
         let mut attempts = 0;
         loop {
-            let mut object = self.get(res, namespace, name).await?;
-            patch_type.apply(res, &mut object, patch)?;
-            match self.update(res, namespace, name, object, status_only).await {
+            let written = if res.view.is_some() {
+                let mut object = self.get(res, namespace, name).await?;
+                patch_type.apply(res, &mut object, patch)?;
+                self.update_in_mode(res, namespace, name, object, mode)
+                    .await
+            } else {
+                // The version read is the one the update checks against: read and
+                // decode it once.
+                let rt = &res.rt;
+                let kv = self.get_kv(rt, &rt.key(namespace, name)?, name).await?;
+                let current = decode(rt, &kv)?;
+                let mut object = current.clone();
+                patch_type.apply(res, &mut object, patch)?;
+                self.update_after_read(res, namespace, name, object, mode, Some((kv, current)))
+                    .await
+            };
+            match written {
                 Err(e) if e.is_conflict() && !pinned && attempts < 5 => attempts += 1,
                 other => return other,
             }
