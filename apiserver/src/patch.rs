@@ -34,7 +34,8 @@ impl PatchType {
         }
     }
 
-    /// Applies `patch` to `target`, an object of the kind `res` serves.
+    /// Applies `patch` to `target`, an object of the kind `res` serves. On error,
+    /// `target` may be half patched: pass a copy.
     ///
     /// # Errors
     /// 400 for a malformed patch; 422 for a JSON patch that does not apply (a failed
@@ -53,7 +54,8 @@ impl PatchType {
             }
             PatchType::Json => json_patch(target, patch),
             PatchType::Strategic => match res.patch_schema() {
-                Some(schema) => crate::strategic::apply(schema, target, patch),
+                // The registry patches a copy of its own: no second copy is needed.
+                Some(schema) => crate::strategic::apply_in_place(schema, target, patch),
                 None => Err(Error::unsupported_media_type(&[
                     "application/json-patch+json",
                     "application/merge-patch+json",

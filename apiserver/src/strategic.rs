@@ -238,16 +238,30 @@ fn bad(message: impl Into<String>) -> Error {
 /// 400 for a patch that is not an object, an unknown `$patch` value, a merging list
 /// element without its merge key, or malformed directives.
 pub fn apply(schema: &PatchSchema, target: &mut Value, patch: &Value) -> Result<(), Error> {
+    let mut copy = target.clone();
+    apply_in_place(schema, &mut copy, patch)?;
+    *target = copy;
+    Ok(())
+}
+
+/// [`apply`] without the copy that keeps `target` unchanged on error: for a caller whose
+/// `target` is a throwaway copy already (the registry's patch).
+pub(crate) fn apply_in_place(
+    schema: &PatchSchema,
+    target: &mut Value,
+    patch: &Value,
+) -> Result<(), Error> {
     let Value::Object(patch) = patch else {
         return Err(bad("a strategic merge patch must be a JSON object"));
     };
-    let mut doc = match target {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(doc) = target else {
+        return Ok(());
     };
-    match merge_map(schema, Some(0), &mut doc, patch)? {
-        Outcome::Keep => *target = Value::Object(doc),
-        Outcome::Delete => *target = Value::Object(Map::new()),
+    if let Outcome::Delete = merge_map(schema, Some(0), doc, patch)? {
+        *target = Value::Object(Map::new());
     }
     Ok(())
 }
