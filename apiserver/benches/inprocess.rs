@@ -12,6 +12,10 @@
 //! in a loop on a 2-worker tokio runtime; the pods' watch cache runs beside them, as in a
 //! live server. Reported: creates/s and the latency of one create (p50, p99), per round.
 
+mod common;
+
+use common::arg;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,13 +46,6 @@ fn pod() -> Pod {
         ..PodSpec::default()
     });
     p
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {

@@ -13,6 +13,10 @@
 //! cargo bench -p keelson-apiserver --bench patch_crd -- --quick
 //! ```
 
+mod common;
+
+use common::arg;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +33,6 @@ use serde_json::json;
 /// The allocator `keelson up` runs with.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
