@@ -831,6 +831,20 @@ async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<Del
     }
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+    delete_options_from_json(&v, &mut options)?;
+    Ok(options)
+}
+
+/// Reads a DeleteOptions object (a DELETE's body, an Eviction's `deleteOptions`) into
+/// `options`.
+///
+/// # Errors
+/// 422 for values Kubernetes refuses (an unknown `propagationPolicy` or `dryRun`, both
+/// `propagationPolicy` and `orphanDependents`); 400 for a malformed `dryRun`.
+pub(crate) fn delete_options_from_json(
+    v: &Value,
+    options: &mut DeleteOptions,
+) -> Result<(), Error> {
     let pre = v.get("preconditions");
     options.uid = pre
         .and_then(|p| p.get("uid"))
@@ -900,7 +914,7 @@ async fn delete_options(q: &HashMap<String, String>, req: Request) -> Result<Del
             )))
         }
     }
-    Ok(options)
+    Ok(())
 }
 
 async fn watch(

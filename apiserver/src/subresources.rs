@@ -451,31 +451,13 @@ impl Registry {
 
 /// The DeleteOptions inside an Eviction.
 fn delete_options(v: Option<&Value>) -> Result<DeleteOptions, Error> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(DeleteOptions::default());
-    };
-    if !v.is_object() {
-        return Err(Error::bad_request("deleteOptions must be an object"));
+    let mut options = DeleteOptions::default();
+    match v.filter(|v| !v.is_null()) {
+        None => {}
+        Some(v) if v.is_object() => crate::rest::delete_options_from_json(v, &mut options)?,
+        Some(_) => return Err(Error::bad_request("deleteOptions must be an object")),
     }
-    Ok(DeleteOptions {
-        uid: v
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        resource_version: v
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        grace_period_seconds: v.get("gracePeriodSeconds").and_then(Value::as_i64),
-        dry_run: v
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().any(|x| x == "All")),
-        propagation_policy: v
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .and_then(crate::registry::PropagationPolicy::parse),
-    })
+    Ok(options)
 }
 
 /// Sets a pod condition, replacing one of the same type.
