@@ -374,14 +374,7 @@ fn set_entries(object: &mut Value, entries: &[Entry]) {
 }
 
 fn now() -> String {
-    let t = crate::registry::now();
-    k8s_openapi_time(t)
-}
-
-fn k8s_openapi_time(t: keelson_core::k8s_openapi::jiff::Timestamp) -> String {
-    keelson_core::k8s_openapi::jiff::Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .to_string()
+    crate::registry::now().to_string()
 }
 
 /// The result of an apply: the object to write.

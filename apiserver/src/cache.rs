@@ -227,13 +227,7 @@ impl Cache {
             state.history.push_back(event.clone());
             let _ = self.tx.send(Delivery::Event(event));
             drop(state);
-            self.progress.send_if_modified(|r| {
-                let older = *r < e.revision();
-                if older {
-                    *r = e.revision();
-                }
-                older
-            });
+            self.note_progress(e.revision());
         }
         Err(StoreError::Unavailable {
             reason: "the store watch ended".into(),
@@ -281,6 +275,18 @@ impl Cache {
         }
     }
 
+    /// Tells readers waiting for a revision that the cache has reached `revision` (it
+    /// never goes back).
+    fn note_progress(&self, revision: Revision) {
+        self.progress.send_if_modified(|r| {
+            let older = *r < revision;
+            if older {
+                *r = revision;
+            }
+            older
+        });
+    }
+
     /// Records that nothing under the cache's prefix changed up to `revision` (the
     /// registry checked the store), so reads at `revision` need not wait for an event.
     pub fn advance(&self, revision: Revision) {
@@ -291,13 +297,7 @@ impl Cache {
             }
             state.revision = revision;
         }
-        self.progress.send_if_modified(|r| {
-            let older = *r < revision;
-            if older {
-                *r = revision;
-            }
-            older
-        });
+        self.note_progress(revision);
     }
 
     /// Waits until the cache has seen `revision` (at most `timeout`).

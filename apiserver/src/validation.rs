@@ -477,6 +477,16 @@ fn number(n: f64) -> String {
     }
 }
 
+impl Node {
+    /// The node of a field: its property's, or the map's value schema.
+    fn child(&self, key: &str) -> Option<usize> {
+        self.properties.get(key).copied().or(match self.additional {
+            Some(Additional::Schema(a)) => Some(a),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Additional {
     /// `additionalProperties: false`.
@@ -527,14 +537,7 @@ impl Schema {
                     }
                 }
                 for (key, child) in fields.iter_mut() {
-                    let next =
-                        node.properties
-                            .get(key.as_str())
-                            .copied()
-                            .or(match node.additional {
-                                Some(Additional::Schema(a)) => Some(a),
-                                _ => None,
-                            });
+                    let next = node.child(key);
                     if let Some(next) = next {
                         if child.is_object() || child.is_array() {
                             self.defaults(next, child);
@@ -567,14 +570,7 @@ impl Schema {
                     if top && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                         continue;
                     }
-                    let next =
-                        node.properties
-                            .get(key.as_str())
-                            .copied()
-                            .or(match node.additional {
-                                Some(Additional::Schema(a)) => Some(a),
-                                _ => None,
-                            });
+                    let next = node.child(key);
                     if let Some(next) = next {
                         let len = push_key(path, key);
                         self.values(next, child, path, out);
@@ -652,12 +648,8 @@ impl Schema {
                     if top && key == "status" {
                         continue;
                     }
-                    let next = match node.properties.get(key.as_str()) {
-                        Some(prop) => *prop,
-                        None => match node.additional {
-                            Some(Additional::Schema(a)) => a,
-                            _ => continue,
-                        },
+                    let Some(next) = node.child(key) else {
+                        continue;
                     };
                     if matches!(child, Value::Object(_) | Value::Array(_)) {
                         let len = push_key(path, key);

@@ -649,11 +649,7 @@ where
     /// # Errors
     /// [`Error::Conflict`] for a stale `resourceVersion`; [`Error::NotFound`].
     pub async fn replace(&self, name: &str, object: &K) -> Result<K> {
-        let v = self
-            .transport()
-            .replace(&self.rt, self.ns(), name, None, to_json(object)?)
-            .await?;
-        from_json(&v)
+        self.replace_at(name, None, object).await
     }
 
     /// Replaces only the status of an object (the `status` subresource).
@@ -661,11 +657,7 @@ where
     /// # Errors
     /// As [`Api::replace`].
     pub async fn replace_status(&self, name: &str, object: &K) -> Result<K> {
-        let v = self
-            .transport()
-            .replace(&self.rt, self.ns(), name, Some("status"), to_json(object)?)
-            .await?;
-        from_json(&v)
+        self.replace_at(name, Some("status"), object).await
     }
 
     /// Patches an object, retried on the server when another writer gets in between
@@ -674,11 +666,7 @@ where
     /// # Errors
     /// [`Error::NotFound`]; 400 or 422 for a patch that does not apply.
     pub async fn patch(&self, name: &str, patch: &Patch) -> Result<K> {
-        let v = self
-            .transport()
-            .patch(&self.rt, self.ns(), name, None, patch)
-            .await?;
-        from_json(&v)
+        self.patch_at(name, None, patch).await
     }
 
     /// Patches only the status of an object.
@@ -686,11 +674,7 @@ where
     /// # Errors
     /// As [`Api::patch`].
     pub async fn patch_status(&self, name: &str, patch: &Patch) -> Result<K> {
-        let v = self
-            .transport()
-            .patch(&self.rt, self.ns(), name, Some("status"), patch)
-            .await?;
-        from_json(&v)
+        self.patch_at(name, Some("status"), patch).await
     }
 
     /// The `Scale` of a workload (`scale` subresource).
@@ -710,11 +694,7 @@ where
     /// # Errors
     /// As [`Api::replace`]; 422 for negative replicas.
     pub async fn replace_scale(&self, name: &str, scale: &Scale) -> Result<Scale> {
-        let v = self
-            .transport()
-            .replace(&self.rt, self.ns(), name, Some("scale"), to_json(scale)?)
-            .await?;
-        from_json(&v)
+        self.replace_at(name, Some("scale"), scale).await
     }
 
     /// Patches a workload's `Scale` (`Patch::Merge(json!({"spec": {"replicas": 3}}))`).
@@ -722,11 +702,7 @@ where
     /// # Errors
     /// As [`Api::patch`].
     pub async fn patch_scale(&self, name: &str, patch: &Patch) -> Result<Scale> {
-        let v = self
-            .transport()
-            .patch(&self.rt, self.ns(), name, Some("scale"), patch)
-            .await?;
-        from_json(&v)
+        self.patch_at(name, Some("scale"), patch).await
     }
 
     /// Creates a subresource of an object — a pod's `binding` (what a scheduler does) or
@@ -745,6 +721,34 @@ where
         let v = self
             .transport()
             .create_subresource(&self.rt, self.ns(), name, subresource, to_json(body)?)
+            .await?;
+        from_json(&v)
+    }
+
+    /// Replaces an object or one of its subresources, and decodes the answer.
+    async fn replace_at<T: Serialize, R: DeserializeOwned>(
+        &self,
+        name: &str,
+        subresource: Option<&str>,
+        body: &T,
+    ) -> Result<R> {
+        let v = self
+            .transport()
+            .replace(&self.rt, self.ns(), name, subresource, to_json(body)?)
+            .await?;
+        from_json(&v)
+    }
+
+    /// Patches an object or one of its subresources, and decodes the answer.
+    async fn patch_at<R: DeserializeOwned>(
+        &self,
+        name: &str,
+        subresource: Option<&str>,
+        patch: &Patch,
+    ) -> Result<R> {
+        let v = self
+            .transport()
+            .patch(&self.rt, self.ns(), name, subresource, patch)
             .await?;
         from_json(&v)
     }
