@@ -1,15 +1,20 @@
-//! The watch cache: one store watch per resource type, feeding a map of decoded objects
-//! and a ring of recent events that every watcher and every cached list shares.
+//! The watch cache: one store watch per resource type, feeding a map of the objects as
+//! stored and a ring of recent events that every watcher and every cached list shares.
 //!
 //! ```text
-//!  store ──list + watch──▶ Cache task ──▶ objects (key → Arc<Value>), revision
+//!  store ──list + watch──▶ Cache task ──▶ objects (key → stored bytes), revision
 //!                                     └─▶ recent events (ring)  ──▶ watchers (broadcast)
 //! ```
 //!
 //! A watcher subscribes under the cache's lock, so it gets the events after the
 //! revision it started from exactly once: from the ring first, then live. N watchers of one
-//! kind cost one store watch; a list served from the cache reads no store. Objects are
-//! decoded once, when their event arrives, and shared (`Arc`) by every reader.
+//! kind cost one store watch; a list served from the cache reads no store.
+//!
+//! The map keeps each object as the store holds it: the same bytes (shared, not copied)
+//! and its revision, about a tenth of the memory of a decoded object. Objects are decoded
+//! when read. An event's object is decoded once, when its first watcher needs it (or not at
+//! all: a write of this process offers the object it wrote), and shared (`Arc`) by every
+//! watcher; the object before the change only when a watcher's selector needs it.
 //!
 //! When the store watch fails (history compacted, watcher cut off, store unavailable), the
 //! cache re-lists, bumps its generation and ends every current watcher with `410 Expired`
@@ -17,17 +22,19 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use keelson_core::{Error, ResourceType};
-use keelson_store::{EventKind, ListOptions, Revision, Store, StoreError};
+use keelson_store::{EventKind, KeyValue, ListOptions, Revision, Store, StoreError};
 use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::registry::{decode_object, WatchEventType};
+use crate::registry::{decode_stored, WatchEventType};
 
 /// How many recent events each cache keeps for watchers that resume.
 pub const HISTORY: usize = 10_000;
@@ -39,10 +46,93 @@ pub struct CachedEvent {
     pub revision: Revision,
     /// ADDED, MODIFIED or DELETED (before any selector).
     pub kind: WatchEventType,
+    rt: Arc<ResourceType>,
     /// The object after the change (for DELETED, the last state, at the delete's revision).
-    pub object: Arc<Value>,
+    object: Arc<Stored>,
+    /// The object decoded, once, for the event's watchers: held for as long as the event
+    /// is in the ring, so that every watcher gets the same one.
+    decoded: OnceLock<Option<Arc<Value>>>,
     /// The object before the change, if it existed.
-    pub prev: Option<Arc<Value>>,
+    prev: Option<Arc<Stored>>,
+}
+
+impl CachedEvent {
+    /// The object after the change (for DELETED, the last state, at the delete's
+    /// revision); `None` if its stored bytes do not decode.
+    pub fn object(&self) -> Option<Arc<Value>> {
+        self.decoded
+            .get_or_init(|| self.object.decode(&self.rt))
+            .clone()
+    }
+
+    /// The object before the change; `None` if it did not exist (or does not decode).
+    pub fn prev(&self) -> Option<Arc<Value>> {
+        self.prev.as_ref().and_then(|p| p.decode(&self.rt))
+    }
+
+    /// Whether the object existed before the change.
+    pub fn existed(&self) -> bool {
+        self.prev.is_some()
+    }
+}
+
+/// One version of an object as the cache keeps it: the store's bytes (shared with the
+/// store, not copied) and revision, and a weak handle on its decoded form, so that every
+/// reader shares one decoded object for as long as any of them holds it.
+#[derive(Debug)]
+struct Stored {
+    value: Bytes,
+    key: Arc<str>,
+    revision: Revision,
+    decoded: parking_lot::Mutex<std::sync::Weak<Value>>,
+}
+
+impl Stored {
+    fn of(kv: &KeyValue) -> Arc<Stored> {
+        Arc::new(Stored {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            revision: kv.mod_revision,
+            decoded: parking_lot::Mutex::new(std::sync::Weak::new()),
+        })
+    }
+
+    /// The object decoded: the one some reader still holds, or a fresh one.
+    fn decode(&self, rt: &ResourceType) -> Option<Arc<Value>> {
+        let mut shared = self.decoded.lock();
+        if let Some(obj) = shared.upgrade() {
+            return Some(obj);
+        }
+        let obj = Arc::new(decode_stored(rt, &self.key, &self.value, self.revision).ok()?);
+        *shared = Arc::downgrade(&obj);
+        Some(obj)
+    }
+
+    /// Records `obj` as this version decoded (a write of this process offered it).
+    fn share(&self, obj: &Arc<Value>) {
+        *self.decoded.lock() = Arc::downgrade(obj);
+    }
+
+    /// Appends the object's JSON as clients see it to `out`, from its stored bytes when
+    /// they can be used as they are, else from `decoded` or by decoding. `false` when it
+    /// does not decode.
+    fn write_json(&self, rt: &ResourceType, decoded: Option<&Value>, out: &mut Vec<u8>) -> bool {
+        if crate::stored::write_with_version(rt, &self.value, self.revision, out) {
+            return true;
+        }
+        let owned;
+        let obj = match decoded {
+            Some(obj) => obj,
+            None => match self.decode(rt) {
+                Some(obj) => {
+                    owned = obj;
+                    &*owned
+                }
+                None => return false,
+            },
+        };
+        serde_json::to_writer(&mut *out, obj).is_ok()
+    }
 }
 
 /// What a live watcher receives.
@@ -56,7 +146,7 @@ pub enum Delivery {
 
 struct State {
     revision: Revision,
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<Arc<str>, Arc<Stored>>,
     history: VecDeque<Arc<CachedEvent>>,
     /// The revision the history starts after: events after it are all in `history`.
     history_start: Revision,
@@ -65,7 +155,7 @@ struct State {
 
 /// The cache of one resource type.
 pub struct Cache {
-    rt: ResourceType,
+    rt: Arc<ResourceType>,
     prefix: String,
     state: RwLock<State>,
     tx: broadcast::Sender<Delivery>,
@@ -78,12 +168,56 @@ pub struct Cache {
 /// At most this many offered objects wait for their events; more are not kept.
 const MAX_HINTS: usize = 4096;
 
-/// A snapshot for a list: the objects under a prefix at one revision.
+/// A snapshot for a list: the objects under a prefix at one revision, decoded as they
+/// are taken.
 pub struct Snapshot {
     /// The revision.
     pub revision: Revision,
-    /// The objects, in key order.
-    pub objects: Vec<Arc<Value>>,
+    stored: Vec<Arc<Stored>>,
+    rt: Arc<ResourceType>,
+}
+
+impl Snapshot {
+    /// How many objects the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// Whether the snapshot is empty.
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty()
+    }
+
+    /// The objects, decoded, in key order (any whose bytes do not decode left out).
+    pub fn objects(self) -> impl Iterator<Item = Arc<Value>> {
+        let rt = self.rt;
+        self.stored.into_iter().filter_map(move |s| s.decode(&rt))
+    }
+
+    /// Appends the JSON of the objects `select` keeps (all with `None`), as clients see
+    /// them and separated by commas, to `out`; returns how many. Objects are copied from
+    /// their stored bytes, decoded only for `select` (or when they need it).
+    pub fn write_json(&self, select: Option<&dyn Fn(&Value) -> bool>, out: &mut Vec<u8>) -> usize {
+        let mut count = 0;
+        for s in &self.stored {
+            let decoded = match select {
+                Some(select) => match s.decode(&self.rt) {
+                    Some(obj) if select(&obj) => Some(obj),
+                    _ => continue,
+                },
+                None => None,
+            };
+            if count > 0 {
+                out.push(b',');
+            }
+            if s.write_json(&self.rt, decoded.as_deref(), out) {
+                count += 1;
+            } else if count > 0 {
+                out.pop();
+            }
+        }
+        count
+    }
 }
 
 /// A watcher's start: the events after its revision so far, and the live feed.
@@ -104,7 +238,7 @@ impl Cache {
         let (tx, _) = broadcast::channel(4096);
         let (progress, _) = tokio::sync::watch::channel(0);
         let cache = Arc::new(Cache {
-            rt,
+            rt: Arc::new(rt),
             prefix,
             state: RwLock::new(State {
                 revision: 0,
@@ -163,9 +297,7 @@ impl Cache {
                 .await?;
             revision = Some(page.revision);
             for kv in &page.items {
-                if let Ok(obj) = decode_object(&self.rt, kv) {
-                    objects.insert(kv.key.to_string(), Arc::new(obj));
-                }
+                objects.insert(kv.key.clone(), Stored::of(kv));
             }
             match page.continue_token {
                 Some(t) => token = Some(t),
@@ -185,27 +317,27 @@ impl Cache {
         self.progress.send_replace(revision);
         while let Some(item) = watch.next().await {
             let e = item?;
-            if e.kind == EventKind::Put && !self.hints.lock().contains_key(&e.revision()) {
+            if e.kind == EventKind::Put
+                && self.tx.receiver_count() > 0
+                && !self.hints.lock().contains_key(&e.revision())
+            {
                 // The writer of this change, if it is in this process, is probably about
                 // to offer its object: let it run first, rather than decode the bytes.
                 tokio::task::yield_now().await;
             }
-            let key = e.kv.key.to_string();
-            let offered = match e.kind {
-                EventKind::Put => self.take_hint(e.revision()),
-                EventKind::Delete => None,
-            };
-            let object = match offered {
-                Some(object) => object,
-                None => match decode_object(&self.rt, &e.kv) {
-                    Ok(object) => Arc::new(object),
-                    Err(_) => continue,
-                },
-            };
+            let stored = Stored::of(&e.kv);
+            let decoded = OnceLock::new();
+            if e.kind == EventKind::Put {
+                if let Some(offered) = self.take_hint(e.revision()) {
+                    stored.share(&offered);
+                    let _ = decoded.set(Some(offered));
+                }
+            }
+            let stored_for_event = stored.clone();
             let mut state = self.state.write();
             let prev = match e.kind {
-                EventKind::Put => state.objects.insert(key, object.clone()),
-                EventKind::Delete => state.objects.remove(&key),
+                EventKind::Put => state.objects.insert(stored.key.clone(), stored),
+                EventKind::Delete => state.objects.remove(&stored.key),
             };
             let kind = match (e.kind, &prev) {
                 (EventKind::Delete, _) => WatchEventType::Deleted,
@@ -215,7 +347,9 @@ impl Cache {
             let event = Arc::new(CachedEvent {
                 revision: e.revision(),
                 kind,
-                object,
+                rt: self.rt.clone(),
+                object: stored_for_event,
+                decoded,
                 prev,
             });
             state.revision = state.revision.max(e.revision());
@@ -237,10 +371,11 @@ impl Cache {
 
     /// Offers the object a write of this process stored at `revision` (with its
     /// `resourceVersion`), so that the cache takes it instead of decoding the store's
-    /// bytes again when the write's event arrives. Offers for events the cache has
-    /// already handled are dropped.
+    /// bytes again when the write's event arrives and a watcher wants it. Offers for
+    /// events the cache has already handled, or made while nobody watches, are dropped.
     pub fn offer(&self, revision: Revision, object: &Arc<Value>) {
-        if *self.progress.borrow() >= revision {
+        // With no live watcher, the event's object stays undecoded until one asks.
+        if self.tx.receiver_count() == 0 || *self.progress.borrow() >= revision {
             return;
         }
         let mut hints = self.hints.lock();
@@ -267,6 +402,15 @@ impl Cache {
     /// The object at `key` as the cache has it now (possibly a little behind the store);
     /// `None` when absent or when the cache is not ready.
     pub fn lookup(&self, key: &str) -> Option<Arc<Value>> {
+        self.lookup_stored(key)?.decode(&self.rt)
+    }
+
+    /// As [`Cache::lookup`], decoding only what `T` asks for (a view of a few fields).
+    pub fn lookup_as<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_slice(&self.lookup_stored(key)?.value).ok()
+    }
+
+    fn lookup_stored(&self, key: &str) -> Option<Arc<Stored>> {
         let state = self.state.read();
         if state.ready {
             state.objects.get(key).cloned()
@@ -325,11 +469,11 @@ impl Cache {
     /// The objects under `namespace` (all when `None`) at the cache's revision.
     pub fn snapshot(&self, namespace: Option<&str>) -> Result<Snapshot, Error> {
         let prefix = self.rt.prefix(namespace)?;
-        Ok(Self::snapshot_of(&self.state.read(), &prefix))
+        Ok(self.snapshot_of(&self.state.read(), &prefix))
     }
 
-    fn snapshot_of(state: &State, prefix: &str) -> Snapshot {
-        let objects = state
+    fn snapshot_of(&self, state: &State, prefix: &str) -> Snapshot {
+        let stored: Vec<Arc<Stored>> = state
             .objects
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
@@ -337,7 +481,8 @@ impl Cache {
             .collect();
         Snapshot {
             revision: state.revision,
-            objects,
+            stored,
+            rt: self.rt.clone(),
         }
     }
 
@@ -371,7 +516,7 @@ impl Cache {
     ) -> Result<(Snapshot, Subscription), Error> {
         let prefix = self.rt.prefix(namespace)?;
         let state = self.state.read();
-        let snapshot = Self::snapshot_of(&state, &prefix);
+        let snapshot = self.snapshot_of(&state, &prefix);
         let sub = Subscription {
             backlog: Vec::new(),
             live: self.tx.subscribe(),
@@ -383,8 +528,30 @@ impl Cache {
     /// The object at `key` if the cache has caught up with `revision` (`Some(None)`: it
     /// does not exist); `None` when the cache is behind or not ready.
     pub fn lookup_if_current(&self, key: &str, revision: Revision) -> Option<Option<Arc<Value>>> {
-        let state = self.state.read();
-        (state.ready && state.revision >= revision).then(|| state.objects.get(key).cloned())
+        let found = {
+            let state = self.state.read();
+            if !(state.ready && state.revision >= revision) {
+                return None;
+            }
+            state.objects.get(key).cloned()
+        };
+        Some(found.and_then(|s| s.decode(&self.rt)))
+    }
+
+    /// As [`Cache::lookup_if_current`], the object's JSON as clients see it, copied from
+    /// its stored bytes where possible.
+    pub fn lookup_json_if_current(&self, key: &str, revision: Revision) -> Option<Option<Vec<u8>>> {
+        let found = {
+            let state = self.state.read();
+            if !(state.ready && state.revision >= revision) {
+                return None;
+            }
+            state.objects.get(key).cloned()
+        };
+        Some(found.and_then(|s| {
+            let mut out = Vec::new();
+            s.write_json(&self.rt, None, &mut out).then_some(out)
+        }))
     }
 
     /// The cache's current revision.

@@ -2,9 +2,9 @@
 //!
 //! [`ApiServer::client`] gives a [`Client`] whose calls go straight to the [`Registry`](crate::Registry)
 //! — no sockets, no HTTP, no JSON text. Writes get the same defaulting, validation and
-//! admission as writes over HTTP; reads and watches share the watch cache's decoded
-//! objects (a `get` that the cache can answer copies nothing until the caller decodes its
-//! typed object).
+//! admission as writes over HTTP; reads and watches come from the watch cache and share
+//! one decoded object per version for as long as any reader holds it (each watch event is
+//! decoded once for all its watchers).
 
 use std::sync::Arc;
 

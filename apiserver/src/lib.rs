@@ -20,7 +20,9 @@
 //! - `crd`: CustomResourceDefinitions — the controller that serves the kinds they
 //!   define, their validation, and the clean-up when one is deleted;
 //! - `subresources`: `scale`, `binding` and `eviction` (honouring PodDisruptionBudgets);
-//! - `cache`: the watch cache — decoded objects shared by every watcher and whole lists;
+//! - `cache`: the watch cache — the store's bytes of every object (decoded on read, one
+//!   decoded copy shared while in use) and recent events shared by every watcher; whole
+//!   lists and reads over HTTP copy the stored bytes without decoding;
 //! - `discovery`, `openapi`, `table`: `/version`, discovery documents, OpenAPI v3 from the
 //!   kinds' schemas, and the Table form with kubectl's columns;
 //! - `admission`: the mutating and validating plugins users add to every write;
@@ -45,6 +47,7 @@ pub mod registry;
 pub mod resources;
 pub mod rest;
 pub mod strategic;
+mod stored;
 mod subresources;
 pub mod table;
 pub mod tls;

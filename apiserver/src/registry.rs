@@ -12,12 +12,14 @@
 //! `deletionTimestamp`, label and field selectors, pagination, resource-version semantics
 //! of get and list, and watches with selector transitions.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use keelson_core::{Error, FieldError, ResourceType};
 use keelson_store::{KeyValue, ListOptions, Revision, Store, StoreError};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::admission::{AdmissionChain, AdmissionRequest, Operation};
@@ -31,7 +33,7 @@ use crate::resources::ServedResource;
 pub struct Registry {
     store: Arc<dyn Store>,
     allocator: Allocator,
-    caches: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<Cache>>>>,
+    caches: Arc<parking_lot::Mutex<std::collections::HashMap<CacheKey, Arc<Cache>>>>,
     admission: Arc<AdmissionChain>,
     /// Who the writes are made for (admission plugins see it).
     user: Arc<User>,
@@ -94,19 +96,21 @@ fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> Error {
     }
 }
 
-/// The object as clients see it: the stored JSON with its `resourceVersion`.
-pub(crate) fn decode_object(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
-    decode(rt, kv)
+fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
+    decode_stored(rt, &kv.key, &kv.value, kv.mod_revision)
 }
 
-fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
-    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        Error::internal(format!(
-            "stored {} at {} does not decode: {e}",
-            rt.plural, kv.key
-        ))
+/// The object as clients see it: the stored JSON of `key` with its `resourceVersion`.
+pub(crate) fn decode_stored(
+    rt: &ResourceType,
+    key: &str,
+    value: &[u8],
+    revision: Revision,
+) -> Result<Value, Error> {
+    let mut obj: Value = serde_json::from_slice(value).map_err(|e| {
+        Error::internal(format!("stored {} at {key} does not decode: {e}", rt.plural))
     })?;
-    set_resource_version(&mut obj, kv.mod_revision);
+    set_resource_version(&mut obj, revision);
     // Every version of a kind stores under one key; each reads it as its own version
     // (a CRD's conversion strategy `None`).
     if let Some(map) = obj.as_object_mut() {
@@ -121,30 +125,36 @@ fn decode(rt: &ResourceType, kv: &KeyValue) -> Result<Value, Error> {
     Ok(obj)
 }
 
-/// Trims every map and list of an object that the watch cache will keep to its length:
-/// maps grown by doubling while the object was built hold up to twice the memory they need,
-/// for as long as the object is cached.
-fn shrink(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for v in map.values_mut() {
-                shrink(v);
-            }
-            let exact: Map<String, Value> = std::mem::take(map).into_iter().collect();
-            *map = exact;
-        }
-        Value::Array(items) => {
-            for v in items.iter_mut() {
-                shrink(v);
-            }
-            items.shrink_to_fit();
-        }
-        _ => {}
+/// What the namespace check reads of a Namespace (the rest is skipped, not decoded).
+#[derive(Deserialize)]
+struct NamespaceView {
+    #[serde(default)]
+    metadata: NamespaceMeta,
+    #[serde(default)]
+    status: Option<NamespaceStatus>,
+}
+
+#[derive(Default, Deserialize)]
+struct NamespaceMeta {
+    #[serde(default, rename = "deletionTimestamp")]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceStatus {
+    #[serde(default)]
+    phase: Option<String>,
+}
+
+impl NamespaceView {
+    fn terminating(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+            || self.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
     }
 }
 
 /// Whether `api_version` is `rt`'s (`v1`, `apps/v1`), without building the string.
-fn is_api_version(api_version: &str, rt: &ResourceType) -> bool {
+pub(crate) fn is_api_version(api_version: &str, rt: &ResourceType) -> bool {
     if rt.group.is_empty() {
         return api_version == rt.version;
     }
@@ -459,17 +469,21 @@ impl Registry {
         static NAMESPACES: std::sync::OnceLock<ResourceType> = std::sync::OnceLock::new();
         let ns_rt =
             NAMESPACES.get_or_init(ResourceType::of::<k8s_openapi::api::core::v1::Namespace>);
-        let cached = self.cache_for(ns_rt)?.lookup(&ns_rt.key(None, ns)?);
-        let obj = match cached {
-            Some(obj) => obj,
-            None => self.get_shared_rt(ns_rt, None, ns).await?,
+        let key = ns_rt.key(None, ns)?;
+        let cached = self.cache_for(ns_rt)?.lookup_as::<NamespaceView>(&key);
+        let view = match cached {
+            Some(view) => view,
+            None => {
+                let obj = self.get_shared_rt(ns_rt, None, ns).await?;
+                NamespaceView::deserialize(&*obj).map_err(|e| {
+                    Error::internal(format!("namespace {ns} does not decode: {e}"))
+                })?
+            }
         };
-        let terminating = meta_str(&obj, "deletionTimestamp").is_some()
-            || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
-        if terminating {
+        if view.terminating() {
             return Err(Error::forbidden(
                 &res.rt,
-                meta_str(&obj, "name").unwrap_or(ns),
+                ns,
                 format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ),
@@ -650,8 +664,6 @@ impl Registry {
             }
         };
         set_resource_version(&mut obj, kv.mod_revision);
-        // A new object is trimmed to its length: it may stay cached for a long time.
-        shrink(&mut obj);
         Ok(self.offer(rt, kv.mod_revision, obj))
     }
 
@@ -708,6 +720,34 @@ impl Registry {
             return Ok(Arc::new((view.from_storage)((*stored).clone())));
         }
         self.get_shared_rt(&res.rt, namespace, name).await
+    }
+
+    /// As [`Registry::get_shared`], the object's JSON, copied from the watch cache's stored
+    /// bytes when the cache has caught up with the store.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub async fn get_json(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let rt = &res.rt;
+        if res.view.is_none() {
+            let key = rt.key(namespace, name)?;
+            let cache = self.cache_for(rt)?;
+            let current = self
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| store_error(rt, name, e))?;
+            if let Some(found) = cache.lookup_json_if_current(&key, current) {
+                return found.ok_or_else(|| Error::not_found(rt, name));
+            }
+        }
+        let obj = self.get_shared(res, namespace, name).await?;
+        serde_json::to_vec(&*obj).map_err(Error::internal)
     }
 
     async fn get_shared_rt(
@@ -1122,22 +1162,18 @@ impl Registry {
             return Ok(list);
         }
         let rt = &res.rt;
-        // Whole lists (no page size, or any version will do) come from the watch cache.
-        let from_cache = params.continue_token.as_deref().is_none_or(str::is_empty)
-            && !params.exact
-            && (params.limit == 0 || params.resource_version.as_deref() == Some("0"));
-        if from_cache {
+        if from_cache(params) {
             let cache = self
                 .cache_at(res, params.resource_version.as_deref())
                 .await?;
             let snapshot = cache.snapshot(params.selection.namespace.as_deref())?;
+            let resource_version = snapshot.revision.to_string();
             return Ok(ObjectList {
                 items: snapshot
-                    .objects
-                    .into_iter()
+                    .objects()
                     .filter(|o| params.selection.matches(rt, o))
                     .collect(),
-                resource_version: snapshot.revision.to_string(),
+                resource_version,
                 continue_token: None,
                 remaining: None,
             });
@@ -1194,6 +1230,32 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// A whole list as JSON, copied from the watch cache's stored bytes: the items of a
+    /// `<Kind>List`, separated by commas, and the list's resource version. `None` when the
+    /// list is not served from the cache (pages, exact versions, kinds stored as another).
+    ///
+    /// # Errors
+    /// As [`Registry::list`].
+    pub async fn list_json(
+        &self,
+        res: &ServedResource,
+        params: &ListParams,
+    ) -> Result<Option<(Vec<u8>, String)>, Error> {
+        if res.view.is_some() || !from_cache(params) {
+            return Ok(None);
+        }
+        let cache = self
+            .cache_at(res, params.resource_version.as_deref())
+            .await?;
+        let snapshot = cache.snapshot(params.selection.namespace.as_deref())?;
+        let mut items = Vec::with_capacity(snapshot.len() * 1024);
+        let select = |o: &Value| params.selection.matches(&res.rt, o);
+        let select: Option<&dyn Fn(&Value) -> bool> =
+            (!params.selection.is_everything()).then_some(&select);
+        snapshot.write_json(select, &mut items);
+        Ok(Some((items, snapshot.revision.to_string())))
     }
 
     /// The watch cache of a resource type, started on first use.
@@ -1342,8 +1404,7 @@ impl Registry {
             let (snapshot, sub) = cache.snapshot_and_subscribe(selection.namespace.as_deref())?;
             head.extend(
                 snapshot
-                    .objects
-                    .into_iter()
+                    .objects()
                     .filter(|o| selection.matches(&rt, o))
                     .map(|object| WatchEvent {
                         kind: WatchEventType::Added,
@@ -1449,9 +1510,20 @@ struct Live {
     deadline: Option<tokio::time::Instant>,
 }
 
-/// The key of a resource type's watch cache.
-fn cache_key(rt: &ResourceType) -> String {
-    format!("{}/{}/{}", rt.group, rt.version, rt.plural)
+/// Whether a list is served from the watch cache: whole lists (no page size, or any
+/// version will do), not at an exact version.
+fn from_cache(params: &ListParams) -> bool {
+    params.continue_token.as_deref().is_none_or(str::is_empty)
+        && !params.exact
+        && (params.limit == 0 || params.resource_version.as_deref() == Some("0"))
+}
+
+/// The key of a resource type's watch cache: group, version and plural (for built-in
+/// kinds, static strings: making a key allocates nothing).
+type CacheKey = (Cow<'static, str>, Cow<'static, str>, Cow<'static, str>);
+
+fn cache_key(rt: &ResourceType) -> CacheKey {
+    (rt.group.clone(), rt.version.clone(), rt.plural.clone())
 }
 
 /// How long a consistent read waits for the watch cache before asking the store whether
@@ -1472,28 +1544,32 @@ fn cached_to_watch(
     selection: &Selection,
     e: &CachedEvent,
 ) -> Option<WatchEvent> {
-    let selected = |o: &Value| {
-        selection
-            .namespace
-            .as_deref()
-            .is_none_or(|ns| meta_str(o, "namespace") == Some(ns))
-            && selection.matches(rt, o)
-    };
-    let now = selected(&e.object);
+    let object = e.object()?;
+    // The object before the change has the same key, so the same namespace.
+    if selection
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| meta_str(&object, "namespace") != Some(ns))
+    {
+        return None;
+    }
+    let everything = selection.is_everything();
+    let now = everything || selection.matches(rt, &object);
+    let before = e.existed().then(|| {
+        // Only a selector needs the object before the change decoded.
+        everything || e.prev().is_some_and(|p| selection.matches(rt, &p))
+    });
     let kind = match e.kind {
         WatchEventType::Deleted if now => WatchEventType::Deleted,
         WatchEventType::Deleted => return None,
-        _ => match (e.prev.as_deref().map(selected), now) {
+        _ => match (before, now) {
             (None | Some(false), true) => WatchEventType::Added,
             (Some(true), true) => WatchEventType::Modified,
             (Some(true), false) => WatchEventType::Deleted,
             (None | Some(false), false) => return None,
         },
     };
-    Some(WatchEvent {
-        kind,
-        object: e.object.clone(),
-    })
+    Some(WatchEvent { kind, object })
 }
 
 /// What an update may change.
@@ -1540,11 +1616,13 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
         .filter_map(|l| spec.and_then(|s| s.get(*l)).and_then(Value::as_array))
         .flatten()
         .collect();
-    let res =
-        |c: &Value, kind: &str, r: &str| c.pointer(&format!("/resources/{kind}/{r}")).cloned();
+    let res = |c: &Value, kind: &str, r: &str| -> Option<Value> {
+        c.get("resources")?.get(kind)?.get(r).cloned()
+    };
     let any = containers.iter().any(|c| {
         ["requests", "limits"].iter().any(|k| {
-            c.pointer(&format!("/resources/{k}"))
+            c.get("resources")
+                .and_then(|r| r.get(*k))
                 .and_then(Value::as_object)
                 .is_some_and(|m| !m.is_empty())
         })

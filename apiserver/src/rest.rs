@@ -147,36 +147,26 @@ pub fn router(server: Arc<ApiServer>) -> Router {
 type Shared = State<Arc<ApiServer>>;
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
-/// A `<Kind>List`, serialized straight from the shared objects (no intermediate copy of
-/// the items).
-fn list_response(
-    rt: &keelson_core::ResourceType,
-    metadata: &Value,
-    items: &[Arc<Value>],
-) -> Response {
-    let mut buf = Vec::with_capacity(256 + items.len() * 1024);
+/// A `<Kind>List` around `items`: the items' JSON, separated by commas.
+fn list_response(rt: &keelson_core::ResourceType, metadata: &Value, items: &[u8]) -> Response {
     let head =
         json!({ "kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": metadata });
     let head = serde_json::to_vec(&head).unwrap_or_default();
+    let mut buf = Vec::with_capacity(head.len() + items.len() + 16);
     // `{"apiVersion":..,"kind":..,"metadata":..}` without its closing brace, then the items.
     buf.extend_from_slice(&head[..head.len().saturating_sub(1)]);
     buf.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut buf, item.as_ref());
-    }
+    buf.extend_from_slice(items);
     buf.extend_from_slice(b"]}");
-    let mut resp = (StatusCode::OK, buf).into_response();
+    bytes_response(StatusCode::OK, buf)
+}
+
+/// A JSON body already encoded.
+fn bytes_response(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut resp = (status, body.into()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -251,17 +241,9 @@ async fn apis_root(State(s): Shared, headers: HeaderMap) -> Response {
     )
 }
 
-fn bytes_response(body: Bytes) -> Response {
-    let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
 
 async fn openapi_root(State(s): Shared) -> Response {
-    bytes_response(s.served().openapi_root().clone())
+    bytes_response(StatusCode::OK, s.served().openapi_root().clone())
 }
 
 async fn openapi_doc(
@@ -269,7 +251,7 @@ async fn openapi_doc(
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Response {
     match s.served().openapi(path.trim_end_matches('/')) {
-        Some(doc) => bytes_response(doc.clone()),
+        Some(doc) => bytes_response(StatusCode::OK, doc.clone()),
         None => not_found().await,
     }
 }
@@ -582,6 +564,12 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
                 resource_version: q.get("resourceVersion").cloned(),
                 exact: q.get("resourceVersionMatch").is_some_and(|m| m == "Exact"),
             };
+            if !wants_table(&headers) {
+                if let Some((items, rv)) = registry.list_json(res, &params).await? {
+                    let metadata = json!({ "resourceVersion": rv });
+                    return Ok(list_response(&res.rt, &metadata, &items));
+                }
+            }
             let list = registry.list(res, &params).await?;
             if wants_table(&headers) {
                 let t = table::table(
@@ -602,9 +590,20 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             if let Some(r) = list.remaining {
                 metadata["remainingItemCount"] = json!(r);
             }
-            Ok(list_response(&res.rt, &metadata, &list.items))
+            let mut items = Vec::with_capacity(list.items.len() * 1024);
+            for (i, item) in list.items.iter().enumerate() {
+                if i > 0 {
+                    items.push(b',');
+                }
+                serde_json::to_writer(&mut items, item.as_ref()).map_err(Error::internal)?;
+            }
+            Ok(list_response(&res.rt, &metadata, &items))
         }
         (Method::GET, Some(name), None | Some("status")) => {
+            if !wants_table(&headers) {
+                let body = registry.get_json(res, ns, name).await?;
+                return Ok(bytes_response(StatusCode::OK, body));
+            }
             let obj = registry.get_shared(res, ns, name).await?;
             Ok(obj_response(StatusCode::OK, &obj))
         }

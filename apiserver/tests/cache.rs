@@ -327,11 +327,12 @@ async fn an_offered_object_is_taken_instead_of_decoding_the_write() {
         .await
         .expect("ready");
     let next = store.current_revision().await.expect("revision") + 1;
-    // The offer carries a marker the stored bytes do not: the cache must hand out the
-    // offered object.
+    // The offer carries a marker the stored bytes do not: the cache must hand the offered
+    // object to its watchers.
     let offered = Arc::new(
         json!({"metadata": {"name": "a", "resourceVersion": next.to_string()}, "offered": true}),
     );
+    let mut sub = cache.subscribe(next - 1).expect("subscribe");
     cache.offer(next, &offered);
     let kv = store
         .create(
@@ -341,14 +342,17 @@ async fn an_offered_object_is_taken_instead_of_decoding_the_write() {
         .await
         .expect("create");
     assert_eq!(kv.mod_revision, next);
-    cache
-        .wait_for(next, std::time::Duration::from_secs(3))
-        .await
-        .expect("caught up");
+    let delivered = match sub.live.recv().await.expect("event") {
+        keelson_apiserver::cache::Delivery::Event(e) => e.object().expect("decodes"),
+        keelson_apiserver::cache::Delivery::Reset => panic!("reset"),
+    };
+    assert!(Arc::ptr_eq(&delivered, &offered));
+    // Reads share the decoded object while anyone holds it (here the event, in the ring).
     let got = cache
         .lookup("/registry/core/configmaps/default/a")
         .expect("cached");
     assert!(Arc::ptr_eq(&got, &offered));
+    drop(sub);
     // Without an offer, the write is decoded from the store's bytes.
     store
         .create(
@@ -366,6 +370,28 @@ async fn an_offered_object_is_taken_instead_of_decoding_the_write() {
         .lookup("/registry/core/configmaps/default/b")
         .expect("cached");
     assert_eq!(b["metadata"]["resourceVersion"], now.to_string());
+    // A second read while the first's object is alive shares it.
+    let again = cache
+        .lookup("/registry/core/configmaps/default/b")
+        .expect("cached");
+    assert!(Arc::ptr_eq(&b, &again));
+    // An offer with no watcher is dropped: the event stays undecoded until asked for.
+    let next = now + 1;
+    cache.offer(next, &offered);
+    let mut sub = cache.subscribe(now).expect("subscribe");
+    store
+        .create(
+            "/registry/core/configmaps/default/c",
+            Bytes::from_static(br#"{"metadata":{"name":"c"}}"#),
+        )
+        .await
+        .expect("create c");
+    let c = match sub.live.recv().await.expect("event") {
+        keelson_apiserver::cache::Delivery::Event(e) => e.object().expect("decodes"),
+        keelson_apiserver::cache::Delivery::Reset => panic!("reset"),
+    };
+    assert!(!Arc::ptr_eq(&c, &offered));
+    assert_eq!(c["metadata"]["name"], "c");
     // An offer for a revision the cache has passed is dropped.
     cache.offer(1, &offered);
 }

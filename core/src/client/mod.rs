@@ -3,7 +3,7 @@
 //! One interface, two transports:
 //!
 //! - **In-process**: the API server's registry called directly — no sockets, no HTTP, no
-//!   JSON text; reads share the watch cache's decoded objects. `keelson-apiserver` provides
+//!   JSON text; reads come from the watch cache and share its decoded objects. `keelson-apiserver` provides
 //!   it (`ApiServer::client`), because `core` does not depend on the server.
 //! - **HTTP** (feature `http`): any Kubernetes-compatible API server, Keelson's included,
 //!   configured from a kubeconfig ([`Config`]).
