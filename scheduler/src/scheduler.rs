@@ -1179,7 +1179,8 @@ mod tests {
         }
         assert_eq!(
             fit_error_message(5, &statuses, Some("preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling.")),
-            "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint {key: value}. preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling."
+            // Kubernetes sorts the "count reason" strings as strings.
+            "0/5 nodes are available: 2 node(s) had untolerated taint {key: value}, 3 Insufficient cpu. preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling."
         );
     }
 }

@@ -143,3 +143,6 @@ impl PluginRegistry {
         self.factories.get(name)
     }
 }
+
+#[cfg(test)]
+mod tests;
