@@ -80,3 +80,26 @@ fn client_example_runs_over_both_transports() {
         "{stdout}"
     );
 }
+
+#[test]
+fn custom_scheduler_example_places_pods_by_its_own_plugin() {
+    let out = Command::new(env!("CARGO_BIN_EXE_custom_scheduler"))
+        .output()
+        .expect("run custom_scheduler");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "custom_scheduler failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pod in ["tiered-1", "tiered-2"] {
+        assert!(
+            stdout.contains(&format!("pod {pod} (tiered-scheduler) -> node-gold")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("pod greedy is pending: 0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."),
+        "{stdout}"
+    );
+}

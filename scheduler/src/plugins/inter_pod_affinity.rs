@@ -1,0 +1,417 @@
+//! InterPodAffinity: required and preferred pod affinity and anti-affinity, including
+//! the symmetry of existing pods' anti-affinity (and preferred terms) towards the
+//! incoming pod.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::cache::Snapshot;
+use crate::framework::{
+    ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
+    PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
+};
+use crate::node_info::NodeInfo;
+use crate::pod_info::{AffinityTerm, PodInfo};
+
+/// Reason: a required affinity term has no matching pod in the node's domain.
+pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
+/// Reason: a pod the incoming pod's anti-affinity names is in the node's domain.
+pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
+/// Reason: an existing pod's anti-affinity names the incoming pod.
+pub const ERR_EXISTING_ANTI_AFFINITY: &str =
+    "node(s) didn't satisfy existing pods anti-affinity rules";
+
+type TopologyPair = (String, String);
+type Counts = HashMap<TopologyPair, i64>;
+
+/// InterPodAffinity's arguments.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterPodAffinityArgs {
+    /// The weight of existing pods' required affinity terms in scoring (default 1).
+    #[serde(default = "default_hard_weight")]
+    pub hard_pod_affinity_weight: i64,
+    /// Ignore existing pods' preferred terms when scoring.
+    #[serde(default)]
+    pub ignore_preferred_terms_of_existing_pods: bool,
+}
+
+fn default_hard_weight() -> i64 {
+    1
+}
+
+impl Default for InterPodAffinityArgs {
+    fn default() -> Self {
+        InterPodAffinityArgs {
+            hard_pod_affinity_weight: 1,
+            ignore_preferred_terms_of_existing_pods: false,
+        }
+    }
+}
+
+/// The InterPodAffinity plugin.
+#[derive(Clone, Debug, Default)]
+pub struct InterPodAffinity {
+    args: InterPodAffinityArgs,
+}
+
+impl InterPodAffinity {
+    /// The plugin with these arguments.
+    pub fn new(args: InterPodAffinityArgs) -> Self {
+        InterPodAffinity { args }
+    }
+}
+
+#[derive(Clone, Default)]
+struct PreFilterState {
+    /// (key, value) domains where an existing pod's required anti-affinity matches the
+    /// incoming pod.
+    existing_anti: Counts,
+    /// Domains with pods matching all the incoming pod's required affinity terms.
+    affinity: Counts,
+    /// Domains with pods matching one of the incoming pod's anti-affinity terms.
+    anti: Counts,
+    /// The incoming pod's namespace labels.
+    ns_labels: Option<BTreeMap<String, String>>,
+    /// Namespace labels of every namespace, for the incoming pod's namespaceSelectors.
+    namespaces: Arc<HashMap<String, BTreeMap<String, String>>>,
+}
+
+fn add(counts: &mut Counts, key: &str, node: &NodeInfo, delta: i64) {
+    if let Some(v) = node.labels().get(key) {
+        let e = counts.entry((key.to_owned(), v.clone())).or_insert(0);
+        *e += delta;
+        if *e == 0 {
+            counts.remove(&(key.to_owned(), v.clone()));
+        }
+    }
+}
+
+fn term_matches(
+    term: &AffinityTerm,
+    pod: &PodInfo,
+    namespaces: &HashMap<String, BTreeMap<String, String>>,
+) -> bool {
+    term.matches(pod, namespaces.get(&pod.namespace))
+}
+
+impl PreFilterState {
+    /// Counts `existing` (on `node`) into the state, `delta` = 1 or -1.
+    fn update(&mut self, pod: &PodInfo, existing: &PodInfo, node: &NodeInfo, delta: i64) {
+        for term in &existing.required_anti_affinity {
+            if term.matches(pod, self.ns_labels.as_ref()) {
+                add(&mut self.existing_anti, &term.topology_key, node, delta);
+            }
+        }
+        if !pod.required_affinity.is_empty()
+            && pod
+                .required_affinity
+                .iter()
+                .all(|t| term_matches(t, existing, &self.namespaces))
+        {
+            for t in &pod.required_affinity {
+                add(&mut self.affinity, &t.topology_key, node, delta);
+            }
+        }
+        for t in &pod.required_anti_affinity {
+            if term_matches(t, existing, &self.namespaces) {
+                add(&mut self.anti, &t.topology_key, node, delta);
+            }
+        }
+    }
+}
+
+impl Plugin for InterPodAffinity {
+    fn name(&self) -> &str {
+        "InterPodAffinity"
+    }
+    fn events_to_register(&self) -> Vec<ClusterEvent> {
+        vec![
+            ClusterEvent::new(
+                EventResource::AssignedPod,
+                ActionType::ADD
+                    .or(ActionType::DELETE)
+                    .or(ActionType::UPDATE_POD_LABEL),
+            ),
+            ClusterEvent::new(
+                EventResource::Node,
+                ActionType::ADD.or(ActionType::UPDATE_NODE_LABEL),
+            ),
+            ClusterEvent::new(EventResource::Namespace, ActionType::ADD.or(ActionType::UPDATE)),
+        ]
+    }
+    fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilter>> {
+        Some(self)
+    }
+    fn as_filter(self: Arc<Self>) -> Option<Arc<dyn Filter>> {
+        Some(self)
+    }
+    fn as_pre_score(self: Arc<Self>) -> Option<Arc<dyn PreScore>> {
+        Some(self)
+    }
+    fn as_score(self: Arc<Self>) -> Option<Arc<dyn Score>> {
+        Some(self)
+    }
+}
+
+impl PreFilter for InterPodAffinity {
+    fn pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+    ) -> Result<PreFilterResult, Status> {
+        if let Some(e) = &pod.parse_error {
+            return Err(Status::unresolvable(format!("invalid pod affinity: {e}")));
+        }
+        let has_own = !(pod.required_affinity.is_empty() && pod.required_anti_affinity.is_empty());
+        if !has_own && snapshot.nodes_with_required_anti_affinity().next().is_none() {
+            return Ok(PreFilterResult::Skip);
+        }
+        let mut s = PreFilterState {
+            ns_labels: snapshot.namespace_labels(&pod.namespace).cloned(),
+            namespaces: Arc::new(snapshot.namespaces().clone()),
+            ..PreFilterState::default()
+        };
+        // Existing pods' anti-affinity towards this pod (symmetry).
+        for node in snapshot.nodes_with_required_anti_affinity() {
+            for existing in &node.pods_with_required_anti_affinity {
+                for term in &existing.required_anti_affinity {
+                    if term.matches(pod, s.ns_labels.as_ref()) {
+                        add(&mut s.existing_anti, &term.topology_key, node, 1);
+                    }
+                }
+            }
+        }
+        if has_own {
+            for node in snapshot.nodes() {
+                for existing in &node.pods {
+                    if !pod.required_affinity.is_empty()
+                        && pod
+                            .required_affinity
+                            .iter()
+                            .all(|t| term_matches(t, existing, &s.namespaces))
+                    {
+                        for t in &pod.required_affinity {
+                            add(&mut s.affinity, &t.topology_key, node, 1);
+                        }
+                    }
+                    for t in &pod.required_anti_affinity {
+                        if term_matches(t, existing, &s.namespaces) {
+                            add(&mut s.anti, &t.topology_key, node, 1);
+                        }
+                    }
+                }
+            }
+        }
+        state.insert(s);
+        Ok(PreFilterResult::AllNodes)
+    }
+
+    fn add_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        added: &Arc<PodInfo>,
+        node: &NodeInfo,
+    ) -> Result<(), Status> {
+        if let Some(s) = state.get_mut::<PreFilterState>() {
+            s.update(pod, added, node, 1);
+        }
+        Ok(())
+    }
+
+    fn remove_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        removed: &Arc<PodInfo>,
+        node: &NodeInfo,
+    ) -> Result<(), Status> {
+        if let Some(s) = state.get_mut::<PreFilterState>() {
+            s.update(pod, removed, node, -1);
+        }
+        Ok(())
+    }
+}
+
+impl Filter for InterPodAffinity {
+    fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
+        let Some(s) = state.get::<PreFilterState>() else {
+            return Err(Status::error("InterPodAffinity: no PreFilter state"));
+        };
+        let labels = node.labels();
+        // Required affinity: every term's domain on this node has a matching pod.
+        if !pod.required_affinity.is_empty() {
+            let satisfied = pod.required_affinity.iter().all(|t| {
+                labels
+                    .get(&t.topology_key)
+                    .is_some_and(|v| s.affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0)
+            });
+            if !satisfied {
+                // The first pod of a group that selects itself may go anywhere that has
+                // the topology keys, when no pod matches yet.
+                let self_match = s.affinity.is_empty()
+                    && pod
+                        .required_affinity
+                        .iter()
+                        .all(|t| t.matches(pod, s.ns_labels.as_ref()))
+                    && pod
+                        .required_affinity
+                        .iter()
+                        .all(|t| labels.contains_key(&t.topology_key));
+                if !self_match {
+                    return Err(Status::unresolvable(ERR_AFFINITY));
+                }
+            }
+        }
+        for t in &pod.required_anti_affinity {
+            if let Some(v) = labels.get(&t.topology_key) {
+                if s.anti.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                    return Err(Status::unschedulable(ERR_ANTI_AFFINITY));
+                }
+            }
+        }
+        for ((key, value), n) in &s.existing_anti {
+            if *n > 0 && labels.get(key) == Some(value) {
+                return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct ScoreState {
+    /// topology key → value → score.
+    scores: HashMap<String, HashMap<String, i64>>,
+}
+
+impl InterPodAffinity {
+    fn score_existing(
+        &self,
+        scores: &mut HashMap<String, HashMap<String, i64>>,
+        pod: &PodInfo,
+        pod_ns_labels: Option<&BTreeMap<String, String>>,
+        existing: &PodInfo,
+        namespaces: &HashMap<String, BTreeMap<String, String>>,
+        node: &NodeInfo,
+    ) {
+        let labels = node.labels();
+        let mut bump = |key: &str, w: i64| {
+            if let Some(v) = labels.get(key) {
+                *scores
+                    .entry(key.to_owned())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_insert(0) += w;
+            }
+        };
+        for t in &pod.preferred_affinity {
+            if term_matches(&t.term, existing, namespaces) {
+                bump(&t.term.topology_key, i64::from(t.weight));
+            }
+        }
+        for t in &pod.preferred_anti_affinity {
+            if term_matches(&t.term, existing, namespaces) {
+                bump(&t.term.topology_key, -i64::from(t.weight));
+            }
+        }
+        if self.args.hard_pod_affinity_weight > 0 {
+            for t in &existing.required_affinity {
+                if t.matches(pod, pod_ns_labels) {
+                    bump(&t.topology_key, self.args.hard_pod_affinity_weight);
+                }
+            }
+        }
+        if !self.args.ignore_preferred_terms_of_existing_pods {
+            for t in &existing.preferred_affinity {
+                if t.term.matches(pod, pod_ns_labels) {
+                    bump(&t.term.topology_key, i64::from(t.weight));
+                }
+            }
+            for t in &existing.preferred_anti_affinity {
+                if t.term.matches(pod, pod_ns_labels) {
+                    bump(&t.term.topology_key, -i64::from(t.weight));
+                }
+            }
+        }
+    }
+}
+
+impl PreScore for InterPodAffinity {
+    fn pre_score(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        nodes: &[Arc<NodeInfo>],
+    ) -> Result<PreScoreResult, Status> {
+        if nodes.is_empty() {
+            return Ok(PreScoreResult::Skip);
+        }
+        let has_constraints =
+            !(pod.preferred_affinity.is_empty() && pod.preferred_anti_affinity.is_empty());
+        if !has_constraints && self.args.ignore_preferred_terms_of_existing_pods {
+            return Ok(PreScoreResult::Skip);
+        }
+        let ns_labels = snapshot.namespace_labels(&pod.namespace);
+        let namespaces = snapshot.namespaces();
+        let mut scores = HashMap::new();
+        if has_constraints {
+            for node in snapshot.nodes() {
+                for existing in &node.pods {
+                    self.score_existing(&mut scores, pod, ns_labels, existing, namespaces, node);
+                }
+            }
+        } else {
+            for node in snapshot.nodes_with_affinity() {
+                for existing in &node.pods_with_affinity {
+                    self.score_existing(&mut scores, pod, ns_labels, existing, namespaces, node);
+                }
+            }
+        }
+        if scores.is_empty() {
+            return Ok(PreScoreResult::Skip);
+        }
+        state.insert(ScoreState { scores });
+        Ok(PreScoreResult::Run)
+    }
+}
+
+impl Score for InterPodAffinity {
+    fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
+        let Some(s) = state.get::<ScoreState>() else {
+            return Ok(0);
+        };
+        let labels = node.labels();
+        Ok(s.scores
+            .iter()
+            .filter_map(|(key, values)| labels.get(key).and_then(|v| values.get(v)))
+            .sum())
+    }
+
+    fn normalize_scores(
+        &self,
+        state: &CycleState,
+        _: &PodInfo,
+        scores: &mut [NodeScore],
+    ) -> Result<(), Status> {
+        if state.get::<ScoreState>().is_none() {
+            return Ok(());
+        }
+        let max = scores.iter().map(|s| s.score).max().unwrap_or(0);
+        let min = scores.iter().map(|s| s.score).min().unwrap_or(0);
+        let diff = max - min;
+        for s in scores.iter_mut() {
+            s.score = if diff > 0 {
+                MAX_NODE_SCORE * (s.score - min) / diff
+            } else {
+                0
+            };
+        }
+        Ok(())
+    }
+}
