@@ -1,9 +1,10 @@
 //! The `keelson` command.
 //!
-//! - `keelson up`: the all-in-one cluster. Today it serves the Kubernetes API from a
-//!   durable store under the data directory — over HTTPS with a generated CA and an admin
-//!   token by default, or plain HTTP with `--insecure-http` — and writes a kubeconfig for
-//!   kubectl; the scheduler, controllers and nodes join as they are built.
+//! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
+//!   store under the data directory — over HTTPS with a generated CA and an admin token by
+//!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
+//!   runs the scheduler (default profile, or the profiles of `--scheduler-config`) on the
+//!   in-process client; controllers and nodes join as they are built.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ enum Command {
         /// Serve plain HTTP without authentication instead of HTTPS with a token.
         #[arg(long)]
         insecure_http: bool,
+        /// The scheduler's profiles, as a KubeSchedulerConfiguration (YAML or JSON).
+        #[arg(long)]
+        scheduler_config: Option<PathBuf>,
     },
 }
 
@@ -65,9 +69,16 @@ fn main() -> anyhow::Result<()> {
             listen,
             kubeconfig,
             insecure_http,
+            scheduler_config,
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
-            rt.block_on(up(data_dir, listen, kubeconfig, insecure_http))
+            let scheduler_config = scheduler_config
+                .map(|path| {
+                    keelson_scheduler::SchedulerConfig::from_file(&path)
+                        .with_context(|| format!("reading {}", path.display()))
+                })
+                .transpose()?;
+            rt.block_on(up(data_dir, listen, kubeconfig, insecure_http, scheduler_config))
         }
     }
 }
@@ -80,6 +91,7 @@ async fn up(
     listen: SocketAddr,
     kubeconfig: PathBuf,
     insecure_http: bool,
+    scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
 ) -> anyhow::Result<()> {
     let store_dir = data_dir.join("store");
     let store = MemStore::open(&store_dir)
@@ -123,6 +135,26 @@ async fn up(
             Err(e) => return Err(anyhow::anyhow!("creating namespace {ns}: {e}")),
         }
     }
+    // One stop signal for every component.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut scheduler = keelson_scheduler::Scheduler::builder(server.client());
+    if let Some(config) = scheduler_config {
+        scheduler = scheduler.config(config);
+    }
+    let scheduler = scheduler.build().context("configuring the scheduler")?;
+    let names = scheduler.scheduler_names().join(", ");
+    let scheduling = tokio::spawn(scheduler.run(until_stopped()));
+    println!("keelson: scheduler running (profiles: {names})");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -132,7 +164,7 @@ async fn up(
         write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
         announce("http", addr, &kubeconfig);
         axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(until_stopped())
             .await
             .context("serving the API")?;
     } else {
@@ -152,7 +184,12 @@ async fn up(
             keelson_apiserver::auth::middleware,
         ));
         announce("https", addr, &kubeconfig);
-        tls::serve(listener, pki.server_config()?, router, shutdown_signal()).await;
+        tls::serve(listener, pki.server_config()?, router, until_stopped()).await;
+    }
+    match scheduling.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("keelson: the scheduler stopped with an error: {e}"),
+        Err(e) => eprintln!("keelson: the scheduler task failed: {e}"),
     }
     println!("keelson: stopped");
     Ok(())

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kubectl_available, up, up_in, Cluster};
+use common::{kubectl_available, up, up_in, up_with, Cluster};
 
 #[test]
 fn kubectl_gets_creates_and_deletes_against_keelson_up() {
@@ -727,4 +727,120 @@ fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
         c.ok(&["get", "cm", "kept", "-o", "jsonpath={.metadata.uid}"]),
         before
     );
+}
+
+/// Polls `kubectl args` until its output satisfies `done` (at most 20 s).
+fn eventually(c: &Cluster, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.kubectl(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "kubectl {args:?} never got there: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keelson_up_schedules_pods_and_says_why_one_cannot_fit() {
+    if !kubectl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n- schedulerName: default-scheduler\n- schedulerName: bin-packing\n  pluginConfig:\n  - name: NodeResourcesFit\n    args:\n      scoringStrategy:\n        type: MostAllocated\n",
+    )
+    .expect("write the scheduler config");
+    let c = up_with(
+        dir,
+        true,
+        &["--scheduler-config".as_ref(), config.as_os_str()],
+    );
+    let manifest = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {kubernetes.io/hostname: n1}}
+status:
+  capacity: {cpu: "4", memory: 8Gi, pods: "110"}
+  allocatable: {cpu: "4", memory: 8Gi, pods: "110"}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2, labels: {kubernetes.io/hostname: n2}}
+spec:
+  taints: [{key: dedicated, value: gpu, effect: NoSchedule}]
+status:
+  capacity: {cpu: "4", memory: 8Gi, pods: "110"}
+  allocatable: {cpu: "4", memory: 8Gi, pods: "110"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: small}
+spec:
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: "1"}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: packed}
+spec:
+  schedulerName: bin-packing
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: "1"}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: huge}
+spec:
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: "40"}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere}
+spec:
+  schedulerName: someone-else
+  containers: [{name: c, image: busybox}]
+"#;
+    let applied = c.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // Both profiles bind, and only to the node without the taint.
+    for pod in ["small", "packed"] {
+        let node = eventually(&c, &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"], |n| {
+            !n.is_empty()
+        });
+        assert_eq!(node, "n1", "{pod}");
+    }
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.lines().any(|l| l.starts_with("small") && l.contains("n1")), "{wide}");
+    // The pod that fits nowhere waits, and `kubectl describe` says why, as Kubernetes does.
+    let described = eventually(&c, &["describe", "pod", "huge"], |d| {
+        d.contains("FailedScheduling")
+    });
+    assert!(
+        described.contains("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}."),
+        "{described}"
+    );
+    let condition = c.ok(&[
+        "get",
+        "pod",
+        "huge",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+    ]);
+    assert_eq!(condition, "Unschedulable");
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=small"]);
+    assert!(events.contains("Successfully assigned default/small to n1"), "{events}");
+    // A pod for a scheduler that is not running is left alone.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.ok(&["get", "pod", "elsewhere", "-o", "jsonpath={.spec.nodeName}"]),
+        ""
+    );
+    assert!(!c.ok(&["describe", "pod", "elsewhere"]).contains("FailedScheduling"));
 }

@@ -49,6 +49,12 @@ pub fn up(insecure_http: bool) -> Cluster {
 
 /// Starts `keelson up` on `dir` (an earlier cluster's, to restart it).
 pub fn up_in(dir: tempfile::TempDir, insecure_http: bool) -> Cluster {
+    up_with(dir, insecure_http, &[])
+}
+
+/// Starts `keelson up` on `dir` with more arguments.
+#[allow(dead_code)]
+pub fn up_with(dir: tempfile::TempDir, insecure_http: bool, extra: &[&std::ffi::OsStr]) -> Cluster {
     let port = free_port();
     let kubeconfig = dir.path().join("kubeconfig");
     let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
@@ -60,6 +66,7 @@ pub fn up_in(dir: tempfile::TempDir, insecure_http: bool) -> Cluster {
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(insecure_http.then_some("--insecure-http"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

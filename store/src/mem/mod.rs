@@ -377,16 +377,26 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-    file.try_lock().map_err(|e| {
-        StoreError::io(
-            format!(
-                "locking {} (is another process using this store?)",
-                path.display()
-            ),
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    Ok(file)
+    // A lock just released can stay held for a moment by a child process this process is
+    // forking (until it execs and closes its copy), so a busy lock is retried briefly.
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!(
+                        "locking {} (is another process using this store?)",
+                        path.display()
+                    ),
+                    std::io::Error::other(e.to_string()),
+                ))
+            }
+        }
+    }
 }
 
 /// Loads the newest snapshot, replays the log after it, cuts a torn tail, and opens the
