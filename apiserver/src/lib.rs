@@ -43,6 +43,7 @@ pub mod discovery;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+mod nodeproxy;
 pub mod registry;
 pub mod resources;
 pub mod rest;

@@ -211,8 +211,8 @@ impl ScalePaths {
 }
 
 /// The built-in kinds Keelson serves, with their subresources: `status`; `scale` of
-/// Deployments, ReplicaSets, StatefulSets and ReplicationControllers; `binding` and
-/// `eviction` of Pods.
+/// Deployments, ReplicaSets, StatefulSets and ReplicationControllers; `binding`,
+/// `eviction` and `log` of Pods.
 pub fn builtin() -> Vec<ServedResource> {
     use k8s_openapi::api;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
@@ -300,7 +300,8 @@ pub fn builtin() -> Vec<ServedResource> {
                     "eviction",
                     GroupVersionKind::new("policy", "v1", "Eviction"),
                     &["create"],
-                );
+                )
+                .with_subresource("log", GroupVersionKind::new("", "v1", "Pod"), &["get"]);
         }
     }
     served

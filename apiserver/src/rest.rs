@@ -772,6 +772,9 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             let status = registry.bind(res, ns, name, &body).await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
+        (Method::GET, Some(name), Some("log")) => {
+            crate::nodeproxy::pod_log(registry, res, ns, name, &q).await
+        }
         (Method::POST, Some(name), Some("eviction")) => {
             let body = body_json(req).await?;
             let status = registry.evict(res, ns, name, &body).await?;
