@@ -92,12 +92,17 @@
 //!
 //! The API server proxies `pods/log` (and later `pods/exec`) to these paths.
 
+pub(crate) mod agent;
 pub mod conformance;
 mod error;
 mod network;
 mod quantity;
 mod runtime;
+mod server;
+mod sim_fleet;
+mod static_pods;
 
+pub use agent::{Agent, AgentBuilder, AgentConfig, NodeResources};
 pub use error::{Error, RuntimeError};
 pub use network::{LoopbackNetwork, NetworkPlugin, NetworkStatus, PodNetwork, PodNetworkRef};
 pub use runtime::process::ProcessRuntime;
@@ -108,5 +113,6 @@ pub use runtime::{
     SandboxState, SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_NAME,
     LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
+pub use sim_fleet::{SimFleet, SimFleetBuilder, SimFleetStats};
 
 pub use keelson_core as core;

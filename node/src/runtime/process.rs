@@ -73,7 +73,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.closed.send(true);
+        self.closed.send_replace(true);
     }
 }
 
@@ -175,7 +175,7 @@ impl Container {
             }
         }
         self.persist();
-        let _ = self.exited.send(true);
+        self.exited.send_replace(true);
     }
 }
 
@@ -412,7 +412,7 @@ impl ProcessRuntime {
                                 "the container ended while no runtime watched it".to_owned()
                             }),
                         );
-                        let _ = c.logs_done.send(true);
+                        c.logs_done.send_replace(true);
                     }
                 }
             }
@@ -437,7 +437,7 @@ impl ProcessRuntime {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(container = %c.meta.id, error = %e, "cannot read the container's output");
-                let _ = c.logs_done.send(true);
+                c.logs_done.send_replace(true);
                 return;
             }
         };
@@ -449,7 +449,7 @@ impl ProcessRuntime {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(container = %c.meta.id, error = %e, "cannot write the container's log");
-                let _ = c.logs_done.send(true);
+                c.logs_done.send_replace(true);
                 return;
             }
         };
@@ -595,7 +595,7 @@ async fn copy_logs(
     drain(&err, Stream::Stderr, &mut writer, &mut buf);
     writer.flush(Stream::Stdout);
     writer.flush(Stream::Stderr);
-    let _ = c.logs_done.send(true);
+    c.logs_done.send_replace(true);
 }
 
 /// Waits for our own child, records its exit and kills what is left of its group.
@@ -809,8 +809,8 @@ impl Runtime for ProcessRuntime {
                 s.finished_at = Some(SystemTime::now());
             }
             c.persist();
-            let _ = c.exited.send(true);
-            let _ = c.logs_done.send(true);
+            c.exited.send_replace(true);
+            c.logs_done.send_replace(true);
             e
         };
         let program = find_program(&argv[0], path_env, &cwd).map_err(fail)?;
@@ -876,7 +876,7 @@ impl Runtime for ProcessRuntime {
             let created = lock(&c.state).state == ContainerState::Created;
             if created {
                 c.finish(Some(0), Some("stopped before it started".into()));
-                let _ = c.logs_done.send(true);
+                c.logs_done.send_replace(true);
             }
             return Ok(());
         };
