@@ -147,6 +147,8 @@ pub(crate) struct PodInfo {
     pub status: Option<PodStatus>,
     /// The pod as last seen.
     pub pod: Option<Arc<Pod>>,
+    /// Write the status even if it did not change (its mirror pod was recreated).
+    pub force_publish: bool,
 }
 
 /// What the worker is told about its pod.
@@ -225,6 +227,7 @@ impl NodeCtx {
     /// Makes a pod's worker look again (and rewrite its status).
     pub(crate) fn resend(&self, uid: &str) {
         if let Some(h) = lock(&self.pods).get(uid) {
+            lock(&h.info).force_publish = true;
             h.tx.send_modify(|_| {});
         }
     }

@@ -482,6 +482,7 @@ impl PodWorker {
         let code = c.exit_code().unwrap_or(0);
         let start_failed = c.waiting.as_ref().is_some_and(|(r, _)| r == "RunContainerError");
         if !should_restart(policy, c.init, if start_failed { 128 } else { code }) {
+            c.waiting = None;
             return true;
         }
         if c.restart_at.is_none() {
@@ -680,6 +681,9 @@ impl PodWorker {
             });
             if all_done && self.containers.len() > n_init {
                 let ok = self.containers[n_init..].iter().all(|c| c.exit_code() == Some(0));
+                for c in &mut self.containers[n_init..] {
+                    c.waiting = None;
+                }
                 self.phase_final = Some(if ok { "Succeeded" } else { "Failed" });
                 self.release(&pod).await;
             }
@@ -1008,6 +1012,9 @@ impl PodWorker {
         });
         {
             let mut info = lock(&self.info);
+            if std::mem::take(&mut info.force_publish) {
+                self.last_status = None;
+            }
             info.status = serde_json::from_value::<PodStatus>(status.clone()).ok();
             info.containers = self
                 .containers
