@@ -466,6 +466,14 @@ impl Agent {
         let span = tracing::info_span!("agent", node = %ctx.node_name);
         let _enter = span.enter();
         drop(_enter);
+        // However `run` ends (also when its future is dropped), the pod workers stop.
+        struct StopWorkers(Arc<NodeCtx>);
+        impl Drop for StopWorkers {
+            fn drop(&mut self) {
+                self.0.abort_all();
+            }
+        }
+        let _stop_workers = StopWorkers(ctx.clone());
         let mut tasks = tokio::task::JoinSet::new();
         let port = match self.serve {
             Some(p) => {
@@ -493,7 +501,6 @@ impl Agent {
         shutdown.await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        ctx.abort_all();
         tracing::info!(node = %ctx.node_name, "agent stopped");
         Ok(())
     }

@@ -69,6 +69,8 @@ struct Inner {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Tells the log copiers that this runtime is gone.
     closed: watch::Sender<bool>,
+    /// Set by `kill_all`: nothing starts any more.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -319,6 +321,7 @@ impl ProcessRuntime {
             sandboxes: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             closed,
+            killed: std::sync::atomic::AtomicBool::new(false),
         });
         let rt = ProcessRuntime { inner };
         rt.load()?;
@@ -349,9 +352,13 @@ impl ProcessRuntime {
         &self.inner.root
     }
 
-    /// Kills every running container's process group with SIGKILL (for tests and
-    /// shutdown of a node for good). Does not wait.
+    /// Kills every running container's process group with SIGKILL and refuses to start
+    /// any container afterwards (for tests, and for taking a node down for good). A start
+    /// racing with it kills what it started. Does not wait.
     pub fn kill_all(&self) {
+        self.inner
+            .killed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for c in lock(&self.inner.containers).values() {
             if let Some(pgid) = c.pgid() {
                 kill_group(pgid, Signal::KILL);
@@ -788,6 +795,11 @@ impl Runtime for ProcessRuntime {
                 "container {id} is not in the created state"
             )));
         }
+        if self.inner.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RuntimeError::InvalidState(
+                "the runtime was shut down with kill_all".into(),
+            ));
+        }
         let (root, cwd) = self.build_root(&c)?;
         let env = self.environment(&c, &root);
         let path_env = env
@@ -864,8 +876,11 @@ impl Runtime for ProcessRuntime {
             s.cgroup = cgroup;
             s.cwd = Some(cwd);
         }
-        c.persist();
         let pgid = Pid::from_raw(pid).ok_or_else(|| RuntimeError::Other("pid 0".into()))?;
+        if self.inner.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            kill_group(pgid, Signal::KILL);
+        }
+        c.persist();
         tokio::spawn(reap(c, child, pgid));
         Ok(())
     }
