@@ -88,7 +88,7 @@ pub enum Error {
         op: String,
         /// The client's error.
         #[source]
-        source: keelson_core::Error,
+        source: Box<keelson_core::Error>,
     },
     /// A runtime operation failed.
     #[error(transparent)]
@@ -116,7 +116,7 @@ impl Error {
     pub(crate) fn api(op: impl Into<String>, source: keelson_core::Error) -> Error {
         Error::Api {
             op: op.into(),
-            source,
+            source: Box::new(source),
         }
     }
 

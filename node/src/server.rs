@@ -70,26 +70,26 @@ fn container_id(
     pod: &str,
     container: &str,
     previous: bool,
-) -> Result<String, Response> {
+) -> Result<String, Box<Response>> {
     let Some(info) = ctx.find(ns, pod) else {
-        return Err(status(StatusCode::NOT_FOUND, "NotFound", format!("pod \"{pod}\" not found on this node")));
+        return Err(Box::new(status(StatusCode::NOT_FOUND, "NotFound", format!("pod \"{pod}\" not found on this node"))));
     };
     let info = lock(&info);
     let Some((current, prev)) = info.containers.get(container) else {
-        return Err(status(
+        return Err(Box::new(status(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("container \"{container}\" in pod \"{pod}\" not found"),
-        ));
+        )));
     };
     let id = if previous { prev } else { current };
     id.clone().ok_or_else(|| {
         let what = if previous { "previous terminated container" } else { "container" };
-        status(
+        Box::new(status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             format!("{what} \"{container}\" in pod \"{pod}\" not found"),
-        )
+        ))
     })
 }
 
@@ -97,11 +97,11 @@ fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-fn number(q: &HashMap<String, String>, k: &str) -> Result<Option<u64>, Response> {
+fn number(q: &HashMap<String, String>, k: &str) -> Result<Option<u64>, Box<Response>> {
     match q.get(k) {
         None => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            status(StatusCode::BAD_REQUEST, "BadRequest", format!("{k} must be a non-negative integer, not {v:?}"))
+            Box::new(status(StatusCode::BAD_REQUEST, "BadRequest", format!("{k} must be a non-negative integer, not {v:?}")))
         }),
     }
 }
@@ -113,7 +113,7 @@ async fn logs(
 ) -> Response {
     let id = match container_id(&ctx, &ns, &pod, &container, flag(&q, "previous")) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut options = LogOptions {
         follow: flag(&q, "follow"),
@@ -122,16 +122,16 @@ async fn logs(
     };
     match number(&q, "tailLines") {
         Ok(n) => options.tail_lines = n.map(|n| n as usize),
-        Err(r) => return r,
+        Err(r) => return *r,
     }
     match number(&q, "limitBytes") {
         Ok(n) => options.limit_bytes = n.map(|n| n as usize),
-        Err(r) => return r,
+        Err(r) => return *r,
     }
     match number(&q, "sinceSeconds") {
         Ok(Some(s)) => options.since = SystemTime::now().checked_sub(Duration::from_secs(s)),
         Ok(None) => {}
-        Err(r) => return r,
+        Err(r) => return *r,
     }
     if let Some(t) = q.get("sinceTime") {
         match t.parse::<keelson_core::k8s_openapi::jiff::Timestamp>() {
@@ -156,7 +156,7 @@ async fn exec(
 ) -> Response {
     let id = match container_id(&ctx, &ns, &pod, &container, false) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let command: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
     if command.is_empty() {

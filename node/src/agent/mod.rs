@@ -486,10 +486,10 @@ impl Agent {
         };
         let mut reporter = NodeReporter::new(ctx.clone(), port);
         reporter.register().await?;
-        let mut static_pods = match &self.manifests {
-            Some(dir) => Some(crate::static_pods::StaticPods::new(ctx.clone(), dir.clone())),
-            None => None,
-        };
+        let mut static_pods = self
+            .manifests
+            .as_ref()
+            .map(|dir| crate::static_pods::StaticPods::new(ctx.clone(), dir.clone()));
         if let Some(s) = static_pods.as_mut() {
             s.scan().await;
         }

@@ -226,7 +226,7 @@ impl PodWorker {
         self.ctx.forget(&self.uid);
     }
 
-    fn spec<'a>(pod: &'a Pod) -> Option<&'a PodSpec> {
+    fn spec(pod: &Pod) -> Option<&PodSpec> {
         pod.spec.as_ref()
     }
 
@@ -570,20 +570,17 @@ impl PodWorker {
             }
         }
         if self.volumes.is_none() {
-            match &self.ctx.state_dir {
-                Some(dir) => {
-                    let root = dir.join("pods").join(&self.uid).join("volumes");
-                    let ip = self.pod_ip.clone().unwrap_or_default();
-                    match volumes::prepare(&self.ctx, &pod, &ip, &root).await {
-                        Ok(v) => self.volumes = Some(v),
-                        Err(e) => {
-                            self.pod_problem = Some(("ContainerCreating".into(), format!("MountVolume.SetUp failed: {}", e.0)));
-                            self.publish(&pod, desired.is_static).await;
-                            return now + period;
-                        }
+            if let Some(dir) = &self.ctx.state_dir {
+                let root = dir.join("pods").join(&self.uid).join("volumes");
+                let ip = self.pod_ip.clone().unwrap_or_default();
+                match volumes::prepare(&self.ctx, &pod, &ip, &root).await {
+                    Ok(v) => self.volumes = Some(v),
+                    Err(e) => {
+                        self.pod_problem = Some(("ContainerCreating".into(), format!("MountVolume.SetUp failed: {}", e.0)));
+                        self.publish(&pod, desired.is_static).await;
+                        return now + period;
                     }
                 }
-                None => {}
             }
         }
         self.pod_problem = None;
