@@ -1,6 +1,118 @@
-//! keelson-node: the node agent, the `Runtime` trait with the process and simulated
-//! runtimes, and the network plugins.
+//! keelson-node: Keelson's node agent (its kubelet), the container [`Runtime`] trait with a
+//! runtime of real host processes ([`ProcessRuntime`]) and a simulated one
+//! ([`SimRuntime`]), and the pod [`NetworkPlugin`] trait with the loopback plugin
+//! ([`LoopbackNetwork`]).
 //!
-//! Filled by issue 6.
+//! # Where to start
+//!
+//! ```no_run
+//! # async fn demo(client: keelson_core::client::Client) -> Result<(), keelson_node::Error> {
+//! use std::sync::Arc;
+//! use keelson_node::{Agent, ProcessRuntime, LoopbackNetwork};
+//!
+//! let runtime = Arc::new(ProcessRuntime::open("/var/lib/keelson/node-1/runtime")?);
+//! let network = Arc::new(LoopbackNetwork::open("/var/lib/keelson/node-1/network", 1)?);
+//! let agent = Agent::builder(client, "node-1")
+//!     .runtime(runtime)
+//!     .network(network)
+//!     .manifests("/etc/keelson/manifests")
+//!     .state_dir("/var/lib/keelson/node-1")
+//!     .build()?;
+//! agent.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! For scale tests, [`SimFleet`] runs thousands of simulated nodes in one process on one
+//! shared pod watch, one [`SimRuntime`] and one heartbeat loop.
+//!
+//! # Design
+//!
+//! ```text
+//!            API server (through keelson_core::client — in-process or HTTP)
+//!   Node + Lease  ^         | pods with spec.nodeName=<node> (list + watch)
+//!   heartbeats    |         v
+//!           +---------------------------+      manifest dir (static pods)
+//!           | Agent                     | <--- polled: add/change/remove
+//!           |  node status, lease loop  |
+//!           |  pod manager: uid -> task | ---> mirror pods (kubernetes.io/config.mirror)
+//!           +---------------------------+
+//!                 | one PodWorker task per pod: sandbox -> init containers -> containers,
+//!                 | probes, hooks, restarts with back-off, termination, status patches
+//!                 v
+//!      Arc<dyn NetworkPlugin>  (add/remove/status: one 127.x.y.z per pod)
+//!      Arc<dyn Runtime>        (CRI-shaped: sandboxes, containers, logs, exec, stats)
+//! ```
+//!
+//! - [`Runtime`] is shaped like the CRI: a pod gets a *sandbox*; containers are created in
+//!   it, started, stopped with a grace period and removed; every operation is idempotent
+//!   (stopping a stopped container, removing a removed one succeed). Containers carry
+//!   labels (pod uid, container name, attempt) so that an agent that restarts finds the
+//!   containers it was running ([`Runtime::list_containers`]) and adopts them instead of
+//!   starting duplicates; sandboxes of pods that no longer exist are stopped and removed.
+//!   Every implementation runs the shared [`conformance`] suite.
+//! - [`ProcessRuntime`] runs each container as a host process group; its state directory
+//!   (metadata, pid and start time, log files) lets a new `ProcessRuntime` on the same
+//!   directory re-adopt running processes. See its docs for how `image`, volumes and
+//!   limits are treated.
+//! - [`SimRuntime`] runs nothing: a container's state is a function of its configured
+//!   stages and the time (`tokio::time`), so it costs a few hundred bytes and no task.
+//! - [`NetworkPlugin`] is shaped like CNI; [`LoopbackNetwork`] hands each node a
+//!   `127.<n>.0.0/16` and each pod one address in it, persisted so that no address is
+//!   handed out twice.
+//! - The agent's pod workers poll the runtime every sync period (default 1 s), so a
+//!   runtime needs no event stream; all timing is `tokio::time`.
+//!
+//! # Paths instead of mounts
+//!
+//! There is no mount namespace: each volume is a directory under
+//! `<state_dir>/pods/<uid>/volumes/<name>`. A container's [`ContainerConfig::mounts`]
+//! map each `mountPath` to that directory; [`ProcessRuntime`] builds a per-container root
+//! directory (`$KEELSON_ROOT`) with a symlink at every mount path, starts the process in
+//! that directory (unless `workingDir` names an existing host directory), and also sets
+//! `KEELSON_VOLUME_<VOLUME_NAME>` to each mounted volume's directory. So a container with
+//! `mountPath: /etc/config` reads `$KEELSON_ROOT/etc/config/key` (or `etc/config/key`
+//! relative to its working directory).
+//!
+//! # The HTTP endpoint (kubelet-like)
+//!
+//! With [`AgentBuilder::serve`], the agent serves plain HTTP on `127.0.0.1:<port>` and
+//! publishes the port in `status.daemonEndpoints.kubeletEndpoint.port`:
+//!
+//! - `GET /healthz` → `ok`.
+//! - `GET /pods` → a `PodList` (JSON) of the pods the agent runs.
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` with the query parameters of
+//!   `pods/log`: `follow=true` (keep the response open, chunked, until the container
+//!   ends), `previous=true` (the previous instance), `tailLines=N`, `sinceSeconds=N`,
+//!   `sinceTime=RFC3339`, `timestamps=true` (each line prefixed with its RFC 3339 time and
+//!   a space), `limitBytes=N`. Answers `text/plain`; 404 with a JSON `Status` for an
+//!   unknown pod or container, 400 for bad parameters.
+//! - `POST /exec/{namespace}/{pod}/{container}?command=a&command=b[&timeoutSeconds=N]`
+//!   runs a command non-interactively in the container's environment and answers JSON
+//!   `{"exitCode": n, "stdout": "...", "stderr": "..."}` (no streaming, no stdin yet).
+//!
+//! The API server proxies `pods/log` (and later `pods/exec`) to these paths.
+
+pub(crate) mod agent;
+pub mod conformance;
+mod error;
+mod network;
+mod quantity;
+mod runtime;
+mod server;
+mod sim_fleet;
+mod static_pods;
+
+pub use agent::{Agent, AgentBuilder, AgentConfig, NodeResources};
+pub use error::{Error, RuntimeError};
+pub use network::{LoopbackNetwork, NetworkPlugin, NetworkStatus, PodNetwork, PodNetworkRef};
+pub use runtime::process::ProcessRuntime;
+pub use runtime::sim::{SimBehaviour, SimProfile, SimRuntime};
+pub use runtime::{
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus,
+    ExecOutput, LogOptions, LogStream, Mount, ResourceLimits, Runtime, SandboxConfig,
+    SandboxState, SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE, LABEL_POD_UID,
+};
+pub use sim_fleet::{SimFleet, SimFleetBuilder, SimFleetStats};
 
 pub use keelson_core as core;
