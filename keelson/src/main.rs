@@ -3,8 +3,11 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the scheduler (default profile, or the profiles of `--scheduler-config`) on the
-//!   in-process client; controllers and nodes join as they are built.
+//!   runs the scheduler (default profile, or the profiles of `--scheduler-config`) and node
+//!   agents on the in-process client: `--nodes N` local nodes running real processes
+//!   (default 1), `--sim-nodes N` simulated ones, static pods from `--manifests DIR`.
+//!   Stopping it (Ctrl-C, SIGTERM) stops the pods' processes; after a crash they keep
+//!   running and the next start adopts them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,15 @@ enum Command {
         /// The scheduler's profiles, as a KubeSchedulerConfiguration (YAML or JSON).
         #[arg(long)]
         scheduler_config: Option<PathBuf>,
+        /// How many local nodes run pods as host processes (node-1, node-2, ...).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=200))]
+        nodes: u8,
+        /// How many simulated nodes to add (sim-0, sim-1, ...; no processes).
+        #[arg(long, default_value_t = 0)]
+        sim_nodes: usize,
+        /// A directory of static pod manifests for node-1.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
     },
 }
 
@@ -70,6 +82,9 @@ fn main() -> anyhow::Result<()> {
             kubeconfig,
             insecure_http,
             scheduler_config,
+            nodes,
+            sim_nodes,
+            manifests,
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
             let scheduler_config = scheduler_config
@@ -78,7 +93,19 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", path.display()))
                 })
                 .transpose()?;
-            rt.block_on(up(data_dir, listen, kubeconfig, insecure_http, scheduler_config))
+            let nodes = Nodes {
+                local: nodes,
+                simulated: sim_nodes,
+                manifests,
+            };
+            rt.block_on(up(
+                data_dir,
+                listen,
+                kubeconfig,
+                insecure_http,
+                scheduler_config,
+                nodes,
+            ))
         }
     }
 }
@@ -92,6 +119,7 @@ async fn up(
     kubeconfig: PathBuf,
     insecure_http: bool,
     scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
+    nodes: Nodes,
 ) -> anyhow::Result<()> {
     let store_dir = data_dir.join("store");
     let store = MemStore::open(&store_dir)
@@ -155,6 +183,7 @@ async fn up(
     let names = scheduler.scheduler_names().join(", ");
     let scheduling = tokio::spawn(scheduler.run(until_stopped()));
     println!("keelson: scheduler running (profiles: {names})");
+    let running = start_nodes(&server, &data_dir, nodes, &until_stopped)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -191,8 +220,98 @@ async fn up(
         Ok(Err(e)) => eprintln!("keelson: the scheduler stopped with an error: {e}"),
         Err(e) => eprintln!("keelson: the scheduler task failed: {e}"),
     }
+    running.stop().await;
     println!("keelson: stopped");
     Ok(())
+}
+
+/// The nodes `keelson up` runs.
+struct Nodes {
+    local: u8,
+    simulated: usize,
+    manifests: Option<PathBuf>,
+}
+
+/// The node agents running, and the runtimes whose processes stop with the cluster.
+struct RunningNodes {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    runtimes: Vec<Arc<keelson_node::ProcessRuntime>>,
+}
+
+impl RunningNodes {
+    /// Waits for the agents to stop (the stop signal has been given), then stops the
+    /// pods' processes.
+    async fn stop(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        for runtime in self.runtimes {
+            runtime.kill_all();
+        }
+    }
+}
+
+/// Starts the local node agents (real processes, each with its state under
+/// `DATA_DIR/nodes/NAME` and its endpoint on a free loopback port) and the simulated fleet.
+fn start_nodes<F, Fut>(
+    server: &Arc<ApiServer>,
+    data_dir: &Path,
+    nodes: Nodes,
+    until_stopped: &F,
+) -> anyhow::Result<RunningNodes>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut running = RunningNodes {
+        tasks: Vec::new(),
+        runtimes: Vec::new(),
+    };
+    for i in 1..=nodes.local {
+        let name = format!("node-{i}");
+        let state = data_dir.join("nodes").join(&name);
+        let runtime = Arc::new(
+            keelson_node::ProcessRuntime::open(state.join("runtime"))
+                .with_context(|| format!("opening {name}'s runtime"))?,
+        );
+        let network = Arc::new(
+            keelson_node::LoopbackNetwork::open(state.join("network"), i)
+                .with_context(|| format!("opening {name}'s network"))?,
+        );
+        let mut agent = keelson_node::Agent::builder(server.client(), name.clone())
+            .runtime(runtime.clone())
+            .network(network)
+            .state_dir(&state)
+            .serve(0);
+        if let (1, Some(dir)) = (i, &nodes.manifests) {
+            agent = agent.manifests(dir);
+        }
+        let agent = agent.build().with_context(|| format!("configuring {name}"))?;
+        let stop = until_stopped();
+        running.tasks.push(tokio::spawn(async move {
+            if let Err(e) = agent.run(stop).await {
+                eprintln!("keelson: the agent of {name} stopped: {e}");
+            }
+        }));
+        running.runtimes.push(runtime);
+    }
+    if nodes.simulated > 0 {
+        let fleet = keelson_node::SimFleet::builder(server.client())
+            .nodes(nodes.simulated)
+            .prefix("sim-")
+            .build();
+        let stop = until_stopped();
+        running.tasks.push(tokio::spawn(async move {
+            if let Err(e) = fleet.run(stop).await {
+                eprintln!("keelson: the simulated nodes stopped: {e}");
+            }
+        }));
+    }
+    println!(
+        "keelson: {} local node(s) running processes, {} simulated",
+        nodes.local, nodes.simulated
+    );
+    Ok(running)
 }
 
 fn announce(scheme: &str, addr: SocketAddr, kubeconfig: &Path) {

@@ -124,7 +124,12 @@ fn kubectl_apply_describe_explain_watch_and_discovery_work() {
     if !kubectl_available() {
         return;
     }
-    let c = up(true);
+    // No nodes: the pods below stay Pending.
+    let c = up_with(
+        tempfile::tempdir().expect("temp dir"),
+        true,
+        &["--nodes".as_ref(), "0".as_ref()],
+    );
     let deployment = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","labels":{"app":"web"}},
       "spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},
       "template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#;
@@ -758,7 +763,13 @@ fn keelson_up_schedules_pods_and_says_why_one_cannot_fit() {
     let c = up_with(
         dir,
         true,
-        &["--scheduler-config".as_ref(), config.as_os_str()],
+        &[
+            "--scheduler-config".as_ref(),
+            config.as_os_str(),
+            // Only the two Nodes below, which no agent runs.
+            "--nodes".as_ref(),
+            "0".as_ref(),
+        ],
     );
     let manifest = r#"
 apiVersion: v1
@@ -843,4 +854,69 @@ spec:
         ""
     );
     assert!(!c.ok(&["describe", "pod", "elsewhere"]).contains("FailedScheduling"));
+}
+
+#[test]
+fn kubectl_run_starts_a_real_process_whose_logs_kubectl_reads() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    let node = eventually(&c, &["get", "nodes"], |n| n.contains("node-1") && n.contains("Ready"));
+    assert!(node.contains("node-1"), "{node}");
+
+    // A process that prints and stays up: scheduled onto node-1, Running, with an address.
+    c.ok(&[
+        "run",
+        "hello",
+        "--image=busybox",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "echo started; while true; do echo tick; sleep 0.2; done",
+    ]);
+    eventually(&c, &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"], |p| {
+        p == "Running"
+    });
+    let wide = c.ok(&["get", "pod", "hello", "-o", "wide"]);
+    assert!(wide.contains("1/1") && wide.contains("node-1") && wide.contains("127."), "{wide}");
+    let logs = eventually(&c, &["logs", "hello"], |l| l.contains("tick"));
+    assert!(logs.starts_with("started\n"), "{logs}");
+    assert_eq!(c.ok(&["logs", "hello", "--tail=1"]), "tick\n");
+    let stamped = c.ok(&["logs", "hello", "--tail=1", "--timestamps"]);
+    assert!(stamped.ends_with("Z tick\n") && stamped.starts_with("20"), "{stamped}");
+
+    // `logs -f` follows until the container ends.
+    c.ok(&[
+        "run",
+        "counter",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line $i; sleep 0.3; done",
+    ]);
+    eventually(&c, &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"], |p| {
+        p == "Running" || p == "Succeeded"
+    });
+    assert_eq!(c.ok(&["logs", "-f", "counter"]), "line 1\nline 2\nline 3\n");
+    eventually(&c, &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"], |p| {
+        p == "Succeeded"
+    });
+
+    // A crash loop shows in `get pods`, a command that does not exist as Kubernetes says.
+    c.ok(&["run", "crash", "--image=busybox", "--command", "--", "sh", "-c", "echo boom; exit 3"]);
+    let pods = eventually(&c, &["get", "pod", "crash"], |p| p.contains("CrashLoopBackOff"));
+    assert!(pods.contains("0/1"), "{pods}");
+    assert_eq!(c.ok(&["logs", "crash", "--previous"]), "boom\n");
+    c.ok(&["run", "nope", "--image=busybox", "--command", "--", "/no/such/binary"]);
+    let described = eventually(&c, &["describe", "pod", "nope"], |d| {
+        d.contains("RunContainerError")
+    });
+    assert!(described.contains("/no/such/binary"), "{described}");
+    let err = c.fails(&["logs", "hello", "-c", "other"]);
+    assert!(err.contains("container other is not valid for pod hello"), "{err}");
 }

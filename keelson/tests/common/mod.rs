@@ -18,7 +18,20 @@ pub struct Cluster {
 }
 
 impl Drop for Cluster {
+    /// Stops `keelson up` as a user would (SIGTERM: it stops its pods' processes too), and
+    /// kills it if it has not stopped in 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
