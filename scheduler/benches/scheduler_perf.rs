@@ -305,8 +305,16 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
         if tracker.bound.load(Ordering::Relaxed) >= measured {
             break;
         }
-        if Instant::now() > deadline {
-            return Err(format!("{}: only {} of {measured} pods bound", w.name, tracker.bound.load(Ordering::Relaxed)).into());
+        let stalled = samples.len() >= 15 && samples[samples.len() - 15..].iter().all(|s| *s == 0.0);
+        if Instant::now() > deadline || stalled {
+            return Err(format!(
+                "{}: only {} of {measured} pods bound; queue {:?}; {:?}",
+                w.name,
+                tracker.bound.load(Ordering::Relaxed),
+                handle.queue_lengths(),
+                handle.metrics()
+            )
+            .into());
         }
     }
     creator.await?;

@@ -14,7 +14,7 @@ use crate::resources::Resources;
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     node: Option<Arc<Node>>,
-    name: String,
+    name: Arc<str>,
     /// The pods on the node.
     pub pods: Vec<Arc<PodInfo>>,
     /// The pods on the node with any pod affinity or anti-affinity term.
@@ -40,7 +40,7 @@ impl NodeInfo {
     /// A node with no pods.
     pub fn new(node: Arc<Node>) -> NodeInfo {
         let mut info = NodeInfo {
-            name: node.metadata.name.clone().unwrap_or_default(),
+            name: Arc::from(node.metadata.name.as_deref().unwrap_or_default()),
             ..NodeInfo::default()
         };
         info.set_node(node);
@@ -50,7 +50,7 @@ impl NodeInfo {
     /// Pods known on a node the scheduler has not seen yet.
     pub(crate) fn placeholder(name: &str) -> NodeInfo {
         NodeInfo {
-            name: name.to_owned(),
+            name: Arc::from(name),
             ..NodeInfo::default()
         }
     }
@@ -91,6 +91,11 @@ impl NodeInfo {
 
     /// The node's name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
         &self.name
     }
 

@@ -800,7 +800,7 @@ impl Inner {
             // Nodes the PreFilter plugins ruled out.
             for n in snapshot.nodes() {
                 if !names.contains(n.name()) {
-                    statuses.insert(n.name(), Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"));
+                    statuses.insert(n.name_arc().clone(), Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"));
                 }
             }
         }
@@ -865,7 +865,7 @@ impl Inner {
                 let node = &nodes[(start + i) % n];
                 match check(node) {
                     Ok(()) => feasible.push((i, node.clone())),
-                    Err(s) => statuses.insert(node.name(), s),
+                    Err(s) => statuses.insert(node.name_arc().clone(), s),
                 }
                 i += 1;
             }
@@ -913,7 +913,7 @@ impl Inner {
             for (ok, failed) in results {
                 for (i, s) in failed {
                     last = last.max(i + 1);
-                    statuses.insert(nodes[(start + i) % n].name(), s);
+                    statuses.insert(nodes[(start + i) % n].name_arc().clone(), s);
                 }
                 feasible.extend(ok);
             }

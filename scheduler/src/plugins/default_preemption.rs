@@ -122,14 +122,13 @@ impl DefaultPreemption {
             let unresolvable = statuses.pre_filter.as_ref().map_or_else(
                 || {
                     statuses
-                        .by_node
                         .get(node.name())
                         .is_some_and(|s| s.code() == Code::UnschedulableAndUnresolvable)
                 },
                 |s| s.code() == Code::UnschedulableAndUnresolvable,
             );
             if unresolvable {
-                reasons.insert(node.name(), Status::unresolvable(NOT_HELPFUL));
+                reasons.insert(node.name_arc().clone(), Status::unresolvable(NOT_HELPFUL));
             } else {
                 potential.push(node);
             }
@@ -155,7 +154,7 @@ impl DefaultPreemption {
             let node = potential[(offset + i) % potential.len()];
             match self.select_victims(state, pod, node, snapshot.pdbs(), profile)? {
                 Some(c) => candidates.push(c),
-                None => reasons.insert(node.name(), Status::unschedulable(NO_VICTIMS)),
+                None => reasons.insert(node.name_arc().clone(), Status::unschedulable(NO_VICTIMS)),
             }
         }
         pick_one(candidates).ok_or_else(|| summary(&reasons))

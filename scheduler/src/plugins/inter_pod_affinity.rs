@@ -23,8 +23,57 @@ pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rule
 pub const ERR_EXISTING_ANTI_AFFINITY: &str =
     "node(s) didn't satisfy existing pods anti-affinity rules";
 
-type TopologyPair = (String, String);
-type Counts = HashMap<TopologyPair, i64>;
+/// Pods per topology domain: key → value → count. Lookups allocate nothing; a new
+/// domain allocates its value once.
+#[derive(Clone, Debug, Default)]
+struct Counts(HashMap<String, HashMap<String, i64>>);
+
+impl Counts {
+    fn add(&mut self, key: &str, node: &NodeInfo, delta: i64) {
+        let Some(v) = node.labels().get(key) else {
+            return;
+        };
+        if !self.0.contains_key(key) {
+            self.0.insert(key.to_owned(), HashMap::new());
+        }
+        let Some(values) = self.0.get_mut(key) else {
+            return;
+        };
+        match values.get_mut(v.as_str()) {
+            Some(c) => {
+                *c += delta;
+                if *c == 0 {
+                    values.remove(v.as_str());
+                }
+            }
+            None if delta != 0 => {
+                values.insert(v.clone(), delta);
+            }
+            None => {}
+        }
+    }
+
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.0
+            .get(key)
+            .and_then(|m| m.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.values().all(HashMap::is_empty)
+    }
+
+    /// Whether a domain the node is in has a positive count.
+    fn hits(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().any(|(key, values)| {
+            labels
+                .get(key)
+                .is_some_and(|v| values.get(v).is_some_and(|c| *c > 0))
+        })
+    }
+}
 
 /// InterPodAffinity's arguments.
 #[derive(Clone, Debug, Deserialize)]
@@ -80,13 +129,7 @@ struct PreFilterState {
 }
 
 fn add(counts: &mut Counts, key: &str, node: &NodeInfo, delta: i64) {
-    if let Some(v) = node.labels().get(key) {
-        let e = counts.entry((key.to_owned(), v.clone())).or_insert(0);
-        *e += delta;
-        if *e == 0 {
-            counts.remove(&(key.to_owned(), v.clone()));
-        }
-    }
+    counts.add(key, node, delta);
 }
 
 fn term_matches(
@@ -248,7 +291,7 @@ impl Filter for InterPodAffinity {
             let satisfied = pod.required_affinity.iter().all(|t| {
                 labels
                     .get(&t.topology_key)
-                    .is_some_and(|v| s.affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0)
+                    .is_some_and(|v| s.affinity.get(&t.topology_key, v) > 0)
             });
             if !satisfied {
                 // The first pod of a group that selects itself may go anywhere that has
@@ -269,15 +312,13 @@ impl Filter for InterPodAffinity {
         }
         for t in &pod.required_anti_affinity {
             if let Some(v) = labels.get(&t.topology_key) {
-                if s.anti.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                if s.anti.get(&t.topology_key, v) > 0 {
                     return Err(Status::unschedulable(ERR_ANTI_AFFINITY));
                 }
             }
         }
-        for ((key, value), n) in &s.existing_anti {
-            if *n > 0 && labels.get(key) == Some(value) {
-                return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
-            }
+        if s.existing_anti.hits(labels) {
+            return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
         }
         Ok(())
     }

@@ -646,7 +646,7 @@ fn preempt(profile: &Profile, preemption: &DefaultPreemption, pod: &Arc<PodInfo>
     let mut statuses = NodeStatuses::default();
     for n in snap.nodes() {
         if let Err(s) = profile.run_filters(&state, pod, n) {
-            statuses.insert(n.name(), s);
+            statuses.insert(n.name_arc().clone(), s);
         }
     }
     preemption
