@@ -7,6 +7,8 @@
 //! cargo bench -p keelson-scheduler --bench scheduler_perf                       # every workload
 //! cargo bench -p keelson-scheduler --bench scheduler_perf -- --workload SchedulingBasic
 //! cargo bench -p keelson-scheduler --bench scheduler_perf -- --quick            # a tenth of the pods
+//! cargo bench -p keelson-scheduler --bench scheduler_perf -- --parallelism 1    # filter on one thread
+//! cargo bench -p keelson-scheduler --bench scheduler_perf -- --no-events        # no Scheduled events
 //! ```
 //!
 //! Per workload: nodes are created, then the init pods (scheduled before measuring),
@@ -184,7 +186,7 @@ fn cpu_seconds() -> (f64, f64) {
     (ours, machine)
 }
 
-async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(w: Workload, scale: usize, events: bool, parallelism: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
     let measured = (w.measured_pods / scale).max(1);
     let init = w.init_pods / scale;
     // Preemption needs full nodes: scale them with the pods.
@@ -218,7 +220,11 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
             h.await?;
         }
     }
-    let scheduler = Scheduler::builder(client.clone()).scheduled_events(events).build()?;
+    let mut builder = Scheduler::builder(client.clone()).scheduled_events(events);
+    if let Some(p) = parallelism {
+        builder = builder.parallelism(p);
+    }
+    let scheduler = builder.build()?;
     let handle = scheduler.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(scheduler.run(async move {
@@ -231,32 +237,27 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
         bound: AtomicUsize::new(0),
         last_bound: Mutex::new(None),
     });
-    // Watch the pods as JSON (no decoding) for bindings.
+    // Watch the pods as JSON (no decoding) for bindings; list again when the watch
+    // cannot go on.
     let init_bound = Arc::new(AtomicUsize::new(0));
     {
-        let rt = Pod::resource_type();
-        let mut stream = client
-            .transport()
-            .watch(&rt, &WatchParams { resource_version: Some(String::new()), ..WatchParams::default() })
-            .await?;
+        let client = client.clone();
         let tracker = tracker.clone();
         let init_bound = init_bound.clone();
         tokio::spawn(async move {
+            let rt = Pod::resource_type();
             let mut seen = std::collections::HashSet::new();
-            while let Some(Ok(ev)) = stream.next().await {
-                if ev.kind != WatchEventType::Modified && ev.kind != WatchEventType::Added {
-                    continue;
-                }
-                let Some(name) = ev.object.pointer("/metadata/name").and_then(|v| v.as_str()) else { continue };
-                if ev.object.pointer("/spec/nodeName").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
-                    continue;
+            let mut note = |obj: &serde_json::Value| {
+                let Some(name) = obj.pointer("/metadata/name").and_then(|v| v.as_str()) else { return };
+                if obj.pointer("/spec/nodeName").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
+                    return;
                 }
                 if !seen.insert(name.to_owned()) {
-                    continue;
+                    return;
                 }
                 if name.starts_with("init-") {
                     init_bound.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    return;
                 }
                 let now = Instant::now();
                 if let Some(t0) = tracker.created.lock().get(name) {
@@ -265,6 +266,22 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
                 }
                 tracker.bound.fetch_add(1, Ordering::Relaxed);
                 *tracker.last_bound.lock() = Some(now);
+            };
+            loop {
+                let Ok(list) = client.transport().list(&rt, &keelson_core::client::ListParams::default()).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for item in &list.items {
+                    note(item);
+                }
+                let params = WatchParams { resource_version: Some(list.resource_version.clone()), ..WatchParams::default() };
+                let Ok(mut stream) = client.transport().watch(&rt, &params).await else { continue };
+                while let Some(Ok(ev)) = stream.next().await {
+                    if ev.kind == WatchEventType::Modified || ev.kind == WatchEventType::Added {
+                        note(&ev.object);
+                    }
+                }
             }
         });
     }
@@ -371,6 +388,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let events = !std::env::args().any(|a| a == "--no-events");
     let only = arg("--workload");
+    let parallelism = arg("--parallelism").and_then(|p| p.parse().ok());
     let scale = if quick { 10 } else { 1 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -386,7 +404,7 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != w.name) {
             continue;
         }
-        if let Err(e) = runtime.block_on(run(*w, scale, events)) {
+        if let Err(e) = runtime.block_on(run(*w, scale, events, parallelism)) {
             println!("| {} | failed: {e} |", w.name);
         }
     }

@@ -393,6 +393,11 @@ impl Snapshot {
         &self.namespaces
     }
 
+    /// The namespaces, shared.
+    pub fn namespaces_arc(&self) -> &Arc<HashMap<String, BTreeMap<String, String>>> {
+        &self.namespaces
+    }
+
     /// On how many nodes an image is present.
     pub fn image_node_count(&self, image: &str) -> usize {
         self.image_nodes.get(image).copied().unwrap_or(0)

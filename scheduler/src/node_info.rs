@@ -31,6 +31,8 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// Bumped on every change.
     pub generation: u64,
+    /// The labels as shared strings, so per-cycle maps keyed by them copy no text.
+    interned_labels: BTreeMap<Arc<str>, Arc<str>>,
 }
 
 static EMPTY_LABELS: std::sync::LazyLock<BTreeMap<String, String>> =
@@ -74,8 +76,20 @@ impl NodeInfo {
                     .map(move |n| (normalize_image(n), size))
             })
             .collect();
+        self.interned_labels = node
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
+            .collect();
         self.node = Some(node);
         self.generation += 1;
+    }
+
+    /// A label as shared strings (key, value).
+    pub fn label_arc(&self, key: &str) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.interned_labels.get_key_value(key)
     }
 
     /// Forgets the node object (its pods stay until they go).

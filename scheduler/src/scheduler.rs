@@ -38,7 +38,7 @@ use crate::queue::{
 /// The `schedulerName` of pods that name none.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
 
-/// Below this many nodes to check, filtering runs on one thread.
+/// Below this many nodes to check (or to find), filtering runs on one thread.
 const PARALLEL_MIN_NODES: usize = 1024;
 /// Nodes per chunk when filtering in parallel.
 const CHUNK: usize = 128;
@@ -859,7 +859,9 @@ impl Inner {
         };
         let mut feasible: Vec<(usize, Arc<NodeInfo>)> = Vec::with_capacity(to_find.min(n));
         let processed;
-        if self.parallelism <= 1 || n < PARALLEL_MIN_NODES {
+        // Threads only pay off when there is much to check: they are started per
+        // cycle (scoped), which costs tens of microseconds.
+        if self.parallelism <= 1 || n < PARALLEL_MIN_NODES || to_find < PARALLEL_MIN_NODES {
             let mut i = 0;
             while i < n && feasible.len() < to_find {
                 let node = &nodes[(start + i) % n];

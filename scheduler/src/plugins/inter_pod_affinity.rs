@@ -23,27 +23,22 @@ pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rule
 pub const ERR_EXISTING_ANTI_AFFINITY: &str =
     "node(s) didn't satisfy existing pods anti-affinity rules";
 
-/// Pods per topology domain: key → value → count. Lookups allocate nothing; a new
-/// domain allocates its value once.
+/// Pods per topology domain: key → value → count, keyed by the nodes' shared label
+/// strings, so counting copies no text.
 #[derive(Clone, Debug, Default)]
-struct Counts(HashMap<String, HashMap<String, i64>>);
+struct Counts(HashMap<Arc<str>, HashMap<Arc<str>, i64>>);
 
 impl Counts {
     fn add(&mut self, key: &str, node: &NodeInfo, delta: i64) {
-        let Some(v) = node.labels().get(key) else {
+        let Some((k, v)) = node.label_arc(key) else {
             return;
         };
-        if !self.0.contains_key(key) {
-            self.0.insert(key.to_owned(), HashMap::new());
-        }
-        let Some(values) = self.0.get_mut(key) else {
-            return;
-        };
-        match values.get_mut(v.as_str()) {
+        let values = self.0.entry(k.clone()).or_default();
+        match values.get_mut(&**v) {
             Some(c) => {
                 *c += delta;
                 if *c == 0 {
-                    values.remove(v.as_str());
+                    values.remove(&**v);
                 }
             }
             None if delta != 0 => {
@@ -69,8 +64,8 @@ impl Counts {
     fn hits(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().any(|(key, values)| {
             labels
-                .get(key)
-                .is_some_and(|v| values.get(v).is_some_and(|c| *c > 0))
+                .get(&**key)
+                .is_some_and(|v| values.get(v.as_str()).is_some_and(|c| *c > 0))
         })
     }
 }
@@ -215,7 +210,7 @@ impl PreFilter for InterPodAffinity {
         }
         let mut s = PreFilterState {
             ns_labels: snapshot.namespace_labels(&pod.namespace).cloned(),
-            namespaces: Arc::new(snapshot.namespaces().clone()),
+            namespaces: snapshot.namespaces_arc().clone(),
             ..PreFilterState::default()
         };
         // Existing pods' anti-affinity towards this pod (symmetry).

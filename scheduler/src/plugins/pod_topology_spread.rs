@@ -186,7 +186,7 @@ fn has_all_keys(constraints: &[Constraint], node: &NodeInfo) -> bool {
 struct FilterState {
     constraints: Vec<Constraint>,
     /// Per constraint: domain value → matching pods.
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<HashMap<Arc<str>, i64>>,
     /// Per constraint: the smallest count over its domains.
     min: Vec<i64>,
 }
@@ -204,12 +204,11 @@ impl FilterState {
         if other.namespace != pod.namespace || !has_all_keys(&self.constraints, node) {
             return;
         }
-        let labels = node.labels();
         for (i, c) in self.constraints.iter().enumerate() {
             if !c.includes(pod, node) || !c.selector.matches(&other.labels) {
                 continue;
             }
-            if let (Some(v), Some(counts)) = (labels.get(&c.key), self.counts.get_mut(i)) {
+            if let (Some((_, v)), Some(counts)) = (node.label_arc(&c.key), self.counts.get_mut(i)) {
                 *counts.entry(v.clone()).or_insert(0) += delta;
             }
         }
@@ -263,17 +262,16 @@ impl PreFilter for PodTopologySpread {
         if constraints.is_empty() {
             return Ok(PreFilterResult::Skip);
         }
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); constraints.len()];
+        let mut counts: Vec<HashMap<Arc<str>, i64>> = vec![HashMap::new(); constraints.len()];
         for node in snapshot.nodes() {
             if !has_all_keys(&constraints, node) {
                 continue;
             }
-            let labels = node.labels();
             for (i, c) in constraints.iter().enumerate() {
                 if !c.includes(pod, node) {
                     continue;
                 }
-                let Some(v) = labels.get(&c.key) else { continue };
+                let Some((_, v)) = node.label_arc(&c.key) else { continue };
                 let n = c.count(pod, node);
                 if let Some(m) = counts.get_mut(i) {
                     *m.entry(v.clone()).or_insert(0) += n;
@@ -329,7 +327,7 @@ impl Filter for PodTopologySpread {
             };
             let counts = s.counts.get(i);
             let self_match = i64::from(c.selector.matches(&pod.labels));
-            let matching = counts.and_then(|m| m.get(value)).copied().unwrap_or(0);
+            let matching = counts.and_then(|m| m.get(value.as_str())).copied().unwrap_or(0);
             let domains = counts.map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
             let min = if domains < c.min_domains {
                 0
@@ -347,7 +345,7 @@ impl Filter for PodTopologySpread {
 #[derive(Clone, Debug, Default)]
 struct ScoreState {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<HashMap<Arc<str>, i64>>,
     weights: Vec<f64>,
     ignored: HashSet<usize>,
 }
@@ -364,7 +362,7 @@ impl PreScore for PodTopologySpread {
         if constraints.is_empty() || nodes.is_empty() {
             return Ok(PreScoreResult::Skip);
         }
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); constraints.len()];
+        let mut counts: Vec<HashMap<Arc<str>, i64>> = vec![HashMap::new(); constraints.len()];
         let mut ignored = HashSet::new();
         let mut feasible = 0i64;
         for (n, node) in nodes.iter().enumerate() {
@@ -377,7 +375,7 @@ impl PreScore for PodTopologySpread {
                 if c.key == HOSTNAME {
                     continue;
                 }
-                if let (Some(v), Some(m)) = (node.labels().get(&c.key), counts.get_mut(i)) {
+                if let (Some((_, v)), Some(m)) = (node.label_arc(&c.key), counts.get_mut(i)) {
                     m.entry(v.clone()).or_insert(0);
                 }
             }
@@ -410,7 +408,7 @@ impl PreScore for PodTopologySpread {
                     }
                     let Some(v) = node.labels().get(&c.key) else { continue };
                     let Some(m) = counts.get_mut(i) else { continue };
-                    if let Some(slot) = m.get_mut(v) {
+                    if let Some(slot) = m.get_mut(v.as_str()) {
                         *slot += c.count(pod, node);
                     }
                 }
@@ -438,7 +436,7 @@ impl Score for PodTopologySpread {
             let count = if c.key == HOSTNAME {
                 c.count(pod, node)
             } else {
-                s.counts.get(i).and_then(|m| m.get(v)).copied().unwrap_or(0)
+                s.counts.get(i).and_then(|m| m.get(v.as_str())).copied().unwrap_or(0)
             };
             #[allow(clippy::cast_precision_loss)]
             {
