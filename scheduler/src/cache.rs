@@ -327,7 +327,10 @@ impl Snapshot {
     }
 
     /// The same snapshot with these namespaces' labels.
-    pub fn with_namespaces(mut self, namespaces: HashMap<String, BTreeMap<String, String>>) -> Self {
+    pub fn with_namespaces(
+        mut self,
+        namespaces: HashMap<String, BTreeMap<String, String>>,
+    ) -> Self {
         self.namespaces = Arc::new(namespaces);
         self
     }
@@ -452,7 +455,9 @@ mod tests {
     #[test]
     fn pods_on_unknown_nodes_wait_for_the_node() {
         let cache = Cache::new();
-        let bound = Arc::new(PodInfo::new(Arc::new(pod("p").cpu("1").node("later").obj())));
+        let bound = Arc::new(PodInfo::new(Arc::new(
+            pod("p").cpu("1").node("later").obj(),
+        )));
         cache.add_or_update_pod(bound);
         let mut snap = Snapshot::default();
         cache.update_snapshot(&mut snap);

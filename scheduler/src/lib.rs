@@ -77,8 +77,8 @@ mod informer;
 mod metrics;
 mod node_info;
 mod nominator;
-mod pod_info;
 pub mod plugins;
+mod pod_info;
 mod queue;
 mod resources;
 mod scheduler;
@@ -88,11 +88,11 @@ pub use cache::{Cache, CacheError, PdbInfo, Snapshot};
 pub use config::SchedulerConfig;
 pub use error::{ConfigError, SchedulerError};
 pub use framework::{
-    ActionType, Bind, BindResult, ClusterEvent, Code, CycleState, EventResource,
-    ExtensionPoint, Filter, Handle, NodeScore, NodeStatuses, Permit, PermitResult, Plugin,
-    PostBind, PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter,
-    PreFilterResult, PreScore, PreScoreResult, Profile, ProfileBuilder, QueueSort, Reserve,
-    Score, StateData, Status, WaitingPod, WaitingPods, MAX_NODE_SCORE,
+    ActionType, Bind, BindResult, ClusterEvent, Code, CycleState, EventResource, ExtensionPoint,
+    Filter, Handle, NodeScore, NodeStatuses, Permit, PermitResult, Plugin, PostBind, PostFilter,
+    PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult, PreScore,
+    PreScoreResult, Profile, ProfileBuilder, QueueSort, Reserve, Score, StateData, Status,
+    WaitingPod, WaitingPods, MAX_NODE_SCORE,
 };
 pub use metrics::{AttemptResult, Metrics, MetricsSnapshot};
 pub use node_info::NodeInfo;

@@ -161,7 +161,8 @@ impl NodeInfo {
         };
         let pod = self.pods.swap_remove(i);
         self.pods_with_affinity.retain(|p| p.uid != uid);
-        self.pods_with_required_anti_affinity.retain(|p| p.uid != uid);
+        self.pods_with_required_anti_affinity
+            .retain(|p| p.uid != uid);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.milli_cpu -= pod.non_zero_requests.milli_cpu;
         self.non_zero_requested.memory -= pod.non_zero_requests.memory;

@@ -214,7 +214,9 @@ impl SchedulingQueue {
         inner.seq += 1;
         let seq = inner.seq;
         inner.backoff_seq.insert(info.pod.uid.clone(), seq);
-        inner.backoff.push(Reverse(BackoffEntry { until, seq, info }));
+        inner
+            .backoff
+            .push(Reverse(BackoffEntry { until, seq, info }));
         self.notify.notify_one();
     }
 
@@ -572,17 +574,29 @@ mod tests {
         let q = queue();
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         assert_eq!(q.lengths().unschedulable, 1);
 
         // An irrelevant event: the pod stays parked.
-        q.on_event(ClusterEvent::new(EventResource::AssignedPod, ActionType::ADD));
+        q.on_event(ClusterEvent::new(
+            EventResource::AssignedPod,
+            ActionType::ADD,
+        ));
         assert_eq!(q.lengths().unschedulable, 1);
 
         // A node added may make it fit: to backoff first (1 s), then active.
         q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
-        assert_eq!(q.lengths(), QueueLengths { active: 0, backoff: 1, unschedulable: 0 });
+        assert_eq!(
+            q.lengths(),
+            QueueLengths {
+                active: 0,
+                backoff: 1,
+                unschedulable: 0
+            }
+        );
         tokio::time::advance(Duration::from_millis(1001)).await;
         q.flush_backoff();
         assert_eq!(q.lengths().active, 1);
@@ -596,7 +610,9 @@ mod tests {
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
         q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         assert_eq!(q.lengths().backoff, 1);
     }
@@ -608,20 +624,32 @@ mod tests {
         q.add(info("broken", 0));
         let a = q.pop().await.expect("pod");
         let b = q.pop().await.expect("pod");
-        let (unlucky, broken) = if a.pod.name == "unlucky" { (a, b) } else { (b, a) };
+        let (unlucky, broken) = if a.pod.name == "unlucky" {
+            (a, b)
+        } else {
+            (b, a)
+        };
         q.requeue(broken, true);
         let mut unlucky = unlucky;
-        unlucky.unschedulable_plugins.insert("NodeResourcesFit".into());
+        unlucky
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(unlucky, false);
         q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
         assert_eq!(q.lengths().backoff, 2);
         let next = tokio::time::timeout(Duration::from_millis(10), q.pop()).await;
-        assert_eq!(next.ok().flatten().map(|i| i.pod.name.clone()).as_deref(), Some("unlucky"));
+        assert_eq!(
+            next.ok().flatten().map(|i| i.pod.name.clone()).as_deref(),
+            Some("unlucky")
+        );
         let none = tokio::time::timeout(Duration::from_millis(10), q.pop()).await;
         assert!(none.is_err(), "the errored pod waits its backoff");
         tokio::time::advance(Duration::from_secs(1)).await;
         q.flush_backoff();
-        assert_eq!(q.pop().await.map(|i| i.pod.name.clone()).as_deref(), Some("broken"));
+        assert_eq!(
+            q.pop().await.map(|i| i.pod.name.clone()).as_deref(),
+            Some("broken")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -629,7 +657,9 @@ mod tests {
         let q = queue();
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         tokio::time::advance(Duration::from_secs(299)).await;
         q.flush_unschedulable();

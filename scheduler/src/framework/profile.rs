@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::{
     Bind, BindResult, CycleState, Filter, NodeScore, Permit, PermitResult, Plugin, PostBind,
-    PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult,
-    PreScore, PreScoreResult, QueueSort, Reserve, Score, Status, MAX_NODE_SCORE,
+    PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult, PreScore,
+    PreScoreResult, QueueSort, Reserve, Score, Status, MAX_NODE_SCORE,
 };
 use crate::cache::Snapshot;
 use crate::error::ConfigError;
@@ -61,6 +61,9 @@ impl NodeStatuses {
 }
 
 type Named<T> = (Arc<str>, Arc<T>);
+/// A plugin, and the index of its other half (Filter for a PreFilter, Score for a
+/// PreScore) whose skip bit it sets.
+type Paired<T> = (Arc<str>, Arc<T>, Option<usize>);
 
 /// An extension point, for enabling or disabling a plugin at one point only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,10 +98,10 @@ pub struct Profile {
     scheduler_name: String,
     plugins: Vec<Arc<dyn Plugin>>,
     queue_sort: Option<Named<dyn QueueSort>>,
-    pre_filter: Vec<(Arc<str>, Arc<dyn PreFilter>, Option<usize>)>,
+    pre_filter: Vec<Paired<dyn PreFilter>>,
     filter: Vec<Named<dyn Filter>>,
     post_filter: Vec<Named<dyn PostFilter>>,
-    pre_score: Vec<(Arc<str>, Arc<dyn PreScore>, Option<usize>)>,
+    pre_score: Vec<Paired<dyn PreScore>>,
     score: Vec<(Arc<str>, Arc<dyn Score>, i64)>,
     reserve: Vec<Named<dyn Reserve>>,
     permit: Vec<Named<dyn Permit>>,
@@ -146,7 +149,11 @@ impl ProfileBuilder {
 
     /// Adds a plugin at these extension points only (or, if it is already in, enables
     /// it at these points as well).
-    pub fn plugin_at(mut self, plugin: Arc<dyn Plugin>, points: &[ExtensionPoint]) -> ProfileBuilder {
+    pub fn plugin_at(
+        mut self,
+        plugin: Arc<dyn Plugin>,
+        points: &[ExtensionPoint],
+    ) -> ProfileBuilder {
         let name = plugin.name().to_owned();
         for p in points {
             self.disabled.remove(&(name.clone(), *p));
@@ -239,16 +246,28 @@ impl ProfileBuilder {
         };
         for plugin in &self.plugins {
             let name: Arc<str> = Arc::from(plugin.name());
-            if let Some(q) = plugin.clone().as_queue_sort().filter(|_| at(&name, ExtensionPoint::QueueSort)) {
+            if let Some(q) = plugin
+                .clone()
+                .as_queue_sort()
+                .filter(|_| at(&name, ExtensionPoint::QueueSort))
+            {
                 if p.queue_sort.is_some() {
                     return Err(invalid("only one QueueSort plugin may be enabled".into()));
                 }
                 p.queue_sort = Some((name.clone(), q));
             }
-            if let Some(x) = plugin.clone().as_filter().filter(|_| at(&name, ExtensionPoint::Filter)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_filter()
+                .filter(|_| at(&name, ExtensionPoint::Filter))
+            {
                 p.filter.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_score().filter(|_| at(&name, ExtensionPoint::Score)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_score()
+                .filter(|_| at(&name, ExtensionPoint::Score))
+            {
                 let weight = self.weights.get(&*name).copied().unwrap_or(1);
                 if !(1..=100).contains(&weight) {
                     return Err(invalid(format!(
@@ -257,32 +276,64 @@ impl ProfileBuilder {
                 }
                 p.score.push((name.clone(), x, weight));
             }
-            if let Some(x) = plugin.clone().as_post_filter().filter(|_| at(&name, ExtensionPoint::PostFilter)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_post_filter()
+                .filter(|_| at(&name, ExtensionPoint::PostFilter))
+            {
                 p.post_filter.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_reserve().filter(|_| at(&name, ExtensionPoint::Reserve)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_reserve()
+                .filter(|_| at(&name, ExtensionPoint::Reserve))
+            {
                 p.reserve.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_permit().filter(|_| at(&name, ExtensionPoint::Permit)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_permit()
+                .filter(|_| at(&name, ExtensionPoint::Permit))
+            {
                 p.permit.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_pre_bind().filter(|_| at(&name, ExtensionPoint::PreBind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_bind()
+                .filter(|_| at(&name, ExtensionPoint::PreBind))
+            {
                 p.pre_bind.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_bind().filter(|_| at(&name, ExtensionPoint::Bind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_bind()
+                .filter(|_| at(&name, ExtensionPoint::Bind))
+            {
                 p.bind.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_post_bind().filter(|_| at(&name, ExtensionPoint::PostBind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_post_bind()
+                .filter(|_| at(&name, ExtensionPoint::PostBind))
+            {
                 p.post_bind.push((name.clone(), x));
             }
         }
         for plugin in &self.plugins {
             let name: Arc<str> = Arc::from(plugin.name());
-            if let Some(x) = plugin.clone().as_pre_filter().filter(|_| at(&name, ExtensionPoint::PreFilter)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_filter()
+                .filter(|_| at(&name, ExtensionPoint::PreFilter))
+            {
                 let skip = p.filter.iter().position(|(n, _)| *n == name);
                 p.pre_filter.push((name.clone(), x, skip));
             }
-            if let Some(x) = plugin.clone().as_pre_score().filter(|_| at(&name, ExtensionPoint::PreScore)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_score()
+                .filter(|_| at(&name, ExtensionPoint::PreScore))
+            {
                 let skip = p.score.iter().position(|(n, _, _)| *n == name);
                 p.pre_score.push((name.clone(), x, skip));
             }

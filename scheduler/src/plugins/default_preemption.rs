@@ -103,7 +103,9 @@ impl DefaultPreemption {
             .and_then(|s| s.preemption_policy.as_deref())
             == Some("Never")
         {
-            return Err(Status::unschedulable("not eligible due to preemptionPolicy=Never."));
+            return Err(Status::unschedulable(
+                "not eligible due to preemptionPolicy=Never.",
+            ));
         }
         if let Some(nominated) = pod.nominated_node_name().and_then(|n| snapshot.get(n)) {
             if nominated
@@ -279,7 +281,13 @@ fn pick_one(mut candidates: Vec<Candidate>) -> Option<Candidate> {
             .filter(|v| v.priority == highest)
             .filter_map(|v| v.start_time().copied())
             .min();
-        (c.pdb_violations, highest, sum, c.victims.len(), std::cmp::Reverse(earliest_of_highest))
+        (
+            c.pdb_violations,
+            highest,
+            sum,
+            c.victims.len(),
+            std::cmp::Reverse(earliest_of_highest),
+        )
     };
     let mut best = 0;
     for i in 1..candidates.len() {

@@ -177,7 +177,10 @@ impl Plugin for InterPodAffinity {
                 EventResource::Node,
                 ActionType::ADD.or(ActionType::UPDATE_NODE_LABEL),
             ),
-            ClusterEvent::new(EventResource::Namespace, ActionType::ADD.or(ActionType::UPDATE)),
+            ClusterEvent::new(
+                EventResource::Namespace,
+                ActionType::ADD.or(ActionType::UPDATE),
+            ),
         ]
     }
     fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilter>> {
@@ -205,7 +208,12 @@ impl PreFilter for InterPodAffinity {
             return Err(Status::unresolvable(format!("invalid pod affinity: {e}")));
         }
         let has_own = !(pod.required_affinity.is_empty() && pod.required_anti_affinity.is_empty());
-        if !has_own && snapshot.nodes_with_required_anti_affinity().next().is_none() {
+        if !has_own
+            && snapshot
+                .nodes_with_required_anti_affinity()
+                .next()
+                .is_none()
+        {
             return Ok(PreFilterResult::Skip);
         }
         let mut s = PreFilterState {

@@ -56,7 +56,9 @@ impl PodTopologySpread {
         let defaults = match args.defaulting_type.as_deref().unwrap_or("System") {
             "System" => {
                 if !args.default_constraints.is_empty() {
-                    return Err("defaultConstraints must be empty with defaultingType System".into());
+                    return Err(
+                        "defaultConstraints must be empty with defaultingType System".into(),
+                    );
                 }
                 vec![
                     TopologySpreadConstraint {
@@ -130,12 +132,18 @@ struct Constraint {
 }
 
 impl Constraint {
-    fn parse(c: &TopologySpreadConstraint, pod: &PodInfo, default: bool) -> Result<Constraint, Status> {
-        let bad = |m: String| Status::unresolvable(format!("invalid topology spread constraint: {m}"));
+    fn parse(
+        c: &TopologySpreadConstraint,
+        pod: &PodInfo,
+        default: bool,
+    ) -> Result<Constraint, Status> {
+        let bad =
+            |m: String| Status::unresolvable(format!("invalid topology spread constraint: {m}"));
         let mut selector = if default {
             LabelSelector::from_labels(&pod.labels).map_err(|e| bad(e.to_string()))?
         } else {
-            LabelSelector::from_optional(c.label_selector.as_ref()).map_err(|e| bad(e.to_string()))?
+            LabelSelector::from_optional(c.label_selector.as_ref())
+                .map_err(|e| bad(e.to_string()))?
         };
         for key in c.match_label_keys.iter().flatten() {
             if let Some(v) = pod.labels.get(key) {
@@ -161,8 +169,12 @@ impl Constraint {
     fn includes(&self, pod: &PodInfo, node: &NodeInfo) -> bool {
         (!self.honor_affinity || pod_matches_node_selector_and_affinity(&pod.pod, node))
             && (!self.honor_taints
-                || untolerated_taint(node.taints(), tolerations(&pod.pod), &["NoSchedule", "NoExecute"])
-                    .is_none())
+                || untolerated_taint(
+                    node.taints(),
+                    tolerations(&pod.pod),
+                    &["NoSchedule", "NoExecute"],
+                )
+                .is_none())
     }
 
     fn count(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
@@ -170,7 +182,9 @@ impl Constraint {
             .pods
             .iter()
             .filter(|p| {
-                p.namespace == pod.namespace && !p.is_terminating() && self.selector.matches(&p.labels)
+                p.namespace == pod.namespace
+                    && !p.is_terminating()
+                    && self.selector.matches(&p.labels)
             })
             .count();
         i64::try_from(n).unwrap_or(i64::MAX)
@@ -271,7 +285,9 @@ impl PreFilter for PodTopologySpread {
                 if !c.includes(pod, node) {
                     continue;
                 }
-                let Some((_, v)) = node.label_arc(&c.key) else { continue };
+                let Some((_, v)) = node.label_arc(&c.key) else {
+                    continue;
+                };
                 let n = c.count(pod, node);
                 if let Some(m) = counts.get_mut(i) {
                     *m.entry(v.clone()).or_insert(0) += n;
@@ -327,7 +343,10 @@ impl Filter for PodTopologySpread {
             };
             let counts = s.counts.get(i);
             let self_match = i64::from(c.selector.matches(&pod.labels));
-            let matching = counts.and_then(|m| m.get(value.as_str())).copied().unwrap_or(0);
+            let matching = counts
+                .and_then(|m| m.get(value.as_str()))
+                .copied()
+                .unwrap_or(0);
             let domains = counts.map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
             let min = if domains < c.min_domains {
                 0
@@ -406,7 +425,9 @@ impl PreScore for PodTopologySpread {
                     if c.key == HOSTNAME || !c.includes(pod, node) {
                         continue;
                     }
-                    let Some(v) = node.labels().get(&c.key) else { continue };
+                    let Some(v) = node.labels().get(&c.key) else {
+                        continue;
+                    };
                     let Some(m) = counts.get_mut(i) else { continue };
                     if let Some(slot) = m.get_mut(v.as_str()) {
                         *slot += c.count(pod, node);
@@ -432,11 +453,17 @@ impl Score for PodTopologySpread {
         let labels = node.labels();
         let mut score = 0.0f64;
         for (i, c) in s.constraints.iter().enumerate() {
-            let Some(v) = labels.get(&c.key) else { continue };
+            let Some(v) = labels.get(&c.key) else {
+                continue;
+            };
             let count = if c.key == HOSTNAME {
                 c.count(pod, node)
             } else {
-                s.counts.get(i).and_then(|m| m.get(v.as_str())).copied().unwrap_or(0)
+                s.counts
+                    .get(i)
+                    .and_then(|m| m.get(v.as_str()))
+                    .copied()
+                    .unwrap_or(0)
             };
             #[allow(clippy::cast_precision_loss)]
             {
