@@ -73,6 +73,7 @@ mod cache;
 pub mod config;
 mod error;
 pub mod framework;
+mod fxhash;
 mod informer;
 mod metrics;
 mod node_info;

@@ -50,11 +50,20 @@ impl AffinityTerm {
     /// Whether `pod` (whose namespace has `ns_labels`) is one of the pods the term is
     /// about.
     pub fn matches(&self, pod: &PodInfo, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+        self.matches_with(pod, || ns_labels)
+    }
+
+    /// [`AffinityTerm::matches`], looking the namespace's labels up only when a
+    /// namespace selector needs them.
+    pub fn matches_with<'a>(
+        &self,
+        pod: &PodInfo,
+        ns_labels: impl FnOnce() -> Option<&'a BTreeMap<String, String>>,
+    ) -> bool {
         let ns_ok = self.namespaces.contains(&pod.namespace)
-            || self
-                .namespace_selector
-                .as_ref()
-                .is_some_and(|s| s.is_empty() || ns_labels.is_some_and(|labels| s.matches(labels)));
+            || self.namespace_selector.as_ref().is_some_and(|s| {
+                s.is_empty() || ns_labels().is_some_and(|labels| s.matches(labels))
+            });
         ns_ok && self.selector.matches(&pod.labels)
     }
 }

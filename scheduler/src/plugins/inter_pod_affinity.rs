@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::cache::Snapshot;
+use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
@@ -26,7 +27,7 @@ pub const ERR_EXISTING_ANTI_AFFINITY: &str =
 /// Pods per topology domain: key → value → count, keyed by the nodes' shared label
 /// strings, so counting copies no text.
 #[derive(Clone, Debug, Default)]
-struct Counts(HashMap<Arc<str>, HashMap<Arc<str>, i64>>);
+struct Counts(FxHashMap<Arc<str>, FxHashMap<Arc<str>, i64>>);
 
 impl Counts {
     fn add(&mut self, key: &str, node: &NodeInfo, delta: i64) {
@@ -57,7 +58,7 @@ impl Counts {
     }
 
     fn is_empty(&self) -> bool {
-        self.0.values().all(HashMap::is_empty)
+        self.0.values().all(|m| m.is_empty())
     }
 
     /// Whether a domain the node is in has a positive count.
@@ -132,7 +133,7 @@ fn term_matches(
     pod: &PodInfo,
     namespaces: &HashMap<String, BTreeMap<String, String>>,
 ) -> bool {
-    term.matches(pod, namespaces.get(&pod.namespace))
+    term.matches_with(pod, || namespaces.get(&pod.namespace))
 }
 
 impl PreFilterState {

@@ -3,7 +3,7 @@
 //! score for `ScheduleAnyway` ones, honouring `nodeAffinityPolicy` and
 //! `nodeTaintsPolicy`, with cluster-level default constraints for pods that set none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use keelson_core::k8s_openapi::api::core::v1::TopologySpreadConstraint;
@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::helpers::{pod_matches_node_selector_and_affinity, tolerations, untolerated_taint};
 use crate::cache::Snapshot;
+use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
@@ -200,7 +201,7 @@ fn has_all_keys(constraints: &[Constraint], node: &NodeInfo) -> bool {
 struct FilterState {
     constraints: Vec<Constraint>,
     /// Per constraint: domain value → matching pods.
-    counts: Vec<HashMap<Arc<str>, i64>>,
+    counts: Vec<FxHashMap<Arc<str>, i64>>,
     /// Per constraint: the smallest count over its domains.
     min: Vec<i64>,
 }
@@ -276,7 +277,7 @@ impl PreFilter for PodTopologySpread {
         if constraints.is_empty() {
             return Ok(PreFilterResult::Skip);
         }
-        let mut counts: Vec<HashMap<Arc<str>, i64>> = vec![HashMap::new(); constraints.len()];
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> = vec![FxHashMap::default(); constraints.len()];
         for node in snapshot.nodes() {
             if !has_all_keys(&constraints, node) {
                 continue;
@@ -364,7 +365,7 @@ impl Filter for PodTopologySpread {
 #[derive(Clone, Debug, Default)]
 struct ScoreState {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<Arc<str>, i64>>,
+    counts: Vec<FxHashMap<Arc<str>, i64>>,
     weights: Vec<f64>,
     ignored: HashSet<usize>,
 }
@@ -381,7 +382,7 @@ impl PreScore for PodTopologySpread {
         if constraints.is_empty() || nodes.is_empty() {
             return Ok(PreScoreResult::Skip);
         }
-        let mut counts: Vec<HashMap<Arc<str>, i64>> = vec![HashMap::new(); constraints.len()];
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> = vec![FxHashMap::default(); constraints.len()];
         let mut ignored = HashSet::new();
         let mut feasible = 0i64;
         for (n, node) in nodes.iter().enumerate() {
