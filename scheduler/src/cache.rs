@@ -285,6 +285,9 @@ impl Cache {
                 continue;
             };
             if let Some(slot) = snapshot.nodes.get_mut(i) {
+                if slot.labels() != new.labels() {
+                    snapshot.topology = TopologyIndexes::default();
+                }
                 lists_changed |= slot.pods_with_affinity.is_empty()
                     != new.pods_with_affinity.is_empty()
                     || slot.pods_with_required_anti_affinity.is_empty()
@@ -298,10 +301,25 @@ impl Cache {
     }
 }
 
+/// The nodes that have one label, grouped by its value (a topology key's domains).
+#[derive(Debug, Default)]
+pub struct TopologyIndex {
+    /// The distinct values (domains).
+    pub domains: Vec<Arc<str>>,
+    /// Each node with the label: its index in [`Snapshot::nodes`] and its domain's
+    /// index in `domains`.
+    pub nodes: Vec<(usize, usize)>,
+}
+
+type TopologyIndexes = Arc<Mutex<HashMap<String, Arc<TopologyIndex>>>>;
+
 /// The cluster as one scheduling cycle sees it: an immutable list of nodes (with their
 /// pods), namespaces' labels, image spread and disruption budgets.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Domains per topology key, built on first use and dropped when nodes or their
+    /// labels change.
+    topology: TopologyIndexes,
     nodes: Vec<Arc<NodeInfo>>,
     index: HashMap<String, usize>,
     with_affinity: Vec<usize>,
@@ -341,7 +359,30 @@ impl Snapshot {
         self
     }
 
+    /// The nodes with label `key`, by value; computed once per set of nodes.
+    pub fn topology_index(&self, key: &str) -> Arc<TopologyIndex> {
+        let mut memo = self.topology.lock();
+        if let Some(i) = memo.get(key) {
+            return i.clone();
+        }
+        let mut index = TopologyIndex::default();
+        let mut by_value: HashMap<&str, usize> = HashMap::new();
+        for (ni, n) in self.nodes.iter().enumerate() {
+            if let Some((_, v)) = n.label_arc(key) {
+                let di = *by_value.entry(v).or_insert_with(|| {
+                    index.domains.push(v.clone());
+                    index.domains.len() - 1
+                });
+                index.nodes.push((ni, di));
+            }
+        }
+        let index = Arc::new(index);
+        memo.insert(key.to_owned(), index.clone());
+        index
+    }
+
     fn set_nodes(&mut self, nodes: Vec<Arc<NodeInfo>>) {
+        self.topology = TopologyIndexes::default();
         self.index = nodes
             .iter()
             .enumerate()
@@ -450,6 +491,24 @@ mod tests {
         cache.remove_pod(&p.uid);
         cache.update_snapshot(&mut snap);
         assert_eq!(snap.get("n1").map(|n| n.pods.len()), Some(0));
+    }
+
+    #[test]
+    fn topology_domains_follow_node_label_changes() {
+        let cache = Cache::new();
+        cache.add_or_update_node(Arc::new(node("a").label("zone", "z1").obj()));
+        cache.add_or_update_node(Arc::new(node("b").label("zone", "z1").obj()));
+        cache.add_or_update_node(Arc::new(node("c").obj()));
+        let mut snap = Snapshot::default();
+        cache.update_snapshot(&mut snap);
+        let index = snap.topology_index("zone");
+        assert_eq!(index.domains.len(), 1);
+        assert_eq!(index.nodes.len(), 2);
+        cache.add_or_update_node(Arc::new(node("c").label("zone", "z2").obj()));
+        cache.update_snapshot(&mut snap);
+        let index = snap.topology_index("zone");
+        assert_eq!(index.domains.len(), 2);
+        assert_eq!(index.nodes.len(), 3);
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod resources;
 mod scheduler;
 pub mod testing;
 
-pub use cache::{Cache, CacheError, PdbInfo, Snapshot};
+pub use cache::{Cache, CacheError, PdbInfo, Snapshot, TopologyIndex};
 pub use config::SchedulerConfig;
 pub use error::{ConfigError, SchedulerError};
 pub use framework::{

@@ -11,7 +11,7 @@ use keelson_core::{LabelSelector, Operator, Requirement};
 use serde::Deserialize;
 
 use super::helpers::{pod_matches_node_selector_and_affinity, tolerations, untolerated_taint};
-use crate::cache::Snapshot;
+use crate::cache::{Snapshot, TopologyIndex};
 use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
@@ -42,9 +42,27 @@ pub struct SpreadArgs {
 }
 
 /// The PodTopologySpread plugin.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct PodTopologySpread {
     defaults: Vec<TopologySpreadConstraint>,
+    /// Matching-pod counts of the last single-constraint PreFilter, per node, reused
+    /// for the nodes that did not change since (most of them, from one pod to the
+    /// next).
+    memo: parking_lot::Mutex<Option<CountMemo>>,
+}
+
+/// Per-node counts of pods matching one constraint, for one set of nodes.
+#[derive(Debug)]
+struct CountMemo {
+    /// Namespace, selector and topology key the counts are for.
+    id: (String, String, String),
+    /// The domain index the counts follow.
+    index: Arc<TopologyIndex>,
+    /// Per entry of `index.nodes`: the node as counted, and its count (`None`: the
+    /// node was not included).
+    nodes: Vec<(Arc<NodeInfo>, i64)>,
+    /// Per domain: the sum, and how many nodes were included.
+    domains: Vec<(i64, usize)>,
 }
 
 impl PodTopologySpread {
@@ -82,7 +100,10 @@ impl PodTopologySpread {
         if defaults.iter().any(|c| c.label_selector.is_some()) {
             return Err("default constraints must not set labelSelector".into());
         }
-        Ok(PodTopologySpread { defaults })
+        Ok(PodTopologySpread {
+            defaults,
+            memo: parking_lot::Mutex::default(),
+        })
     }
 
     /// The constraints that apply to `pod` with `action` (`DoNotSchedule` or
@@ -192,6 +213,18 @@ impl Constraint {
     }
 }
 
+/// Whether the pod restricts nodes by `nodeSelector` or required node affinity.
+fn has_node_constraints(pod: &PodInfo) -> bool {
+    pod.pod.spec.as_ref().is_some_and(|s| {
+        s.node_selector.as_ref().is_some_and(|n| !n.is_empty())
+            || s.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+                .is_some()
+    })
+}
+
 fn has_all_keys(constraints: &[Constraint], node: &NodeInfo) -> bool {
     let labels = node.labels();
     constraints.iter().all(|c| labels.contains_key(&c.key))
@@ -277,21 +310,95 @@ impl PreFilter for PodTopologySpread {
         if constraints.is_empty() {
             return Ok(PreFilterResult::Skip);
         }
-        let mut counts: Vec<FxHashMap<Arc<str>, i64>> = vec![FxHashMap::default(); constraints.len()];
-        for node in snapshot.nodes() {
-            if !has_all_keys(&constraints, node) {
-                continue;
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> =
+            vec![FxHashMap::default(); constraints.len()];
+        // The nodes that have the first constraint's key, with their domain, come from
+        // the snapshot's index: no label lookups per node for it.
+        let index = snapshot.topology_index(&constraints[0].key);
+        let simple = constraints.len() == 1
+            && !constraints[0].honor_taints
+            && (!constraints[0].honor_affinity || !has_node_constraints(pod));
+        if simple {
+            // One constraint whose node inclusion does not depend on this pod: recount
+            // only the nodes that changed since the last pod with the same selector.
+            let c = &constraints[0];
+            let id = (pod.namespace.clone(), c.selector.to_string(), c.key.clone());
+            let nodes = snapshot.nodes();
+            let mut memo = self.memo.lock();
+            let reusable = memo
+                .as_ref()
+                .is_some_and(|m| m.id == id && Arc::ptr_eq(&m.index, &index));
+            if !reusable {
+                let mut fresh = CountMemo {
+                    id,
+                    index: index.clone(),
+                    nodes: Vec::with_capacity(index.nodes.len()),
+                    domains: vec![(0, 0); index.domains.len()],
+                };
+                for &(ni, di) in &index.nodes {
+                    let Some(node) = nodes.get(ni) else { continue };
+                    let n = c.count(pod, node);
+                    if let Some(d) = fresh.domains.get_mut(di) {
+                        d.0 += n;
+                        d.1 += 1;
+                    }
+                    fresh.nodes.push((node.clone(), n));
+                }
+                *memo = Some(fresh);
+            } else if let Some(m) = memo.as_mut() {
+                for (k, &(ni, di)) in index.nodes.iter().enumerate() {
+                    let (Some(node), Some(slot)) = (nodes.get(ni), m.nodes.get_mut(k)) else {
+                        continue;
+                    };
+                    if Arc::ptr_eq(&slot.0, node) {
+                        continue;
+                    }
+                    let n = c.count(pod, node);
+                    if let Some(d) = m.domains.get_mut(di) {
+                        d.0 += n - slot.1;
+                    }
+                    *slot = (node.clone(), n);
+                }
             }
-            for (i, c) in constraints.iter().enumerate() {
-                if !c.includes(pod, node) {
+            if let (Some(m), Some(out)) = (memo.as_ref(), counts.first_mut()) {
+                for (domain, (n, included)) in index.domains.iter().zip(&m.domains) {
+                    if *included > 0 {
+                        out.insert(domain.clone(), *n);
+                    }
+                }
+            }
+        } else {
+            let mut first: Vec<Option<i64>> = vec![None; index.domains.len()];
+            let nodes = snapshot.nodes();
+            for &(ni, di) in &index.nodes {
+                let Some(node) = nodes.get(ni) else { continue };
+                if constraints.len() > 1 && !has_all_keys(&constraints, node) {
                     continue;
                 }
-                let Some((_, v)) = node.label_arc(&c.key) else {
-                    continue;
-                };
-                let n = c.count(pod, node);
-                if let Some(m) = counts.get_mut(i) {
-                    *m.entry(v.clone()).or_insert(0) += n;
+                for (i, c) in constraints.iter().enumerate() {
+                    if !c.includes(pod, node) {
+                        continue;
+                    }
+                    let n = c.count(pod, node);
+                    if i == 0 {
+                        if let Some(slot) = first.get_mut(di) {
+                            *slot = Some(slot.unwrap_or(0) + n);
+                        }
+                        continue;
+                    }
+                    let Some((_, v)) = node.label_arc(&c.key) else {
+                        continue;
+                    };
+                    if let Some(m) = counts.get_mut(i) {
+                        *m.entry(v.clone()).or_insert(0) += n;
+                    }
+                }
+            }
+            if let Some(m) = counts.first_mut() {
+                for (domain, n) in index.domains.iter().zip(first) {
+                    if let Some(n) = n {
+                        m.insert(domain.clone(), n);
+                    }
                 }
             }
         }

@@ -1123,3 +1123,32 @@ fn weights_multiply_normalized_scores() {
         .build()
         .is_err());
 }
+
+#[test]
+fn spread_counts_stay_right_as_nodes_change_between_pods() {
+    use crate::cache::Cache;
+    let plugin = Arc::new(PodTopologySpread::default());
+    let p = profile(vec![plugin]);
+    let cache = Cache::new();
+    cache.add_or_update_node(Arc::new(zoned("a1", "a")));
+    cache.add_or_update_node(Arc::new(zoned("b1", "b")));
+    cache.add_or_update_pod(pi(web("w1", "a1")));
+    let mut snap = Snapshot::default();
+    cache.update_snapshot(&mut snap);
+    let incoming = || pi(pod("new").label("app", "web").spread(spread("zone", 1, None, true)).obj());
+    assert_eq!(fits(&p, &incoming(), &snap), ["b1"]);
+    // The next cycles reuse the counts of unchanged nodes and recount the others.
+    cache.add_or_update_pod(pi(web("w2", "b1")));
+    cache.update_snapshot(&mut snap);
+    assert_eq!(fits(&p, &incoming(), &snap), ["a1", "b1"]);
+    cache.add_or_update_pod(pi(web("w3", "a1")));
+    cache.update_snapshot(&mut snap);
+    assert_eq!(fits(&p, &incoming(), &snap), ["b1"]);
+    cache.remove_pod("uid-w3");
+    cache.remove_pod("uid-w1");
+    cache.update_snapshot(&mut snap);
+    assert_eq!(fits(&p, &incoming(), &snap), ["a1"]);
+    // Another namespace is counted apart.
+    let other = pi(pod("x").namespace("other").label("app", "web").spread(spread("zone", 1, None, true)).obj());
+    assert_eq!(fits(&p, &other, &snap), ["a1", "b1"]);
+}
