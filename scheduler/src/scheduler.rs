@@ -419,7 +419,11 @@ impl Scheduler {
                 biased;
                 () = &mut shutdown => break,
                 next = inner.queue.pop() => match next {
-                    Some(qp) => inner.schedule_one(&mut snapshot, qp).await,
+                    Some(qp) => {
+                        inner.schedule_one(&mut snapshot, qp).await;
+                        // A cycle is CPU work: let the watches and bindings run.
+                        tokio::task::yield_now().await;
+                    }
                     None => break,
                 },
             }
