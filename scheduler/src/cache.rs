@@ -317,6 +317,9 @@ type TopologyIndexes = Arc<Mutex<HashMap<String, Arc<TopologyIndex>>>>;
 /// pods), namespaces' labels, image spread and disruption budgets.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Replaced whenever the list of nodes is rebuilt: per-cycle memos keyed by node
+    /// position check it.
+    layout: Arc<()>,
     /// Domains per topology key, built on first use and dropped when nodes or their
     /// labels change.
     topology: TopologyIndexes,
@@ -381,8 +384,14 @@ impl Snapshot {
         index
     }
 
+    /// A token that changes whenever node positions in [`Snapshot::nodes`] change.
+    pub fn layout(&self) -> &Arc<()> {
+        &self.layout
+    }
+
     fn set_nodes(&mut self, nodes: Vec<Arc<NodeInfo>>) {
         self.topology = TopologyIndexes::default();
+        self.layout = Arc::new(());
         self.index = nodes
             .iter()
             .enumerate()

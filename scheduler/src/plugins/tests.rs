@@ -1152,3 +1152,28 @@ fn spread_counts_stay_right_as_nodes_change_between_pods() {
     let other = pi(pod("x").namespace("other").label("app", "web").spread(spread("zone", 1, None, true)).obj());
     assert_eq!(fits(&p, &other, &snap), ["a1", "b1"]);
 }
+
+#[test]
+fn affinity_counts_stay_right_as_nodes_change_between_pods() {
+    use crate::cache::Cache;
+    let p = profile(vec![Arc::new(InterPodAffinity::default())]);
+    let cache = Cache::new();
+    for (n, z) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        cache.add_or_update_node(Arc::new(zoned(n, z)));
+    }
+    let mut snap = Snapshot::default();
+    cache.update_snapshot(&mut snap);
+    let incoming = || pi(pod("new").label("app", "web").anti_affinity(&[("app", "web")], "zone").obj());
+    assert_eq!(fits(&p, &incoming(), &snap), ["a1", "a2", "b1"]);
+    cache.add_or_update_pod(pi(pod("w1").label("app", "web").anti_affinity(&[("app", "web")], "zone").node("a1").obj()));
+    cache.update_snapshot(&mut snap);
+    assert_eq!(fits(&p, &incoming(), &snap), ["b1"]);
+    cache.add_or_update_pod(pi(pod("w2").label("app", "web").node("b1").obj()));
+    cache.update_snapshot(&mut snap);
+    assert!(fits(&p, &incoming(), &snap).is_empty());
+    cache.remove_pod("uid-w1");
+    cache.update_snapshot(&mut snap);
+    assert_eq!(fits(&p, &incoming(), &snap), ["a1", "a2"]);
+    // A pod the remaining pods do not repel and that names nobody fits anywhere.
+    assert_eq!(fits(&p, &pi(pod("x").label("app", "x").obj()), &snap).len(), 3);
+}
