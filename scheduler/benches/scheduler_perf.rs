@@ -7,6 +7,8 @@
 //! cargo bench -p keelson-scheduler --bench scheduler_perf                       # every workload
 //! cargo bench -p keelson-scheduler --bench scheduler_perf -- --workload SchedulingBasic
 //! cargo bench -p keelson-scheduler --bench scheduler_perf -- --quick            # a tenth of the pods
+//! cargo bench -p keelson-scheduler --bench scheduler_perf -- --parallelism 1    # filter on one thread
+//! cargo bench -p keelson-scheduler --bench scheduler_perf -- --no-events        # no Scheduled events
 //! ```
 //!
 //! Per workload: nodes are created, then the init pods (scheduled before measuring),
@@ -40,7 +42,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[derive(Clone, Copy)]
@@ -54,19 +58,61 @@ struct Workload {
 }
 
 const WORKLOADS: &[Workload] = &[
-    Workload { name: "SchedulingBasic", nodes: 5000, init_pods: 1000, measured_pods: 10000, threshold: 270.0 },
-    Workload { name: "NodeAffinity", nodes: 5000, init_pods: 1000, measured_pods: 10000, threshold: 220.0 },
-    Workload { name: "TopologySpreading", nodes: 5000, init_pods: 1000, measured_pods: 5000, threshold: 85.0 },
-    Workload { name: "PodAntiAffinity", nodes: 5000, init_pods: 1000, measured_pods: 2000, threshold: 60.0 },
-    Workload { name: "PreemptionBasic", nodes: 500, init_pods: 2000, measured_pods: 500, threshold: 18.0 },
+    Workload {
+        name: "SchedulingBasic",
+        nodes: 5000,
+        init_pods: 1000,
+        measured_pods: 10000,
+        threshold: 270.0,
+    },
+    Workload {
+        name: "NodeAffinity",
+        nodes: 5000,
+        init_pods: 1000,
+        measured_pods: 10000,
+        threshold: 220.0,
+    },
+    Workload {
+        name: "TopologySpreading",
+        nodes: 5000,
+        init_pods: 1000,
+        measured_pods: 5000,
+        threshold: 85.0,
+    },
+    Workload {
+        name: "PodAntiAffinity",
+        nodes: 5000,
+        init_pods: 1000,
+        measured_pods: 2000,
+        threshold: 60.0,
+    },
+    Workload {
+        name: "PreemptionBasic",
+        nodes: 500,
+        init_pods: 2000,
+        measured_pods: 500,
+        threshold: 18.0,
+    },
 ];
 
 const ZONES: [&str; 3] = ["zone1", "zone2", "zone3"];
 
 fn make_node(w: &Workload, i: usize) -> Node {
-    let mut b = node(&format!("node-{i}")).cpu("4").memory("32Gi").pods("110");
+    let mut b = node(&format!("node-{i}"))
+        .cpu("4")
+        .memory("32Gi")
+        .pods("110");
     match w.name {
-        "NodeAffinity" => b = b.label("affinity-group", if i % 2 == 0 { "group-0" } else { "group-1" }),
+        "NodeAffinity" => {
+            b = b.label(
+                "affinity-group",
+                if i.is_multiple_of(2) {
+                    "group-0"
+                } else {
+                    "group-1"
+                },
+            )
+        }
         "TopologySpreading" => b = b.label("topology.kubernetes.io/zone", ZONES[i % ZONES.len()]),
         _ => {}
     }
@@ -184,17 +230,30 @@ fn cpu_seconds() -> (f64, f64) {
     (ours, machine)
 }
 
-async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    w: Workload,
+    scale: usize,
+    events: bool,
+    parallelism: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let measured = (w.measured_pods / scale).max(1);
     let init = w.init_pods / scale;
     // Preemption needs full nodes: scale them with the pods.
     let w = if w.name == "PreemptionBasic" {
-        Workload { nodes: w.nodes / scale, ..w }
+        Workload {
+            nodes: w.nodes / scale,
+            ..w
+        }
     } else {
         w
     };
-    let dir = tempfile::Builder::new().prefix("keelson-sched-perf-").tempdir_in("/var/tmp")?;
-    let server = ApiServer::new(Registry::new(Arc::new(MemStore::open(dir.path())?)), resources::builtin());
+    let dir = tempfile::Builder::new()
+        .prefix("keelson-sched-perf-")
+        .tempdir_in("/var/tmp")?;
+    let server = ApiServer::new(
+        Registry::new(Arc::new(MemStore::open(dir.path())?)),
+        resources::builtin(),
+    );
     let client = server.client();
     let mut ns = Namespace::default();
     ns.metadata.name = Some("bench".into());
@@ -218,7 +277,11 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
             h.await?;
         }
     }
-    let scheduler = Scheduler::builder(client.clone()).scheduled_events(events).build()?;
+    let mut builder = Scheduler::builder(client.clone()).scheduled_events(events);
+    if let Some(p) = parallelism {
+        builder = builder.parallelism(p);
+    }
+    let scheduler = builder.build()?;
     let handle = scheduler.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(scheduler.run(async move {
@@ -231,32 +294,33 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
         bound: AtomicUsize::new(0),
         last_bound: Mutex::new(None),
     });
-    // Watch the pods as JSON (no decoding) for bindings.
+    // Watch the pods as JSON (no decoding) for bindings; list again when the watch
+    // cannot go on.
     let init_bound = Arc::new(AtomicUsize::new(0));
     {
-        let rt = Pod::resource_type();
-        let mut stream = client
-            .transport()
-            .watch(&rt, &WatchParams { resource_version: Some(String::new()), ..WatchParams::default() })
-            .await?;
+        let client = client.clone();
         let tracker = tracker.clone();
         let init_bound = init_bound.clone();
         tokio::spawn(async move {
+            let rt = Pod::resource_type();
             let mut seen = std::collections::HashSet::new();
-            while let Some(Ok(ev)) = stream.next().await {
-                if ev.kind != WatchEventType::Modified && ev.kind != WatchEventType::Added {
-                    continue;
-                }
-                let Some(name) = ev.object.pointer("/metadata/name").and_then(|v| v.as_str()) else { continue };
-                if ev.object.pointer("/spec/nodeName").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
-                    continue;
+            let mut note = |obj: &serde_json::Value| {
+                let Some(name) = obj.pointer("/metadata/name").and_then(|v| v.as_str()) else {
+                    return;
+                };
+                if obj
+                    .pointer("/spec/nodeName")
+                    .and_then(|v| v.as_str())
+                    .is_none_or(str::is_empty)
+                {
+                    return;
                 }
                 if !seen.insert(name.to_owned()) {
-                    continue;
+                    return;
                 }
                 if name.starts_with("init-") {
                     init_bound.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    return;
                 }
                 let now = Instant::now();
                 if let Some(t0) = tracker.created.lock().get(name) {
@@ -265,11 +329,38 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
                 }
                 tracker.bound.fetch_add(1, Ordering::Relaxed);
                 *tracker.last_bound.lock() = Some(now);
+            };
+            loop {
+                let Ok(list) = client
+                    .transport()
+                    .list(&rt, &keelson_core::client::ListParams::default())
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for item in &list.items {
+                    note(item);
+                }
+                let params = WatchParams {
+                    resource_version: Some(list.resource_version.clone()),
+                    ..WatchParams::default()
+                };
+                let Ok(mut stream) = client.transport().watch(&rt, &params).await else {
+                    continue;
+                };
+                while let Some(Ok(ev)) = stream.next().await {
+                    if ev.kind == WatchEventType::Modified || ev.kind == WatchEventType::Added {
+                        note(&ev.object);
+                    }
+                }
             }
         });
     }
     // Init pods, scheduled before measuring.
-    let init_pods: Vec<Pod> = (0..init).map(|i| make_pod(&w, &format!("init-{i}"), true)).collect();
+    let init_pods: Vec<Pod> = (0..init)
+        .map(|i| make_pod(&w, &format!("init-{i}"), true))
+        .collect();
     create_all(&client, init_pods, None, 64).await;
     let deadline = Instant::now() + Duration::from_secs(600);
     while init_bound.load(Ordering::Relaxed) < init {
@@ -282,7 +373,10 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
     let before = handle.metrics();
     let (cpu0, machine0) = cpu_seconds();
     let start = Instant::now();
-    let pods: Vec<Pod> = (0..measured).rev().map(|i| make_pod(&w, &format!("pod-{i}"), false)).collect();
+    let pods: Vec<Pod> = (0..measured)
+        .rev()
+        .map(|i| make_pod(&w, &format!("pod-{i}"), false))
+        .collect();
     let creator = {
         let client = client.clone();
         let tracker = tracker.clone();
@@ -290,7 +384,10 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
     };
     let mut samples: Vec<f64> = Vec::new();
     let mut last = 0usize;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         tokio::select! {
@@ -305,8 +402,17 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
         if tracker.bound.load(Ordering::Relaxed) >= measured {
             break;
         }
-        if Instant::now() > deadline {
-            return Err(format!("{}: only {} of {measured} pods bound", w.name, tracker.bound.load(Ordering::Relaxed)).into());
+        let stalled =
+            samples.len() >= 15 && samples[samples.len() - 15..].iter().all(|s| *s == 0.0);
+        if Instant::now() > deadline || stalled {
+            return Err(format!(
+                "{}: only {} of {measured} pods bound; queue {:?}; {:?}",
+                w.name,
+                tracker.bound.load(Ordering::Relaxed),
+                handle.queue_lengths(),
+                handle.metrics()
+            )
+            .into());
         }
     }
     creator.await?;
@@ -323,7 +429,11 @@ async fn run(w: Workload, scale: usize, events: bool) -> Result<(), Box<dyn std:
         if samples.is_empty() {
             return avg;
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let i = ((samples.len() - 1) as f64 * (1.0 - p)).round() as usize;
         samples[i]
     };
@@ -363,6 +473,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let events = !std::env::args().any(|a| a == "--no-events");
     let only = arg("--workload");
+    let parallelism = arg("--parallelism").and_then(|p| p.parse().ok());
     let scale = if quick { 10 } else { 1 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -378,7 +489,7 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != w.name) {
             continue;
         }
-        if let Err(e) = runtime.block_on(run(*w, scale, events)) {
+        if let Err(e) = runtime.block_on(run(*w, scale, events, parallelism)) {
             println!("| {} | failed: {e} |", w.name);
         }
     }

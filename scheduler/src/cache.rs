@@ -285,6 +285,9 @@ impl Cache {
                 continue;
             };
             if let Some(slot) = snapshot.nodes.get_mut(i) {
+                if slot.labels() != new.labels() {
+                    snapshot.topology = TopologyIndexes::default();
+                }
                 lists_changed |= slot.pods_with_affinity.is_empty()
                     != new.pods_with_affinity.is_empty()
                     || slot.pods_with_required_anti_affinity.is_empty()
@@ -298,10 +301,28 @@ impl Cache {
     }
 }
 
+/// The nodes that have one label, grouped by its value (a topology key's domains).
+#[derive(Debug, Default)]
+pub struct TopologyIndex {
+    /// The distinct values (domains).
+    pub domains: Vec<Arc<str>>,
+    /// Each node with the label: its index in [`Snapshot::nodes`] and its domain's
+    /// index in `domains`.
+    pub nodes: Vec<(usize, usize)>,
+}
+
+type TopologyIndexes = Arc<Mutex<HashMap<String, Arc<TopologyIndex>>>>;
+
 /// The cluster as one scheduling cycle sees it: an immutable list of nodes (with their
 /// pods), namespaces' labels, image spread and disruption budgets.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Replaced whenever the list of nodes is rebuilt: per-cycle memos keyed by node
+    /// position check it.
+    layout: Arc<()>,
+    /// Domains per topology key, built on first use and dropped when nodes or their
+    /// labels change.
+    topology: TopologyIndexes,
     nodes: Vec<Arc<NodeInfo>>,
     index: HashMap<String, usize>,
     with_affinity: Vec<usize>,
@@ -327,7 +348,10 @@ impl Snapshot {
     }
 
     /// The same snapshot with these namespaces' labels.
-    pub fn with_namespaces(mut self, namespaces: HashMap<String, BTreeMap<String, String>>) -> Self {
+    pub fn with_namespaces(
+        mut self,
+        namespaces: HashMap<String, BTreeMap<String, String>>,
+    ) -> Self {
         self.namespaces = Arc::new(namespaces);
         self
     }
@@ -338,7 +362,36 @@ impl Snapshot {
         self
     }
 
+    /// The nodes with label `key`, by value; computed once per set of nodes.
+    pub fn topology_index(&self, key: &str) -> Arc<TopologyIndex> {
+        let mut memo = self.topology.lock();
+        if let Some(i) = memo.get(key) {
+            return i.clone();
+        }
+        let mut index = TopologyIndex::default();
+        let mut by_value: HashMap<&str, usize> = HashMap::new();
+        for (ni, n) in self.nodes.iter().enumerate() {
+            if let Some((_, v)) = n.label_arc(key) {
+                let di = *by_value.entry(v).or_insert_with(|| {
+                    index.domains.push(v.clone());
+                    index.domains.len() - 1
+                });
+                index.nodes.push((ni, di));
+            }
+        }
+        let index = Arc::new(index);
+        memo.insert(key.to_owned(), index.clone());
+        index
+    }
+
+    /// A token that changes whenever node positions in [`Snapshot::nodes`] change.
+    pub fn layout(&self) -> &Arc<()> {
+        &self.layout
+    }
+
     fn set_nodes(&mut self, nodes: Vec<Arc<NodeInfo>>) {
+        self.topology = TopologyIndexes::default();
+        self.layout = Arc::new(());
         self.index = nodes
             .iter()
             .enumerate()
@@ -390,6 +443,11 @@ impl Snapshot {
 
     /// Every namespace known, with its labels.
     pub fn namespaces(&self) -> &HashMap<String, BTreeMap<String, String>> {
+        &self.namespaces
+    }
+
+    /// The namespaces, shared.
+    pub fn namespaces_arc(&self) -> &Arc<HashMap<String, BTreeMap<String, String>>> {
         &self.namespaces
     }
 
@@ -445,9 +503,29 @@ mod tests {
     }
 
     #[test]
+    fn topology_domains_follow_node_label_changes() {
+        let cache = Cache::new();
+        cache.add_or_update_node(Arc::new(node("a").label("zone", "z1").obj()));
+        cache.add_or_update_node(Arc::new(node("b").label("zone", "z1").obj()));
+        cache.add_or_update_node(Arc::new(node("c").obj()));
+        let mut snap = Snapshot::default();
+        cache.update_snapshot(&mut snap);
+        let index = snap.topology_index("zone");
+        assert_eq!(index.domains.len(), 1);
+        assert_eq!(index.nodes.len(), 2);
+        cache.add_or_update_node(Arc::new(node("c").label("zone", "z2").obj()));
+        cache.update_snapshot(&mut snap);
+        let index = snap.topology_index("zone");
+        assert_eq!(index.domains.len(), 2);
+        assert_eq!(index.nodes.len(), 3);
+    }
+
+    #[test]
     fn pods_on_unknown_nodes_wait_for_the_node() {
         let cache = Cache::new();
-        let bound = Arc::new(PodInfo::new(Arc::new(pod("p").cpu("1").node("later").obj())));
+        let bound = Arc::new(PodInfo::new(Arc::new(
+            pod("p").cpu("1").node("later").obj(),
+        )));
         cache.add_or_update_pod(bound);
         let mut snap = Snapshot::default();
         cache.update_snapshot(&mut snap);

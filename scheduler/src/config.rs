@@ -154,11 +154,16 @@ impl SchedulerConfig {
             }
         }
         if config.percentage_of_nodes_to_score.is_some_and(|p| p > 100) {
-            return Err(ConfigError::Parse("percentageOfNodesToScore must be 0-100".into()));
+            return Err(ConfigError::Parse(
+                "percentageOfNodesToScore must be 0-100".into(),
+            ));
         }
         let mut names = HashSet::new();
         for p in &config.profiles {
-            let name = p.scheduler_name.as_deref().unwrap_or(DEFAULT_SCHEDULER_NAME);
+            let name = p
+                .scheduler_name
+                .as_deref()
+                .unwrap_or(DEFAULT_SCHEDULER_NAME);
             if !names.insert(name) {
                 return Err(ConfigError::Parse(format!("duplicate profile {name}")));
             }
@@ -214,10 +219,12 @@ impl ProfileConfig {
             .clone()
             .unwrap_or_else(|| DEFAULT_SCHEDULER_NAME.to_owned());
         let make = |name: &str| -> Result<std::sync::Arc<dyn crate::Plugin>, ConfigError> {
-            let factory = registry.get(name).ok_or_else(|| ConfigError::UnknownPlugin {
-                profile: profile.clone(),
-                plugin: name.to_owned(),
-            })?;
+            let factory = registry
+                .get(name)
+                .ok_or_else(|| ConfigError::UnknownPlugin {
+                    profile: profile.clone(),
+                    plugin: name.to_owned(),
+                })?;
             let args = self
                 .plugin_config
                 .iter()

@@ -25,8 +25,12 @@ fn version<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> Option<String> {
 
 /// Runs until the task is aborted. `ready` fires after the first successful list has
 /// been handled.
-pub(crate) async fn reflect<K, F>(api: Api<K>, what: &'static str, mut handle: F, ready: oneshot::Sender<()>)
-where
+pub(crate) async fn reflect<K, F>(
+    api: Api<K>,
+    what: &'static str,
+    mut handle: F,
+    ready: oneshot::Sender<()>,
+) where
     K: Resource + Metadata<Ty = ObjectMeta>,
     F: FnMut(Change<K>) + Send,
 {

@@ -73,26 +73,27 @@ mod cache;
 pub mod config;
 mod error;
 pub mod framework;
+mod fxhash;
 mod informer;
 mod metrics;
 mod node_info;
 mod nominator;
-mod pod_info;
 pub mod plugins;
+mod pod_info;
 mod queue;
 mod resources;
 mod scheduler;
 pub mod testing;
 
-pub use cache::{Cache, CacheError, PdbInfo, Snapshot};
+pub use cache::{Cache, CacheError, PdbInfo, Snapshot, TopologyIndex};
 pub use config::SchedulerConfig;
 pub use error::{ConfigError, SchedulerError};
 pub use framework::{
-    ActionType, Bind, BindResult, ClusterEvent, Code, CycleState, EventResource,
-    ExtensionPoint, Filter, Handle, NodeScore, NodeStatuses, Permit, PermitResult, Plugin,
-    PostBind, PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter,
-    PreFilterResult, PreScore, PreScoreResult, Profile, ProfileBuilder, QueueSort, Reserve,
-    Score, StateData, Status, WaitingPod, WaitingPods, MAX_NODE_SCORE,
+    ActionType, Bind, BindResult, ClusterEvent, Code, CycleState, EventResource, ExtensionPoint,
+    Filter, Handle, NodeScore, NodeStatuses, Permit, PermitResult, Plugin, PostBind, PostFilter,
+    PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult, PreScore,
+    PreScoreResult, Profile, ProfileBuilder, QueueSort, Reserve, Score, StateData, Status,
+    WaitingPod, WaitingPods, MAX_NODE_SCORE,
 };
 pub use metrics::{AttemptResult, Metrics, MetricsSnapshot};
 pub use node_info::NodeInfo;

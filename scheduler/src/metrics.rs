@@ -71,7 +71,10 @@ impl Metrics {
         let i = result.index();
         self.attempts[i].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
-        let b = BUCKETS.iter().position(|&u| secs <= u).unwrap_or(BUCKETS.len());
+        let b = BUCKETS
+            .iter()
+            .position(|&u| secs <= u)
+            .unwrap_or(BUCKETS.len());
         self.buckets[i][b].fetch_add(1, Ordering::Relaxed);
         self.sum_micros[i].fetch_add(
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
@@ -121,7 +124,10 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# HELP scheduler_scheduling_attempt_duration_seconds Scheduling attempt latency in seconds (scheduling algorithm + binding start).");
-        let _ = writeln!(out, "# TYPE scheduler_scheduling_attempt_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# TYPE scheduler_scheduling_attempt_duration_seconds histogram"
+        );
         for (i, r) in results.iter().enumerate() {
             let mut cumulative = 0u64;
             for (b, upper) in BUCKETS.iter().enumerate() {
@@ -135,10 +141,16 @@ impl Metrics {
             let _ = writeln!(out, "scheduler_scheduling_attempt_duration_seconds_bucket{{result=\"{r}\",le=\"+Inf\"}} {cumulative}");
             #[allow(clippy::cast_precision_loss)]
             let sum = self.sum_micros[i].load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "scheduler_scheduling_attempt_duration_seconds_sum{{result=\"{r}\"}} {sum}");
+            let _ = writeln!(
+                out,
+                "scheduler_scheduling_attempt_duration_seconds_sum{{result=\"{r}\"}} {sum}"
+            );
             let _ = writeln!(out, "scheduler_scheduling_attempt_duration_seconds_count{{result=\"{r}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "# HELP scheduler_pending_pods Number of pending pods, by the queue type.");
+        let _ = writeln!(
+            out,
+            "# HELP scheduler_pending_pods Number of pending pods, by the queue type."
+        );
         let _ = writeln!(out, "# TYPE scheduler_pending_pods gauge");
         for (q, n) in [
             ("active", queue.active),
@@ -149,10 +161,21 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP scheduler_preemption_attempts_total Total preemption attempts that nominated a node.");
         let _ = writeln!(out, "# TYPE scheduler_preemption_attempts_total counter");
-        let _ = writeln!(out, "scheduler_preemption_attempts_total {}", self.preemption_attempts.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP scheduler_preemption_victims_total Pods evicted by preemption.");
+        let _ = writeln!(
+            out,
+            "scheduler_preemption_attempts_total {}",
+            self.preemption_attempts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP scheduler_preemption_victims_total Pods evicted by preemption."
+        );
         let _ = writeln!(out, "# TYPE scheduler_preemption_victims_total counter");
-        let _ = writeln!(out, "scheduler_preemption_victims_total {}", self.preemption_victims.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "scheduler_preemption_victims_total {}",
+            self.preemption_victims.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -14,7 +14,7 @@ use crate::resources::Resources;
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     node: Option<Arc<Node>>,
-    name: String,
+    name: Arc<str>,
     /// The pods on the node.
     pub pods: Vec<Arc<PodInfo>>,
     /// The pods on the node with any pod affinity or anti-affinity term.
@@ -31,6 +31,8 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// Bumped on every change.
     pub generation: u64,
+    /// The labels as shared strings, so per-cycle maps keyed by them copy no text.
+    interned_labels: BTreeMap<Arc<str>, Arc<str>>,
 }
 
 static EMPTY_LABELS: std::sync::LazyLock<BTreeMap<String, String>> =
@@ -40,7 +42,7 @@ impl NodeInfo {
     /// A node with no pods.
     pub fn new(node: Arc<Node>) -> NodeInfo {
         let mut info = NodeInfo {
-            name: node.metadata.name.clone().unwrap_or_default(),
+            name: Arc::from(node.metadata.name.as_deref().unwrap_or_default()),
             ..NodeInfo::default()
         };
         info.set_node(node);
@@ -50,7 +52,7 @@ impl NodeInfo {
     /// Pods known on a node the scheduler has not seen yet.
     pub(crate) fn placeholder(name: &str) -> NodeInfo {
         NodeInfo {
-            name: name.to_owned(),
+            name: Arc::from(name),
             ..NodeInfo::default()
         }
     }
@@ -74,8 +76,20 @@ impl NodeInfo {
                     .map(move |n| (normalize_image(n), size))
             })
             .collect();
+        self.interned_labels = node
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
+            .collect();
         self.node = Some(node);
         self.generation += 1;
+    }
+
+    /// A label as shared strings (key, value).
+    pub fn label_arc(&self, key: &str) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.interned_labels.get_key_value(key)
     }
 
     /// Forgets the node object (its pods stay until they go).
@@ -91,6 +105,11 @@ impl NodeInfo {
 
     /// The node's name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -142,7 +161,8 @@ impl NodeInfo {
         };
         let pod = self.pods.swap_remove(i);
         self.pods_with_affinity.retain(|p| p.uid != uid);
-        self.pods_with_required_anti_affinity.retain(|p| p.uid != uid);
+        self.pods_with_required_anti_affinity
+            .retain(|p| p.uid != uid);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.milli_cpu -= pod.non_zero_requests.milli_cpu;
         self.non_zero_requested.memory -= pod.non_zero_requests.memory;

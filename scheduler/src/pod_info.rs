@@ -35,8 +35,7 @@ impl AffinityTerm {
             .map(LabelSelector::from_k8s)
             .transpose()
             .map_err(|e| format!("invalid namespaceSelector: {e}"))?;
-        let mut namespaces: BTreeSet<String> =
-            term.namespaces.iter().flatten().cloned().collect();
+        let mut namespaces: BTreeSet<String> = term.namespaces.iter().flatten().cloned().collect();
         if namespaces.is_empty() && namespace_selector.is_none() {
             namespaces.insert(own_namespace.to_owned());
         }
@@ -51,9 +50,19 @@ impl AffinityTerm {
     /// Whether `pod` (whose namespace has `ns_labels`) is one of the pods the term is
     /// about.
     pub fn matches(&self, pod: &PodInfo, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+        self.matches_with(pod, || ns_labels)
+    }
+
+    /// [`AffinityTerm::matches`], looking the namespace's labels up only when a
+    /// namespace selector needs them.
+    pub fn matches_with<'a>(
+        &self,
+        pod: &PodInfo,
+        ns_labels: impl FnOnce() -> Option<&'a BTreeMap<String, String>>,
+    ) -> bool {
         let ns_ok = self.namespaces.contains(&pod.namespace)
             || self.namespace_selector.as_ref().is_some_and(|s| {
-                s.is_empty() || ns_labels.is_some_and(|labels| s.matches(labels))
+                s.is_empty() || ns_labels().is_some_and(|labels| s.matches(labels))
             });
         ns_ok && self.selector.matches(&pod.labels)
     }
@@ -107,11 +116,7 @@ impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> PodInfo {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let (requests, non_zero_requests) = pod
-            .spec
-            .as_ref()
-            .map(pod_requests)
-            .unwrap_or_default();
+        let (requests, non_zero_requests) = pod.spec.as_ref().map(pod_requests).unwrap_or_default();
         let mut info = PodInfo {
             key: format!("{namespace}/{name}"),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -160,16 +165,24 @@ impl PodInfo {
                     .collect()
             };
         if let Some(a) = &affinity.pod_affinity {
-            self.required_affinity =
-                required(a.required_during_scheduling_ignored_during_execution.as_ref())?;
-            self.preferred_affinity =
-                preferred(a.preferred_during_scheduling_ignored_during_execution.as_ref())?;
+            self.required_affinity = required(
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            )?;
+            self.preferred_affinity = preferred(
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            )?;
         }
         if let Some(a) = &affinity.pod_anti_affinity {
-            self.required_anti_affinity =
-                required(a.required_during_scheduling_ignored_during_execution.as_ref())?;
-            self.preferred_anti_affinity =
-                preferred(a.preferred_during_scheduling_ignored_during_execution.as_ref())?;
+            self.required_anti_affinity = required(
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            )?;
+            self.preferred_anti_affinity = preferred(
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            )?;
         }
         Ok(())
     }

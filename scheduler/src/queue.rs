@@ -43,6 +43,9 @@ pub struct QueuedPodInfo {
     pub unschedulable_plugins: BTreeSet<String>,
     /// The event sequence number when it was popped.
     pub(crate) popped_at_event: u64,
+    /// Its last attempt failed with an error (not as unschedulable): it waits out its
+    /// whole backoff.
+    pub(crate) errored: bool,
 }
 
 impl QueuedPodInfo {
@@ -54,6 +57,7 @@ impl QueuedPodInfo {
             attempts: 0,
             unschedulable_plugins: BTreeSet::new(),
             popped_at_event: 0,
+            errored: false,
         }
     }
 }
@@ -210,7 +214,10 @@ impl SchedulingQueue {
         inner.seq += 1;
         let seq = inner.seq;
         inner.backoff_seq.insert(info.pod.uid.clone(), seq);
-        inner.backoff.push(Reverse(BackoffEntry { until, seq, info }));
+        inner
+            .backoff
+            .push(Reverse(BackoffEntry { until, seq, info }));
+        self.notify.notify_one();
     }
 
     fn backoff_until(&self, info: &QueuedPodInfo) -> Instant {
@@ -312,13 +319,41 @@ impl SchedulingQueue {
                 if inner.closed {
                     return None;
                 }
+                let mut next = None;
                 while let Some(entry) = inner.active.pop() {
                     let uid = entry.info.pod.uid.clone();
                     if inner.active_seq.get(&uid) != Some(&entry.seq) {
                         continue;
                     }
                     inner.active_seq.remove(&uid);
-                    let mut info = entry.info;
+                    next = Some(entry.info);
+                    break;
+                }
+                // As Kubernetes 1.33 does (SchedulerPopFromBackoffQ): when nothing else
+                // is ready, the pod whose backoff ends first goes now.
+                // Pods that failed with an error wait out their backoff.
+                if next.is_none() {
+                    let mut errored = Vec::new();
+                    while let Some(Reverse(entry)) = inner.backoff.pop() {
+                        let uid = entry.info.pod.uid.clone();
+                        if inner.backoff_seq.get(&uid) != Some(&entry.seq) {
+                            continue;
+                        }
+                        if entry.info.errored {
+                            errored.push(entry);
+                            continue;
+                        }
+                        inner.backoff_seq.remove(&uid);
+                        next = Some(entry.info);
+                        break;
+                    }
+                    for e in errored {
+                        inner.backoff.push(Reverse(e));
+                    }
+                }
+                if let Some(info) = next {
+                    let uid = info.pod.uid.clone();
+                    let mut info = info;
                     info.attempts += 1;
                     info.initial_attempt.get_or_insert_with(Instant::now);
                     info.popped_at_event = inner.event_seq;
@@ -351,6 +386,7 @@ impl SchedulingQueue {
             return;
         }
         info.timestamp = Instant::now();
+        info.errored = error;
         let missed_event = inner
             .recent_events
             .front()
@@ -538,17 +574,29 @@ mod tests {
         let q = queue();
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         assert_eq!(q.lengths().unschedulable, 1);
 
         // An irrelevant event: the pod stays parked.
-        q.on_event(ClusterEvent::new(EventResource::AssignedPod, ActionType::ADD));
+        q.on_event(ClusterEvent::new(
+            EventResource::AssignedPod,
+            ActionType::ADD,
+        ));
         assert_eq!(q.lengths().unschedulable, 1);
 
         // A node added may make it fit: to backoff first (1 s), then active.
         q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
-        assert_eq!(q.lengths(), QueueLengths { active: 0, backoff: 1, unschedulable: 0 });
+        assert_eq!(
+            q.lengths(),
+            QueueLengths {
+                active: 0,
+                backoff: 1,
+                unschedulable: 0
+            }
+        );
         tokio::time::advance(Duration::from_millis(1001)).await;
         q.flush_backoff();
         assert_eq!(q.lengths().active, 1);
@@ -562,9 +610,46 @@ mod tests {
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
         q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         assert_eq!(q.lengths().backoff, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_takes_backoff_pods_early_but_not_errored_ones() {
+        let q = queue();
+        q.add(info("unlucky", 0));
+        q.add(info("broken", 0));
+        let a = q.pop().await.expect("pod");
+        let b = q.pop().await.expect("pod");
+        let (unlucky, broken) = if a.pod.name == "unlucky" {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        q.requeue(broken, true);
+        let mut unlucky = unlucky;
+        unlucky
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
+        q.requeue(unlucky, false);
+        q.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD));
+        assert_eq!(q.lengths().backoff, 2);
+        let next = tokio::time::timeout(Duration::from_millis(10), q.pop()).await;
+        assert_eq!(
+            next.ok().flatten().map(|i| i.pod.name.clone()).as_deref(),
+            Some("unlucky")
+        );
+        let none = tokio::time::timeout(Duration::from_millis(10), q.pop()).await;
+        assert!(none.is_err(), "the errored pod waits its backoff");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        q.flush_backoff();
+        assert_eq!(
+            q.pop().await.map(|i| i.pod.name.clone()).as_deref(),
+            Some("broken")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -572,7 +657,9 @@ mod tests {
         let q = queue();
         q.add(info("p", 0));
         let mut popped = q.pop().await.expect("pod");
-        popped.unschedulable_plugins.insert("NodeResourcesFit".into());
+        popped
+            .unschedulable_plugins
+            .insert("NodeResourcesFit".into());
         q.requeue(popped, false);
         tokio::time::advance(Duration::from_secs(299)).await;
         q.flush_unschedulable();

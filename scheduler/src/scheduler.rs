@@ -38,7 +38,7 @@ use crate::queue::{
 /// The `schedulerName` of pods that name none.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
 
-/// Below this many nodes to check, filtering runs on one thread.
+/// Below this many nodes to check (or to find), filtering runs on one thread.
 const PARALLEL_MIN_NODES: usize = 1024;
 /// Nodes per chunk when filtering in parallel.
 const CHUNK: usize = 128;
@@ -165,10 +165,13 @@ impl SchedulerBuilder {
         let mut by_name = HashMap::new();
         let mut registrations: HashMap<String, Vec<ClusterEvent>> = HashMap::new();
         let first_sort = profiles[0].queue_sort_name().to_owned();
-        let queue_sort = profiles[0].queue_sort().cloned().ok_or_else(|| ConfigError::Invalid {
-            profile: profiles[0].scheduler_name().to_owned(),
-            message: "a QueueSort plugin must be enabled".into(),
-        })?;
+        let queue_sort = profiles[0]
+            .queue_sort()
+            .cloned()
+            .ok_or_else(|| ConfigError::Invalid {
+                profile: profiles[0].scheduler_name().to_owned(),
+                message: "a QueueSort plugin must be enabled".into(),
+            })?;
         for p in profiles {
             if p.queue_sort_name() != first_sort {
                 return Err(ConfigError::Invalid {
@@ -256,11 +259,15 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
+/// What one filtering thread found: the nodes that fit and the others' statuses, by
+/// position.
+type ChunkResults = (Vec<(usize, Arc<NodeInfo>)>, Vec<(usize, Status)>);
+
 /// Why a cycle did not choose a node.
 enum Failure {
     /// No node fits.
     Fit {
-        statuses: NodeStatuses,
+        statuses: Box<NodeStatuses>,
         num_nodes: usize,
         no_nodes: bool,
     },
@@ -317,7 +324,10 @@ impl Scheduler {
     /// # Errors
     /// None today: list and watch failures are retried. The `Result` leaves room for
     /// fatal conditions (such as a lost leadership).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SchedulerError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), SchedulerError> {
         let inner = self.inner.clone();
         let mut tasks = Vec::new();
         let mut ready = Vec::new();
@@ -327,7 +337,13 @@ impl Scheduler {
             let i = inner.clone();
             let mut known: HashMap<String, Arc<Node>> = HashMap::new();
             tasks.push(tokio::spawn(async move {
-                reflect(Api::<Node>::all(i.client.clone()), "nodes", move |c| i.on_node(&mut known, c), tx).await;
+                reflect(
+                    Api::<Node>::all(i.client.clone()),
+                    "nodes",
+                    move |c| i.on_node(&mut known, c),
+                    tx,
+                )
+                .await;
             }));
         }
         {
@@ -336,7 +352,13 @@ impl Scheduler {
             let i = inner.clone();
             let mut known: HashMap<String, Arc<BTreeMap<String, String>>> = HashMap::new();
             tasks.push(tokio::spawn(async move {
-                reflect(Api::<Namespace>::all(i.client.clone()), "namespaces", move |c| i.on_namespace(&mut known, c), tx).await;
+                reflect(
+                    Api::<Namespace>::all(i.client.clone()),
+                    "namespaces",
+                    move |c| i.on_namespace(&mut known, c),
+                    tx,
+                )
+                .await;
             }));
         }
         {
@@ -345,7 +367,13 @@ impl Scheduler {
             let i = inner.clone();
             let mut known: BTreeMap<String, PdbInfo> = BTreeMap::new();
             tasks.push(tokio::spawn(async move {
-                reflect(Api::<PodDisruptionBudget>::all(i.client.clone()), "poddisruptionbudgets", move |c| i.on_pdb(&mut known, c), tx).await;
+                reflect(
+                    Api::<PodDisruptionBudget>::all(i.client.clone()),
+                    "poddisruptionbudgets",
+                    move |c| i.on_pdb(&mut known, c),
+                    tx,
+                )
+                .await;
             }));
         }
         // Pods last: the nodes are known when the pending pods arrive.
@@ -358,7 +386,13 @@ impl Scheduler {
             let i = inner.clone();
             let mut known: HashMap<String, Arc<PodInfo>> = HashMap::new();
             tasks.push(tokio::spawn(async move {
-                reflect(Api::<Pod>::all(i.client.clone()), "pods", move |c| i.on_pod(&mut known, c), tx).await;
+                reflect(
+                    Api::<Pod>::all(i.client.clone()),
+                    "pods",
+                    move |c| i.on_pod(&mut known, c),
+                    tx,
+                )
+                .await;
             }));
         }
         for rx in ready.drain(..) {
@@ -385,7 +419,11 @@ impl Scheduler {
                 biased;
                 () = &mut shutdown => break,
                 next = inner.queue.pop() => match next {
-                    Some(qp) => inner.schedule_one(&mut snapshot, qp).await,
+                    Some(qp) => {
+                        inner.schedule_one(&mut snapshot, qp).await;
+                        // A cycle is CPU work: let the watches and bindings run.
+                        tokio::task::yield_now().await;
+                    }
                     None => break,
                 },
             }
@@ -467,7 +505,10 @@ impl Inner {
                     }
                 }
                 *known = fresh;
-                self.queue.on_event(ClusterEvent::new(EventResource::Node, ActionType::ADD.or(ActionType::UPDATE)));
+                self.queue.on_event(ClusterEvent::new(
+                    EventResource::Node,
+                    ActionType::ADD.or(ActionType::UPDATE),
+                ));
             }
             Change::Applied(n) => {
                 let n = Arc::new(n);
@@ -478,19 +519,25 @@ impl Inner {
                 };
                 self.cache.add_or_update_node(n);
                 if actions.0 != 0 {
-                    self.queue.on_event(ClusterEvent::new(EventResource::Node, actions));
+                    self.queue
+                        .on_event(ClusterEvent::new(EventResource::Node, actions));
                 }
             }
             Change::Deleted(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 known.remove(&name);
                 self.cache.remove_node(&name);
-                self.queue.on_event(ClusterEvent::new(EventResource::Node, ActionType::DELETE));
+                self.queue
+                    .on_event(ClusterEvent::new(EventResource::Node, ActionType::DELETE));
             }
         }
     }
 
-    fn on_namespace(&self, known: &mut HashMap<String, Arc<BTreeMap<String, String>>>, change: Change<Namespace>) {
+    fn on_namespace(
+        &self,
+        known: &mut HashMap<String, Arc<BTreeMap<String, String>>>,
+        change: Change<Namespace>,
+    ) {
         let mut apply = |ns: &Namespace, deleted: bool| {
             let name = ns.metadata.name.clone().unwrap_or_default();
             if deleted {
@@ -503,7 +550,10 @@ impl Inner {
             if changed {
                 known.insert(name.clone(), Arc::new(labels.clone()));
                 self.cache.set_namespace(&name, Some(labels));
-                self.queue.on_event(ClusterEvent::new(EventResource::Namespace, ActionType::ADD.or(ActionType::UPDATE)));
+                self.queue.on_event(ClusterEvent::new(
+                    EventResource::Namespace,
+                    ActionType::ADD.or(ActionType::UPDATE),
+                ));
             }
         };
         match change {
@@ -513,7 +563,11 @@ impl Inner {
                 for ns in &all {
                     apply(ns, false);
                 }
-                let gone: Vec<String> = known.keys().filter(|k| !names.contains(*k)).cloned().collect();
+                let gone: Vec<String> = known
+                    .keys()
+                    .filter(|k| !names.contains(*k))
+                    .cloned()
+                    .collect();
                 for name in gone {
                     known.remove(&name);
                     self.cache.set_namespace(&name, None);
@@ -565,7 +619,10 @@ impl Inner {
             }
         }
         self.cache.set_pdbs(known.values().cloned().collect());
-        self.queue.on_event(ClusterEvent::new(EventResource::PodDisruptionBudget, ActionType::ALL));
+        self.queue.on_event(ClusterEvent::new(
+            EventResource::PodDisruptionBudget,
+            ActionType::ALL,
+        ));
     }
 
     fn on_pod(&self, known: &mut HashMap<String, Arc<PodInfo>>, change: Change<Pod>) {
@@ -609,7 +666,10 @@ impl Inner {
             self.handle.nominator.remove(&info.uid);
             if is_finished(&info.pod) {
                 self.cache.remove_pod(&info.uid);
-                self.queue.on_event(ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE));
+                self.queue.on_event(ClusterEvent::new(
+                    EventResource::AssignedPod,
+                    ActionType::DELETE,
+                ));
                 return;
             }
             self.cache.add_or_update_pod(info.clone());
@@ -632,7 +692,8 @@ impl Inner {
                 }
             };
             if actions.0 != 0 {
-                self.queue.on_event(ClusterEvent::new(EventResource::AssignedPod, actions));
+                self.queue
+                    .on_event(ClusterEvent::new(EventResource::AssignedPod, actions));
             }
             return;
         }
@@ -655,13 +716,17 @@ impl Inner {
     fn pod_deleted(&self, known: &mut HashMap<String, Arc<PodInfo>>, info: &Arc<PodInfo>) {
         let last = known.remove(&info.uid);
         self.handle.nominator.remove(&info.uid);
-        let assigned = info.node_name().is_some() || last.as_ref().is_some_and(|l| l.node_name().is_some());
+        let assigned =
+            info.node_name().is_some() || last.as_ref().is_some_and(|l| l.node_name().is_some());
         if let Some(w) = self.handle.waiting_pods.get(&info.uid) {
             w.reject("", "pod deleted");
         }
         if assigned || self.cache.contains(&info.uid) {
             self.cache.remove_pod(&info.uid);
-            self.queue.on_event(ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE));
+            self.queue.on_event(ClusterEvent::new(
+                EventResource::AssignedPod,
+                ActionType::DELETE,
+            ));
         }
         self.queue.delete(&info.uid);
     }
@@ -700,9 +765,21 @@ impl Inner {
             Ok(host) => self.assume_and_bind(profile, state, qp, host, start),
             Err(Failure::Error(status)) => {
                 self.metrics.attempt(AttemptResult::Error, start.elapsed());
-                self.fail(&profile, qp, status.message(), "SchedulerError", true, None, false);
+                self.fail(
+                    &profile,
+                    qp,
+                    status.message(),
+                    "SchedulerError",
+                    true,
+                    None,
+                    false,
+                );
             }
-            Err(Failure::Fit { statuses, num_nodes, no_nodes }) => {
+            Err(Failure::Fit {
+                statuses,
+                num_nodes,
+                no_nodes,
+            }) => {
                 let mut message = if no_nodes {
                     "no nodes available to schedule pods".to_owned()
                 } else {
@@ -711,7 +788,9 @@ impl Inner {
                 let mut nominated = None;
                 let mut clear_nomination = false;
                 if profile.has_post_filter() && !no_nodes {
-                    let result = profile.run_post_filter(&state, &pod, snapshot, &statuses).await;
+                    let result = profile
+                        .run_post_filter(&state, &pod, snapshot, &statuses)
+                        .await;
                     match result {
                         Ok(r) => {
                             if let Some(node) = &r.nominated_node {
@@ -726,13 +805,18 @@ impl Inner {
                         Err(s) => {
                             let msg = s.message();
                             if !msg.is_empty() {
-                                message = fit_error_message(num_nodes, &statuses, Some(&format!("preemption: {msg}")));
+                                message = fit_error_message(
+                                    num_nodes,
+                                    &statuses,
+                                    Some(&format!("preemption: {msg}")),
+                                );
                             }
                             clear_nomination = pod.nominated_node_name().is_some();
                         }
                     }
                 }
-                self.metrics.attempt(AttemptResult::Unschedulable, start.elapsed());
+                self.metrics
+                    .attempt(AttemptResult::Unschedulable, start.elapsed());
                 let mut qp = qp;
                 qp.unschedulable_plugins = statuses.unschedulable_plugins.clone();
                 if let Some(node) = &nominated {
@@ -740,7 +824,15 @@ impl Inner {
                 } else if clear_nomination {
                     self.handle.nominator.remove(&pod.uid);
                 }
-                self.fail(&profile, qp, message, "Unschedulable", false, nominated, clear_nomination);
+                self.fail(
+                    &profile,
+                    qp,
+                    message,
+                    "Unschedulable",
+                    false,
+                    nominated,
+                    clear_nomination,
+                );
             }
         }
     }
@@ -756,7 +848,7 @@ impl Inner {
         let all = snapshot.nodes().len();
         if all == 0 {
             return Err(Failure::Fit {
-                statuses: NodeStatuses::default(),
+                statuses: Box::default(),
                 num_nodes: 0,
                 no_nodes: true,
             });
@@ -766,10 +858,16 @@ impl Inner {
             Err(status) if status.is_rejected() => {
                 let mut statuses = NodeStatuses::default();
                 if !status.plugin().is_empty() {
-                    statuses.unschedulable_plugins.insert(status.plugin().to_owned());
+                    statuses
+                        .unschedulable_plugins
+                        .insert(status.plugin().to_owned());
                 }
                 statuses.pre_filter = Some(status);
-                return Err(Failure::Fit { statuses, num_nodes: all, no_nodes: false });
+                return Err(Failure::Fit {
+                    statuses: Box::new(statuses),
+                    num_nodes: all,
+                    no_nodes: false,
+                });
             }
             Err(status) => return Err(Failure::Error(status)),
         };
@@ -777,7 +875,10 @@ impl Inner {
         if let Some(node) = pod.nominated_node_name().and_then(|n| snapshot.get(n)) {
             if narrowed.as_ref().is_none_or(|s| s.contains(node.name())) {
                 let nominated = self.handle.nominator.pods_on(node.name());
-                if profile.run_filters_with_nominated(state, pod, node, &nominated).is_ok() {
+                if profile
+                    .run_filters_with_nominated(state, pod, node, &nominated)
+                    .is_ok()
+                {
                     return Ok(node.name().to_owned());
                 }
             }
@@ -786,7 +887,10 @@ impl Inner {
         let nodes: &[Arc<NodeInfo>] = match &narrowed {
             None => snapshot.nodes(),
             Some(names) => {
-                candidates = names.iter().filter_map(|n| snapshot.get(n).cloned()).collect();
+                candidates = names
+                    .iter()
+                    .filter_map(|n| snapshot.get(n).cloned())
+                    .collect();
                 &candidates
             }
         };
@@ -795,17 +899,25 @@ impl Inner {
         } else {
             self.num_feasible_nodes_to_find(profile, nodes.len())
         };
-        let (feasible, mut statuses) = self.find_feasible(profile, state, pod, nodes, to_find, narrowed.is_none());
+        let (feasible, mut statuses) =
+            self.find_feasible(profile, state, pod, nodes, to_find, narrowed.is_none());
         if let Some(names) = &narrowed {
             // Nodes the PreFilter plugins ruled out.
             for n in snapshot.nodes() {
                 if !names.contains(n.name()) {
-                    statuses.insert(n.name(), Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"));
+                    statuses.insert(
+                        n.name_arc().clone(),
+                        Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"),
+                    );
                 }
             }
         }
         if feasible.is_empty() {
-            return Err(Failure::Fit { statuses, num_nodes: all, no_nodes: false });
+            return Err(Failure::Fit {
+                statuses: Box::new(statuses),
+                num_nodes: all,
+                no_nodes: false,
+            });
         }
         if feasible.len() == 1 {
             return Ok(feasible[0].name().to_owned());
@@ -824,7 +936,7 @@ impl Inner {
                 ties = 1;
             } else if s == best_score {
                 ties += 1;
-                if self.random() % ties == 0 {
+                if self.random().is_multiple_of(ties) {
                     best = i;
                 }
             }
@@ -848,24 +960,35 @@ impl Inner {
         if n == 0 {
             return (Vec::new(), statuses);
         }
-        let start = if rotate { self.next_start.load(Ordering::Relaxed) % n } else { 0 };
+        let start = if rotate {
+            self.next_start.load(Ordering::Relaxed) % n
+        } else {
+            0
+        };
         let nominator = &self.handle.nominator;
         let check = |node: &NodeInfo| -> Result<(), Status> {
             if nominator.is_empty() {
                 profile.run_filters(state, pod, node)
             } else {
-                profile.run_filters_with_nominated(state, pod, node, &nominator.pods_on(node.name()))
+                profile.run_filters_with_nominated(
+                    state,
+                    pod,
+                    node,
+                    &nominator.pods_on(node.name()),
+                )
             }
         };
         let mut feasible: Vec<(usize, Arc<NodeInfo>)> = Vec::with_capacity(to_find.min(n));
         let processed;
-        if self.parallelism <= 1 || n < PARALLEL_MIN_NODES {
+        // Threads only pay off when there is much to check: they are started per
+        // cycle (scoped), which costs tens of microseconds.
+        if self.parallelism <= 1 || n < PARALLEL_MIN_NODES || to_find < PARALLEL_MIN_NODES {
             let mut i = 0;
             while i < n && feasible.len() < to_find {
                 let node = &nodes[(start + i) % n];
                 match check(node) {
                     Ok(()) => feasible.push((i, node.clone())),
-                    Err(s) => statuses.insert(node.name(), s),
+                    Err(s) => statuses.insert(node.name_arc().clone(), s),
                 }
                 i += 1;
             }
@@ -875,7 +998,7 @@ impl Inner {
             let next = AtomicUsize::new(0);
             let found = AtomicUsize::new(0);
             let workers = self.parallelism.min(chunks);
-            let results: Vec<(Vec<(usize, Arc<NodeInfo>)>, Vec<(usize, Status)>)> = std::thread::scope(|scope| {
+            let results: Vec<ChunkResults> = std::thread::scope(|scope| {
                 let work = || {
                     let mut ok = Vec::new();
                     let mut failed = Vec::new();
@@ -913,7 +1036,7 @@ impl Inner {
             for (ok, failed) in results {
                 for (i, s) in failed {
                     last = last.max(i + 1);
-                    statuses.insert(nodes[(start + i) % n].name(), s);
+                    statuses.insert(nodes[(start + i) % n].name_arc().clone(), s);
                 }
                 feasible.extend(ok);
             }
@@ -925,7 +1048,8 @@ impl Inner {
             processed = last;
         }
         if rotate {
-            self.next_start.store((start + processed) % n, Ordering::Relaxed);
+            self.next_start
+                .store((start + processed) % n, Ordering::Relaxed);
         }
         (feasible.into_iter().map(|(_, n)| n).collect(), statuses)
     }
@@ -941,14 +1065,34 @@ impl Inner {
         let pod = qp.pod.clone();
         if let Err(e) = self.cache.assume_pod(pod.clone(), &host) {
             self.metrics.attempt(AttemptResult::Error, start.elapsed());
-            self.fail(&profile, qp, e.to_string(), "SchedulerError", true, None, false);
+            self.fail(
+                &profile,
+                qp,
+                e.to_string(),
+                "SchedulerError",
+                true,
+                None,
+                false,
+            );
             return;
         }
         if let Err(s) = profile.run_reserve(&mut state, &pod, &host) {
             self.cache.forget_pod(&pod.uid);
             self.metrics.attempt(AttemptResult::Error, start.elapsed());
             let error = s.code() == Code::Error;
-            self.fail(&profile, qp, s.message(), if error { "SchedulerError" } else { "Unschedulable" }, error, None, false);
+            self.fail(
+                &profile,
+                qp,
+                s.message(),
+                if error {
+                    "SchedulerError"
+                } else {
+                    "Unschedulable"
+                },
+                error,
+                None,
+                false,
+            );
             return;
         }
         let waiting = match profile.run_permit(&state, &pod, &host) {
@@ -956,19 +1100,34 @@ impl Inner {
             Err(s) => {
                 profile.run_unreserve(&state, &pod, &host);
                 self.cache.forget_pod(&pod.uid);
-                self.metrics.attempt(AttemptResult::Unschedulable, start.elapsed());
+                self.metrics
+                    .attempt(AttemptResult::Unschedulable, start.elapsed());
                 let error = s.code() == Code::Error;
                 let mut qp = qp;
                 if !s.plugin().is_empty() {
                     qp.unschedulable_plugins.insert(s.plugin().to_owned());
                 }
-                self.fail(&profile, qp, s.message(), if error { "SchedulerError" } else { "Unschedulable" }, error, None, false);
+                self.fail(
+                    &profile,
+                    qp,
+                    s.message(),
+                    if error {
+                        "SchedulerError"
+                    } else {
+                        "Unschedulable"
+                    },
+                    error,
+                    None,
+                    false,
+                );
                 return;
             }
         };
         self.handle.nominator.remove(&pod.uid);
-        self.metrics.attempt(AttemptResult::Scheduled, start.elapsed());
-        let held = (!waiting.is_empty()).then(|| self.handle.waiting_pods.hold(pod.clone(), &host, waiting));
+        self.metrics
+            .attempt(AttemptResult::Scheduled, start.elapsed());
+        let held = (!waiting.is_empty())
+            .then(|| self.handle.waiting_pods.hold(pod.clone(), &host, waiting));
         let this = self.clone();
         tokio::spawn(async move {
             let result = async {
@@ -986,7 +1145,14 @@ impl Inner {
                     this.metrics.binding(true);
                     tracing::debug!(pod = %pod.key, node = %host, "bound");
                     if this.scheduled_events {
-                        this.record_event(&profile, &pod, "Normal", "Scheduled", format!("Successfully assigned {} to {host}", pod.key)).await;
+                        this.record_event(
+                            &profile,
+                            &pod,
+                            "Normal",
+                            "Scheduled",
+                            format!("Successfully assigned {} to {host}", pod.key),
+                        )
+                        .await;
                     }
                     profile.run_post_bind(&state, &pod, &host).await;
                 }
@@ -995,14 +1161,29 @@ impl Inner {
                     this.cache.forget_pod(&pod.uid);
                     this.metrics.binding(false);
                     // Resources were freed: pods parked for them may fit now.
-                    this.queue.on_event(ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE));
+                    this.queue.on_event(ClusterEvent::new(
+                        EventResource::AssignedPod,
+                        ActionType::DELETE,
+                    ));
                     let error = s.code() == Code::Error;
                     let mut qp = qp;
                     if !error && !s.plugin().is_empty() {
                         qp.unschedulable_plugins.insert(s.plugin().to_owned());
                     }
                     tracing::debug!(pod = %pod.key, node = %host, error = %s, "binding failed");
-                    this.fail(&profile, qp, s.message(), if error { "SchedulerError" } else { "Unschedulable" }, error, None, false);
+                    this.fail(
+                        &profile,
+                        qp,
+                        s.message(),
+                        if error {
+                            "SchedulerError"
+                        } else {
+                            "Unschedulable"
+                        },
+                        error,
+                        None,
+                        false,
+                    );
                 }
             }
         });
@@ -1027,7 +1208,14 @@ impl Inner {
         let this = self.clone();
         let profile = profile.clone();
         tokio::spawn(async move {
-            this.record_event(&profile, &pod, "Warning", "FailedScheduling", message.clone()).await;
+            this.record_event(
+                &profile,
+                &pod,
+                "Warning",
+                "FailedScheduling",
+                message.clone(),
+            )
+            .await;
             let current = pod
                 .pod
                 .status
@@ -1035,7 +1223,9 @@ impl Inner {
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
             let same = current.is_some_and(|c| {
-                c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str())
+                c.status == "False"
+                    && c.reason.as_deref() == Some(reason)
+                    && c.message.as_deref() == Some(message.as_str())
             });
             if same && nominated.is_none() && !clear_nomination {
                 return;
@@ -1056,16 +1246,27 @@ impl Inner {
                 status["nominatedNodeName"] = serde_json::Value::Null;
             }
             let pods: Api<Pod> = Api::namespaced(this.client.clone(), &pod.namespace);
-            if let Err(e) = pods.patch_status(&pod.name, &Patch::Strategic(json!({"status": status}))).await {
+            if let Err(e) = pods
+                .patch_status(&pod.name, &Patch::Strategic(json!({"status": status})))
+                .await
+            {
                 tracing::debug!(pod = %pod.key, error = %e, "failed to update the pod's condition");
             }
         });
     }
 
-    async fn record_event(&self, profile: &Profile, pod: &PodInfo, type_: &str, reason: &str, message: String) {
+    async fn record_event(
+        &self,
+        profile: &Profile,
+        pod: &PodInfo,
+        type_: &str,
+        reason: &str,
+        message: String,
+    ) {
         let seq = self.event_seq.fetch_add(1, Ordering::Relaxed);
         let now = now_timestamp();
-        let suffix = (u64::try_from(now.as_nanosecond()).unwrap_or(0) ^ self.random()).wrapping_add(seq);
+        let suffix =
+            (u64::try_from(now.as_nanosecond()).unwrap_or(0) ^ self.random()).wrapping_add(seq);
         let component = profile.scheduler_name().to_owned();
         let event = Event {
             metadata: ObjectMeta {
@@ -1175,7 +1376,10 @@ mod tests {
             statuses.insert(n, Status::unschedulable("Insufficient cpu"));
         }
         for n in ["d", "e"] {
-            statuses.insert(n, Status::unresolvable("node(s) had untolerated taint {key: value}"));
+            statuses.insert(
+                n,
+                Status::unresolvable("node(s) had untolerated taint {key: value}"),
+            );
         }
         assert_eq!(
             fit_error_message(5, &statuses, Some("preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling.")),

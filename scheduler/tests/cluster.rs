@@ -7,23 +7,31 @@ use std::time::Duration;
 
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_core::client::{Api, Client, ListParams};
-use keelson_core::k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, TopologySpreadConstraint};
+use keelson_core::k8s_openapi::api::core::v1::{
+    Event, Namespace, Node, Pod, TopologySpreadConstraint,
+};
 use keelson_scheduler::testing::{node, pod, selector};
 use keelson_scheduler::{
-    default_profile, CycleState, Permit, PermitResult, Plugin, PodInfo, Scheduler,
-    SchedulerConfig, Score, Status, NodeInfo,
+    default_profile, CycleState, NodeInfo, Permit, PermitResult, Plugin, PodInfo, Scheduler,
+    SchedulerConfig, Score, Status,
 };
 use keelson_store::MemStore;
 use tokio::sync::oneshot;
 
 fn server() -> Arc<ApiServer> {
-    ApiServer::new(Registry::new(Arc::new(MemStore::ephemeral())), resources::builtin())
+    ApiServer::new(
+        Registry::new(Arc::new(MemStore::ephemeral())),
+        resources::builtin(),
+    )
 }
 
 async fn namespace(client: &Client, name: &str) {
     let mut n = Namespace::default();
     n.metadata.name = Some(name.into());
-    Api::<Namespace>::all(client.clone()).create(&n).await.expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&n)
+        .await
+        .expect("namespace");
 }
 
 async fn add_nodes(client: &Client, nodes: Vec<Node>) {
@@ -39,8 +47,15 @@ async fn create(client: &Client, p: Pod) {
     if let Some(s) = p.spec.as_mut() {
         s.termination_grace_period_seconds = Some(0);
     }
-    let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    Api::<Pod>::namespaced(client.clone(), &ns).create(&p).await.expect("pod");
+    let ns = p
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&p)
+        .await
+        .expect("pod");
 }
 
 /// Runs a scheduler until the returned sender is dropped or fired.
@@ -63,7 +78,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -77,7 +95,10 @@ async fn node_of(client: &Client, ns: &str, name: &str) -> Option<String> {
 }
 
 async fn bound(client: &Client, ns: &str, name: &str) -> String {
-    eventually(&format!("{ns}/{name} to be bound"), || node_of(client, ns, name)).await
+    eventually(&format!("{ns}/{name} to be bound"), || {
+        node_of(client, ns, name)
+    })
+    .await
 }
 
 async fn all_nodes(client: &Client) -> BTreeMap<String, Node> {
@@ -92,7 +113,12 @@ async fn all_nodes(client: &Client) -> BTreeMap<String, Node> {
 }
 
 fn label(n: &Node, key: &str) -> String {
-    n.metadata.labels.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default()
+    n.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,26 +129,60 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
     add_nodes(
         &client,
         vec![
-            node("a1").cpu("4").memory("8Gi").label("zone", "a").label("disk", "ssd").obj(),
+            node("a1")
+                .cpu("4")
+                .memory("8Gi")
+                .label("zone", "a")
+                .label("disk", "ssd")
+                .obj(),
             node("a2").cpu("4").memory("8Gi").label("zone", "a").obj(),
             node("b1").cpu("4").memory("8Gi").label("zone", "b").obj(),
-            node("b2").cpu("4").memory("8Gi").label("zone", "b").taint("dedicated", "gpu", "NoSchedule").obj(),
-            node("c1").cpu("1").memory("1Gi").label("zone", "c").unschedulable().obj(),
+            node("b2")
+                .cpu("4")
+                .memory("8Gi")
+                .label("zone", "b")
+                .taint("dedicated", "gpu", "NoSchedule")
+                .obj(),
+            node("c1")
+                .cpu("1")
+                .memory("1Gi")
+                .label("zone", "c")
+                .unschedulable()
+                .obj(),
         ],
     )
     .await;
-    let stop = start(Scheduler::builder(client.clone()).build().expect("scheduler"));
+    let stop = start(
+        Scheduler::builder(client.clone())
+            .build()
+            .expect("scheduler"),
+    );
 
     // Plain pods fit anywhere schedulable and untainted.
     for i in 0..6 {
-        create(&client, pod(&format!("plain-{i}")).cpu("500m").memory("256Mi").obj()).await;
+        create(
+            &client,
+            pod(&format!("plain-{i}")).cpu("500m").memory("256Mi").obj(),
+        )
+        .await;
     }
     // A node selector.
-    create(&client, pod("ssd").cpu("100m").node_selector("disk", "ssd").obj()).await;
+    create(
+        &client,
+        pod("ssd").cpu("100m").node_selector("disk", "ssd").obj(),
+    )
+    .await;
     // Anti-affinity across zones: three pods, three schedulable zones? Only a and b are
     // schedulable for them (c1 is cordoned), so the third stays pending.
     for i in 0..3 {
-        create(&client, pod(&format!("spread-{i}")).label("app", "ha").anti_affinity(&[("app", "ha")], "zone").obj()).await;
+        create(
+            &client,
+            pod(&format!("spread-{i}"))
+                .label("app", "ha")
+                .anti_affinity(&[("app", "ha")], "zone")
+                .obj(),
+        )
+        .await;
     }
     // Topology spread over zones a and b (maxSkew 1).
     for i in 0..4 {
@@ -166,13 +226,19 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
         let _ = i;
         zones.push(n);
     }
-    let z: Vec<String> = zones.iter().map(|(_, n)| label(&nodes[n], "zone")).collect();
+    let z: Vec<String> = zones
+        .iter()
+        .map(|(_, n)| label(&nodes[n], "zone"))
+        .collect();
     assert_ne!(z[0], z[1], "anti-affinity by zone: {zones:?}");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let condition = eventually("huge's PodScheduled condition", || async {
         let p = pods.get("huge").await.ok()?;
-        p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        p.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
     })
     .await;
     assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
@@ -182,7 +248,12 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
         "{message}"
     );
     // 16 cores is more than any node has: evicting pods cannot help anywhere.
-    assert!(message.ends_with("preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling."), "{message}");
+    assert!(
+        message.ends_with(
+            "preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling."
+        ),
+        "{message}"
+    );
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let event = eventually("a FailedScheduling event", || async {
         events
@@ -191,7 +262,10 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
             .ok()?
             .items
             .into_iter()
-            .find(|e| e.involved_object.name.as_deref() == Some("huge") && e.reason.as_deref() == Some("FailedScheduling"))
+            .find(|e| {
+                e.involved_object.name.as_deref() == Some("huge")
+                    && e.reason.as_deref() == Some("FailedScheduling")
+            })
     })
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
@@ -207,8 +281,14 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
             match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 Some(n) => zones.push(label(&nodes[&n], "zone")),
                 None => {
-                    let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
-                    if c.message?.contains("didn't match pod topology spread constraints") {
+                    let c = p
+                        .status?
+                        .conditions?
+                        .into_iter()
+                        .find(|c| c.type_ == "PodScheduled")?;
+                    if c.message?
+                        .contains("didn't match pod topology spread constraints")
+                    {
                         waiting += 1;
                     }
                 }
@@ -223,14 +303,21 @@ async fn a_mixed_workload_is_scheduled_correctly_and_the_rest_explained() {
         for j in 0..3 {
             let p = pods.get(&format!("spread-{j}")).await.ok()?;
             if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
-                let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+                let c = p
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "PodScheduled")?;
                 return c.message;
             }
         }
         None
     })
     .await;
-    assert!(third.contains("node(s) didn't match pod anti-affinity rules"), "{third}");
+    assert!(
+        third.contains("node(s) didn't match pod anti-affinity rules"),
+        "{third}"
+    );
     let _ = stop.send(());
 }
 
@@ -257,7 +344,9 @@ async fn a_parked_pod_is_scheduled_when_a_node_that_fits_arrives() {
     assert_eq!(handle.metrics().unschedulable, attempts, "no spinning");
     add_nodes(&client, vec![node("large").cpu("4").obj()]).await;
     assert_eq!(bound(&client, "default", "big").await, "large");
-    assert!(handle.render_metrics().contains("scheduler_schedule_attempts_total{result=\"scheduled\"} 1"));
+    assert!(handle
+        .render_metrics()
+        .contains("scheduler_schedule_attempts_total{result=\"scheduled\"} 1"));
     let _ = stop.send(());
 }
 
@@ -278,9 +367,15 @@ async fn preemption_evicts_a_lower_priority_pod_and_nominates_the_node() {
     create(&client, pod("high").cpu("2").priority(100).obj()).await;
     assert_eq!(bound(&client, "default", "high").await, "only");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    assert!(pods.get_opt("low").await.expect("get").is_none(), "the victim is gone");
+    assert!(
+        pods.get_opt("low").await.expect("get").is_none(),
+        "the victim is gone"
+    );
     let high = pods.get("high").await.expect("high");
-    assert_eq!(high.status.and_then(|s| s.nominated_node_name).as_deref(), Some("only"));
+    assert_eq!(
+        high.status.and_then(|s| s.nominated_node_name).as_deref(),
+        Some("only")
+    );
     let _ = stop.send(());
 }
 
@@ -296,7 +391,13 @@ impl Plugin for FastTier {
 }
 impl Score for FastTier {
     fn score(&self, _: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
-        Ok(if node.labels().get("tier").map(String::as_str) == Some("fast") { 100 } else { 0 })
+        Ok(
+            if node.labels().get("tier").map(String::as_str) == Some("fast") {
+                100
+            } else {
+                0
+            },
+        )
     }
 }
 
@@ -315,7 +416,7 @@ impl Plugin for Gang {
 }
 impl Permit for Gang {
     fn permit(&self, _: &CycleState, pod: &PodInfo, _: &str) -> Result<PermitResult, Status> {
-        if pod.labels.get("gang").is_none() {
+        if !pod.labels.contains_key("gang") {
             return Ok(PermitResult::Allow);
         }
         if self.seen.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -355,21 +456,42 @@ async fn profiles_are_chosen_by_scheduler_name_and_permit_can_hold_pods() {
     let handle = scheduler.clone();
     let stop = start(scheduler);
     for i in 0..3 {
-        create(&client, pod(&format!("f{i}")).scheduler_name("fast-scheduler").obj()).await;
+        create(
+            &client,
+            pod(&format!("f{i}")).scheduler_name("fast-scheduler").obj(),
+        )
+        .await;
     }
     for i in 0..3 {
         assert_eq!(bound(&client, "default", &format!("f{i}")).await, "fast-1");
     }
-    create(&client, pod("nobody").scheduler_name("other-scheduler").obj()).await;
+    create(
+        &client,
+        pod("nobody").scheduler_name("other-scheduler").obj(),
+    )
+    .await;
     // The gang: the first member waits until a second arrives.
-    create(&client, pod("g1").label("gang", "x").scheduler_name("fast-scheduler").obj()).await;
-    eventually("g1 to wait", || async { (!handle.waiting_pods().all().is_empty()).then_some(()) }).await;
+    create(
+        &client,
+        pod("g1")
+            .label("gang", "x")
+            .scheduler_name("fast-scheduler")
+            .obj(),
+    )
+    .await;
+    eventually("g1 to wait", || async {
+        (!handle.waiting_pods().all().is_empty()).then_some(())
+    })
+    .await;
     assert!(node_of(&client, "default", "g1").await.is_none());
     let waiting = handle.waiting_pods().all();
     assert_eq!(waiting[0].pending_plugins(), ["Gang"]);
     waiting[0].allow("Gang");
     bound(&client, "default", "g1").await;
-    assert!(node_of(&client, "default", "nobody").await.is_none(), "no profile serves it");
+    assert!(
+        node_of(&client, "default", "nobody").await.is_none(),
+        "no profile serves it"
+    );
     let _ = stop.send(());
 }
 
@@ -378,7 +500,11 @@ async fn a_configuration_file_builds_the_profiles() {
     let server = server();
     let client = server.client();
     namespace(&client, "default").await;
-    add_nodes(&client, vec![node("a").cpu("4").obj(), node("b").cpu("4").obj()]).await;
+    add_nodes(
+        &client,
+        vec![node("a").cpu("4").obj(), node("b").cpu("4").obj()],
+    )
+    .await;
     let config = SchedulerConfig::from_yaml(
         r"
 apiVersion: kubescheduler.config.k8s.io/v1
@@ -397,12 +523,28 @@ profiles:
 ",
     )
     .expect("config");
-    let stop = start(Scheduler::builder(client.clone()).config(config).build().expect("scheduler"));
+    let stop = start(
+        Scheduler::builder(client.clone())
+            .config(config)
+            .build()
+            .expect("scheduler"),
+    );
     create(&client, pod("p0").cpu("1").scheduler_name("packer").obj()).await;
     let first = bound(&client, "default", "p0").await;
     for i in 1..4 {
-        create(&client, pod(&format!("p{i}")).cpu("1").scheduler_name("packer").obj()).await;
-        assert_eq!(bound(&client, "default", &format!("p{i}")).await, first, "bin packing");
+        create(
+            &client,
+            pod(&format!("p{i}"))
+                .cpu("1")
+                .scheduler_name("packer")
+                .obj(),
+        )
+        .await;
+        assert_eq!(
+            bound(&client, "default", &format!("p{i}")).await,
+            first,
+            "bin packing"
+        );
     }
     let _ = stop.send(());
 }

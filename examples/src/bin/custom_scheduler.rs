@@ -13,7 +13,9 @@ use keelson::core::client::{Api, Client};
 use keelson::core::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use keelson::store::MemStore;
 use keelson_scheduler::testing::{node, pod};
-use keelson_scheduler::{default_profile, CycleState, NodeInfo, Plugin, PodInfo, Scheduler, Score, Status};
+use keelson_scheduler::{
+    default_profile, CycleState, NodeInfo, Plugin, PodInfo, Scheduler, Score, Status,
+};
 
 /// Scores nodes by their `example.com/tier` label: gold 100, silver 50, others 0.
 struct TierScore;
@@ -29,11 +31,13 @@ impl Plugin for TierScore {
 
 impl Score for TierScore {
     fn score(&self, _: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
-        Ok(match node.labels().get("example.com/tier").map(String::as_str) {
-            Some("gold") => 100,
-            Some("silver") => 50,
-            _ => 0,
-        })
+        Ok(
+            match node.labels().get("example.com/tier").map(String::as_str) {
+                Some("gold") => 100,
+                Some("silver") => 50,
+                _ => 0,
+            },
+        )
     }
 }
 
@@ -50,10 +54,10 @@ async fn wait_bound(pods: &Api<Pod>, name: &str) -> Result<String, Box<dyn std::
 async fn wait_explained(pods: &Api<Pod>, name: &str) -> Result<String, Box<dyn std::error::Error>> {
     for _ in 0..500 {
         let p = pods.get(name).await?;
-        let condition = p
-            .status
-            .and_then(|s| s.conditions)
-            .and_then(|c| c.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"));
+        let condition = p.status.and_then(|s| s.conditions).and_then(|c| {
+            c.into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        });
         if let Some(message) = condition.and_then(|c| c.message) {
             return Ok(message);
         }
@@ -64,15 +68,28 @@ async fn wait_explained(pods: &Api<Pod>, name: &str) -> Result<String, Box<dyn s
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = ApiServer::new(Registry::new(Arc::new(MemStore::ephemeral())), resources::builtin());
+    let server = ApiServer::new(
+        Registry::new(Arc::new(MemStore::ephemeral())),
+        resources::builtin(),
+    );
     let client: Client = server.client();
     let mut ns = Namespace::default();
     ns.metadata.name = Some("default".into());
     Api::<Namespace>::all(client.clone()).create(&ns).await?;
     let nodes: Api<Node> = Api::all(client.clone());
-    for (name, tier) in [("node-bronze", "bronze"), ("node-gold", "gold"), ("node-silver", "silver")] {
+    for (name, tier) in [
+        ("node-bronze", "bronze"),
+        ("node-gold", "gold"),
+        ("node-silver", "silver"),
+    ] {
         nodes
-            .create(&node(name).cpu("4").memory("8Gi").label("example.com/tier", tier).obj())
+            .create(
+                &node(name)
+                    .cpu("4")
+                    .memory("8Gi")
+                    .label("example.com/tier", tier)
+                    .obj(),
+            )
             .await?;
     }
 
@@ -92,13 +109,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let mut p = pod("tiered-1").cpu("500m").scheduler_name("tiered-scheduler").obj();
+    let mut p = pod("tiered-1")
+        .cpu("500m")
+        .scheduler_name("tiered-scheduler")
+        .obj();
     p.metadata.uid = None;
     pods.create(&p).await?;
-    let mut p = pod("tiered-2").cpu("500m").scheduler_name("tiered-scheduler").obj();
+    let mut p = pod("tiered-2")
+        .cpu("500m")
+        .scheduler_name("tiered-scheduler")
+        .obj();
     p.metadata.uid = None;
     pods.create(&p).await?;
-    let mut greedy = pod("greedy").cpu("64").scheduler_name("tiered-scheduler").obj();
+    let mut greedy = pod("greedy")
+        .cpu("64")
+        .scheduler_name("tiered-scheduler")
+        .obj();
     greedy.metadata.uid = None;
     pods.create(&greedy).await?;
 

@@ -317,8 +317,7 @@ pub trait PreBind: Send + Sync {
     ///
     /// # Errors
     /// Failing unreserves and requeues the pod.
-    async fn pre_bind(&self, state: &CycleState, pod: &PodInfo, node: &str)
-        -> Result<(), Status>;
+    async fn pre_bind(&self, state: &CycleState, pod: &PodInfo, node: &str) -> Result<(), Status>;
 }
 
 /// What a Bind plugin did.
@@ -337,8 +336,12 @@ pub trait Bind: Send + Sync {
     ///
     /// # Errors
     /// Failing unreserves and requeues the pod.
-    async fn bind(&self, state: &CycleState, pod: &PodInfo, node: &str)
-        -> Result<BindResult, Status>;
+    async fn bind(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        node: &str,
+    ) -> Result<BindResult, Status>;
 }
 
 /// Informational, after a successful bind.

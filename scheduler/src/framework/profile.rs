@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::{
     Bind, BindResult, CycleState, Filter, NodeScore, Permit, PermitResult, Plugin, PostBind,
-    PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult,
-    PreScore, PreScoreResult, QueueSort, Reserve, Score, Status, MAX_NODE_SCORE,
+    PostFilter, PostFilterContext, PostFilterResult, PreBind, PreFilter, PreFilterResult, PreScore,
+    PreScoreResult, QueueSort, Reserve, Score, Status, MAX_NODE_SCORE,
 };
 use crate::cache::Snapshot;
 use crate::error::ConfigError;
@@ -20,7 +20,7 @@ use crate::pod_info::PodInfo;
 #[derive(Clone, Debug, Default)]
 pub struct NodeStatuses {
     /// Each rejected node's status.
-    pub by_node: HashMap<String, Status>,
+    pub by_node: HashMap<Arc<str>, Status>,
     /// A PreFilter rejection that applies to every node.
     pub pre_filter: Option<Status>,
     /// The plugins that rejected the pod (the queue waits for their events).
@@ -29,11 +29,17 @@ pub struct NodeStatuses {
 
 impl NodeStatuses {
     /// Records a node's rejection.
-    pub fn insert(&mut self, node: &str, status: Status) {
-        if !status.plugin().is_empty() {
-            self.unschedulable_plugins.insert(status.plugin().to_owned());
+    pub fn insert(&mut self, node: impl Into<Arc<str>>, status: Status) {
+        let plugin = status.plugin();
+        if !plugin.is_empty() && !self.unschedulable_plugins.contains(plugin) {
+            self.unschedulable_plugins.insert(plugin.to_owned());
         }
-        self.by_node.insert(node.to_owned(), status);
+        self.by_node.insert(node.into(), status);
+    }
+
+    /// The status of one node, if it was rejected.
+    pub fn get(&self, node: &str) -> Option<&Status> {
+        self.by_node.get(node)
     }
 
     /// A histogram of reasons: `"3 Insufficient cpu, 2 node(s) were unschedulable"`,
@@ -42,7 +48,7 @@ impl NodeStatuses {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for status in self.by_node.values() {
             for reason in status.reasons() {
-                *counts.entry(reason).or_default() += 1;
+                *counts.entry(&**reason).or_default() += 1;
             }
         }
         let mut parts: Vec<String> = counts
@@ -54,7 +60,10 @@ impl NodeStatuses {
     }
 }
 
-type Named<T> = (String, Arc<T>);
+type Named<T> = (Arc<str>, Arc<T>);
+/// A plugin, and the index of its other half (Filter for a PreFilter, Score for a
+/// PreScore) whose skip bit it sets.
+type Paired<T> = (Arc<str>, Arc<T>, Option<usize>);
 
 /// An extension point, for enabling or disabling a plugin at one point only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,11 +98,11 @@ pub struct Profile {
     scheduler_name: String,
     plugins: Vec<Arc<dyn Plugin>>,
     queue_sort: Option<Named<dyn QueueSort>>,
-    pre_filter: Vec<(String, Arc<dyn PreFilter>, Option<usize>)>,
+    pre_filter: Vec<Paired<dyn PreFilter>>,
     filter: Vec<Named<dyn Filter>>,
     post_filter: Vec<Named<dyn PostFilter>>,
-    pre_score: Vec<(String, Arc<dyn PreScore>, Option<usize>)>,
-    score: Vec<(String, Arc<dyn Score>, i64)>,
+    pre_score: Vec<Paired<dyn PreScore>>,
+    score: Vec<(Arc<str>, Arc<dyn Score>, i64)>,
     reserve: Vec<Named<dyn Reserve>>,
     permit: Vec<Named<dyn Permit>>,
     pre_bind: Vec<Named<dyn PreBind>>,
@@ -140,7 +149,11 @@ impl ProfileBuilder {
 
     /// Adds a plugin at these extension points only (or, if it is already in, enables
     /// it at these points as well).
-    pub fn plugin_at(mut self, plugin: Arc<dyn Plugin>, points: &[ExtensionPoint]) -> ProfileBuilder {
+    pub fn plugin_at(
+        mut self,
+        plugin: Arc<dyn Plugin>,
+        points: &[ExtensionPoint],
+    ) -> ProfileBuilder {
         let name = plugin.name().to_owned();
         for p in points {
             self.disabled.remove(&(name.clone(), *p));
@@ -232,18 +245,30 @@ impl ProfileBuilder {
                 && self.only.get(name).is_none_or(|only| only.contains(&point))
         };
         for plugin in &self.plugins {
-            let name = plugin.name().to_owned();
-            if let Some(q) = plugin.clone().as_queue_sort().filter(|_| at(&name, ExtensionPoint::QueueSort)) {
+            let name: Arc<str> = Arc::from(plugin.name());
+            if let Some(q) = plugin
+                .clone()
+                .as_queue_sort()
+                .filter(|_| at(&name, ExtensionPoint::QueueSort))
+            {
                 if p.queue_sort.is_some() {
                     return Err(invalid("only one QueueSort plugin may be enabled".into()));
                 }
                 p.queue_sort = Some((name.clone(), q));
             }
-            if let Some(x) = plugin.clone().as_filter().filter(|_| at(&name, ExtensionPoint::Filter)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_filter()
+                .filter(|_| at(&name, ExtensionPoint::Filter))
+            {
                 p.filter.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_score().filter(|_| at(&name, ExtensionPoint::Score)) {
-                let weight = self.weights.get(&name).copied().unwrap_or(1);
+            if let Some(x) = plugin
+                .clone()
+                .as_score()
+                .filter(|_| at(&name, ExtensionPoint::Score))
+            {
+                let weight = self.weights.get(&*name).copied().unwrap_or(1);
                 if !(1..=100).contains(&weight) {
                     return Err(invalid(format!(
                         "the weight of score plugin {name} must be in 1-100, not {weight}"
@@ -251,32 +276,64 @@ impl ProfileBuilder {
                 }
                 p.score.push((name.clone(), x, weight));
             }
-            if let Some(x) = plugin.clone().as_post_filter().filter(|_| at(&name, ExtensionPoint::PostFilter)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_post_filter()
+                .filter(|_| at(&name, ExtensionPoint::PostFilter))
+            {
                 p.post_filter.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_reserve().filter(|_| at(&name, ExtensionPoint::Reserve)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_reserve()
+                .filter(|_| at(&name, ExtensionPoint::Reserve))
+            {
                 p.reserve.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_permit().filter(|_| at(&name, ExtensionPoint::Permit)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_permit()
+                .filter(|_| at(&name, ExtensionPoint::Permit))
+            {
                 p.permit.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_pre_bind().filter(|_| at(&name, ExtensionPoint::PreBind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_bind()
+                .filter(|_| at(&name, ExtensionPoint::PreBind))
+            {
                 p.pre_bind.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_bind().filter(|_| at(&name, ExtensionPoint::Bind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_bind()
+                .filter(|_| at(&name, ExtensionPoint::Bind))
+            {
                 p.bind.push((name.clone(), x));
             }
-            if let Some(x) = plugin.clone().as_post_bind().filter(|_| at(&name, ExtensionPoint::PostBind)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_post_bind()
+                .filter(|_| at(&name, ExtensionPoint::PostBind))
+            {
                 p.post_bind.push((name.clone(), x));
             }
         }
         for plugin in &self.plugins {
-            let name = plugin.name().to_owned();
-            if let Some(x) = plugin.clone().as_pre_filter().filter(|_| at(&name, ExtensionPoint::PreFilter)) {
+            let name: Arc<str> = Arc::from(plugin.name());
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_filter()
+                .filter(|_| at(&name, ExtensionPoint::PreFilter))
+            {
                 let skip = p.filter.iter().position(|(n, _)| *n == name);
                 p.pre_filter.push((name.clone(), x, skip));
             }
-            if let Some(x) = plugin.clone().as_pre_score().filter(|_| at(&name, ExtensionPoint::PreScore)) {
+            if let Some(x) = plugin
+                .clone()
+                .as_pre_score()
+                .filter(|_| at(&name, ExtensionPoint::PreScore))
+            {
                 let skip = p.score.iter().position(|(n, _, _)| *n == name);
                 p.pre_score.push((name.clone(), x, skip));
             }
@@ -311,7 +368,7 @@ impl Profile {
     }
 
     pub(crate) fn queue_sort_name(&self) -> &str {
-        self.queue_sort.as_ref().map_or("", |(n, _)| n)
+        self.queue_sort.as_ref().map_or("", |(n, _)| &**n)
     }
 
     /// The profile's `percentageOfNodesToScore`, if it sets one.
@@ -353,7 +410,7 @@ impl Profile {
                         return Err(Status::unresolvable(format!(
                             "node(s) didn't satisfy plugin(s) [{name}] simultaneously"
                         ))
-                        .with_plugin(name));
+                        .with_plugin_arc(name));
                     }
                 }
                 Err(status) if status.code() == super::Code::Skip => {
@@ -361,7 +418,7 @@ impl Profile {
                         state.skip_filter |= 1 << i;
                     }
                 }
-                Err(status) => return Err(status.with_plugin(name)),
+                Err(status) => return Err(status.with_plugin_arc(name)),
             }
         }
         Ok(narrowed)
@@ -385,7 +442,7 @@ impl Profile {
                 if status.is_success() {
                     continue;
                 }
-                return Err(status.with_plugin(name));
+                return Err(status.with_plugin_arc(name));
             }
         }
         Ok(())
@@ -437,7 +494,7 @@ impl Profile {
             }
             plugin
                 .add_pod(state, pod, added, node)
-                .map_err(|s| s.with_plugin(name))?;
+                .map_err(|s| s.with_plugin_arc(name))?;
         }
         Ok(())
     }
@@ -459,7 +516,7 @@ impl Profile {
             }
             plugin
                 .remove_pod(state, pod, removed, node)
-                .map_err(|s| s.with_plugin(name))?;
+                .map_err(|s| s.with_plugin_arc(name))?;
         }
         Ok(())
     }
@@ -486,8 +543,8 @@ impl Profile {
             };
             match plugin.post_filter(cx).await {
                 Ok(r) => return Ok(r),
-                Err(s) if s.code() == super::Code::Error => return Err(s.with_plugin(name)),
-                Err(s) => last = s.with_plugin(name),
+                Err(s) if s.code() == super::Code::Error => return Err(s.with_plugin_arc(name)),
+                Err(s) => last = s.with_plugin_arc(name),
             }
         }
         Err(last)
@@ -512,7 +569,7 @@ impl Profile {
                         state.skip_score |= 1 << i;
                     }
                 }
-                Err(s) => return Err(s.with_plugin(name)),
+                Err(s) => return Err(s.with_plugin_arc(name)),
             }
         }
         let mut totals = vec![0i64; nodes.len()];
@@ -525,19 +582,19 @@ impl Profile {
             for (n, node) in nodes.iter().enumerate() {
                 let score = plugin
                     .score(state, pod, node)
-                    .map_err(|s| s.with_plugin(name))?;
+                    .map_err(|s| s.with_plugin_arc(name))?;
                 scores.push(NodeScore { node: n, score });
             }
             plugin
                 .normalize_scores(state, pod, &mut scores)
-                .map_err(|s| s.with_plugin(name))?;
+                .map_err(|s| s.with_plugin_arc(name))?;
             for s in &scores {
                 if !(0..=MAX_NODE_SCORE).contains(&s.score) {
                     return Err(Status::error(format!(
                         "plugin {name} returns an invalid score {}, it should be in the range [0, {MAX_NODE_SCORE}] after normalizing",
                         s.score
                     ))
-                    .with_plugin(name));
+                    .with_plugin_arc(name));
                 }
                 if let Some(t) = totals.get_mut(s.node) {
                     *t += s.score * weight;
@@ -560,7 +617,7 @@ impl Profile {
         for (name, plugin) in &self.reserve {
             if let Err(s) = plugin.reserve(state, pod, node) {
                 self.run_unreserve(state, pod, node);
-                return Err(s.with_plugin(name));
+                return Err(s.with_plugin_arc(name));
             }
         }
         Ok(())
@@ -589,9 +646,9 @@ impl Profile {
                 Ok(PermitResult::Allow) => {}
                 Ok(PermitResult::Wait(timeout)) => {
                     let timeout = timeout.min(Duration::from_secs(15 * 60));
-                    waiting.insert(name.clone(), Instant::now() + timeout);
+                    waiting.insert(name.to_string(), Instant::now() + timeout);
                 }
-                Err(s) => return Err(s.with_plugin(name)),
+                Err(s) => return Err(s.with_plugin_arc(name)),
             }
         }
         Ok(waiting)
@@ -611,7 +668,7 @@ impl Profile {
             plugin
                 .pre_bind(state, pod, node)
                 .await
-                .map_err(|s| s.with_plugin(name))?;
+                .map_err(|s| s.with_plugin_arc(name))?;
         }
         Ok(())
     }
@@ -630,7 +687,7 @@ impl Profile {
             match plugin.bind(state, pod, node).await {
                 Ok(BindResult::Bound) => return Ok(()),
                 Ok(BindResult::Skip) => {}
-                Err(s) => return Err(s.with_plugin(name)),
+                Err(s) => return Err(s.with_plugin_arc(name)),
             }
         }
         Err(Status::error("every Bind plugin skipped the pod"))

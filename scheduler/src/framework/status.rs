@@ -1,6 +1,13 @@
 //! What a plugin answers: a code and the reasons.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+/// A reason: static text costs no allocation.
+pub type Reason = Cow<'static, str>;
 
 /// The outcome class of a plugin call, as in the Kubernetes scheduling framework.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,17 +30,21 @@ pub enum Code {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     code: Code,
-    reasons: Vec<String>,
-    plugin: String,
+    reasons: SmallVec<[Reason; 1]>,
+    plugin: Option<Arc<str>>,
 }
 
 impl Status {
-    fn new(code: Code, reason: impl Into<String>) -> Status {
+    fn new(code: Code, reason: impl Into<Reason>) -> Status {
         let reason = reason.into();
+        let mut reasons = SmallVec::new();
+        if !reason.is_empty() {
+            reasons.push(reason);
+        }
         Status {
             code,
-            reasons: if reason.is_empty() { Vec::new() } else { vec![reason] },
-            plugin: String::new(),
+            reasons,
+            plugin: None,
         }
     }
 
@@ -43,17 +54,17 @@ impl Status {
     }
 
     /// The pod does not fit, for `reason` (preemption may help).
-    pub fn unschedulable(reason: impl Into<String>) -> Status {
+    pub fn unschedulable(reason: impl Into<Reason>) -> Status {
         Status::new(Code::Unschedulable, reason)
     }
 
     /// The pod does not fit, for `reason`, and preemption cannot help.
-    pub fn unresolvable(reason: impl Into<String>) -> Status {
+    pub fn unresolvable(reason: impl Into<Reason>) -> Status {
         Status::new(Code::UnschedulableAndUnresolvable, reason)
     }
 
     /// An internal error.
-    pub fn error(message: impl Into<String>) -> Status {
+    pub fn error(message: impl Into<Reason>) -> Status {
         Status::new(Code::Error, message)
     }
 
@@ -63,20 +74,28 @@ impl Status {
     }
 
     /// Wait.
-    pub fn wait(reason: impl Into<String>) -> Status {
+    pub fn wait(reason: impl Into<Reason>) -> Status {
         Status::new(Code::Wait, reason)
     }
 
     /// Adds a reason.
-    pub fn with_reason(mut self, reason: impl Into<String>) -> Status {
+    pub fn with_reason(mut self, reason: impl Into<Reason>) -> Status {
         self.reasons.push(reason.into());
         self
     }
 
     /// Names the plugin that answered (the framework does this).
     pub fn with_plugin(mut self, plugin: &str) -> Status {
-        if self.plugin.is_empty() {
-            self.plugin = plugin.to_owned();
+        if self.plugin.is_none() {
+            self.plugin = Some(Arc::from(plugin));
+        }
+        self
+    }
+
+    /// Names the plugin that answered, sharing the name.
+    pub(crate) fn with_plugin_arc(mut self, plugin: &Arc<str>) -> Status {
+        if self.plugin.is_none() {
+            self.plugin = Some(plugin.clone());
         }
         self
     }
@@ -87,13 +106,13 @@ impl Status {
     }
 
     /// The reasons.
-    pub fn reasons(&self) -> &[String] {
+    pub fn reasons(&self) -> &[Reason] {
         &self.reasons
     }
 
     /// The plugin that answered (empty until the framework sets it).
     pub fn plugin(&self) -> &str {
-        &self.plugin
+        self.plugin.as_deref().unwrap_or("")
     }
 
     /// The reasons joined by `, `.
@@ -118,10 +137,9 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.plugin.is_empty() {
-            write!(f, "{:?}: {}", self.code, self.message())
-        } else {
-            write!(f, "{:?} from {}: {}", self.code, self.plugin, self.message())
+        match &self.plugin {
+            None => write!(f, "{:?}: {}", self.code, self.message()),
+            Some(p) => write!(f, "{:?} from {p}: {}", self.code, self.message()),
         }
     }
 }

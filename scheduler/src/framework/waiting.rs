@@ -61,7 +61,9 @@ impl WaitingPod {
     /// `plugin` rejects the pod: it is unreserved and requeued.
     pub fn reject(&self, plugin: &str, reason: &str) {
         if let Some(tx) = self.inner.lock().done.take() {
-            let _ = tx.send(Err(Status::unschedulable(reason).with_plugin(plugin)));
+            let _ = tx.send(Err(
+                Status::unschedulable(reason.to_owned()).with_plugin(plugin)
+            ));
         }
     }
 

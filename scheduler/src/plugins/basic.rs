@@ -9,8 +9,8 @@ use keelson_core::k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, Ta
 use keelson_core::ObjectMeta;
 
 use super::helpers::{
-    default_normalize, pod_matches_node_selector_and_affinity,
-    term_matches, tolerates, tolerations, untolerated_taint,
+    default_normalize, pod_matches_node_selector_and_affinity, term_matches, tolerates,
+    tolerations, untolerated_taint,
 };
 use crate::cache::Snapshot;
 use crate::framework::{
@@ -87,7 +87,9 @@ impl Plugin for NodeUnschedulable {
         "NodeUnschedulable"
     }
     fn events_to_register(&self) -> Vec<ClusterEvent> {
-        vec![node_event(ActionType::ADD.or(ActionType::UPDATE_NODE_TAINT))]
+        vec![node_event(
+            ActionType::ADD.or(ActionType::UPDATE_NODE_TAINT),
+        )]
     }
     fn as_filter(self: Arc<Self>) -> Option<Arc<dyn Filter>> {
         Some(self)
@@ -123,7 +125,9 @@ impl Plugin for TaintToleration {
         "TaintToleration"
     }
     fn events_to_register(&self) -> Vec<ClusterEvent> {
-        vec![node_event(ActionType::ADD.or(ActionType::UPDATE_NODE_TAINT))]
+        vec![node_event(
+            ActionType::ADD.or(ActionType::UPDATE_NODE_TAINT),
+        )]
     }
     fn as_filter(self: Arc<Self>) -> Option<Arc<dyn Filter>> {
         Some(self)
@@ -176,7 +180,11 @@ impl Score for TaintToleration {
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
         let tols: Vec<_> = tolerations(&pod.pod)
             .iter()
-            .filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"))
+            .filter(|t| {
+                t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+            })
             .collect();
         let n = node
             .taints()
@@ -212,7 +220,10 @@ fn preferred_terms(
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or(&[])
 }
 
@@ -221,7 +232,9 @@ impl Plugin for NodeAffinity {
         "NodeAffinity"
     }
     fn events_to_register(&self) -> Vec<ClusterEvent> {
-        vec![node_event(ActionType::ADD.or(ActionType::UPDATE_NODE_LABEL))]
+        vec![node_event(
+            ActionType::ADD.or(ActionType::UPDATE_NODE_LABEL),
+        )]
     }
     fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilter>> {
         Some(self)
@@ -251,7 +264,10 @@ impl PreFilter for NodeAffinity {
             .affinity
             .as_ref()
             .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            });
         if spec.node_selector.as_ref().is_none_or(|s| s.is_empty()) && required.is_none() {
             return Ok(PreFilterResult::Skip);
         }
@@ -260,9 +276,11 @@ impl PreFilter for NodeAffinity {
         if let Some(required) = required {
             let mut names = std::collections::BTreeSet::new();
             for term in &required.node_selector_terms {
-                let pinned = term.match_fields.iter().flatten().find(|f| {
-                    f.key == "metadata.name" && f.operator == "In"
-                });
+                let pinned = term
+                    .match_fields
+                    .iter()
+                    .flatten()
+                    .find(|f| f.key == "metadata.name" && f.operator == "In");
                 match pinned {
                     Some(f) => names.extend(f.values.iter().flatten().cloned()),
                     None => return Ok(PreFilterResult::AllNodes),
@@ -343,7 +361,9 @@ impl Plugin for ImageLocality {
         "ImageLocality"
     }
     fn events_to_register(&self) -> Vec<ClusterEvent> {
-        vec![node_event(ActionType::ADD.or(ActionType::UPDATE_NODE_OTHER))]
+        vec![node_event(
+            ActionType::ADD.or(ActionType::UPDATE_NODE_OTHER),
+        )]
     }
     fn as_pre_score(self: Arc<Self>) -> Option<Arc<dyn PreScore>> {
         Some(self)
@@ -358,7 +378,12 @@ impl ImageLocality {
     fn images(pod: &PodInfo) -> Vec<String> {
         let spec = pod.pod.spec.as_ref();
         spec.into_iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
             .filter_map(|c| c.image.as_deref())
             .map(normalize_image)
             .collect()

@@ -103,7 +103,9 @@ impl DefaultPreemption {
             .and_then(|s| s.preemption_policy.as_deref())
             == Some("Never")
         {
-            return Err(Status::unschedulable("not eligible due to preemptionPolicy=Never."));
+            return Err(Status::unschedulable(
+                "not eligible due to preemptionPolicy=Never.",
+            ));
         }
         if let Some(nominated) = pod.nominated_node_name().and_then(|n| snapshot.get(n)) {
             if nominated
@@ -122,14 +124,13 @@ impl DefaultPreemption {
             let unresolvable = statuses.pre_filter.as_ref().map_or_else(
                 || {
                     statuses
-                        .by_node
                         .get(node.name())
                         .is_some_and(|s| s.code() == Code::UnschedulableAndUnresolvable)
                 },
                 |s| s.code() == Code::UnschedulableAndUnresolvable,
             );
             if unresolvable {
-                reasons.insert(node.name(), Status::unresolvable(NOT_HELPFUL));
+                reasons.insert(node.name_arc().clone(), Status::unresolvable(NOT_HELPFUL));
             } else {
                 potential.push(node);
             }
@@ -155,7 +156,7 @@ impl DefaultPreemption {
             let node = potential[(offset + i) % potential.len()];
             match self.select_victims(state, pod, node, snapshot.pdbs(), profile)? {
                 Some(c) => candidates.push(c),
-                None => reasons.insert(node.name(), Status::unschedulable(NO_VICTIMS)),
+                None => reasons.insert(node.name_arc().clone(), Status::unschedulable(NO_VICTIMS)),
             }
         }
         pick_one(candidates).ok_or_else(|| summary(&reasons))
@@ -280,7 +281,13 @@ fn pick_one(mut candidates: Vec<Candidate>) -> Option<Candidate> {
             .filter(|v| v.priority == highest)
             .filter_map(|v| v.start_time().copied())
             .min();
-        (c.pdb_violations, highest, sum, c.victims.len(), std::cmp::Reverse(earliest_of_highest))
+        (
+            c.pdb_violations,
+            highest,
+            sum,
+            c.victims.len(),
+            std::cmp::Reverse(earliest_of_highest),
+        )
     };
     let mut best = 0;
     for i in 1..candidates.len() {

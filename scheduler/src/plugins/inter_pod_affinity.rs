@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::cache::Snapshot;
+use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
@@ -23,8 +24,52 @@ pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rule
 pub const ERR_EXISTING_ANTI_AFFINITY: &str =
     "node(s) didn't satisfy existing pods anti-affinity rules";
 
-type TopologyPair = (String, String);
-type Counts = HashMap<TopologyPair, i64>;
+/// Pods per topology domain: key → value → count, keyed by the nodes' shared label
+/// strings, so counting copies no text.
+#[derive(Clone, Debug, Default)]
+struct Counts(FxHashMap<Arc<str>, FxHashMap<Arc<str>, i64>>);
+
+impl Counts {
+    fn add(&mut self, key: &str, node: &NodeInfo, delta: i64) {
+        let Some((k, v)) = node.label_arc(key) else {
+            return;
+        };
+        let values = self.0.entry(k.clone()).or_default();
+        match values.get_mut(&**v) {
+            Some(c) => {
+                *c += delta;
+                if *c == 0 {
+                    values.remove(&**v);
+                }
+            }
+            None if delta != 0 => {
+                values.insert(v.clone(), delta);
+            }
+            None => {}
+        }
+    }
+
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.0
+            .get(key)
+            .and_then(|m| m.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.values().all(|m| m.is_empty())
+    }
+
+    /// Whether a domain the node is in has a positive count.
+    fn hits(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().any(|(key, values)| {
+            labels
+                .get(&**key)
+                .is_some_and(|v| values.get(v.as_str()).is_some_and(|c| *c > 0))
+        })
+    }
+}
 
 /// InterPodAffinity's arguments.
 #[derive(Clone, Debug, Deserialize)]
@@ -52,20 +97,35 @@ impl Default for InterPodAffinityArgs {
 }
 
 /// The InterPodAffinity plugin.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct InterPodAffinity {
     args: InterPodAffinityArgs,
+    memo: parking_lot::Mutex<Option<AffinityMemo>>,
 }
 
 impl InterPodAffinity {
     /// The plugin with these arguments.
     pub fn new(args: InterPodAffinityArgs) -> Self {
-        InterPodAffinity { args }
+        InterPodAffinity {
+            args,
+            memo: parking_lot::Mutex::default(),
+        }
     }
 }
 
 #[derive(Clone, Default)]
 struct PreFilterState {
+    /// The counts, shared with the memo until preemption changes them.
+    counts: Arc<CountSet>,
+    /// The incoming pod's namespace labels.
+    ns_labels: Option<BTreeMap<String, String>>,
+    /// Namespace labels of every namespace, for the incoming pod's namespaceSelectors.
+    namespaces: Arc<HashMap<String, BTreeMap<String, String>>>,
+}
+
+/// The three counts of a cycle.
+#[derive(Clone, Debug, Default)]
+struct CountSet {
     /// (key, value) domains where an existing pod's required anti-affinity matches the
     /// incoming pod.
     existing_anti: Counts,
@@ -73,20 +133,84 @@ struct PreFilterState {
     affinity: Counts,
     /// Domains with pods matching one of the incoming pod's anti-affinity terms.
     anti: Counts,
-    /// The incoming pod's namespace labels.
-    ns_labels: Option<BTreeMap<String, String>>,
-    /// Namespace labels of every namespace, for the incoming pod's namespaceSelectors.
-    namespaces: Arc<HashMap<String, BTreeMap<String, String>>>,
 }
 
-fn add(counts: &mut Counts, key: &str, node: &NodeInfo, delta: i64) {
-    if let Some(v) = node.labels().get(key) {
-        let e = counts.entry((key.to_owned(), v.clone())).or_insert(0);
-        *e += delta;
-        if *e == 0 {
-            counts.remove(&(key.to_owned(), v.clone()));
+impl CountSet {
+    /// Counts every pod on `node` (`delta` 1) or uncounts them (-1).
+    fn node(
+        &mut self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        ns_labels: Option<&BTreeMap<String, String>>,
+        namespaces: &HashMap<String, BTreeMap<String, String>>,
+        has_own: bool,
+        delta: i64,
+    ) {
+        for existing in &node.pods_with_required_anti_affinity {
+            for term in &existing.required_anti_affinity {
+                if term.matches(pod, ns_labels) {
+                    self.existing_anti.add(&term.topology_key, node, delta);
+                }
+            }
+        }
+        if has_own {
+            for existing in &node.pods {
+                self.own(pod, existing, node, namespaces, delta);
+            }
         }
     }
+
+    /// Counts one existing pod against the incoming pod's own terms.
+    fn own(
+        &mut self,
+        pod: &PodInfo,
+        existing: &PodInfo,
+        node: &NodeInfo,
+        namespaces: &HashMap<String, BTreeMap<String, String>>,
+        delta: i64,
+    ) {
+        if !pod.required_affinity.is_empty()
+            && pod
+                .required_affinity
+                .iter()
+                .all(|t| term_matches(t, existing, namespaces))
+        {
+            for t in &pod.required_affinity {
+                self.affinity.add(&t.topology_key, node, delta);
+            }
+        }
+        for t in &pod.required_anti_affinity {
+            if term_matches(t, existing, namespaces) {
+                self.anti.add(&t.topology_key, node, delta);
+            }
+        }
+    }
+}
+
+/// The counts of the last pod, per node, reused for the next pod with the same labels,
+/// namespace and terms: only nodes that changed since are recounted.
+#[derive(Debug)]
+struct AffinityMemo {
+    signature: String,
+    layout: Arc<()>,
+    nodes: Vec<Arc<NodeInfo>>,
+    counts: Arc<CountSet>,
+}
+
+/// What the counts of a pod depend on, or `None` when they also depend on other
+/// namespaces' labels (a namespaceSelector in its own terms).
+fn signature(pod: &PodInfo, ns_labels: Option<&BTreeMap<String, String>>) -> Option<String> {
+    use std::fmt::Write;
+    let mut sig = format!("{}|{:?}|{:?}", pod.namespace, pod.labels, ns_labels);
+    for (kind, terms) in [("a", &pod.required_affinity), ("n", &pod.required_anti_affinity)] {
+        for t in terms {
+            if t.namespace_selector.is_some() {
+                return None;
+            }
+            let _ = write!(sig, "|{kind}:{}:{:?}:{}", t.selector, t.namespaces, t.topology_key);
+        }
+    }
+    Some(sig)
 }
 
 fn term_matches(
@@ -94,32 +218,19 @@ fn term_matches(
     pod: &PodInfo,
     namespaces: &HashMap<String, BTreeMap<String, String>>,
 ) -> bool {
-    term.matches(pod, namespaces.get(&pod.namespace))
+    term.matches_with(pod, || namespaces.get(&pod.namespace))
 }
 
 impl PreFilterState {
     /// Counts `existing` (on `node`) into the state, `delta` = 1 or -1.
     fn update(&mut self, pod: &PodInfo, existing: &PodInfo, node: &NodeInfo, delta: i64) {
+        let counts = Arc::make_mut(&mut self.counts);
         for term in &existing.required_anti_affinity {
             if term.matches(pod, self.ns_labels.as_ref()) {
-                add(&mut self.existing_anti, &term.topology_key, node, delta);
+                counts.existing_anti.add(&term.topology_key, node, delta);
             }
         }
-        if !pod.required_affinity.is_empty()
-            && pod
-                .required_affinity
-                .iter()
-                .all(|t| term_matches(t, existing, &self.namespaces))
-        {
-            for t in &pod.required_affinity {
-                add(&mut self.affinity, &t.topology_key, node, delta);
-            }
-        }
-        for t in &pod.required_anti_affinity {
-            if term_matches(t, existing, &self.namespaces) {
-                add(&mut self.anti, &t.topology_key, node, delta);
-            }
-        }
+        counts.own(pod, existing, node, &self.namespaces, delta);
     }
 }
 
@@ -139,7 +250,10 @@ impl Plugin for InterPodAffinity {
                 EventResource::Node,
                 ActionType::ADD.or(ActionType::UPDATE_NODE_LABEL),
             ),
-            ClusterEvent::new(EventResource::Namespace, ActionType::ADD.or(ActionType::UPDATE)),
+            ClusterEvent::new(
+                EventResource::Namespace,
+                ActionType::ADD.or(ActionType::UPDATE),
+            ),
         ]
     }
     fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilter>> {
@@ -167,46 +281,75 @@ impl PreFilter for InterPodAffinity {
             return Err(Status::unresolvable(format!("invalid pod affinity: {e}")));
         }
         let has_own = !(pod.required_affinity.is_empty() && pod.required_anti_affinity.is_empty());
-        if !has_own && snapshot.nodes_with_required_anti_affinity().next().is_none() {
+        if !has_own
+            && snapshot
+                .nodes_with_required_anti_affinity()
+                .next()
+                .is_none()
+        {
             return Ok(PreFilterResult::Skip);
         }
-        let mut s = PreFilterState {
-            ns_labels: snapshot.namespace_labels(&pod.namespace).cloned(),
-            namespaces: Arc::new(snapshot.namespaces().clone()),
-            ..PreFilterState::default()
+        let ns_labels = snapshot.namespace_labels(&pod.namespace).cloned();
+        let namespaces = snapshot.namespaces_arc().clone();
+        let nodes = snapshot.nodes();
+        let counts = match signature(pod, ns_labels.as_ref()) {
+            Some(sig) => {
+                let mut memo = self.memo.lock();
+                let reusable = memo.as_ref().is_some_and(|m| {
+                    m.signature == sig
+                        && Arc::ptr_eq(&m.layout, snapshot.layout())
+                        && m.nodes.len() == nodes.len()
+                });
+                if !reusable {
+                    let mut c = CountSet::default();
+                    for node in nodes {
+                        c.node(pod, node, ns_labels.as_ref(), &namespaces, has_own, 1);
+                    }
+                    *memo = Some(AffinityMemo {
+                        signature: sig,
+                        layout: snapshot.layout().clone(),
+                        nodes: nodes.to_vec(),
+                        counts: Arc::new(c),
+                    });
+                } else if let Some(m) = memo.as_mut() {
+                    let c = Arc::make_mut(&mut m.counts);
+                    for (old, new) in m.nodes.iter_mut().zip(nodes) {
+                        if Arc::ptr_eq(old, new) {
+                            continue;
+                        }
+                        c.node(pod, old, ns_labels.as_ref(), &namespaces, has_own, -1);
+                        c.node(pod, new, ns_labels.as_ref(), &namespaces, has_own, 1);
+                        *old = new.clone();
+                    }
+                }
+                memo.as_ref().map(|m| m.counts.clone()).unwrap_or_default()
+            }
+            None => {
+                let mut c = CountSet::default();
+                for node in snapshot.nodes_with_required_anti_affinity() {
+                    for existing in &node.pods_with_required_anti_affinity {
+                        for term in &existing.required_anti_affinity {
+                            if term.matches(pod, ns_labels.as_ref()) {
+                                c.existing_anti.add(&term.topology_key, node, 1);
+                            }
+                        }
+                    }
+                }
+                if has_own {
+                    for node in nodes {
+                        for existing in &node.pods {
+                            c.own(pod, existing, node, &namespaces, 1);
+                        }
+                    }
+                }
+                Arc::new(c)
+            }
         };
-        // Existing pods' anti-affinity towards this pod (symmetry).
-        for node in snapshot.nodes_with_required_anti_affinity() {
-            for existing in &node.pods_with_required_anti_affinity {
-                for term in &existing.required_anti_affinity {
-                    if term.matches(pod, s.ns_labels.as_ref()) {
-                        add(&mut s.existing_anti, &term.topology_key, node, 1);
-                    }
-                }
-            }
-        }
-        if has_own {
-            for node in snapshot.nodes() {
-                for existing in &node.pods {
-                    if !pod.required_affinity.is_empty()
-                        && pod
-                            .required_affinity
-                            .iter()
-                            .all(|t| term_matches(t, existing, &s.namespaces))
-                    {
-                        for t in &pod.required_affinity {
-                            add(&mut s.affinity, &t.topology_key, node, 1);
-                        }
-                    }
-                    for t in &pod.required_anti_affinity {
-                        if term_matches(t, existing, &s.namespaces) {
-                            add(&mut s.anti, &t.topology_key, node, 1);
-                        }
-                    }
-                }
-            }
-        }
-        state.insert(s);
+        state.insert(PreFilterState {
+            counts,
+            ns_labels,
+            namespaces,
+        });
         Ok(PreFilterResult::AllNodes)
     }
 
@@ -248,12 +391,12 @@ impl Filter for InterPodAffinity {
             let satisfied = pod.required_affinity.iter().all(|t| {
                 labels
                     .get(&t.topology_key)
-                    .is_some_and(|v| s.affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0)
+                    .is_some_and(|v| s.counts.affinity.get(&t.topology_key, v) > 0)
             });
             if !satisfied {
                 // The first pod of a group that selects itself may go anywhere that has
                 // the topology keys, when no pod matches yet.
-                let self_match = s.affinity.is_empty()
+                let self_match = s.counts.affinity.is_empty()
                     && pod
                         .required_affinity
                         .iter()
@@ -269,15 +412,13 @@ impl Filter for InterPodAffinity {
         }
         for t in &pod.required_anti_affinity {
             if let Some(v) = labels.get(&t.topology_key) {
-                if s.anti.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                if s.counts.anti.get(&t.topology_key, v) > 0 {
                     return Err(Status::unschedulable(ERR_ANTI_AFFINITY));
                 }
             }
         }
-        for ((key, value), n) in &s.existing_anti {
-            if *n > 0 && labels.get(key) == Some(value) {
-                return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
-            }
+        if s.counts.existing_anti.hits(labels) {
+            return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
         }
         Ok(())
     }

@@ -104,10 +104,14 @@ impl PluginRegistry {
             }))
         });
         r.register("PodTopologySpread", |a, _| {
-            Ok(Arc::new(PodTopologySpread::from_args(args::<SpreadArgs>(a)?)?))
+            Ok(Arc::new(PodTopologySpread::from_args(args::<SpreadArgs>(
+                a,
+            )?)?))
         });
         r.register("InterPodAffinity", |a, _| {
-            Ok(Arc::new(InterPodAffinity::new(args::<InterPodAffinityArgs>(a)?)))
+            Ok(Arc::new(InterPodAffinity::new(
+                args::<InterPodAffinityArgs>(a)?,
+            )))
         });
         r.register("ImageLocality", |_, _| Ok(Arc::new(ImageLocality)));
         r.register("DefaultPreemption", |a, h| {
@@ -119,13 +123,16 @@ impl PluginRegistry {
             }
             let a: PreemptionArgs = args(a)?;
             Ok(Arc::new(
-                DefaultPreemption::new(Some(h.client.clone()), h.nominator.clone()).with_candidates(
-                    a.min_candidate_nodes_percentage.unwrap_or(10),
-                    a.min_candidate_nodes_absolute.unwrap_or(100),
-                ),
+                DefaultPreemption::new(Some(h.client.clone()), h.nominator.clone())
+                    .with_candidates(
+                        a.min_candidate_nodes_percentage.unwrap_or(10),
+                        a.min_candidate_nodes_absolute.unwrap_or(100),
+                    ),
             ))
         });
-        r.register("DefaultBinder", |_, h| Ok(Arc::new(DefaultBinder::new(h.client.clone()))));
+        r.register("DefaultBinder", |_, h| {
+            Ok(Arc::new(DefaultBinder::new(h.client.clone())))
+        });
         r
     }
 

@@ -134,7 +134,10 @@ impl NodeResourcesFit {
         let s = args.scoring_strategy.unwrap_or_default();
         let resources = s.resources.unwrap_or_else(default_resources);
         if let Some(r) = resources.iter().find(|r| !(1..=100).contains(&r.weight)) {
-            return Err(format!("resource {} weight {} must be in 1-100", r.name, r.weight));
+            return Err(format!(
+                "resource {} weight {} must be in 1-100",
+                r.name, r.weight
+            ));
         }
         let strategy = match s.kind.as_deref().unwrap_or("LeastAllocated") {
             "LeastAllocated" => ScoringStrategy::LeastAllocated,
@@ -144,10 +147,16 @@ impl NodeResourcesFit {
                 if shape.is_empty() {
                     return Err("requestedToCapacityRatio needs a shape".into());
                 }
-                if shape.windows(2).any(|w| w[0].utilization >= w[1].utilization) {
+                if shape
+                    .windows(2)
+                    .any(|w| w[0].utilization >= w[1].utilization)
+                {
                     return Err("shape utilizations must increase".into());
                 }
-                if shape.iter().any(|p| !(0..=100).contains(&p.utilization) || !(0..=10).contains(&p.score)) {
+                if shape
+                    .iter()
+                    .any(|p| !(0..=100).contains(&p.utilization) || !(0..=10).contains(&p.score))
+                {
                     return Err("shape points must have utilization 0-100 and score 0-10".into());
                 }
                 ScoringStrategy::RequestedToCapacityRatio(shape)
@@ -281,10 +290,20 @@ impl Filter for NodeResourcesFit {
             }
         };
         if !self.ignored("cpu") {
-            check("cpu", req.milli_cpu, alloc.milli_cpu - used.milli_cpu, alloc.milli_cpu);
+            check(
+                "cpu",
+                req.milli_cpu,
+                alloc.milli_cpu - used.milli_cpu,
+                alloc.milli_cpu,
+            );
         }
         if !self.ignored("memory") {
-            check("memory", req.memory, alloc.memory - used.memory, alloc.memory);
+            check(
+                "memory",
+                req.memory,
+                alloc.memory - used.memory,
+                alloc.memory,
+            );
         }
         if !self.ignored("ephemeral-storage") {
             check(

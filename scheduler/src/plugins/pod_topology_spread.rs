@@ -3,7 +3,7 @@
 //! score for `ScheduleAnyway` ones, honouring `nodeAffinityPolicy` and
 //! `nodeTaintsPolicy`, with cluster-level default constraints for pods that set none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use keelson_core::k8s_openapi::api::core::v1::TopologySpreadConstraint;
@@ -11,7 +11,8 @@ use keelson_core::{LabelSelector, Operator, Requirement};
 use serde::Deserialize;
 
 use super::helpers::{pod_matches_node_selector_and_affinity, tolerations, untolerated_taint};
-use crate::cache::Snapshot;
+use crate::cache::{Snapshot, TopologyIndex};
+use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
@@ -41,9 +42,27 @@ pub struct SpreadArgs {
 }
 
 /// The PodTopologySpread plugin.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct PodTopologySpread {
     defaults: Vec<TopologySpreadConstraint>,
+    /// Matching-pod counts of the last single-constraint PreFilter, per node, reused
+    /// for the nodes that did not change since (most of them, from one pod to the
+    /// next).
+    memo: parking_lot::Mutex<Option<CountMemo>>,
+}
+
+/// Per-node counts of pods matching one constraint, for one set of nodes.
+#[derive(Debug)]
+struct CountMemo {
+    /// Namespace, selector and topology key the counts are for.
+    id: (String, String, String),
+    /// The domain index the counts follow.
+    index: Arc<TopologyIndex>,
+    /// Per entry of `index.nodes`: the node as counted, and its count (`None`: the
+    /// node was not included).
+    nodes: Vec<(Arc<NodeInfo>, i64)>,
+    /// Per domain: the sum, and how many nodes were included.
+    domains: Vec<(i64, usize)>,
 }
 
 impl PodTopologySpread {
@@ -56,7 +75,9 @@ impl PodTopologySpread {
         let defaults = match args.defaulting_type.as_deref().unwrap_or("System") {
             "System" => {
                 if !args.default_constraints.is_empty() {
-                    return Err("defaultConstraints must be empty with defaultingType System".into());
+                    return Err(
+                        "defaultConstraints must be empty with defaultingType System".into(),
+                    );
                 }
                 vec![
                     TopologySpreadConstraint {
@@ -79,7 +100,10 @@ impl PodTopologySpread {
         if defaults.iter().any(|c| c.label_selector.is_some()) {
             return Err("default constraints must not set labelSelector".into());
         }
-        Ok(PodTopologySpread { defaults })
+        Ok(PodTopologySpread {
+            defaults,
+            memo: parking_lot::Mutex::default(),
+        })
     }
 
     /// The constraints that apply to `pod` with `action` (`DoNotSchedule` or
@@ -130,12 +154,18 @@ struct Constraint {
 }
 
 impl Constraint {
-    fn parse(c: &TopologySpreadConstraint, pod: &PodInfo, default: bool) -> Result<Constraint, Status> {
-        let bad = |m: String| Status::unresolvable(format!("invalid topology spread constraint: {m}"));
+    fn parse(
+        c: &TopologySpreadConstraint,
+        pod: &PodInfo,
+        default: bool,
+    ) -> Result<Constraint, Status> {
+        let bad =
+            |m: String| Status::unresolvable(format!("invalid topology spread constraint: {m}"));
         let mut selector = if default {
             LabelSelector::from_labels(&pod.labels).map_err(|e| bad(e.to_string()))?
         } else {
-            LabelSelector::from_optional(c.label_selector.as_ref()).map_err(|e| bad(e.to_string()))?
+            LabelSelector::from_optional(c.label_selector.as_ref())
+                .map_err(|e| bad(e.to_string()))?
         };
         for key in c.match_label_keys.iter().flatten() {
             if let Some(v) = pod.labels.get(key) {
@@ -161,8 +191,12 @@ impl Constraint {
     fn includes(&self, pod: &PodInfo, node: &NodeInfo) -> bool {
         (!self.honor_affinity || pod_matches_node_selector_and_affinity(&pod.pod, node))
             && (!self.honor_taints
-                || untolerated_taint(node.taints(), tolerations(&pod.pod), &["NoSchedule", "NoExecute"])
-                    .is_none())
+                || untolerated_taint(
+                    node.taints(),
+                    tolerations(&pod.pod),
+                    &["NoSchedule", "NoExecute"],
+                )
+                .is_none())
     }
 
     fn count(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
@@ -170,11 +204,25 @@ impl Constraint {
             .pods
             .iter()
             .filter(|p| {
-                p.namespace == pod.namespace && !p.is_terminating() && self.selector.matches(&p.labels)
+                p.namespace == pod.namespace
+                    && !p.is_terminating()
+                    && self.selector.matches(&p.labels)
             })
             .count();
         i64::try_from(n).unwrap_or(i64::MAX)
     }
+}
+
+/// Whether the pod restricts nodes by `nodeSelector` or required node affinity.
+fn has_node_constraints(pod: &PodInfo) -> bool {
+    pod.pod.spec.as_ref().is_some_and(|s| {
+        s.node_selector.as_ref().is_some_and(|n| !n.is_empty())
+            || s.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+                .is_some()
+    })
 }
 
 fn has_all_keys(constraints: &[Constraint], node: &NodeInfo) -> bool {
@@ -186,7 +234,7 @@ fn has_all_keys(constraints: &[Constraint], node: &NodeInfo) -> bool {
 struct FilterState {
     constraints: Vec<Constraint>,
     /// Per constraint: domain value → matching pods.
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<FxHashMap<Arc<str>, i64>>,
     /// Per constraint: the smallest count over its domains.
     min: Vec<i64>,
 }
@@ -204,12 +252,11 @@ impl FilterState {
         if other.namespace != pod.namespace || !has_all_keys(&self.constraints, node) {
             return;
         }
-        let labels = node.labels();
         for (i, c) in self.constraints.iter().enumerate() {
             if !c.includes(pod, node) || !c.selector.matches(&other.labels) {
                 continue;
             }
-            if let (Some(v), Some(counts)) = (labels.get(&c.key), self.counts.get_mut(i)) {
+            if let (Some((_, v)), Some(counts)) = (node.label_arc(&c.key), self.counts.get_mut(i)) {
                 *counts.entry(v.clone()).or_insert(0) += delta;
             }
         }
@@ -263,20 +310,95 @@ impl PreFilter for PodTopologySpread {
         if constraints.is_empty() {
             return Ok(PreFilterResult::Skip);
         }
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); constraints.len()];
-        for node in snapshot.nodes() {
-            if !has_all_keys(&constraints, node) {
-                continue;
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> =
+            vec![FxHashMap::default(); constraints.len()];
+        // The nodes that have the first constraint's key, with their domain, come from
+        // the snapshot's index: no label lookups per node for it.
+        let index = snapshot.topology_index(&constraints[0].key);
+        let simple = constraints.len() == 1
+            && !constraints[0].honor_taints
+            && (!constraints[0].honor_affinity || !has_node_constraints(pod));
+        if simple {
+            // One constraint whose node inclusion does not depend on this pod: recount
+            // only the nodes that changed since the last pod with the same selector.
+            let c = &constraints[0];
+            let id = (pod.namespace.clone(), c.selector.to_string(), c.key.clone());
+            let nodes = snapshot.nodes();
+            let mut memo = self.memo.lock();
+            let reusable = memo
+                .as_ref()
+                .is_some_and(|m| m.id == id && Arc::ptr_eq(&m.index, &index));
+            if !reusable {
+                let mut fresh = CountMemo {
+                    id,
+                    index: index.clone(),
+                    nodes: Vec::with_capacity(index.nodes.len()),
+                    domains: vec![(0, 0); index.domains.len()],
+                };
+                for &(ni, di) in &index.nodes {
+                    let Some(node) = nodes.get(ni) else { continue };
+                    let n = c.count(pod, node);
+                    if let Some(d) = fresh.domains.get_mut(di) {
+                        d.0 += n;
+                        d.1 += 1;
+                    }
+                    fresh.nodes.push((node.clone(), n));
+                }
+                *memo = Some(fresh);
+            } else if let Some(m) = memo.as_mut() {
+                for (k, &(ni, di)) in index.nodes.iter().enumerate() {
+                    let (Some(node), Some(slot)) = (nodes.get(ni), m.nodes.get_mut(k)) else {
+                        continue;
+                    };
+                    if Arc::ptr_eq(&slot.0, node) {
+                        continue;
+                    }
+                    let n = c.count(pod, node);
+                    if let Some(d) = m.domains.get_mut(di) {
+                        d.0 += n - slot.1;
+                    }
+                    *slot = (node.clone(), n);
+                }
             }
-            let labels = node.labels();
-            for (i, c) in constraints.iter().enumerate() {
-                if !c.includes(pod, node) {
+            if let (Some(m), Some(out)) = (memo.as_ref(), counts.first_mut()) {
+                for (domain, (n, included)) in index.domains.iter().zip(&m.domains) {
+                    if *included > 0 {
+                        out.insert(domain.clone(), *n);
+                    }
+                }
+            }
+        } else {
+            let mut first: Vec<Option<i64>> = vec![None; index.domains.len()];
+            let nodes = snapshot.nodes();
+            for &(ni, di) in &index.nodes {
+                let Some(node) = nodes.get(ni) else { continue };
+                if constraints.len() > 1 && !has_all_keys(&constraints, node) {
                     continue;
                 }
-                let Some(v) = labels.get(&c.key) else { continue };
-                let n = c.count(pod, node);
-                if let Some(m) = counts.get_mut(i) {
-                    *m.entry(v.clone()).or_insert(0) += n;
+                for (i, c) in constraints.iter().enumerate() {
+                    if !c.includes(pod, node) {
+                        continue;
+                    }
+                    let n = c.count(pod, node);
+                    if i == 0 {
+                        if let Some(slot) = first.get_mut(di) {
+                            *slot = Some(slot.unwrap_or(0) + n);
+                        }
+                        continue;
+                    }
+                    let Some((_, v)) = node.label_arc(&c.key) else {
+                        continue;
+                    };
+                    if let Some(m) = counts.get_mut(i) {
+                        *m.entry(v.clone()).or_insert(0) += n;
+                    }
+                }
+            }
+            if let Some(m) = counts.first_mut() {
+                for (domain, n) in index.domains.iter().zip(first) {
+                    if let Some(n) = n {
+                        m.insert(domain.clone(), n);
+                    }
                 }
             }
         }
@@ -329,7 +451,10 @@ impl Filter for PodTopologySpread {
             };
             let counts = s.counts.get(i);
             let self_match = i64::from(c.selector.matches(&pod.labels));
-            let matching = counts.and_then(|m| m.get(value)).copied().unwrap_or(0);
+            let matching = counts
+                .and_then(|m| m.get(value.as_str()))
+                .copied()
+                .unwrap_or(0);
             let domains = counts.map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX));
             let min = if domains < c.min_domains {
                 0
@@ -347,7 +472,7 @@ impl Filter for PodTopologySpread {
 #[derive(Clone, Debug, Default)]
 struct ScoreState {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<FxHashMap<Arc<str>, i64>>,
     weights: Vec<f64>,
     ignored: HashSet<usize>,
 }
@@ -364,7 +489,7 @@ impl PreScore for PodTopologySpread {
         if constraints.is_empty() || nodes.is_empty() {
             return Ok(PreScoreResult::Skip);
         }
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); constraints.len()];
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> = vec![FxHashMap::default(); constraints.len()];
         let mut ignored = HashSet::new();
         let mut feasible = 0i64;
         for (n, node) in nodes.iter().enumerate() {
@@ -377,7 +502,7 @@ impl PreScore for PodTopologySpread {
                 if c.key == HOSTNAME {
                     continue;
                 }
-                if let (Some(v), Some(m)) = (node.labels().get(&c.key), counts.get_mut(i)) {
+                if let (Some((_, v)), Some(m)) = (node.label_arc(&c.key), counts.get_mut(i)) {
                     m.entry(v.clone()).or_insert(0);
                 }
             }
@@ -408,9 +533,11 @@ impl PreScore for PodTopologySpread {
                     if c.key == HOSTNAME || !c.includes(pod, node) {
                         continue;
                     }
-                    let Some(v) = node.labels().get(&c.key) else { continue };
+                    let Some(v) = node.labels().get(&c.key) else {
+                        continue;
+                    };
                     let Some(m) = counts.get_mut(i) else { continue };
-                    if let Some(slot) = m.get_mut(v) {
+                    if let Some(slot) = m.get_mut(v.as_str()) {
                         *slot += c.count(pod, node);
                     }
                 }
@@ -434,11 +561,17 @@ impl Score for PodTopologySpread {
         let labels = node.labels();
         let mut score = 0.0f64;
         for (i, c) in s.constraints.iter().enumerate() {
-            let Some(v) = labels.get(&c.key) else { continue };
+            let Some(v) = labels.get(&c.key) else {
+                continue;
+            };
             let count = if c.key == HOSTNAME {
                 c.count(pod, node)
             } else {
-                s.counts.get(i).and_then(|m| m.get(v)).copied().unwrap_or(0)
+                s.counts
+                    .get(i)
+                    .and_then(|m| m.get(v.as_str()))
+                    .copied()
+                    .unwrap_or(0)
             };
             #[allow(clippy::cast_precision_loss)]
             {
