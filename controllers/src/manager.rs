@@ -1,0 +1,7 @@
+//! placeholder
+/// placeholder
+#[derive(Debug)]
+pub struct ControllerManager;
+/// placeholder
+#[derive(Debug)]
+pub struct ControllerManagerConfig;
