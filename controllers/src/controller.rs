@@ -222,7 +222,10 @@ impl<K: Object> Controller<K> {
         })
     }
 
-    fn watches_changes<O: Object>(
+    /// Also reconciles the objects `mapper` names for every change of an object `source`
+    /// lists, seeing the change itself (added, replaced with its old state, or deleted):
+    /// what controllers that keep expectations need.
+    pub fn watches_changes<O: Object>(
         mut self,
         source: impl ListWatch<O>,
         config: watcher::Config,

@@ -1,1 +1,8 @@
-//! The built-in controllers.
+//! The built-in controllers, with Kubernetes' semantics and status fields.
+//!
+//! Each is a [`Reconciler`](crate::Reconciler) plus a constructor that wires it into a
+//! [`Controller`](crate::Controller) on a shared [`InformerFactory`](crate::InformerFactory);
+//! [`ControllerManager`](crate::ControllerManager) runs them all.
+
+pub mod common;
+pub mod replicaset;
