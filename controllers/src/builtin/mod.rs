@@ -6,3 +6,4 @@
 
 pub mod common;
 pub mod replicaset;
+pub mod deployment;
