@@ -262,3 +262,22 @@ pub fn set_condition<C: Clone>(
         conditions.push(new);
     }
 }
+
+/// The kinds among `candidates` the server serves (a one-object list answers), as a
+/// discovery step: kinds it answers 404 (or 405) for are left out.
+pub async fn served_kinds(
+    client: &keelson_core::client::Client,
+    candidates: Vec<keelson_core::ResourceType>,
+) -> Vec<keelson_core::ResourceType> {
+    let probes = candidates.into_iter().map(|rt| async move {
+        let params = keelson_core::client::ListParams::default().limit(1);
+        match client.transport().list(&rt, &params).await {
+            Ok(_) => Some(rt),
+            Err(e) => {
+                tracing::info!(resource = %rt, error = %e, "resource not served; skipping it");
+                None
+            }
+        }
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
+}

@@ -7,3 +7,4 @@
 pub mod common;
 pub mod replicaset;
 pub mod deployment;
+pub mod gc;

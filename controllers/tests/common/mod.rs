@@ -17,6 +17,10 @@ use serde_json::json;
 
 /// A server on an in-memory store, with namespaces created.
 pub async fn cluster(namespaces: &[&str]) -> (Arc<ApiServer>, Client) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let server = ApiServer::new(
         Registry::new(Arc::new(MemStore::ephemeral())),
         resources::builtin(),
