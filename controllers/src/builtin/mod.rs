@@ -8,3 +8,5 @@ pub mod common;
 pub mod replicaset;
 pub mod deployment;
 pub mod gc;
+pub mod namespace;
+pub mod serviceaccount;
