@@ -286,6 +286,9 @@ impl<K: Object> State<K> {
                         selection: self.config.selection.clone(),
                         limit: self.config.page_size,
                         continue_token: continue_token.clone(),
+                        // As client-go's reflector: "any recent state", which the
+                        // server answers from its watch cache (and so starts it).
+                        resource_version: continue_token.is_none().then(|| "0".to_owned()),
                         ..ListParams::default()
                     };
                     match self.source.list(&params).await {
