@@ -152,8 +152,7 @@ impl<K: Object> Controller<K> {
         let primary_rt = source.resource_type().clone();
         let primary = factory.informer(source, config);
         let name: Arc<str> = Arc::from(primary_rt.kind.to_lowercase());
-        let mut ready = Vec::new();
-        ready.push(ready_future(primary.reader()));
+        let ready = vec![ready_future(primary.reader())];
         let sub_source = primary.clone();
         let mut triggers: Vec<Trigger> = Vec::new();
         triggers.push(Box::new(move |queue: WorkQueue<ObjectRef>| {

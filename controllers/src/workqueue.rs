@@ -562,7 +562,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        while !q.is_empty() || q.inner.state.lock().processing.len() > 0 {
+        while !q.is_empty() || !q.inner.state.lock().processing.is_empty() {
             tokio::task::yield_now().await;
         }
         q.shut_down();

@@ -148,7 +148,7 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_at_every_st
                 saw.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             // Every other step, the "kubelet" starts what was created.
-            if step % 2 == 0 {
+            if step.is_multiple_of(2) {
                 mark_all_ready(&client, "ns", "app=web").await;
             }
             let d = api.get("web").await.unwrap();

@@ -281,3 +281,32 @@ pub async fn served_kinds(
     });
     futures::future::join_all(probes).await.into_iter().flatten().collect()
 }
+
+/// The index of objects that have no controller, by namespace: the orphans a controller
+/// may adopt. With the owner-uid index it makes a claim cost what the owner owns, not
+/// what its namespace holds.
+pub const ORPHAN_INDEX: &str = "orphans-by-namespace";
+
+/// The [`ORPHAN_INDEX`] function.
+pub fn orphan_index<K: crate::object::Object>() -> crate::reflector::IndexFn<K> {
+    Arc::new(|k: &K| {
+        if controller_of(k.metadata()).is_none() {
+            k.metadata().namespace.clone().into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    })
+}
+
+/// Candidates for a claim by the owner with `uid` in `namespace`: what it owns (by the
+/// owner-uid index) and the namespace's orphans (by [`ORPHAN_INDEX`], which the reader
+/// must have).
+pub fn claim_candidates<K: crate::object::Object>(
+    reader: &crate::reflector::Reader<K>,
+    namespace: &str,
+    uid: &str,
+) -> Vec<Arc<K>> {
+    let mut out = reader.owned_by(uid);
+    out.extend(reader.by_index(ORPHAN_INDEX, namespace));
+    out
+}

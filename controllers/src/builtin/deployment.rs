@@ -40,7 +40,7 @@ use keelson_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use keelson_core::LabelSelector;
 use serde_json::json;
 
-use super::common::{claim, controller_ref};
+use super::common::{claim, claim_candidates, controller_ref, orphan_index, ORPHAN_INDEX};
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
 use crate::informer::InformerFactory;
@@ -219,7 +219,9 @@ fn without_hash(t: Option<&PodTemplateSpec>) -> serde_json::Value {
     if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(POD_TEMPLATE_HASH);
         if labels.is_empty() {
-            t.metadata.as_mut().map(|m| m.labels = None);
+            if let Some(m) = t.metadata.as_mut() {
+                m.labels = None;
+            }
         }
     }
     serde_json::to_value(&t).unwrap_or_default()
@@ -337,7 +339,9 @@ impl DeploymentController {
         let cfg = watcher::Config::default;
         let rs_api = Api::<ReplicaSet>::all(client.clone());
         let pods_api = Api::<Pod>::all(client.clone());
-        let sets = factory.informer(rs_api.clone(), cfg()).reader();
+        let rs_informer = factory.informer(rs_api.clone(), cfg());
+        rs_informer.add_index(ORPHAN_INDEX, orphan_index());
+        let sets = rs_informer.reader();
         let pods = factory.informer(pods_api.clone(), cfg()).reader();
         let controller = Controller::with_factory(factory, Api::<Deployment>::all(client.clone()), cfg())
             .name("deployment");
@@ -1090,7 +1094,8 @@ impl Reconciler<Deployment> for DeploymentController {
                 return Ok(Action::await_change());
             }
         };
-        let candidates = self.sets.list_namespace(&ns);
+        let uid = d.metadata.uid.clone().unwrap_or_default();
+        let candidates = claim_candidates(&self.sets, &ns, &uid);
         let owned = claim(&self.rs_api(&ns), &d, &selector, candidates)
             .await
             .map_err(api_err("claiming ReplicaSets"))?;

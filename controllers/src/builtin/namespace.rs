@@ -59,7 +59,7 @@ impl std::fmt::Debug for NamespaceController {
 pub fn default_kinds() -> Vec<ResourceType> {
     builtin_resource_types()
         .into_iter()
-        .filter(|rt| rt.is_namespaced() && !(rt.kind == "Event" && !rt.group.is_empty()))
+        .filter(|rt| rt.is_namespaced() && (rt.kind != "Event" || rt.group.is_empty()))
         .collect()
 }
 

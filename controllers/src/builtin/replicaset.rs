@@ -31,7 +31,7 @@ use keelson_core::k8s_openapi::api::core::v1::Pod;
 use keelson_core::{LabelSelector, ObjectMeta};
 
 use super::common::{
-    claim, controller_ref, is_pod_active, is_pod_available, is_pod_ready, pod_available_in,
+    claim, claim_candidates, controller_ref, is_pod_active, orphan_index, ORPHAN_INDEX, is_pod_available, is_pod_ready, pod_available_in,
     set_condition, Expectations,
 };
 use crate::controller::{Action, Context, Controller, Reconciler};
@@ -104,7 +104,9 @@ impl ReplicaSetController {
     pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<ReplicaSet>, Arc<Self>) {
         let cfg = watcher::Config::default;
         let pods_api = Api::<Pod>::all(client.clone());
-        let pods = factory.informer(pods_api.clone(), cfg()).reader();
+        let pod_informer = factory.informer(pods_api.clone(), cfg());
+        pod_informer.add_index(ORPHAN_INDEX, orphan_index());
+        let pods = pod_informer.reader();
         let expectations = Arc::new(Expectations::default());
         let controller = Controller::with_factory(factory, Api::<ReplicaSet>::all(client.clone()), cfg())
             .name("replicaset");
@@ -407,9 +409,8 @@ impl Reconciler<ReplicaSet> for ReplicaSetController {
             }
         };
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let active: Vec<Arc<Pod>> = self
-            .pods
-            .list_namespace(ns)
+        let uid = rs.metadata.uid.clone().unwrap_or_default();
+        let active: Vec<Arc<Pod>> = claim_candidates(&self.pods, ns, &uid)
             .into_iter()
             .filter(|p| is_pod_active(p))
             .collect();
