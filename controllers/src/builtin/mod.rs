@@ -1,0 +1,12 @@
+//! The built-in controllers, with Kubernetes' semantics and status fields.
+//!
+//! Each is a [`Reconciler`](crate::Reconciler) plus a constructor that wires it into a
+//! [`Controller`](crate::Controller) on a shared [`InformerFactory`](crate::InformerFactory);
+//! [`ControllerManager`](crate::ControllerManager) runs them all.
+
+pub mod common;
+pub mod replicaset;
+pub mod deployment;
+pub mod gc;
+pub mod namespace;
+pub mod serviceaccount;

@@ -1,0 +1,219 @@
+//! The controller manager: every built-in controller in one process, optionally under
+//! leader election.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use keelson_core::client::Client;
+use tokio::sync::watch;
+
+use crate::builtin::deployment::DeploymentController;
+use crate::builtin::gc::{self, GarbageCollector};
+use crate::builtin::namespace::{self, NamespaceController};
+use crate::builtin::replicaset::ReplicaSetController;
+use crate::builtin::serviceaccount::ServiceAccountController;
+use crate::informer::InformerFactory;
+use crate::leader::{LeaderElectionConfig, LeaderElector};
+use crate::metrics::Metrics;
+
+/// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
+pub const CONTROLLERS: [&str; 5] = [
+    "deployment",
+    "replicaset",
+    "garbagecollector",
+    "namespace",
+    "serviceaccount",
+];
+
+/// What a [`ControllerManager`] runs and how.
+#[derive(Clone, Debug)]
+pub struct ControllerManagerConfig {
+    /// The controllers to run (names from [`CONTROLLERS`]).
+    pub enabled: Vec<String>,
+    /// Run only while leading this election (`None`: always run).
+    pub leader_election: Option<LeaderElectionConfig>,
+    /// Concurrent reconciles of the Deployment controller (5, as Kubernetes).
+    pub deployment_workers: usize,
+    /// Concurrent reconciles of the ReplicaSet controller (5).
+    pub replicaset_workers: usize,
+    /// Concurrent reconciles of the Namespace controller (10).
+    pub namespace_workers: usize,
+}
+
+impl Default for ControllerManagerConfig {
+    fn default() -> Self {
+        ControllerManagerConfig {
+            enabled: CONTROLLERS.iter().map(|c| (*c).to_owned()).collect(),
+            leader_election: None,
+            deployment_workers: 5,
+            replicaset_workers: 5,
+            namespace_workers: 10,
+        }
+    }
+}
+
+/// A `--controllers` value named a controller that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown controller {0:?}; known: {known}", known = CONTROLLERS.join(", "))]
+pub struct UnknownController(pub String);
+
+impl ControllerManagerConfig {
+    /// Chooses controllers as kube-controller-manager's `--controllers` flag does: `*`
+    /// for all, `name` to enable one, `-name` to disable one (`["*", "-namespace"]`).
+    ///
+    /// # Errors
+    /// [`UnknownController`] for a name not in [`CONTROLLERS`].
+    pub fn controllers(mut self, spec: &[&str]) -> Result<Self, UnknownController> {
+        let mut enabled: Vec<String> = Vec::new();
+        let all = spec.contains(&"*");
+        for name in CONTROLLERS {
+            let off = spec.contains(&format!("-{name}").as_str());
+            let on = spec.contains(&name);
+            if (all || on) && !off {
+                enabled.push(name.to_owned());
+            }
+        }
+        for s in spec {
+            let n = s.trim_start_matches('-');
+            if *s != "*" && !CONTROLLERS.contains(&n) {
+                return Err(UnknownController(n.to_owned()));
+            }
+        }
+        self.enabled = enabled;
+        Ok(self)
+    }
+
+    fn on(&self, name: &str) -> bool {
+        self.enabled.iter().any(|e| e == name)
+    }
+}
+
+/// Runs the built-in controllers on one set of shared informers.
+///
+/// ```no_run
+/// # async fn demo(client: keelson_core::client::Client) {
+/// use keelson_controllers::ControllerManager;
+/// ControllerManager::new(client).run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ControllerManager {
+    client: Client,
+    config: ControllerManagerConfig,
+    metrics: Metrics,
+}
+
+fn signal(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+impl ControllerManager {
+    /// Every built-in controller, no leader election.
+    pub fn new(client: Client) -> ControllerManager {
+        ControllerManager::with_config(client, ControllerManagerConfig::default())
+    }
+
+    /// The manager `config` describes.
+    pub fn with_config(client: Client, config: ControllerManagerConfig) -> ControllerManager {
+        ControllerManager {
+            client,
+            config,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// The controllers' metrics (render them for a `/metrics` endpoint).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` completes; with leader election, the controllers run only
+    /// while this process leads (writing through a fenced client), stop when it loses,
+    /// and start again if it leads again.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Some(le) = self.config.leader_election.clone() else {
+            self.run_controllers(self.client.clone(), shutdown).await;
+            return;
+        };
+        let elector = Arc::new(LeaderElector::new(self.client.clone(), le));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let election = {
+            let elector = elector.clone();
+            let stop = signal(&stop_rx);
+            tokio::spawn(async move { elector.run(stop).await })
+        };
+        let mut state = elector.subscribe();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = state.wait_for(|s| s.is_leader()) => if r.is_err() { break },
+            }
+            tracing::info!("leading: starting controllers");
+            let fenced = elector.fenced_client(self.client.clone());
+            let (term_tx, term_rx) = watch::channel(false);
+            let term = {
+                let this = ControllerManager {
+                    client: self.client.clone(),
+                    config: self.config.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                let stop = signal(&term_rx);
+                tokio::spawn(async move { this.run_controllers(fenced, stop).await })
+            };
+            let mut lost = elector.subscribe();
+            let done = tokio::select! {
+                _ = &mut shutdown => true,
+                _ = lost.wait_for(|s| !s.is_leader()) => false,
+            };
+            let _ = term_tx.send(true);
+            let _ = term.await;
+            if done {
+                break;
+            }
+            tracing::warn!("lost leadership: controllers stopped");
+        }
+        let _ = stop_tx.send(true);
+        let _ = election.await;
+    }
+
+    async fn run_controllers(&self, client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let factory = InformerFactory::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let cfg = &self.config;
+        if cfg.on("replicaset") {
+            let (c, r) = ReplicaSetController::controller(&client, &factory);
+            let c = c.concurrency(cfg.replicaset_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("deployment") {
+            let (c, r) = DeploymentController::controller(&client, &factory);
+            let c = c.concurrency(cfg.deployment_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("serviceaccount") {
+            let (c, r) = ServiceAccountController::controller(&client, &factory);
+            let c = c.metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("namespace") {
+            let (c, r) = NamespaceController::controller(&client, &factory, namespace::default_kinds()).await;
+            let c = c.concurrency(cfg.namespace_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("garbagecollector") {
+            let gc = GarbageCollector::new(&client, &factory, gc::default_kinds()).await;
+            tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        factory.clear();
+    }
+}
