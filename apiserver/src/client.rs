@@ -169,6 +169,7 @@ impl Transport for InProcess {
                     .update(res, namespace, name, object, true)
                     .await
             }
+            Some("finalize") => self.registry.finalize(res, name, &object).await,
             Some(_) => Err(Error::method_not_allowed(&res.rt, "update")),
             None => {
                 self.registry

@@ -512,6 +512,9 @@ impl Registry {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
+        if is_namespace(&obj) {
+            add_namespace_finalizer(&mut obj);
+        }
         if res.validate_values {
             res.validator().apply_defaults(&mut obj);
         }
@@ -1082,6 +1085,9 @@ impl Registry {
                 let m = meta_mut(&mut obj)?;
                 m.insert("deletionTimestamp".into(), Value::String(at));
                 m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                if is_namespace(&obj) {
+                    obj["status"]["phase"] = json!("Terminating");
+                }
             }
             if dry_run {
                 return Ok(Arc::new(obj));
@@ -1095,6 +1101,35 @@ impl Registry {
             return Ok(self.offer(rt, kv.mod_revision, obj));
         }
         Ok(Arc::new(obj))
+    }
+
+    /// A Namespace's `finalize` subresource: sets its `spec.finalizers` from `body` and
+    /// nothing else. The namespace controller removes `kubernetes` this way once the
+    /// namespace is empty; a deleted namespace with no finalizer left goes.
+    ///
+    /// # Errors
+    /// 404; 400 when `spec.finalizers` is not a list of strings.
+    pub async fn finalize(
+        &self,
+        res: &ServedResource,
+        name: &str,
+        body: &Value,
+    ) -> Result<Arc<Value>, Error> {
+        let finalizers = body
+            .pointer("/spec/finalizers")
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        let strings = finalizers
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string));
+        if !strings {
+            return Err(Error::bad_request(
+                "spec.finalizers must be a list of strings",
+            ));
+        }
+        let patch = json!({ "spec": { "finalizers": finalizers } });
+        self.patch(res, None, name, crate::patch::PatchType::Merge, &patch, false)
+            .await
     }
 
     /// Patches an object (or, with `status_only`, its status), retrying when another
@@ -1709,16 +1744,45 @@ fn keep_service_allocations(rt: &ResourceType, old: &Value, new: &mut Value) -> 
     Ok(())
 }
 
+/// What holds an object's deletion: its `metadata.finalizers`, and for a Namespace also
+/// `spec.finalizers` (`kubernetes`: the namespace controller deletes the contents first).
 fn finalizers(obj: &Value) -> Vec<String> {
-    meta(obj)
-        .get("finalizers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    let strings = |list: Option<&Value>| -> Vec<String> {
+        list.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut all = strings(meta(obj).get("finalizers"));
+    if is_namespace(obj) {
+        all.extend(strings(obj.pointer("/spec/finalizers")));
+    }
+    all
+}
+
+/// As Kubernetes' namespace strategy on create: the namespace controller's finalizer in
+/// `spec.finalizers`, so that deleting a namespace deletes its contents before it goes.
+fn add_namespace_finalizer(obj: &mut Value) {
+    let Some(root) = obj.as_object_mut() else {
+        return;
+    };
+    let spec = root.entry("spec").or_insert_with(|| json!({}));
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    let list = &mut spec["finalizers"];
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    if let Some(list) = list.as_array_mut() {
+        if !list.iter().any(|f| f == "kubernetes") {
+            list.push(json!("kubernetes"));
+        }
+    }
+}
+
+fn is_namespace(obj: &Value) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some("Namespace")
+        && obj.get("apiVersion").and_then(Value::as_str) == Some("v1")
 }
 
 fn parse_rv(rv: &str) -> Result<Revision, Error> {

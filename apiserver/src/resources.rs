@@ -288,6 +288,13 @@ pub fn builtin() -> Vec<ServedResource> {
                 from_storage: event_from_core,
             }));
         }
+        if res.rt.group.is_empty() && res.rt.kind == "Namespace" {
+            *res = res.clone().with_subresource(
+                "finalize",
+                GroupVersionKind::new("", "v1", "Namespace"),
+                &["update"],
+            );
+        }
         if res.rt.group.is_empty() && res.rt.kind == "Pod" {
             *res = res
                 .clone()

@@ -772,6 +772,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             let status = registry.bind(res, ns, name, &body).await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
+        (Method::PUT, Some(name), Some("finalize")) => {
+            let body = body_json(req).await?;
+            let obj = registry.finalize(res, name, &body).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
         (Method::GET, Some(name), Some("log")) => {
             crate::nodeproxy::pod_log(registry, res, ns, name, &q).await
         }

@@ -2,10 +2,12 @@
 //!
 //! This facade re-exports the crates an application embeds. Today: the object model
 //! ([`core`]), the store ([`store`]), the API server ([`apiserver`]), the scheduler
-//! ([`scheduler`]) and the node agent with its runtimes ([`node`]); the controllers and
-//! add-ons join as they are built.
+//! ([`scheduler`]), the controller runtime and built-in controllers ([`controllers`]) and
+//! the node agent with its runtimes ([`node`]); the proxy and add-ons join as they are
+//! built.
 
 pub use keelson_apiserver as apiserver;
+pub use keelson_controllers as controllers;
 pub use keelson_core as core;
 pub use keelson_node as node;
 pub use keelson_scheduler as scheduler;

@@ -3,8 +3,9 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the scheduler (default profile, or the profiles of `--scheduler-config`) and node
-//!   agents on the in-process client: `--nodes N` local nodes running real processes
+//!   runs the controllers (Deployment, ReplicaSet, garbage collector, Namespace,
+//!   ServiceAccount), the scheduler (default profile, or the profiles of
+//!   `--scheduler-config`) and node agents on the in-process client: `--nodes N` local nodes running real processes
 //!   (default 1), `--sim-nodes N` simulated ones, static pods from `--manifests DIR`.
 //!   Stopping it (Ctrl-C, SIGTERM) stops the pods' processes; after a crash they keep
 //!   running and the next start adopts them.
@@ -184,6 +185,10 @@ async fn up(
     let scheduling = tokio::spawn(scheduler.run(until_stopped()));
     println!("keelson: scheduler running (profiles: {names})");
     let running = start_nodes(&server, &data_dir, nodes, &until_stopped)?;
+    let controllers = tokio::spawn(
+        keelson_controllers::ControllerManager::new(server.client()).run(until_stopped()),
+    );
+    println!("keelson: controllers running");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -220,6 +225,7 @@ async fn up(
         Ok(Err(e)) => eprintln!("keelson: the scheduler stopped with an error: {e}"),
         Err(e) => eprintln!("keelson: the scheduler task failed: {e}"),
     }
+    let _ = controllers.await;
     running.stop().await;
     println!("keelson: stopped");
     Ok(())

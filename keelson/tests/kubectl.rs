@@ -920,3 +920,60 @@ fn kubectl_run_starts_a_real_process_whose_logs_kubectl_reads() {
     let err = c.fails(&["logs", "hello", "-c", "other"]);
     assert!(err.contains("container other is not valid for pod hello"), "{err}");
 }
+
+#[test]
+fn deployments_roll_out_undo_scale_and_namespaces_delete_their_contents() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    eventually(&c, &["get", "nodes"], |n| n.contains("node-1") && n.contains("Ready"));
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        "while true; do sleep 1; done",
+    ]);
+    let status = c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let deploy = c.ok(&["get", "deployment", "web"]);
+    assert!(deploy.contains("3/3"), "{deploy}");
+    assert_eq!(
+        c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count(),
+        3
+    );
+    // A new template rolls out as a second ReplicaSet; undo goes back to the first.
+    c.ok(&["set", "env", "deployment/web", "VERSION=2"]);
+    let status = c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let rs = c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.replicas} {end}"]);
+    let mut counts: Vec<&str> = rs.split_whitespace().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, ["0", "3"], "{rs}");
+    c.ok(&["rollout", "undo", "deployment/web"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let env = c.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
+    assert!(!env.contains("VERSION"), "{env}");
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('2') && history.contains('3'), "{history}");
+    // Scale down: the ReplicaSet deletes pods until one is left.
+    c.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    eventually(&c, &["get", "pods", "-l", "app=web", "-o", "name"], |p| {
+        p.lines().count() == 1
+    });
+    // Deleting a namespace deletes what is in it (pods stopped), then the namespace.
+    c.ok(&["create", "namespace", "scratch"]);
+    c.ok(&["-n", "scratch", "create", "deployment", "x", "--image=busybox", "--", "sleep", "1000"]);
+    c.ok(&["-n", "scratch", "create", "configmap", "c", "--from-literal=a=b"]);
+    eventually(&c, &["-n", "scratch", "get", "pods"], |p| p.contains("Running"));
+    let deleted = c.ok(&["delete", "namespace", "scratch", "--timeout=60s"]);
+    assert!(deleted.contains("deleted"), "{deleted}");
+    let err = c.fails(&["get", "namespace", "scratch"]);
+    assert!(err.contains("not found"), "{err}");
+    assert!(c.ok(&["get", "pods", "-A", "-o", "name"]).lines().all(|l| !l.contains("x-")));
+}
