@@ -899,20 +899,25 @@ impl Inner {
         } else {
             self.num_feasible_nodes_to_find(profile, nodes.len())
         };
-        let (feasible, mut statuses) =
+        let (feasible, failed) =
             self.find_feasible(profile, state, pod, nodes, to_find, narrowed.is_none());
-        if let Some(names) = &narrowed {
-            // Nodes the PreFilter plugins ruled out.
-            for n in snapshot.nodes() {
-                if !names.contains(n.name()) {
-                    statuses.insert(
-                        n.name_arc().clone(),
-                        Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"),
-                    );
+        if feasible.is_empty() {
+            // Only a failure needs the statuses by node (for the message and PostFilter).
+            let mut statuses = NodeStatuses::default();
+            for (node, status) in failed {
+                statuses.insert(node, status);
+            }
+            if let Some(names) = &narrowed {
+                // Nodes the PreFilter plugins ruled out.
+                for n in snapshot.nodes() {
+                    if !names.contains(n.name()) {
+                        statuses.insert(
+                            n.name_arc().clone(),
+                            Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"),
+                        );
+                    }
                 }
             }
-        }
-        if feasible.is_empty() {
             return Err(Failure::Fit {
                 statuses: Box::new(statuses),
                 num_nodes: all,
@@ -954,9 +959,9 @@ impl Inner {
         nodes: &[Arc<NodeInfo>],
         to_find: usize,
         rotate: bool,
-    ) -> (Vec<Arc<NodeInfo>>, NodeStatuses) {
+    ) -> (Vec<Arc<NodeInfo>>, Vec<(Arc<str>, Status)>) {
         let n = nodes.len();
-        let mut statuses = NodeStatuses::default();
+        let mut statuses: Vec<(Arc<str>, Status)> = Vec::new();
         if n == 0 {
             return (Vec::new(), statuses);
         }
@@ -988,7 +993,7 @@ impl Inner {
                 let node = &nodes[(start + i) % n];
                 match check(node) {
                     Ok(()) => feasible.push((i, node.clone())),
-                    Err(s) => statuses.insert(node.name_arc().clone(), s),
+                    Err(s) => statuses.push((node.name_arc().clone(), s)),
                 }
                 i += 1;
             }
@@ -1036,7 +1041,7 @@ impl Inner {
             for (ok, failed) in results {
                 for (i, s) in failed {
                     last = last.max(i + 1);
-                    statuses.insert(nodes[(start + i) % n].name_arc().clone(), s);
+                    statuses.push((nodes[(start + i) % n].name_arc().clone(), s));
                 }
                 feasible.extend(ok);
             }
