@@ -263,6 +263,9 @@ impl std::fmt::Debug for Scheduler {
 /// position.
 type ChunkResults = (Vec<(usize, Arc<NodeInfo>)>, Vec<(usize, Status)>);
 
+/// A node that failed the filters, and why.
+type NodeFailure = (Arc<str>, Status);
+
 /// Why a cycle did not choose a node.
 enum Failure {
     /// No node fits.
@@ -959,9 +962,9 @@ impl Inner {
         nodes: &[Arc<NodeInfo>],
         to_find: usize,
         rotate: bool,
-    ) -> (Vec<Arc<NodeInfo>>, Vec<(Arc<str>, Status)>) {
+    ) -> (Vec<Arc<NodeInfo>>, Vec<NodeFailure>) {
         let n = nodes.len();
-        let mut statuses: Vec<(Arc<str>, Status)> = Vec::new();
+        let mut statuses: Vec<NodeFailure> = Vec::new();
         if n == 0 {
             return (Vec::new(), statuses);
         }
