@@ -448,6 +448,13 @@ fn significant_change(old: &Pod, new: &Pod) -> bool {
         || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
 }
 
+fn is_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
+}
+
 fn is_finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -703,12 +710,15 @@ impl Inner {
         if !self.responsible(&info) || is_finished(&info.pod) {
             return;
         }
-        if info.is_terminating() {
+        // Terminating pods, and pods held by scheduling gates (Kubernetes'
+        // SchedulingGates PreEnqueue), do not enter the queue.
+        if info.is_terminating() || is_gated(&info.pod) {
             self.queue.delete(&info.uid);
             return;
         }
         match old {
             None => self.queue.add(info),
+            Some(o) if is_gated(&o.pod) => self.queue.add(info),
             Some(o) => {
                 let significant = significant_change(&o.pod, &info.pod);
                 self.queue.update(info, significant);
