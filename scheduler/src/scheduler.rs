@@ -263,6 +263,9 @@ impl std::fmt::Debug for Scheduler {
 /// position.
 type ChunkResults = (Vec<(usize, Arc<NodeInfo>)>, Vec<(usize, Status)>);
 
+/// A node that failed the filters, and why.
+type NodeFailure = (Arc<str>, Status);
+
 /// Why a cycle did not choose a node.
 enum Failure {
     /// No node fits.
@@ -443,6 +446,13 @@ fn significant_change(old: &Pod, new: &Pod) -> bool {
         || old.metadata.labels != new.metadata.labels
         || old.metadata.annotations != new.metadata.annotations
         || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+}
+
+fn is_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
 }
 
 fn is_finished(pod: &Pod) -> bool {
@@ -700,12 +710,15 @@ impl Inner {
         if !self.responsible(&info) || is_finished(&info.pod) {
             return;
         }
-        if info.is_terminating() {
+        // Terminating pods, and pods held by scheduling gates (Kubernetes'
+        // SchedulingGates PreEnqueue), do not enter the queue.
+        if info.is_terminating() || is_gated(&info.pod) {
             self.queue.delete(&info.uid);
             return;
         }
         match old {
             None => self.queue.add(info),
+            Some(o) if is_gated(&o.pod) => self.queue.add(info),
             Some(o) => {
                 let significant = significant_change(&o.pod, &info.pod);
                 self.queue.update(info, significant);
@@ -899,20 +912,25 @@ impl Inner {
         } else {
             self.num_feasible_nodes_to_find(profile, nodes.len())
         };
-        let (feasible, mut statuses) =
+        let (feasible, failed) =
             self.find_feasible(profile, state, pod, nodes, to_find, narrowed.is_none());
-        if let Some(names) = &narrowed {
-            // Nodes the PreFilter plugins ruled out.
-            for n in snapshot.nodes() {
-                if !names.contains(n.name()) {
-                    statuses.insert(
-                        n.name_arc().clone(),
-                        Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"),
-                    );
+        if feasible.is_empty() {
+            // Only a failure needs the statuses by node (for the message and PostFilter).
+            let mut statuses = NodeStatuses::default();
+            for (node, status) in failed {
+                statuses.insert(node, status);
+            }
+            if let Some(names) = &narrowed {
+                // Nodes the PreFilter plugins ruled out.
+                for n in snapshot.nodes() {
+                    if !names.contains(n.name()) {
+                        statuses.insert(
+                            n.name_arc().clone(),
+                            Status::unresolvable("node(s) didn't satisfy plugin(s) [PreFilter]"),
+                        );
+                    }
                 }
             }
-        }
-        if feasible.is_empty() {
             return Err(Failure::Fit {
                 statuses: Box::new(statuses),
                 num_nodes: all,
@@ -954,9 +972,9 @@ impl Inner {
         nodes: &[Arc<NodeInfo>],
         to_find: usize,
         rotate: bool,
-    ) -> (Vec<Arc<NodeInfo>>, NodeStatuses) {
+    ) -> (Vec<Arc<NodeInfo>>, Vec<NodeFailure>) {
         let n = nodes.len();
-        let mut statuses = NodeStatuses::default();
+        let mut statuses: Vec<NodeFailure> = Vec::new();
         if n == 0 {
             return (Vec::new(), statuses);
         }
@@ -988,7 +1006,7 @@ impl Inner {
                 let node = &nodes[(start + i) % n];
                 match check(node) {
                     Ok(()) => feasible.push((i, node.clone())),
-                    Err(s) => statuses.insert(node.name_arc().clone(), s),
+                    Err(s) => statuses.push((node.name_arc().clone(), s)),
                 }
                 i += 1;
             }
@@ -1036,7 +1054,7 @@ impl Inner {
             for (ok, failed) in results {
                 for (i, s) in failed {
                     last = last.max(i + 1);
-                    statuses.insert(nodes[(start + i) % n].name_arc().clone(), s);
+                    statuses.push((nodes[(start + i) % n].name_arc().clone(), s));
                 }
                 feasible.extend(ok);
             }

@@ -351,6 +351,37 @@ async fn a_parked_pod_is_scheduled_when_a_node_that_fits_arrives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_pods_wait_until_their_gates_are_removed() {
+    let server = server();
+    let client = server.client();
+    namespace(&client, "default").await;
+    add_nodes(&client, vec![node("n").cpu("2").obj()]).await;
+    let handle = Scheduler::builder(client.clone())
+        .build()
+        .expect("scheduler");
+    let stop = start(handle.clone());
+    let mut gated = pod("gated").obj();
+    if let Some(s) = gated.spec.as_mut() {
+        s.scheduling_gates = Some(vec![
+            keelson_core::k8s_openapi::api::core::v1::PodSchedulingGate {
+                name: "example.com/wait".into(),
+            },
+        ]);
+    }
+    create(&client, gated).await;
+    create(&client, pod("free").obj()).await;
+    assert_eq!(bound(&client, "default", "free").await, "n");
+    assert!(node_of(&client, "default", "gated").await.is_none());
+    assert_eq!(
+        handle.queue_lengths().active + handle.queue_lengths().unschedulable,
+        0
+    );
+    // (Removing the gate is an update this API server refuses today: Kubernetes
+    // allows removing scheduling gates; when it does here, the pod enters the queue.)
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preemption_evicts_a_lower_priority_pod_and_nominates_the_node() {
     let server = server();
     let client = server.client();

@@ -41,6 +41,8 @@ pub struct DefaultPreemption {
     min_candidate_nodes_percentage: usize,
     min_candidate_nodes_absolute: usize,
     seed: std::sync::atomic::AtomicU64,
+    /// Preemptors whose victims are being evicted, with their node.
+    in_progress: Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for DefaultPreemption {
@@ -59,6 +61,7 @@ impl DefaultPreemption {
             min_candidate_nodes_percentage: 10,
             min_candidate_nodes_absolute: 100,
             seed: std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            in_progress: Arc::default(),
         }
     }
 
@@ -310,31 +313,54 @@ impl Plugin for DefaultPreemption {
 #[async_trait]
 impl PostFilter for DefaultPreemption {
     async fn post_filter(&self, cx: PostFilterContext<'_>) -> Result<PostFilterResult, Status> {
+        // A preemption for this pod still evicting: wait for it (the evictions' events
+        // bring the pod back) rather than choosing victims again.
+        if let Some(node) = self.in_progress.lock().get(&cx.pod.uid) {
+            return Ok(PostFilterResult {
+                nominated_node: Some(node.clone()),
+            });
+        }
         let candidate =
             self.find_candidate(cx.state, cx.pod, cx.snapshot, cx.statuses, cx.profile)?;
-        if let Some(client) = &self.client {
-            for victim in &candidate.victims {
+        let Some(client) = self.client.clone() else {
+            return Ok(PostFilterResult {
+                nominated_node: Some(candidate.node),
+            });
+        };
+        // As Kubernetes' asynchronous preemption: the evictions run beside the
+        // scheduling loop, all at once; the pod is nominated now.
+        let preemptor = cx.pod.clone();
+        let node = candidate.node.clone();
+        self.in_progress
+            .lock()
+            .insert(preemptor.uid.clone(), node.clone());
+        let in_progress = self.in_progress.clone();
+        let nominator = self.nominator.clone();
+        let victims = candidate.victims;
+        tokio::spawn(async move {
+            let deletes = victims.iter().map(|victim| {
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &victim.namespace);
                 let options = DeleteOptions {
                     uid: Some(victim.uid.clone()),
                     ..DeleteOptions::default()
                 };
-                match pods.delete(&victim.name, &options).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() || e.is_conflict() => {}
-                    Err(e) => {
-                        return Err(Status::error(format!(
-                            "failed to preempt {}: {e}",
-                            victim.key
-                        )))
+                async move {
+                    match pods.delete(&victim.name, &options).await {
+                        Ok(_) => {
+                            tracing::debug!(victim = %victim.key, "preempted");
+                        }
+                        Err(e) if e.is_not_found() || e.is_conflict() => {}
+                        Err(e) => {
+                            tracing::warn!(victim = %victim.key, error = %e, "failed to preempt");
+                        }
                     }
                 }
-                tracing::debug!(victim = %victim.key, preemptor = %cx.pod.key, node = %candidate.node, "preempted");
-            }
+            });
+            futures::future::join_all(deletes).await;
             // Lower-priority pods nominated to the node lose their nomination.
-            for p in self.nominator.pods_on(&candidate.node) {
-                if p.priority < cx.pod.priority {
-                    self.nominator.remove(&p.uid);
+            for p in nominator.pods_on(&node) {
+                if p.priority < preemptor.priority {
+                    nominator.remove(&p.uid);
                     let pods: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
                     let patch = Patch::Merge(json!({"status": {"nominatedNodeName": null}}));
                     if let Err(e) = pods.patch_status(&p.name, &patch).await {
@@ -342,7 +368,8 @@ impl PostFilter for DefaultPreemption {
                     }
                 }
             }
-        }
+            in_progress.lock().remove(&preemptor.uid);
+        });
         Ok(PostFilterResult {
             nominated_node: Some(candidate.node),
         })

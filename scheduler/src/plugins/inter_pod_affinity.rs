@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::cache::Snapshot;
-use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
 };
+use crate::fxhash::FxHashMap;
 use crate::node_info::NodeInfo;
 use crate::pod_info::{AffinityTerm, PodInfo};
 
@@ -202,12 +202,19 @@ struct AffinityMemo {
 fn signature(pod: &PodInfo, ns_labels: Option<&BTreeMap<String, String>>) -> Option<String> {
     use std::fmt::Write;
     let mut sig = format!("{}|{:?}|{:?}", pod.namespace, pod.labels, ns_labels);
-    for (kind, terms) in [("a", &pod.required_affinity), ("n", &pod.required_anti_affinity)] {
+    for (kind, terms) in [
+        ("a", &pod.required_affinity),
+        ("n", &pod.required_anti_affinity),
+    ] {
         for t in terms {
             if t.namespace_selector.is_some() {
                 return None;
             }
-            let _ = write!(sig, "|{kind}:{}:{:?}:{}", t.selector, t.namespaces, t.topology_key);
+            let _ = write!(
+                sig,
+                "|{kind}:{}:{:?}:{}",
+                t.selector, t.namespaces, t.topology_key
+            );
         }
     }
     Some(sig)

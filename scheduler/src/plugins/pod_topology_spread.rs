@@ -12,11 +12,11 @@ use serde::Deserialize;
 
 use super::helpers::{pod_matches_node_selector_and_affinity, tolerations, untolerated_taint};
 use crate::cache::{Snapshot, TopologyIndex};
-use crate::fxhash::FxHashMap;
 use crate::framework::{
     ActionType, ClusterEvent, CycleState, EventResource, Filter, NodeScore, Plugin, PreFilter,
     PreFilterResult, PreScore, PreScoreResult, Score, Status, MAX_NODE_SCORE,
 };
+use crate::fxhash::FxHashMap;
 use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
 
@@ -220,7 +220,10 @@ fn has_node_constraints(pod: &PodInfo) -> bool {
             || s.affinity
                 .as_ref()
                 .and_then(|a| a.node_affinity.as_ref())
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
                 .is_some()
     })
 }
@@ -489,7 +492,8 @@ impl PreScore for PodTopologySpread {
         if constraints.is_empty() || nodes.is_empty() {
             return Ok(PreScoreResult::Skip);
         }
-        let mut counts: Vec<FxHashMap<Arc<str>, i64>> = vec![FxHashMap::default(); constraints.len()];
+        let mut counts: Vec<FxHashMap<Arc<str>, i64>> =
+            vec![FxHashMap::default(); constraints.len()];
         let mut ignored = HashSet::new();
         let mut feasible = 0i64;
         for (n, node) in nodes.iter().enumerate() {

@@ -1135,7 +1135,12 @@ fn spread_counts_stay_right_as_nodes_change_between_pods() {
     cache.add_or_update_pod(pi(web("w1", "a1")));
     let mut snap = Snapshot::default();
     cache.update_snapshot(&mut snap);
-    let incoming = || pi(pod("new").label("app", "web").spread(spread("zone", 1, None, true)).obj());
+    let incoming = || {
+        pi(pod("new")
+            .label("app", "web")
+            .spread(spread("zone", 1, None, true))
+            .obj())
+    };
     assert_eq!(fits(&p, &incoming(), &snap), ["b1"]);
     // The next cycles reuse the counts of unchanged nodes and recount the others.
     cache.add_or_update_pod(pi(web("w2", "b1")));
@@ -1149,7 +1154,11 @@ fn spread_counts_stay_right_as_nodes_change_between_pods() {
     cache.update_snapshot(&mut snap);
     assert_eq!(fits(&p, &incoming(), &snap), ["a1"]);
     // Another namespace is counted apart.
-    let other = pi(pod("x").namespace("other").label("app", "web").spread(spread("zone", 1, None, true)).obj());
+    let other = pi(pod("x")
+        .namespace("other")
+        .label("app", "web")
+        .spread(spread("zone", 1, None, true))
+        .obj());
     assert_eq!(fits(&p, &other, &snap), ["a1", "b1"]);
 }
 
@@ -1163,9 +1172,18 @@ fn affinity_counts_stay_right_as_nodes_change_between_pods() {
     }
     let mut snap = Snapshot::default();
     cache.update_snapshot(&mut snap);
-    let incoming = || pi(pod("new").label("app", "web").anti_affinity(&[("app", "web")], "zone").obj());
+    let incoming = || {
+        pi(pod("new")
+            .label("app", "web")
+            .anti_affinity(&[("app", "web")], "zone")
+            .obj())
+    };
     assert_eq!(fits(&p, &incoming(), &snap), ["a1", "a2", "b1"]);
-    cache.add_or_update_pod(pi(pod("w1").label("app", "web").anti_affinity(&[("app", "web")], "zone").node("a1").obj()));
+    cache.add_or_update_pod(pi(pod("w1")
+        .label("app", "web")
+        .anti_affinity(&[("app", "web")], "zone")
+        .node("a1")
+        .obj()));
     cache.update_snapshot(&mut snap);
     assert_eq!(fits(&p, &incoming(), &snap), ["b1"]);
     cache.add_or_update_pod(pi(pod("w2").label("app", "web").node("b1").obj()));
@@ -1175,5 +1193,8 @@ fn affinity_counts_stay_right_as_nodes_change_between_pods() {
     cache.update_snapshot(&mut snap);
     assert_eq!(fits(&p, &incoming(), &snap), ["a1", "a2"]);
     // A pod the remaining pods do not repel and that names nobody fits anywhere.
-    assert_eq!(fits(&p, &pi(pod("x").label("app", "x").obj()), &snap).len(), 3);
+    assert_eq!(
+        fits(&p, &pi(pod("x").label("app", "x").obj()), &snap).len(),
+        3
+    );
 }
