@@ -443,3 +443,42 @@ async fn logs_follow_until_the_container_ends() {
     assert_eq!(body, "line 1\nline 2\nline 3\n");
     assert!(started.elapsed() >= Duration::from_millis(300), "it followed rather than returned at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_restarts_the_container_and_on_failure_restarts_only_failures() {
+    let c = cluster().await;
+    let _node = Node::start(&c.client, "n1").await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    pods.create(&pod("img", "n1", json!({"containers": [{"name": "main", "image": "v1", "command": ["sleep", "600"]}]})))
+        .await
+        .expect("create");
+    let before = eventually(20, "running", || async {
+        let p = get_pod(&c.client, "img").await?;
+        (phase(&p) == "Running").then(|| container_status(&p, "main").and_then(|s| s.container_id.clone()))?
+    })
+    .await;
+    pods.patch("img", &Patch::Strategic(json!({"spec": {"containers": [{"name": "main", "image": "v2"}]}})))
+        .await
+        .expect("set image");
+    let p = eventually(20, "the restart with the new image", || async {
+        let p = get_pod(&c.client, "img").await?;
+        let cs = container_status(&p, "main")?;
+        (cs.image == "v2" && cs.restart_count == 1 && cs.container_id.as_ref() != Some(&before) && phase(&p) == "Running").then_some(p)
+    })
+    .await;
+    assert!(container_status(&p, "main").and_then(|s| s.state.clone()).and_then(|s| s.running).is_some());
+    pods.create(&pod("once", "n1", json!({"restartPolicy": "OnFailure", "containers": [
+        {"name": "ok", "image": "sh", "command": ["true"]},
+        {"name": "flaky", "image": "sh", "command": ["sh", "-c", "if [ -f w/done ]; then exit 0; fi; touch w/done; exit 1"],
+         "volumeMounts": [{"name": "w", "mountPath": "/w"}]},
+    ], "volumes": [{"name": "w", "emptyDir": {}}]})))
+    .await
+    .expect("create");
+    let p = eventually(20, "the pod to succeed", || async {
+        let p = get_pod(&c.client, "once").await?;
+        (phase(&p) == "Succeeded").then_some(p)
+    })
+    .await;
+    assert_eq!(container_status(&p, "ok").map(|s| s.restart_count), Some(0));
+    assert_eq!(container_status(&p, "flaky").map(|s| s.restart_count), Some(1));
+}
