@@ -482,3 +482,31 @@ async fn a_new_image_restarts_the_container_and_on_failure_restarts_only_failure
     assert_eq!(container_status(&p, "ok").map(|s| s.restart_count), Some(0));
     assert_eq!(container_status(&p, "flaky").map(|s| s.restart_count), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_probes_pass_on_2xx_and_fail_on_404() {
+    let c = cluster().await;
+    let node = Node::start(&c.client, "n1").await;
+    // The agent's own endpoint serves as the probed HTTP server.
+    let port = node.port.expect("port");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    for (name, path) in [("good", "/healthz"), ("bad", "/no-such-path")] {
+        pods.create(&pod(name, "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"],
+            "readinessProbe": {"httpGet": {"host": "127.0.0.1", "port": port, "path": path}, "periodSeconds": 1, "failureThreshold": 1}}]})))
+            .await
+            .expect("create");
+    }
+    eventually(20, "the good pod to be ready", || async {
+        let p = get_pod(&c.client, "good").await?;
+        (condition(&p, "Ready").as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    // For two more probe periods, the other pod never becomes ready.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let bad = get_pod(&c.client, "bad").await.expect("pod");
+        assert_eq!(phase(&bad), "Running");
+        assert_eq!(condition(&bad, "Ready").as_deref(), Some("False"), "a 404 is a failed probe");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
