@@ -16,7 +16,12 @@ async fn the_node_registers_with_conditions_capacity_and_a_renewed_lease() {
     let c = cluster().await;
     let node = Node::start(&c.client, "n1").await;
     let nodes: Api<K8sNode> = Api::all(c.client.clone());
-    let n = eventually(10, "the node", || async { nodes.get_opt("n1").await.ok().flatten() }).await;
+    let n = eventually(10, "the node with its status", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        n.status.as_ref()?.conditions.as_ref()?;
+        Some(n)
+    })
+    .await;
     let status = n.status.expect("status");
     let conds: Vec<(String, String)> = status
         .conditions
