@@ -432,7 +432,7 @@ async fn logs_follow_until_the_container_ends() {
     let node = Node::start(&c.client, "n1").await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     pods.create(&pod("counter", "n1", json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "sh",
-        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"]}]})))
+        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.5; done"]}]})))
         .await
         .expect("create");
     eventually(20, "running", || async {
