@@ -130,5 +130,12 @@ fn main() {
         rt.kill_all();
         let _ = stop.send(());
         let _ = agent_task.await;
+        // Let the reapers record every exit before the directory goes.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !rt.running_pids().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(dir);
     });
 }

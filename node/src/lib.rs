@@ -23,7 +23,19 @@
 //! ```
 //!
 //! For scale tests, [`SimFleet`] runs thousands of simulated nodes in one process on one
-//! shared pod watch, one [`SimRuntime`] and one heartbeat loop.
+//! shared pod watch, one [`SimRuntime`] and one heartbeat loop:
+//!
+//! ```no_run
+//! # async fn demo(client: keelson_core::client::Client) -> Result<(), keelson_node::Error> {
+//! use keelson_node::SimFleet;
+//!
+//! let fleet = SimFleet::builder(client).nodes(5_000).prefix("sim-").build();
+//! fleet.run(std::future::pending()).await?;   // nodes sim-0 .. sim-4999
+//! # Ok(()) }
+//! ```
+//!
+//! A simulated container's stages come from the pod annotation `sim.keelson.dev/<container>`
+//! (or `sim.keelson.dev/all`), e.g. `start=2s,run=30s,exit=1` — see [`SimBehaviour`].
 //!
 //! # Design
 //!
@@ -91,6 +103,22 @@
 //!   `{"exitCode": n, "stdout": "...", "stderr": "..."}` (no streaming, no stdin yet).
 //!
 //! The API server proxies `pods/log` (and later `pods/exec`) to these paths.
+//!
+//! # Pod semantics in brief
+//!
+//! - Container `env`: `HOSTNAME`, `POD_IP`, then the service variables of the Services in
+//!   the pod's namespace (and `kubernetes` from `default`) unless `enableServiceLinks` is
+//!   false, then `envFrom`, then `env` (with `valueFrom` and `$(VAR)` references).
+//! - Restarts follow `restartPolicy`; a container that ends again waits 0 s, then 10 s,
+//!   20 s, ... up to 5 min (`CrashLoopBackOff`), reset after it ran 10 min.
+//! - A pod whose `metadata.deletionTimestamp` is set gets its preStop hooks, SIGTERM, the
+//!   rest of its grace period and SIGKILL; then the agent deletes it with grace 0.
+//! - Failures show as Kubernetes shows them: `CreateContainerConfigError` (a missing
+//!   config map, secret or key), `RunContainerError` / `StartError` (a program that is not
+//!   there), `CrashLoopBackOff`, `ContainerCreating` with a message (a volume that cannot
+//!   be made), `DeadlineExceeded`.
+//! - Pods bound to the node that carry `kubernetes.io/config.mirror` are mirror pods of
+//!   static pods and are never run from the API.
 
 pub(crate) mod agent;
 pub mod conformance;

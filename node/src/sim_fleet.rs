@@ -138,6 +138,7 @@ impl SimFleetBuilder {
                 max_gap_ms: AtomicU64::new(0),
                 last_renew,
             }),
+            registered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -181,6 +182,7 @@ pub struct SimFleet {
     config: Arc<AgentConfig>,
     register_concurrency: usize,
     counters: Arc<Counters>,
+    registered: std::sync::atomic::AtomicBool,
 }
 
 impl SimFleet {
@@ -234,15 +236,20 @@ impl SimFleet {
             .buffer_unordered(self.register_concurrency)
             .collect()
             .await;
-        results.into_iter().collect()
+        results.into_iter().collect::<Result<(), Error>>()?;
+        self.registered.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Registers the nodes, then runs heartbeats and pods until `shutdown` completes.
+    /// Registers the nodes (unless [`SimFleet::register`] did), then runs heartbeats and
+    /// pods until `shutdown` completes.
     ///
     /// # Errors
     /// When registration fails.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        self.register().await?;
+        if !self.registered.load(Ordering::Relaxed) {
+            self.register().await?;
+        }
         tracing::info!(nodes = self.nodes.len(), "simulated nodes registered");
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(heartbeats(self.nodes.clone(), self.config.clone(), self.counters.clone()));

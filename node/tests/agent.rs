@@ -16,7 +16,12 @@ async fn the_node_registers_with_conditions_capacity_and_a_renewed_lease() {
     let c = cluster().await;
     let node = Node::start(&c.client, "n1").await;
     let nodes: Api<K8sNode> = Api::all(c.client.clone());
-    let n = eventually(10, "the node", || async { nodes.get_opt("n1").await.ok().flatten() }).await;
+    let n = eventually(10, "the node with its status", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        n.status.as_ref()?.conditions.as_ref()?;
+        Some(n)
+    })
+    .await;
     let status = n.status.expect("status");
     let conds: Vec<(String, String)> = status
         .conditions
@@ -427,7 +432,7 @@ async fn logs_follow_until_the_container_ends() {
     let node = Node::start(&c.client, "n1").await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     pods.create(&pod("counter", "n1", json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "sh",
-        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"]}]})))
+        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.5; done"]}]})))
         .await
         .expect("create");
     eventually(20, "running", || async {
@@ -442,4 +447,71 @@ async fn logs_follow_until_the_container_ends() {
     assert_eq!(code, 200);
     assert_eq!(body, "line 1\nline 2\nline 3\n");
     assert!(started.elapsed() >= Duration::from_millis(300), "it followed rather than returned at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_restarts_the_container_and_on_failure_restarts_only_failures() {
+    let c = cluster().await;
+    let _node = Node::start(&c.client, "n1").await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    pods.create(&pod("img", "n1", json!({"containers": [{"name": "main", "image": "v1", "command": ["sleep", "600"]}]})))
+        .await
+        .expect("create");
+    let before = eventually(20, "running", || async {
+        let p = get_pod(&c.client, "img").await?;
+        (phase(&p) == "Running").then(|| container_status(&p, "main").and_then(|s| s.container_id.clone()))?
+    })
+    .await;
+    pods.patch("img", &Patch::Strategic(json!({"spec": {"containers": [{"name": "main", "image": "v2"}]}})))
+        .await
+        .expect("set image");
+    let p = eventually(20, "the restart with the new image", || async {
+        let p = get_pod(&c.client, "img").await?;
+        let cs = container_status(&p, "main")?;
+        (cs.image == "v2" && cs.restart_count == 1 && cs.container_id.as_ref() != Some(&before) && phase(&p) == "Running").then_some(p)
+    })
+    .await;
+    assert!(container_status(&p, "main").and_then(|s| s.state.clone()).and_then(|s| s.running).is_some());
+    pods.create(&pod("once", "n1", json!({"restartPolicy": "OnFailure", "containers": [
+        {"name": "ok", "image": "sh", "command": ["true"]},
+        {"name": "flaky", "image": "sh", "command": ["sh", "-c", "if [ -f w/done ]; then exit 0; fi; touch w/done; exit 1"],
+         "volumeMounts": [{"name": "w", "mountPath": "/w"}]},
+    ], "volumes": [{"name": "w", "emptyDir": {}}]})))
+    .await
+    .expect("create");
+    let p = eventually(20, "the pod to succeed", || async {
+        let p = get_pod(&c.client, "once").await?;
+        (phase(&p) == "Succeeded").then_some(p)
+    })
+    .await;
+    assert_eq!(container_status(&p, "ok").map(|s| s.restart_count), Some(0));
+    assert_eq!(container_status(&p, "flaky").map(|s| s.restart_count), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_probes_pass_on_2xx_and_fail_on_404() {
+    let c = cluster().await;
+    let node = Node::start(&c.client, "n1").await;
+    // The agent's own endpoint serves as the probed HTTP server.
+    let port = node.port.expect("port");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    for (name, path) in [("good", "/healthz"), ("bad", "/no-such-path")] {
+        pods.create(&pod(name, "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"],
+            "readinessProbe": {"httpGet": {"host": "127.0.0.1", "port": port, "path": path}, "periodSeconds": 1, "failureThreshold": 1}}]})))
+            .await
+            .expect("create");
+    }
+    eventually(20, "the good pod to be ready", || async {
+        let p = get_pod(&c.client, "good").await?;
+        (condition(&p, "Ready").as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    // For two more probe periods, the other pod never becomes ready.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let bad = get_pod(&c.client, "bad").await.expect("pod");
+        assert_eq!(phase(&bad), "Running");
+        assert_eq!(condition(&bad, "Ready").as_deref(), Some("False"), "a 404 is a failed probe");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -183,3 +183,33 @@ async fn the_environment_is_the_containers_own_and_mounts_appear_under_its_root(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_written_to_the_containers_cgroup_and_reported_as_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A plain directory stands in for a writable cgroup v2 parent.
+    let cgroups = dir.path().join("cgroup");
+    std::fs::create_dir_all(&cgroups).expect("dir");
+    let rt = std::sync::Arc::new(
+        ProcessRuntime::open(dir.path().join("rt")).expect("open").with_cgroup_parent(Some(cgroups.clone())),
+    );
+    let plain = std::sync::Arc::new(
+        ProcessRuntime::open(dir.path().join("plain")).expect("open").with_cgroup_parent(None),
+    );
+    let _k = Killer(vec![rt.clone(), plain.clone()]);
+    let mut cfg = ContainerConfig { name: "c".into(), command: vec!["sleep".into(), "600".into()], ..ContainerConfig::default() };
+    cfg.limits.memory_bytes = Some(64 << 20);
+    cfg.limits.cpu_millis = Some(500);
+    let sb = sandbox(&rt).await;
+    let id = rt.create_container(&sb, &cfg).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    let cg = cgroups.join(&id);
+    assert_eq!(std::fs::read_to_string(cg.join("memory.max")).expect("memory.max"), (64u64 << 20).to_string());
+    assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).expect("cpu.max"), "50000 100000");
+    assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).expect("procs"), rt.running_pids()[0].to_string());
+    assert!(rt.container_status(&id).await.expect("status").limits_enforced);
+    let sb = sandbox(&plain).await;
+    let id = plain.create_container(&sb, &cfg).await.expect("create");
+    plain.start_container(&id).await.expect("start");
+    assert!(!plain.container_status(&id).await.expect("status").limits_enforced, "no cgroup: not enforced, and said so");
+}

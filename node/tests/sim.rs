@@ -44,7 +44,11 @@ async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stag
     let n = nodes.get("sim-7").await.expect("node");
     assert_eq!(n.metadata.labels.unwrap_or_default().get("keelson.dev/simulated").map(String::as_str), Some("true"));
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
-    assert_eq!(leases.list(&ListParams::default()).await.expect("leases").items.len(), 50);
+    eventually(20, "50 leases", || async {
+        let l = leases.list(&ListParams::default()).await.ok()?;
+        (l.items.len() == 50).then_some(())
+    })
+    .await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     let mut p = pod("forever", "sim-3", json!({"containers": [{"name": "main", "image": "nginx"}]}));
     pods.create(&p).await.expect("create");

@@ -162,10 +162,16 @@ async fn services_for(ctx: &NodeCtx, pod: &Pod, ns: &str) -> Vec<Service> {
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
+    // Any recent state will do (`resourceVersion=0`, served from the watch cache without
+    // waiting for it), as a kubelet reads services from its informer.
+    let recent = |p: ListParams| ListParams {
+        resource_version: Some("0".into()),
+        ..p
+    };
     let mut out = Vec::new();
     if links {
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-        match api.list(&ListParams::default()).await {
+        match api.list(&recent(ListParams::default())).await {
             Ok(l) => out.extend(l.items),
             Err(e) => tracing::debug!(error = %e, "cannot list services for the environment"),
         }
@@ -173,9 +179,11 @@ async fn services_for(ctx: &NodeCtx, pod: &Pod, ns: &str) -> Vec<Service> {
     if ns != "default" || !links {
         // The API server's own service is always visible, as `kubernetes`.
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), "default");
-        if let Ok(Some(k)) = api.get_opt("kubernetes").await {
-            out.retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
-            out.push(k);
+        if let Ok(params) = ListParams::default().fields("metadata.name=kubernetes") {
+            if let Ok(l) = api.list(&recent(params)).await {
+                out.retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
+                out.extend(l.items);
+            }
         }
     }
     out

@@ -166,6 +166,8 @@ pub(crate) struct PodWorker {
     pod_reason: Option<(String, String)>,
     transitions: HashMap<&'static str, (bool, String)>,
     last_status: Option<Value>,
+    /// When `activeDeadlineSeconds` runs out.
+    deadline: Option<Instant>,
 }
 
 impl PodWorker {
@@ -192,6 +194,7 @@ impl PodWorker {
             pod_reason: None,
             transitions: HashMap::new(),
             last_status: None,
+            deadline: None,
         }
     }
 
@@ -208,11 +211,13 @@ impl PodWorker {
         let _ = span.enter();
         loop {
             let desired = self.rx.borrow_and_update().clone();
+            // Boxed: a pass's futures are large and live only while it runs, so an idle
+            // worker stays small (it matters with thousands of simulated pods).
             if desired.removed || desired.pod.metadata.deletion_timestamp.is_some() {
-                self.terminate(&desired).await;
+                Box::pin(self.terminate(&desired)).await;
                 break;
             }
-            let next = self.sync(&desired).await;
+            let next = Box::pin(self.sync(&desired)).await;
             tokio::select! {
                 changed = self.rx.changed() => {
                     if changed.is_err() {
@@ -448,6 +453,15 @@ impl PodWorker {
         }
     }
 
+    /// Removes a container that was created and never started, so that `start` makes it
+    /// again with the same attempt.
+    async fn discard_created(&mut self, i: usize) {
+        if let Some(id) = self.containers[i].id.take() {
+            let _ = self.ctx.runtime.remove_container(&id).await;
+        }
+        self.containers[i].status = None;
+    }
+
     fn grace(&self, pod: &Pod) -> Duration {
         let secs = pod
             .metadata
@@ -544,9 +558,12 @@ impl PodWorker {
         }
         let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
         // activeDeadlineSeconds
+        // The deadline runs on tokio's clock from the pod's start time.
         if let (Some(ads), Some(start)) = (spec.active_deadline_seconds, self.start_time) {
-            let deadline = start + Duration::from_secs(ads.max(0) as u64);
-            if SystemTime::now() >= deadline {
+            let at = start + Duration::from_secs(ads.max(0) as u64);
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            let deadline = *self.deadline.get_or_insert(now + left);
+            if now >= deadline {
                 tracing::info!(pod_uid = %self.uid, "the pod passed its active deadline");
                 self.stop_all(&pod, self.grace(&pod)).await;
                 self.pod_reason = Some((
@@ -620,8 +637,15 @@ impl PodWorker {
             let state = self.containers[i].state();
             match state {
                 Some(ContainerState::Exited) if self.containers[i].exit_code() == Some(0) => continue,
-                Some(ContainerState::Running) | Some(ContainerState::Created) => {
+                Some(ContainerState::Running) => {
                     init_done = false;
+                    break;
+                }
+                Some(ContainerState::Created) => {
+                    // Created but never started (an agent stopped in between): redo it.
+                    init_done = false;
+                    self.discard_created(i).await;
+                    self.start(&pod, i).await;
                     break;
                 }
                 Some(ContainerState::Exited) | Some(ContainerState::Unknown) => {
@@ -653,11 +677,27 @@ impl PodWorker {
                 match self.containers[i].state() {
                     None => self.start(&pod, i).await,
                     Some(ContainerState::Running) => {
-                        if let Some(t) = self.run_probes(&pod, i).await {
+                        let wanted = Self::container_spec(&pod, &self.containers[i]).and_then(|s| s.image.clone()).unwrap_or_default();
+                        let image_changed = self.containers[i].status.as_ref().is_some_and(|s| s.image != wanted);
+                        if image_changed {
+                            // A new image (the one mutable part of a pod's spec): restart
+                            // the container at once, without back-off.
+                            if let Some(id) = self.containers[i].id.clone() {
+                                tracing::info!(pod_uid = %self.uid, container = %self.containers[i].name, "the image changed; restarting the container");
+                                let grace = self.grace(&pod);
+                                let _ = self.ctx.runtime.stop_container(&id, grace).await;
+                                self.containers[i].status = self.ctx.runtime.container_status(&id).await.ok();
+                                self.containers[i].restart_at = Some(Instant::now());
+                                self.start(&pod, i).await;
+                            }
+                        } else if let Some(t) = self.run_probes(&pod, i).await {
                             next = next.min(t);
                         }
                     }
-                    Some(ContainerState::Created) => {}
+                    Some(ContainerState::Created) => {
+                        self.discard_created(i).await;
+                        self.start(&pod, i).await;
+                    }
                     Some(ContainerState::Exited) | Some(ContainerState::Unknown) => {
                         if self.on_exit(i, &policy, now) {
                             continue;
@@ -686,6 +726,9 @@ impl PodWorker {
             }
         }
         self.publish(&pod, desired.is_static).await;
+        if let Some(d) = self.deadline {
+            next = next.min(d);
+        }
         for c in &self.containers {
             for t in [c.probes.next_startup, c.probes.next_live, c.probes.next_ready, c.restart_at].into_iter().flatten() {
                 if t > now {
