@@ -82,7 +82,7 @@ impl<K: Object> Informer<K> {
             Some(ns) => format!("{} in {ns}", source.resource_type()),
             None => source.resource_type().to_string(),
         };
-        let mut writer = Writer::new();
+        let mut writer = Writer::with_storage(config.storage);
         let reader = writer.reader();
         let shared = Arc::new(Shared {
             subscribers: Mutex::new(Vec::new()),

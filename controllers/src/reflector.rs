@@ -38,14 +38,74 @@ pub fn node_name_index() -> IndexFn<keelson_core::k8s_openapi::api::core::v1::Po
     })
 }
 
+/// How a cache holds its objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Decoded (`Arc<K>`): reads are free; a typed Pod costs about 12 KB.
+    #[default]
+    Decoded,
+    /// As compact JSON bytes (about the object's size on the wire, 2 KB for a typical
+    /// Pod), decoded on read; a decoded copy is shared by every reader while one holds
+    /// it. Changes cost one encode, and one decode of the replaced state.
+    Compact,
+}
+
+enum Entry<K> {
+    Decoded(Arc<K>),
+    Compact {
+        bytes: Box<[u8]>,
+        live: parking_lot::Mutex<std::sync::Weak<K>>,
+    },
+}
+
+impl<K: Object> Entry<K> {
+    fn new(storage: Storage, obj: &Arc<K>) -> Entry<K> {
+        match storage {
+            Storage::Decoded => Entry::Decoded(obj.clone()),
+            Storage::Compact => match serde_json::to_vec(obj.as_ref()) {
+                Ok(bytes) => Entry::Compact {
+                    bytes: bytes.into_boxed_slice(),
+                    live: parking_lot::Mutex::new(Arc::downgrade(obj)),
+                },
+                Err(_) => Entry::Decoded(obj.clone()),
+            },
+        }
+    }
+
+    /// The object, decoded if no reader holds a decoded copy.
+    fn load(&self) -> Option<Arc<K>> {
+        match self {
+            Entry::Decoded(a) => Some(a.clone()),
+            Entry::Compact { bytes, live } => {
+                let mut live = live.lock();
+                if let Some(a) = live.upgrade() {
+                    return Some(a);
+                }
+                match serde_json::from_slice::<K>(bytes) {
+                    Ok(k) => {
+                        let a = Arc::new(k);
+                        *live = Arc::downgrade(&a);
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a cached object does not decode");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct Inner<K> {
-    objects: HashMap<ObjectRef, Arc<K>>,
+    storage: Storage,
+    objects: HashMap<ObjectRef, Entry<K>>,
     indexers: HashMap<String, IndexFn<K>>,
     indices: HashMap<String, HashMap<String, HashSet<ObjectRef>>>,
 }
 
 impl<K: Object> Inner<K> {
-    fn new() -> Self {
+    fn new(storage: Storage) -> Self {
         let mut indexers: HashMap<String, IndexFn<K>> = HashMap::new();
         indexers.insert(
             NAMESPACE_INDEX.to_owned(),
@@ -64,6 +124,7 @@ impl<K: Object> Inner<K> {
             }),
         );
         Inner {
+            storage,
             objects: HashMap::new(),
             indexers,
             indices: HashMap::new(),
@@ -95,7 +156,8 @@ impl<K: Object> Inner<K> {
     }
 
     fn insert(&mut self, key: ObjectRef, obj: Arc<K>) -> Option<Arc<K>> {
-        let old = self.objects.insert(key.clone(), obj.clone());
+        let entry = Entry::new(self.storage, &obj);
+        let old = self.objects.insert(key.clone(), entry).and_then(|e| e.load());
         if let Some(old) = &old {
             self.unindex(&key, old);
         }
@@ -104,11 +166,15 @@ impl<K: Object> Inner<K> {
     }
 
     fn remove(&mut self, key: &ObjectRef) -> Option<Arc<K>> {
-        let old = self.objects.remove(key);
+        let old = self.objects.remove(key).and_then(|e| e.load());
         if let Some(old) = &old {
             self.unindex(key, old);
         }
         old
+    }
+
+    fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
+        self.objects.get(key).and_then(Entry::load)
     }
 }
 
@@ -164,10 +230,15 @@ impl<K: Object> Default for Writer<K> {
 impl<K: Object> Writer<K> {
     /// An empty cache, not ready until its first complete list.
     pub fn new() -> Writer<K> {
+        Writer::with_storage(Storage::Decoded)
+    }
+
+    /// An empty cache holding its objects as `storage` says.
+    pub fn with_storage(storage: Storage) -> Writer<K> {
         let (ready, _) = watch::channel(false);
         Writer {
             shared: Arc::new(Shared {
-                inner: RwLock::new(Inner::new()),
+                inner: RwLock::new(Inner::new(storage)),
             }),
             buffer: None,
             ready,
@@ -215,7 +286,7 @@ impl<K: Object> Writer<K> {
                         }
                     }
                     for (key, new) in listed {
-                        let unchanged = inner.objects.get(&key).is_some_and(|old| {
+                        let unchanged = inner.get(&key).is_some_and(|old| {
                             old.metadata().resource_version == new.metadata().resource_version
                                 && old.metadata().uid == new.metadata().uid
                         });
@@ -252,8 +323,9 @@ impl<K: Object> Writer<K> {
 fn add_index<K: Object>(shared: &Shared<K>, name: &str, f: IndexFn<K>) {
     let mut inner = shared.inner.write();
     let mut idx: HashMap<String, HashSet<ObjectRef>> = HashMap::new();
-    for (key, obj) in &inner.objects {
-        for v in f(obj) {
+    for (key, entry) in &inner.objects {
+        let Some(obj) = entry.load() else { continue };
+        for v in f(&obj) {
             idx.entry(v).or_default().insert(key.clone());
         }
     }
@@ -308,12 +380,12 @@ impl<K: Object> Reader<K> {
 
     /// The object named `key`, if cached.
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
-        self.shared.inner.read().objects.get(key).cloned()
+        self.shared.inner.read().get(key)
     }
 
     /// Every cached object (in no particular order).
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.shared.inner.read().objects.values().cloned().collect()
+        self.shared.inner.read().objects.values().filter_map(Entry::load).collect()
     }
 
     /// How many objects are cached.
@@ -345,7 +417,7 @@ impl<K: Object> Reader<K> {
             .and_then(|idx| idx.get(value))
             .map(|keys| {
                 keys.iter()
-                    .filter_map(|k| inner.objects.get(k).cloned())
+                    .filter_map(|k| inner.get(k))
                     .collect()
             })
             .unwrap_or_default()
@@ -397,6 +469,29 @@ mod tests {
         assert!(matches!(&changes[..], [Change::Deleted(p)] if p.metadata.name.as_deref() == Some("p2")));
         assert_eq!(r.len(), 1);
         assert!(r.get(&ObjectRef::new(Some("b"), "p2")).is_none());
+    }
+
+    #[test]
+    fn compact_storage_reads_back_what_was_written_and_shares_live_copies() {
+        let mut w = Writer::<Pod>::with_storage(Storage::Compact);
+        let r = w.reader();
+        w.apply(watcher::Event::Apply(pod("a", "p1", "1", Some("n1"))));
+        let key = ObjectRef::new(Some("a"), "p1");
+        let one = r.get(&key).unwrap();
+        let two = r.get(&key).unwrap();
+        assert!(Arc::ptr_eq(&one, &two), "readers share the decoded copy while it is held");
+        assert_eq!(one.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+        drop((one, two));
+        let changes = w.apply(watcher::Event::Apply(pod("a", "p1", "2", Some("n2"))));
+        match &changes[..] {
+            [Change::Applied { old: Some(old), new }] => {
+                assert_eq!(old.metadata.resource_version.as_deref(), Some("1"));
+                assert_eq!(new.metadata.resource_version.as_deref(), Some("2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.list_namespace("a").len(), 1);
+        assert_eq!(r.owned_by("none").len(), 0);
     }
 
     #[test]

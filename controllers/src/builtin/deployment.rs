@@ -344,7 +344,7 @@ impl DeploymentController {
         let rs_informer = factory.informer(rs_api.clone(), cfg());
         rs_informer.add_index(ORPHAN_INDEX, orphan_index());
         let sets = rs_informer.reader();
-        let pods = factory.informer(pods_api.clone(), cfg()).reader();
+        let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
         let controller = Controller::with_factory(factory, Api::<Deployment>::all(client.clone()), cfg())
             .name("deployment");
         let deployments = controller.store();
@@ -385,7 +385,7 @@ impl DeploymentController {
         });
         // Pods going away: a Recreate rollout waits for them.
         let sets2 = sets.clone();
-        let controller = controller.watches_changes(pods_api, cfg(), move |change: &Change<Pod>| {
+        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
             let Change::Deleted(pod) = change else {
                 return Vec::new();
             };

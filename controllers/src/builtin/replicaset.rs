@@ -104,7 +104,8 @@ impl ReplicaSetController {
     pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<ReplicaSet>, Arc<Self>) {
         let cfg = watcher::Config::default;
         let pods_api = Api::<Pod>::all(client.clone());
-        let pod_informer = factory.informer(pods_api.clone(), cfg());
+        // Pods are the most numerous objects: cached compactly.
+        let pod_informer = factory.informer(pods_api.clone(), cfg().compact());
         pod_informer.add_index(ORPHAN_INDEX, orphan_index());
         let pods = pod_informer.reader();
         let expectations = Arc::new(Expectations::default());
@@ -112,7 +113,7 @@ impl ReplicaSetController {
             .name("replicaset");
         let sets = controller.store();
         let exp = expectations.clone();
-        let controller = controller.watches_changes(pods_api, cfg(), move |change: &Change<Pod>| {
+        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
             let mut keys = Vec::new();
             match change {
                 Change::Applied { old, new } => {
