@@ -100,6 +100,10 @@ impl<K: Object> Informer<K> {
                 match event {
                     Some(Ok(event)) => {
                         let mut subs = task_shared.subscribers.lock();
+                        if subs.is_empty() {
+                            writer.apply_silently(event);
+                            continue;
+                        }
                         let changes = writer.apply(event);
                         if !changes.is_empty() {
                             subs.retain(|s| changes.iter().all(|c| s.send(c.clone()).is_ok()));
