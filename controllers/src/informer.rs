@@ -82,7 +82,7 @@ impl<K: Object> Informer<K> {
             Some(ns) => format!("{} in {ns}", source.resource_type()),
             None => source.resource_type().to_string(),
         };
-        let mut writer = Writer::new();
+        let mut writer = Writer::with_storage(config.storage);
         let reader = writer.reader();
         let shared = Arc::new(Shared {
             subscribers: Mutex::new(Vec::new()),
@@ -100,6 +100,10 @@ impl<K: Object> Informer<K> {
                 match event {
                     Some(Ok(event)) => {
                         let mut subs = task_shared.subscribers.lock();
+                        if subs.is_empty() {
+                            writer.apply_silently(event);
+                            continue;
+                        }
                         let changes = writer.apply(event);
                         if !changes.is_empty() {
                             subs.retain(|s| changes.iter().all(|c| s.send(c.clone()).is_ok()));

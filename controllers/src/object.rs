@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// An object the runtime can cache: anything with an [`ObjectMeta`] that decodes from
 /// JSON. Every [`Resource`] is one; so is [`PartialObjectMeta`].
-pub trait Object: Clone + DeserializeOwned + Send + Sync + 'static {
+pub trait Object: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The object's metadata.
     fn metadata(&self) -> &ObjectMeta;
 
@@ -141,7 +141,7 @@ pub trait ListWatch<K>: Send + Sync + 'static {
 #[async_trait]
 impl<K> ListWatch<K> for Api<K>
 where
-    K: Object + Serialize,
+    K: Object,
 {
     fn resource_type(&self) -> &ResourceType {
         Api::resource_type(self)

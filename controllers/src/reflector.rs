@@ -38,21 +38,88 @@ pub fn node_name_index() -> IndexFn<keelson_core::k8s_openapi::api::core::v1::Po
     })
 }
 
+/// How a cache holds its objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Decoded (`Arc<K>`): reads are free and share one copy; a typed Pod costs about
+    /// 13 KB (k8s-openapi's structs are large: a `Container` alone is 2 KB).
+    #[default]
+    Decoded,
+    /// As compact JSON bytes (the object's size on the wire, about 2 KB for a Pod), and
+    /// decoded on every read (each reader gets its own copy, about 10 µs for a Pod).
+    /// Changes cost one encode, and one decode of the replaced state when someone
+    /// subscribes to the changes.
+    Compact,
+}
+
+enum Entry<K> {
+    Decoded(Arc<K>),
+    Compact(Box<[u8]>),
+}
+
+impl<K: Object> Entry<K> {
+    fn new(storage: Storage, obj: &Arc<K>) -> Entry<K> {
+        match storage {
+            Storage::Decoded => Entry::Decoded(obj.clone()),
+            Storage::Compact => match serde_json::to_vec(obj.as_ref()) {
+                Ok(bytes) => Entry::Compact(bytes.into_boxed_slice()),
+                Err(_) => Entry::Decoded(obj.clone()),
+            },
+        }
+    }
+
+    /// The object (decoded, for compact storage).
+    fn load(&self) -> Option<Arc<K>> {
+        match self {
+            Entry::Decoded(a) => Some(a.clone()),
+            Entry::Compact(bytes) => match serde_json::from_slice::<K>(bytes) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a cached object does not decode");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// The values an object is filed under, per index.
+type Indexed = Box<[(Arc<str>, Box<[String]>)]>;
+
+/// One cached object: its storage, the index values it was filed under, and its
+/// identity (uid and resourceVersion) for re-lists.
+struct Slot<K> {
+    entry: Entry<K>,
+    indexed: Indexed,
+    version: Box<str>,
+}
+
 struct Inner<K> {
-    objects: HashMap<ObjectRef, Arc<K>>,
-    indexers: HashMap<String, IndexFn<K>>,
-    indices: HashMap<String, HashMap<String, HashSet<ObjectRef>>>,
+    storage: Storage,
+    objects: HashMap<ObjectRef, Slot<K>>,
+    indexers: HashMap<Arc<str>, IndexFn<K>>,
+    indices: HashMap<Arc<str>, HashMap<String, HashSet<ObjectRef>>>,
+}
+
+fn version_of<K: Object>(k: &K) -> Box<str> {
+    let m = k.metadata();
+    format!(
+        "{}/{}",
+        m.uid.as_deref().unwrap_or_default(),
+        m.resource_version.as_deref().unwrap_or_default()
+    )
+    .into_boxed_str()
 }
 
 impl<K: Object> Inner<K> {
-    fn new() -> Self {
-        let mut indexers: HashMap<String, IndexFn<K>> = HashMap::new();
+    fn new(storage: Storage) -> Self {
+        let mut indexers: HashMap<Arc<str>, IndexFn<K>> = HashMap::new();
         indexers.insert(
-            NAMESPACE_INDEX.to_owned(),
+            Arc::from(NAMESPACE_INDEX),
             Arc::new(|k: &K| k.metadata().namespace.clone().into_iter().collect()),
         );
         indexers.insert(
-            OWNER_UID_INDEX.to_owned(),
+            Arc::from(OWNER_UID_INDEX),
             Arc::new(|k: &K| {
                 k.metadata()
                     .owner_references
@@ -64,29 +131,44 @@ impl<K: Object> Inner<K> {
             }),
         );
         Inner {
+            storage,
             objects: HashMap::new(),
             indexers,
             indices: HashMap::new(),
         }
     }
 
-    fn index(&mut self, key: &ObjectRef, obj: &K) {
-        for (name, f) in &self.indexers {
+    /// A slot for `obj`, with its index values computed now (while it is decoded).
+    fn slot(&self, obj: &Arc<K>) -> Slot<K> {
+        Slot {
+            entry: Entry::new(self.storage, obj),
+            indexed: self
+                .indexers
+                .iter()
+                .map(|(name, f)| (name.clone(), f(obj).into_boxed_slice()))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
+            version: version_of(obj.as_ref()),
+        }
+    }
+
+    fn index(&mut self, key: &ObjectRef, indexed: &[(Arc<str>, Box<[String]>)]) {
+        for (name, values) in indexed {
             let idx = self.indices.entry(name.clone()).or_default();
-            for v in f(obj) {
-                idx.entry(v).or_default().insert(key.clone());
+            for v in values.iter() {
+                idx.entry(v.clone()).or_default().insert(key.clone());
             }
         }
     }
 
-    fn unindex(&mut self, key: &ObjectRef, obj: &K) {
-        for (name, f) in &self.indexers {
+    fn unindex(&mut self, key: &ObjectRef, indexed: &[(Arc<str>, Box<[String]>)]) {
+        for (name, values) in indexed {
             if let Some(idx) = self.indices.get_mut(name) {
-                for v in f(obj) {
-                    if let Some(set) = idx.get_mut(&v) {
+                for v in values.iter() {
+                    if let Some(set) = idx.get_mut(v) {
                         set.remove(key);
                         if set.is_empty() {
-                            idx.remove(&v);
+                            idx.remove(v);
                         }
                     }
                 }
@@ -94,21 +176,27 @@ impl<K: Object> Inner<K> {
         }
     }
 
-    fn insert(&mut self, key: ObjectRef, obj: Arc<K>) -> Option<Arc<K>> {
-        let old = self.objects.insert(key.clone(), obj.clone());
-        if let Some(old) = &old {
-            self.unindex(&key, old);
+    /// Files `slot` under `key`; returns the slot it replaced.
+    fn put(&mut self, key: ObjectRef, slot: Slot<K>) -> Option<Slot<K>> {
+        let old = self.objects.remove(&key);
+        if let Some(o) = &old {
+            self.unindex(&key, &o.indexed);
         }
-        self.index(&key, &obj);
+        self.index(&key, &slot.indexed);
+        self.objects.insert(key, slot);
         old
     }
 
-    fn remove(&mut self, key: &ObjectRef) -> Option<Arc<K>> {
+    fn remove(&mut self, key: &ObjectRef) -> Option<Slot<K>> {
         let old = self.objects.remove(key);
-        if let Some(old) = &old {
-            self.unindex(key, old);
+        if let Some(o) = &old {
+            self.unindex(key, &o.indexed);
         }
         old
+    }
+
+    fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
+        self.objects.get(key).and_then(|s| s.entry.load())
     }
 }
 
@@ -145,7 +233,7 @@ impl<K> Clone for Change<K> {
 /// The one writer of a cache: feed it a watcher's events.
 pub struct Writer<K> {
     shared: Arc<Shared<K>>,
-    buffer: Option<HashMap<ObjectRef, Arc<K>>>,
+    buffer: Option<HashMap<ObjectRef, Slot<K>>>,
     ready: watch::Sender<bool>,
 }
 
@@ -164,10 +252,15 @@ impl<K: Object> Default for Writer<K> {
 impl<K: Object> Writer<K> {
     /// An empty cache, not ready until its first complete list.
     pub fn new() -> Writer<K> {
+        Writer::with_storage(Storage::Decoded)
+    }
+
+    /// An empty cache holding its objects as `storage` says.
+    pub fn with_storage(storage: Storage) -> Writer<K> {
         let (ready, _) = watch::channel(false);
         Writer {
             shared: Arc::new(Shared {
-                inner: RwLock::new(Inner::new()),
+                inner: RwLock::new(Inner::new(storage)),
             }),
             buffer: None,
             ready,
@@ -186,6 +279,16 @@ impl<K: Object> Writer<K> {
     /// and swapped in whole at `InitDone` (objects not listed become `Deleted` changes),
     /// which also makes the cache ready.
     pub fn apply(&mut self, event: watcher::Event<K>) -> Vec<Change<K>> {
+        self.apply_inner(event, true)
+    }
+
+    /// [`Writer::apply`] without computing the changes (nobody listens): with compact
+    /// storage, no replaced state is decoded.
+    pub fn apply_silently(&mut self, event: watcher::Event<K>) {
+        self.apply_inner(event, false);
+    }
+
+    fn apply_inner(&mut self, event: watcher::Event<K>, changes_wanted: bool) -> Vec<Change<K>> {
         match event {
             watcher::Event::Init => {
                 self.buffer = Some(HashMap::new());
@@ -193,9 +296,8 @@ impl<K: Object> Writer<K> {
             }
             watcher::Event::InitApply(k) => {
                 let key = k.object_ref();
-                self.buffer
-                    .get_or_insert_with(HashMap::new)
-                    .insert(key, Arc::new(k));
+                let slot = self.shared.inner.read().slot(&Arc::new(k));
+                self.buffer.get_or_insert_with(HashMap::new).insert(key, slot);
                 Vec::new()
             }
             watcher::Event::InitDone => {
@@ -211,19 +313,27 @@ impl<K: Object> Writer<K> {
                         .collect();
                     for key in gone {
                         if let Some(old) = inner.remove(&key) {
-                            changes.push(Change::Deleted(old));
+                            if changes_wanted {
+                                if let Some(o) = old.entry.load() {
+                                    changes.push(Change::Deleted(o));
+                                }
+                            }
                         }
                     }
-                    for (key, new) in listed {
-                        let unchanged = inner.objects.get(&key).is_some_and(|old| {
-                            old.metadata().resource_version == new.metadata().resource_version
-                                && old.metadata().uid == new.metadata().uid
-                        });
+                    for (key, slot) in listed {
+                        let unchanged = inner
+                            .objects
+                            .get(&key)
+                            .is_some_and(|old| old.version == slot.version);
                         if unchanged {
                             continue;
                         }
-                        let old = inner.insert(key, new.clone());
-                        changes.push(Change::Applied { old, new });
+                        let new = changes_wanted.then(|| slot.entry.load()).flatten();
+                        let old = inner.put(key, slot);
+                        if let Some(new) = new {
+                            let old = old.and_then(|o| o.entry.load());
+                            changes.push(Change::Applied { old, new });
+                        }
                     }
                 }
                 self.ready.send_replace(true);
@@ -232,13 +342,26 @@ impl<K: Object> Writer<K> {
             watcher::Event::Apply(k) => {
                 let key = k.object_ref();
                 let new = Arc::new(k);
-                let old = self.shared.inner.write().insert(key, new.clone());
-                vec![Change::Applied { old, new }]
+                let mut inner = self.shared.inner.write();
+                let slot = inner.slot(&new);
+                let old = inner.put(key, slot);
+                drop(inner);
+                if changes_wanted {
+                    let old = old.and_then(|o| o.entry.load());
+                    vec![Change::Applied { old, new }]
+                } else {
+                    Vec::new()
+                }
             }
             watcher::Event::Delete(k) => {
                 let key = k.object_ref();
                 let old = self.shared.inner.write().remove(&key);
-                vec![Change::Deleted(old.unwrap_or_else(|| Arc::new(k)))]
+                if changes_wanted {
+                    let last = old.and_then(|o| o.entry.load()).unwrap_or_else(|| Arc::new(k));
+                    vec![Change::Deleted(last)]
+                } else {
+                    Vec::new()
+                }
             }
         }
     }
@@ -251,14 +374,29 @@ impl<K: Object> Writer<K> {
 
 fn add_index<K: Object>(shared: &Shared<K>, name: &str, f: IndexFn<K>) {
     let mut inner = shared.inner.write();
+    let name: Arc<str> = Arc::from(name);
     let mut idx: HashMap<String, HashSet<ObjectRef>> = HashMap::new();
-    for (key, obj) in &inner.objects {
-        for v in f(obj) {
-            idx.entry(v).or_default().insert(key.clone());
+    let inner = &mut *inner;
+    for (key, slot) in &mut inner.objects {
+        let mut indexed: Vec<(Arc<str>, Box<[String]>)> = slot
+            .indexed
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .cloned()
+            .collect();
+        if let Some(obj) = slot.entry.load() {
+            let values = f(&obj);
+            for v in &values {
+                idx.entry(v.clone()).or_default().insert(key.clone());
+            }
+            if !values.is_empty() {
+                indexed.push((name.clone(), values.into_boxed_slice()));
+            }
         }
+        slot.indexed = indexed.into_boxed_slice();
     }
-    inner.indexers.insert(name.to_owned(), f);
-    inner.indices.insert(name.to_owned(), idx);
+    inner.indexers.insert(name.clone(), f);
+    inner.indices.insert(name, idx);
 }
 
 /// A reader of a cache, cheap to clone. Reads may be stale.
@@ -308,12 +446,18 @@ impl<K: Object> Reader<K> {
 
     /// The object named `key`, if cached.
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
-        self.shared.inner.read().objects.get(key).cloned()
+        self.shared.inner.read().get(key)
     }
 
     /// Every cached object (in no particular order).
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.shared.inner.read().objects.values().cloned().collect()
+        self.shared
+            .inner
+            .read()
+            .objects
+            .values()
+            .filter_map(|s| s.entry.load())
+            .collect()
     }
 
     /// How many objects are cached.
@@ -345,7 +489,7 @@ impl<K: Object> Reader<K> {
             .and_then(|idx| idx.get(value))
             .map(|keys| {
                 keys.iter()
-                    .filter_map(|k| inner.objects.get(k).cloned())
+                    .filter_map(|k| inner.get(k))
                     .collect()
             })
             .unwrap_or_default()
@@ -353,7 +497,7 @@ impl<K: Object> Reader<K> {
 
     /// Whether an index of this name exists.
     pub fn has_index(&self, index: &str) -> bool {
-        self.shared.inner.read().indexers.contains_key(index)
+        self.shared.inner.read().indexers.contains_key(index as &str)
     }
 
     /// Adds (or replaces) an index; existing objects are indexed at once.
@@ -397,6 +541,27 @@ mod tests {
         assert!(matches!(&changes[..], [Change::Deleted(p)] if p.metadata.name.as_deref() == Some("p2")));
         assert_eq!(r.len(), 1);
         assert!(r.get(&ObjectRef::new(Some("b"), "p2")).is_none());
+    }
+
+    #[test]
+    fn compact_storage_reads_back_what_was_written() {
+        let mut w = Writer::<Pod>::with_storage(Storage::Compact);
+        let r = w.reader();
+        w.apply(watcher::Event::Apply(pod("a", "p1", "1", Some("n1"))));
+        let key = ObjectRef::new(Some("a"), "p1");
+        let one = r.get(&key).unwrap();
+        assert_eq!(one.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+        assert_eq!(r.by_index(NAMESPACE_INDEX, "a").len(), 1);
+        let changes = w.apply(watcher::Event::Apply(pod("a", "p1", "2", Some("n2"))));
+        match &changes[..] {
+            [Change::Applied { old: Some(old), new }] => {
+                assert_eq!(old.metadata.resource_version.as_deref(), Some("1"));
+                assert_eq!(new.metadata.resource_version.as_deref(), Some("2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.list_namespace("a").len(), 1);
+        assert_eq!(r.owned_by("none").len(), 0);
     }
 
     #[test]

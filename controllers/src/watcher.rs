@@ -64,6 +64,8 @@ pub struct Config {
     /// Drop `metadata.managedFields` from cached objects (it is most of an applied
     /// object's size and controllers do not read it). On by default.
     pub strip_managed_fields: bool,
+    /// How an informer built with this configuration holds its objects.
+    pub storage: crate::reflector::Storage,
 }
 
 impl Default for Config {
@@ -71,9 +73,10 @@ impl Default for Config {
         Config {
             selection: Selection::default(),
             page_size: 500,
-            initial_list: InitialList::ListWatch,
+            initial_list: InitialList::Streaming,
             watch_timeout: Some(Duration::from_secs(290)),
             strip_managed_fields: true,
+            storage: crate::reflector::Storage::Decoded,
         }
     }
 }
@@ -95,6 +98,13 @@ impl Config {
     pub fn fields(mut self, selector: &str) -> CoreResult<Self> {
         self.selection.fields = Some(FieldSelector::parse(selector)?);
         Ok(self)
+    }
+
+    /// Makes an informer hold its objects compactly (see
+    /// [`Storage::Compact`](crate::reflector::Storage::Compact)).
+    pub fn compact(mut self) -> Self {
+        self.storage = crate::reflector::Storage::Compact;
+        self
     }
 
     /// Uses a streaming list for the initial state.

@@ -90,7 +90,8 @@ async fn the_watcher_resumes_from_its_version_and_relists_after_410() {
             self.0.watch(p).await
         }
     }
-    let mut w = watcher(Shared(source.clone()), watcher::Config::default());
+    let config = watcher::Config { initial_list: watcher::InitialList::ListWatch, ..watcher::Config::default() };
+    let mut w = watcher(Shared(source.clone()), config);
     macro_rules! next {
         () => {
             tokio::time::timeout(WAIT, w.next()).await.unwrap().unwrap()

@@ -310,3 +310,24 @@ pub fn claim_candidates<K: crate::object::Object>(
     out.extend(reader.by_index(ORPHAN_INDEX, namespace));
     out
 }
+
+/// A merge patch setting `status` to `new`: every field of `new`, and `null` for the
+/// fields `old` has that `new` does not (lists are replaced whole by merge patches).
+/// Status writes go as patches so that they never conflict with spec or metadata writes
+/// made since the cache was read.
+pub fn status_merge_patch<S: serde::Serialize>(old: Option<&S>, new: &S) -> serde_json::Value {
+    let new = serde_json::to_value(new).unwrap_or_default();
+    let old = old.and_then(|o| serde_json::to_value(o).ok());
+    let mut fields = match new {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(serde_json::Value::Object(old)) = old {
+        for k in old.keys() {
+            if !fields.contains_key(k) {
+                fields.insert(k.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+    json!({ "status": fields })
+}

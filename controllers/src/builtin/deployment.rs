@@ -40,7 +40,9 @@ use keelson_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use keelson_core::LabelSelector;
 use serde_json::json;
 
-use super::common::{claim, claim_candidates, controller_ref, orphan_index, ORPHAN_INDEX};
+use super::common::{
+    claim, claim_candidates, controller_ref, orphan_index, status_merge_patch, ORPHAN_INDEX,
+};
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
 use crate::informer::InformerFactory;
@@ -342,7 +344,7 @@ impl DeploymentController {
         let rs_informer = factory.informer(rs_api.clone(), cfg());
         rs_informer.add_index(ORPHAN_INDEX, orphan_index());
         let sets = rs_informer.reader();
-        let pods = factory.informer(pods_api.clone(), cfg()).reader();
+        let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
         let controller = Controller::with_factory(factory, Api::<Deployment>::all(client.clone()), cfg())
             .name("deployment");
         let deployments = controller.store();
@@ -383,7 +385,7 @@ impl DeploymentController {
         });
         // Pods going away: a Recreate rollout waits for them.
         let sets2 = sets.clone();
-        let controller = controller.watches_changes(pods_api, cfg(), move |change: &Change<Pod>| {
+        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
             let Change::Deleted(pod) = change else {
                 return Vec::new();
             };
@@ -433,16 +435,17 @@ impl DeploymentController {
             return Ok(false);
         }
         let before = replicas_of(rs);
-        let mut updated = rs.clone();
-        let a = updated.metadata.annotations.get_or_insert_with(BTreeMap::new);
-        a.insert(DESIRED_REPLICAS.into(), desired);
-        a.insert(MAX_REPLICAS.into(), max);
-        updated.spec.get_or_insert_with(ReplicaSetSpec::default).replicas = Some(size);
         let ns = rs.metadata.namespace.clone().unwrap_or_default();
         let name = rs.metadata.name.clone().unwrap_or_default();
+        // A patch, guarded by the ReplicaSet's uid: status writes by the ReplicaSet
+        // controller in between do not make it fail.
+        let patch = json!({
+            "metadata": {"uid": rs.metadata.uid, "annotations": {DESIRED_REPLICAS: desired, MAX_REPLICAS: max}},
+            "spec": {"replicas": size},
+        });
         *rs = self
             .rs_api(&ns)
-            .replace(&name, &updated)
+            .patch(&name, &Patch::Merge(patch))
             .await
             .map_err(api_err(format!("scaling ReplicaSet {name}")))?;
         if size_changes {
@@ -478,9 +481,10 @@ impl DeploymentController {
                 let changed = self.sync_rs_annotations(d, &mut updated, &new_revision);
                 if changed {
                     let name = rs.metadata.name.clone().unwrap_or_default();
+                    let patch = json!({"metadata": {"uid": rs.metadata.uid, "annotations": updated.metadata.annotations}});
                     rs = self
                         .rs_api(&ns)
-                        .replace(&name, &updated)
+                        .patch(&name, &Patch::Merge(patch))
                         .await
                         .map_err(api_err(format!("updating ReplicaSet {name}")))?;
                 }
@@ -640,13 +644,12 @@ impl DeploymentController {
         if d.status.as_ref() == Some(&status) {
             return Ok(());
         }
-        let mut updated = d.clone();
-        updated.status = Some(status);
+        let patch = status_merge_patch(d.status.as_ref(), &status);
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let name = d.metadata.name.clone().unwrap_or_default();
         *d = self
             .d_api(&ns)
-            .replace_status(&name, &updated)
+            .patch_status(&name, &Patch::Merge(patch))
             .await
             .map_err(api_err("updating the deployment's status"))?;
         Ok(())

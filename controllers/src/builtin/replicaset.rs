@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use keelson_core::client::{Api, Client, DeleteOptions};
+use keelson_core::client::{Api, Client, DeleteOptions, Patch};
 use keelson_core::k8s_openapi::api::apps::v1::{
     ReplicaSet, ReplicaSetCondition, ReplicaSetStatus,
 };
@@ -32,7 +32,7 @@ use keelson_core::{LabelSelector, ObjectMeta};
 
 use super::common::{
     claim, claim_candidates, controller_ref, is_pod_active, orphan_index, ORPHAN_INDEX, is_pod_available, is_pod_ready, pod_available_in,
-    set_condition, Expectations,
+    set_condition, status_merge_patch, Expectations,
 };
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
@@ -104,7 +104,8 @@ impl ReplicaSetController {
     pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<ReplicaSet>, Arc<Self>) {
         let cfg = watcher::Config::default;
         let pods_api = Api::<Pod>::all(client.clone());
-        let pod_informer = factory.informer(pods_api.clone(), cfg());
+        // Pods are the most numerous objects: cached compactly.
+        let pod_informer = factory.informer(pods_api.clone(), cfg().compact());
         pod_informer.add_index(ORPHAN_INDEX, orphan_index());
         let pods = pod_informer.reader();
         let expectations = Arc::new(Expectations::default());
@@ -112,7 +113,7 @@ impl ReplicaSetController {
             .name("replicaset");
         let sets = controller.store();
         let exp = expectations.clone();
-        let controller = controller.watches_changes(pods_api, cfg(), move |change: &Change<Pod>| {
+        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
             let mut keys = Vec::new();
             match change {
                 Change::Applied { old, new } => {
@@ -426,10 +427,9 @@ impl Reconciler<ReplicaSet> for ReplicaSetController {
         }
         let status = calculate_status(&rs, &owned, manage_err.as_ref().map(|(e, c)| (e, *c)));
         if rs.status.as_ref() != Some(&status) {
-            let mut updated = (*rs).clone();
-            updated.status = Some(status.clone());
             let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
-            match api.replace_status(&key.name, &updated).await {
+            let patch = status_merge_patch(rs.status.as_ref(), &status);
+            match api.patch_status(&key.name, &Patch::Merge(patch)).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => return Ok(Action::await_change()),
                 Err(e) => return Err(api_err("updating the status")(e)),
