@@ -55,7 +55,7 @@
 //!   exponential backoff (5 ms doubling to 1000 s) under an overall token bucket (10 qps,
 //!   burst 100), shutdown.
 //!
-//! And helpers: [`finalizer`] (run cleanup before an object goes), [`events::Recorder`]
+//! And helpers: [`finalizer`](mod@finalizer) (run cleanup before an object goes), [`events::Recorder`]
 //! (core/v1 Events aggregated with `count` and `lastTimestamp`), [`leader`] (election on
 //! Leases with `leaseTransitions` as fencing token and a client that refuses writes when
 //! not leading), [`metrics`] (queue depth, reconciles by result and duration, in the
@@ -94,7 +94,7 @@ pub mod workqueue;
 pub use controller::{Action, Context, Controller, Reconciler};
 pub use finalizer::finalizer;
 pub use informer::{Informer, InformerFactory, Subscription};
-pub use manager::{ControllerManager, ControllerManagerConfig};
+pub use manager::{ControllerManager, ControllerManagerConfig, UnknownController, CONTROLLERS};
 pub use object::{controller_of, ListWatch, MetadataApi, Object, ObjectRef, PartialObjectMeta};
 pub use reflector::{Change, Reader, Writer};
 pub use workqueue::WorkQueue;
