@@ -1,8 +1,9 @@
 //! The watcher: a never-ending stream of an object set's changes, built from list and
 //! watch calls on a [`ListWatch`] source.
 //!
-//! It lists (in pages, or as a streaming list with `sendInitialEvents`), then watches from
-//! the list's `resourceVersion`, resumes a watch that ends from the last version it saw
+//! It reads the initial state as a streaming list (one watch with `sendInitialEvents`:
+//! objects arrive one event at a time, so a large list never sits in memory at once) or,
+//! where the server refuses that, as a paged list; then watches from that version, resumes a watch that ends from the last version it saw
 //! (objects and bookmarks both move it), lists again when the server answers 410 Gone,
 //! and backs off exponentially (0.8 s doubling to 30 s, with jitter) after errors. Errors
 //! are yielded as items so callers can log them; the stream goes on after them.
@@ -56,7 +57,8 @@ pub struct Config {
     pub selection: Selection,
     /// Page size of the initial list (0: one answer).
     pub page_size: usize,
-    /// List, or streaming list.
+    /// Streaming list (the default; falls back to list and watch when the server
+    /// refuses it), or list and watch.
     pub initial_list: InitialList,
     /// Ask the server to end each watch after about this long (jittered), as client-go
     /// does, so that connections are rebalanced.
@@ -283,6 +285,12 @@ impl<K: Object> State<K> {
                             Ok(s) => {
                                 self.phase = Phase::Streaming(s);
                                 self.pending.push_back(Event::Init);
+                            }
+                            Err(source) if source.is_invalid() || source.code() == 400 => {
+                                // A server without streaming lists (Kubernetes' WatchList
+                                // off) refuses `sendInitialEvents`: list and watch instead.
+                                tracing::info!(resource = %self.resource(), error = %source, "no streaming lists; falling back to list and watch");
+                                self.config.initial_list = InitialList::ListWatch;
                             }
                             Err(source) => {
                                 let resource = self.resource();

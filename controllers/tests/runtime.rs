@@ -126,6 +126,49 @@ async fn the_watcher_resumes_from_its_version_and_relists_after_410() {
     assert_eq!(source.lists.load(Ordering::SeqCst), 2);
 }
 
+/// A server without streaming lists: it refuses `sendInitialEvents`.
+struct NoStreaming(Api<ConfigMap>);
+
+#[async_trait]
+impl ListWatch<ConfigMap> for NoStreaming {
+    fn resource_type(&self) -> &ResourceType {
+        self.0.resource_type()
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.0.namespace()
+    }
+    async fn list(&self, p: &ListParams) -> keelson_core::Result<List<ConfigMap>> {
+        self.0.list(p).await
+    }
+    async fn watch(&self, p: &WatchParams) -> keelson_core::Result<BoxStream<'static, keelson_core::Result<ApiEvent<ConfigMap>>>> {
+        if p.send_initial_events {
+            return Err(Error::bad_request("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"));
+        }
+        self.0.watch(p).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watcher_falls_back_to_list_and_watch_without_streaming_lists() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "ns");
+    api.create(&cm("a")).await.unwrap();
+    let mut w = watcher(NoStreaming(api.clone()), watcher::Config::default());
+    let mut seen = Vec::new();
+    while seen.last() != Some(&"done") {
+        match tokio::time::timeout(WAIT, w.next()).await.unwrap().unwrap().unwrap() {
+            Event::Init => seen.push("init"),
+            Event::InitApply(_) => seen.push("object"),
+            Event::InitDone => seen.push("done"),
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(seen, ["init", "object", "done"]);
+    api.create(&cm("b")).await.unwrap();
+    let e = tokio::time::timeout(WAIT, w.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(e, Event::Apply(c) if c.metadata.name.as_deref() == Some("b")));
+}
+
 #[tokio::test(start_paused = true)]
 async fn shared_informers_serve_late_subscribers_the_cache_then_changes() {
     let (_server, client) = cluster(&["ns"]).await;
