@@ -970,6 +970,138 @@ fn pod_spec(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
             }
         }
     }
+    if let Some(spec) = spec {
+        scheduling(spec, path, out);
+    }
+}
+
+/// A pod's scheduling constraints, as Kubernetes validates them: topology spread
+/// constraints (`maxSkew`, `topologyKey`, `whenUnsatisfiable`, `minDomains`) and affinity
+/// (node selector operators and values, pod affinity terms' `topologyKey`, weights).
+fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
+    let constraints = spec.get("topologySpreadConstraints").and_then(Value::as_array);
+    for (i, c) in constraints.into_iter().flatten().enumerate() {
+        let at = format!("{path}.topologySpreadConstraints[{i}]");
+        let skew = c.get("maxSkew").and_then(Value::as_i64).unwrap_or(0);
+        if skew <= 0 {
+            out.push(FieldError::invalid(format!("{at}.maxSkew"), skew, "must be greater than zero"));
+        }
+        if is_blank(c.get("topologyKey")) {
+            out.push(FieldError::required(format!("{at}.topologyKey"), "can not be empty"));
+        }
+        let when = c.get("whenUnsatisfiable").and_then(Value::as_str).unwrap_or_default();
+        if !matches!(when, "DoNotSchedule" | "ScheduleAnyway") {
+            out.push(FieldError::not_supported(
+                format!("{at}.whenUnsatisfiable"),
+                when,
+                &["DoNotSchedule", "ScheduleAnyway"],
+            ));
+        }
+        if let Some(min) = c.get("minDomains").filter(|v| !v.is_null()) {
+            let n = min.as_i64().unwrap_or(0);
+            if n <= 0 {
+                out.push(FieldError::invalid(format!("{at}.minDomains"), n, "must be greater than zero"));
+            } else if when != "DoNotSchedule" {
+                out.push(FieldError::invalid(
+                    format!("{at}.minDomains"),
+                    n,
+                    "can only use minDomains if whenUnsatisfiable=DoNotSchedule, not ScheduleAnyway",
+                ));
+            }
+        }
+    }
+    let Some(affinity) = spec.get("affinity") else {
+        return;
+    };
+    let at = format!("{path}.affinity.nodeAffinity");
+    let node = affinity.get("nodeAffinity");
+    let required = node.and_then(|n| n.pointer("/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"));
+    for (i, term) in required.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let term_at = format!("{at}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]");
+        node_selector_term(term, &term_at, out);
+    }
+    let preferred = node.and_then(|n| n.get("preferredDuringSchedulingIgnoredDuringExecution"));
+    for (i, p) in preferred.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let p_at = format!("{at}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+        weight(p, &p_at, out);
+        if let Some(term) = p.get("preference") {
+            node_selector_term(term, &format!("{p_at}.preference"), out);
+        }
+    }
+    for kind in ["podAffinity", "podAntiAffinity"] {
+        let at = format!("{path}.affinity.{kind}");
+        let Some(pa) = affinity.get(kind) else { continue };
+        let required = pa.get("requiredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        for (i, term) in required.into_iter().flatten().enumerate() {
+            pod_affinity_term(term, &format!("{at}.requiredDuringSchedulingIgnoredDuringExecution[{i}]"), out);
+        }
+        let preferred = pa.get("preferredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        for (i, p) in preferred.into_iter().flatten().enumerate() {
+            let p_at = format!("{at}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+            weight(p, &p_at, out);
+            if let Some(term) = p.get("podAffinityTerm") {
+                pod_affinity_term(term, &format!("{p_at}.podAffinityTerm"), out);
+            }
+        }
+    }
+}
+
+fn weight(preferred: &Value, at: &str, out: &mut Vec<FieldError>) {
+    let w = preferred.get("weight").and_then(Value::as_i64).unwrap_or(0);
+    if !(1..=100).contains(&w) {
+        out.push(FieldError::invalid(format!("{at}.weight"), w, "must be in the range 1-100"));
+    }
+}
+
+fn pod_affinity_term(term: &Value, at: &str, out: &mut Vec<FieldError>) {
+    if is_blank(term.get("topologyKey")) {
+        out.push(FieldError::required(format!("{at}.topologyKey"), "can not be empty"));
+    }
+    if let Some(selector) = term.get("labelSelector").filter(|v| !v.is_null()) {
+        if let Err(e) = parse_selector(selector) {
+            out.push(FieldError::invalid(format!("{at}.labelSelector"), selector.clone(), &e.message()));
+        }
+    }
+}
+
+fn node_selector_term(term: &Value, at: &str, out: &mut Vec<FieldError>) {
+    for list in ["matchExpressions", "matchFields"] {
+        let exprs = term.get(list).and_then(Value::as_array);
+        for (j, e) in exprs.into_iter().flatten().enumerate() {
+            let e_at = format!("{at}.{list}[{j}]");
+            let values = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
+            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+                "In" | "NotIn" if values == 0 => out.push(FieldError::required(
+                    format!("{e_at}.values"),
+                    "must be specified when `operator` is 'In' or 'NotIn'",
+                )),
+                "Exists" | "DoesNotExist" if values > 0 => out.push(FieldError::forbidden(
+                    format!("{e_at}.values"),
+                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                )),
+                "Gt" | "Lt" => {
+                    let one_int = e
+                        .get("values")
+                        .and_then(Value::as_array)
+                        .filter(|v| v.len() == 1)
+                        .and_then(|v| v[0].as_str())
+                        .is_some_and(|v| v.parse::<i64>().is_ok());
+                    if !one_int {
+                        out.push(FieldError::required(
+                            format!("{e_at}.values"),
+                            "must be specified single value when `operator` is 'Lt' or 'Gt'",
+                        ));
+                    }
+                }
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => out.push(FieldError::invalid(
+                    format!("{e_at}.operator"),
+                    other,
+                    "not a valid selector operator",
+                )),
+            }
+        }
+    }
 }
 
 /// A workload needs a selector and a template whose labels the selector matches.
@@ -1442,5 +1574,50 @@ mod tests {
             )),
             ["spec.ports[0].port: Required value"]
         );
+    }
+}
+
+#[cfg(test)]
+mod scheduling_tests {
+    use super::*;
+    use keelson_core::Resource;
+    use serde_json::json;
+
+    fn causes(spec: Value) -> Vec<String> {
+        let rt = k8s_openapi::api::core::v1::Pod::resource_type();
+        let mut out = Vec::new();
+        builtin_rules(&rt, &json!({"spec": spec}), &mut out);
+        out.iter().map(|e| format!("{}: {}", e.field, e.message)).collect()
+    }
+
+    #[test]
+    fn bad_spread_and_affinity_specs_are_refused_with_the_field_named() {
+        let containers = json!([{"name": "a", "image": "x"}]);
+        let ok = json!({"containers": containers,
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "minDomains": 2}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}, {"key": "n", "operator": "Gt", "values": ["3"]}]}]}},
+              "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "a"}}}}]}}});
+        assert!(causes(ok).is_empty());
+        let bad = json!({"containers": containers,
+            "topologySpreadConstraints": [{"maxSkew": 0, "whenUnsatisfiable": "Sometimes", "minDomains": 2}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "k", "operator": "In"}, {"key": "n", "operator": "Near", "values": ["x"]}]}]}},
+              "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}],
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "podAffinityTerm": {"topologyKey": "z"}}]}}});
+        let got = causes(bad);
+        for field in [
+            "spec.topologySpreadConstraints[0].maxSkew",
+            "spec.topologySpreadConstraints[0].topologyKey",
+            "spec.topologySpreadConstraints[0].whenUnsatisfiable",
+            "spec.topologySpreadConstraints[0].minDomains",
+            "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values",
+            "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[1].operator",
+            "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+            "spec.affinity.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+        ] {
+            assert!(got.iter().any(|c| c.starts_with(&format!("{field}: "))), "{field} not in {got:#?}");
+        }
     }
 }
