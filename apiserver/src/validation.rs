@@ -776,7 +776,7 @@ impl<'s> Compiler<'s> {
 /// The fields an update may not change, with Kubernetes' messages:
 ///
 /// - a Pod's spec, but for the images of its containers, `activeDeadlineSeconds`,
-///   `terminationGracePeriodSeconds` and added tolerations;
+///   `terminationGracePeriodSeconds`, added tolerations and removed scheduling gates;
 /// - the `spec.selector` of Deployments, ReplicaSets, StatefulSets and DaemonSets; the
 ///   spec of a StatefulSet but for `replicas`, `ordinals`, `template`, `updateStrategy`,
 ///   `persistentVolumeClaimRetentionPolicy` and `minReadySeconds`;
@@ -806,6 +806,7 @@ pub fn immutable_fields(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Fiel
                         "activeDeadlineSeconds",
                         "terminationGracePeriodSeconds",
                         "tolerations",
+                        "schedulingGates",
                     ] {
                         m.remove(f);
                     }
@@ -830,6 +831,21 @@ pub fn immutable_fields(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Fiel
                 .into_iter()
                 .flatten()
                 .all(|t| new_tolerations.is_some_and(|n| n.contains(t)));
+            // Scheduling gates may only be removed.
+            let gates = |v: &Value| -> Vec<Value> {
+                v.pointer("/spec/schedulingGates")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let old_gates = gates(old);
+            for gate in gates(new).iter().filter(|g| !old_gates.contains(g)) {
+                let name = gate.get("name").and_then(Value::as_str).unwrap_or_default();
+                out.push(FieldError::forbidden(
+                    "spec.schedulingGates",
+                    &format!("only deletion is allowed, but found new scheduling gate '{name}'"),
+                ));
+            }
             if mask(old) != mask(new) || !kept {
                 out.push(FieldError::forbidden(
                     "spec",
@@ -1619,5 +1635,27 @@ mod scheduling_tests {
         ] {
             assert!(got.iter().any(|c| c.starts_with(&format!("{field}: "))), "{field} not in {got:#?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use keelson_core::Resource;
+    use serde_json::json;
+
+    #[test]
+    fn scheduling_gates_may_only_be_removed() {
+        let rt = k8s_openapi::api::core::v1::Pod::resource_type();
+        let pod = |gates: Value| {
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}], "schedulingGates": gates}})
+        };
+        let two = pod(json!([{"name": "a"}, {"name": "b"}]));
+        assert!(immutable_fields(&rt, &two, &pod(json!([{"name": "b"}]))).is_empty());
+        assert!(immutable_fields(&rt, &two, &pod(json!([]))).is_empty());
+        let added = immutable_fields(&rt, &two, &pod(json!([{"name": "a"}, {"name": "b"}, {"name": "c"}])));
+        assert_eq!(added.len(), 1, "{added:?}");
+        assert_eq!(added[0].field, "spec.schedulingGates");
+        assert!(added[0].message.contains("found new scheduling gate 'c'"), "{added:?}");
     }
 }
