@@ -138,7 +138,10 @@ fn container<'p>(pod: &'p Value, name: &str, wanted: Option<&str>) -> Result<&'p
                 containers.join(" ")
             );
             if !init.is_empty() {
-                message.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
+                message.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
             }
             Err(Error::bad_request(message))
         }
@@ -187,9 +190,8 @@ async fn get_from_agent(address: &str, port: u16, path: &str) -> Result<Response
     } else {
         format!("{address}:{port}")
     };
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Error::internal(format!("Get \"http://{host}{path}\": {e}"))
-    };
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::internal(format!("Get \"http://{host}{path}\": {e}"));
     let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(&host))
         .await
         .map_err(|_| unreachable(&"dial tcp: i/o timeout"))?
@@ -208,8 +210,8 @@ async fn get_from_agent(address: &str, port: u16, path: &str) -> Result<Response
         .send_request(request)
         .await
         .map_err(|e| unreachable(&e))?;
-    let status = StatusCode::from_u16(answer.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = answer
         .headers()
         .get(header::CONTENT_TYPE)
@@ -249,7 +251,10 @@ mod tests {
     fn counts_are_checked_as_kubernetes_does() {
         let rt = keelson_core::ResourceType::of::<k8s_openapi::api::core::v1::Pod>();
         let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
         };
         assert!(check_counts(&rt, "p", &q(&[("tailLines", "0"), ("limitBytes", "10")])).is_ok());
         let err = check_counts(&rt, "p", &q(&[("tailLines", "-1")])).expect_err("negative");

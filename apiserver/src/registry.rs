@@ -108,7 +108,10 @@ pub(crate) fn decode_stored(
     revision: Revision,
 ) -> Result<Value, Error> {
     let mut obj: Value = serde_json::from_slice(value).map_err(|e| {
-        Error::internal(format!("stored {} at {key} does not decode: {e}", rt.plural))
+        Error::internal(format!(
+            "stored {} at {key} does not decode: {e}",
+            rt.plural
+        ))
     })?;
     set_resource_version(&mut obj, revision);
     // Every version of a kind stores under one key; each reads it as its own version
@@ -475,9 +478,8 @@ impl Registry {
             Some(view) => view,
             None => {
                 let obj = self.get_shared_rt(ns_rt, None, ns).await?;
-                NamespaceView::deserialize(&*obj).map_err(|e| {
-                    Error::internal(format!("namespace {ns} does not decode: {e}"))
-                })?
+                NamespaceView::deserialize(&*obj)
+                    .map_err(|e| Error::internal(format!("namespace {ns} does not decode: {e}")))?
             }
         };
         if view.terminating() {
@@ -1128,8 +1130,15 @@ impl Registry {
             ));
         }
         let patch = json!({ "spec": { "finalizers": finalizers } });
-        self.patch(res, None, name, crate::patch::PatchType::Merge, &patch, false)
-            .await
+        self.patch(
+            res,
+            None,
+            name,
+            crate::patch::PatchType::Merge,
+            &patch,
+            false,
+        )
+        .await
     }
 
     /// Patches an object (or, with `status_only`, its status), retrying when another
@@ -1749,7 +1758,11 @@ fn keep_service_allocations(rt: &ResourceType, old: &Value, new: &mut Value) -> 
 fn finalizers(obj: &Value) -> Vec<String> {
     let strings = |list: Option<&Value>| -> Vec<String> {
         list.and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut all = strings(meta(obj).get("finalizers"));

@@ -241,7 +241,6 @@ async fn apis_root(State(s): Shared, headers: HeaderMap) -> Response {
     )
 }
 
-
 async fn openapi_root(State(s): Shared) -> Response {
     bytes_response(StatusCode::OK, s.served().openapi_root().clone())
 }

@@ -63,8 +63,8 @@ fn metadata_start(rt: &ResourceType, value: &[u8]) -> Option<usize> {
             b"apiVersion" => {
                 s.ws();
                 let v = s.string()?;
-                api_version_ok = std::str::from_utf8(v)
-                    .is_ok_and(|v| crate::registry::is_api_version(v, rt));
+                api_version_ok =
+                    std::str::from_utf8(v).is_ok_and(|v| crate::registry::is_api_version(v, rt));
             }
             _ => s.skip_value()?,
         }
@@ -246,7 +246,10 @@ mod tests {
         let text = br#" { "apiVersion" : "v1" , "metadata" : { } } "#;
         assert!(write_with_version(&rt, text, 7, &mut out));
         let got: Value = serde_json::from_slice(&out).expect("json");
-        assert_eq!(got, json!({"apiVersion": "v1", "metadata": {"resourceVersion": "7"}}));
+        assert_eq!(
+            got,
+            json!({"apiVersion": "v1", "metadata": {"resourceVersion": "7"}})
+        );
     }
 
     #[test]
@@ -254,15 +257,40 @@ mod tests {
         let pods = Pod::resource_type();
         let deployments = Deployment::resource_type();
         // Another version's apiVersion, no apiVersion, no metadata, a stored version.
-        assert!(spliced(&deployments, &json!({"apiVersion": "apps/v1beta2", "metadata": {}}), 1).is_none());
-        assert!(spliced(&deployments, &json!({"apiVersion": "apps/v1", "metadata": {}}), 1).is_some());
+        assert!(spliced(
+            &deployments,
+            &json!({"apiVersion": "apps/v1beta2", "metadata": {}}),
+            1
+        )
+        .is_none());
+        assert!(spliced(
+            &deployments,
+            &json!({"apiVersion": "apps/v1", "metadata": {}}),
+            1
+        )
+        .is_some());
         assert!(spliced(&pods, &json!({"metadata": {"name": "a"}}), 1).is_none());
         assert!(spliced(&pods, &json!({"apiVersion": "v1"}), 1).is_none());
         assert!(spliced(&pods, &json!({"apiVersion": "v1", "metadata": []}), 1).is_none());
-        assert!(spliced(&pods, &json!({"apiVersion": "v1", "metadata": {"resourceVersion": "3"}}), 1).is_none());
+        assert!(spliced(
+            &pods,
+            &json!({"apiVersion": "v1", "metadata": {"resourceVersion": "3"}}),
+            1
+        )
+        .is_none());
         // Not an object, or truncated.
-        for bad in [&b"[]"[..], b"", b"{", b"{\"apiVersion\":\"v1\",\"metadata\":{", b"{\"a\"", b"nul"] {
-            assert!(!write_with_version(&pods, bad, 1, &mut Vec::new()), "{bad:?}");
+        for bad in [
+            &b"[]"[..],
+            b"",
+            b"{",
+            b"{\"apiVersion\":\"v1\",\"metadata\":{",
+            b"{\"a\"",
+            b"nul",
+        ] {
+            assert!(
+                !write_with_version(&pods, bad, 1, &mut Vec::new()),
+                "{bad:?}"
+            );
         }
     }
 

@@ -995,17 +995,29 @@ fn pod_spec(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
 /// constraints (`maxSkew`, `topologyKey`, `whenUnsatisfiable`, `minDomains`) and affinity
 /// (node selector operators and values, pod affinity terms' `topologyKey`, weights).
 fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
-    let constraints = spec.get("topologySpreadConstraints").and_then(Value::as_array);
+    let constraints = spec
+        .get("topologySpreadConstraints")
+        .and_then(Value::as_array);
     for (i, c) in constraints.into_iter().flatten().enumerate() {
         let at = format!("{path}.topologySpreadConstraints[{i}]");
         let skew = c.get("maxSkew").and_then(Value::as_i64).unwrap_or(0);
         if skew <= 0 {
-            out.push(FieldError::invalid(format!("{at}.maxSkew"), skew, "must be greater than zero"));
+            out.push(FieldError::invalid(
+                format!("{at}.maxSkew"),
+                skew,
+                "must be greater than zero",
+            ));
         }
         if is_blank(c.get("topologyKey")) {
-            out.push(FieldError::required(format!("{at}.topologyKey"), "can not be empty"));
+            out.push(FieldError::required(
+                format!("{at}.topologyKey"),
+                "can not be empty",
+            ));
         }
-        let when = c.get("whenUnsatisfiable").and_then(Value::as_str).unwrap_or_default();
+        let when = c
+            .get("whenUnsatisfiable")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !matches!(when, "DoNotSchedule" | "ScheduleAnyway") {
             out.push(FieldError::not_supported(
                 format!("{at}.whenUnsatisfiable"),
@@ -1016,7 +1028,11 @@ fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
         if let Some(min) = c.get("minDomains").filter(|v| !v.is_null()) {
             let n = min.as_i64().unwrap_or(0);
             if n <= 0 {
-                out.push(FieldError::invalid(format!("{at}.minDomains"), n, "must be greater than zero"));
+                out.push(FieldError::invalid(
+                    format!("{at}.minDomains"),
+                    n,
+                    "must be greater than zero",
+                ));
             } else if when != "DoNotSchedule" {
                 out.push(FieldError::invalid(
                     format!("{at}.minDomains"),
@@ -1031,13 +1047,26 @@ fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
     };
     let at = format!("{path}.affinity.nodeAffinity");
     let node = affinity.get("nodeAffinity");
-    let required = node.and_then(|n| n.pointer("/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"));
-    for (i, term) in required.and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let term_at = format!("{at}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]");
+    let required = node.and_then(|n| {
+        n.pointer("/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+    });
+    for (i, term) in required
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let term_at =
+            format!("{at}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]");
         node_selector_term(term, &term_at, out);
     }
     let preferred = node.and_then(|n| n.get("preferredDuringSchedulingIgnoredDuringExecution"));
-    for (i, p) in preferred.and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, p) in preferred
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let p_at = format!("{at}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
         weight(p, &p_at, out);
         if let Some(term) = p.get("preference") {
@@ -1046,12 +1075,22 @@ fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
     }
     for kind in ["podAffinity", "podAntiAffinity"] {
         let at = format!("{path}.affinity.{kind}");
-        let Some(pa) = affinity.get(kind) else { continue };
-        let required = pa.get("requiredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        let Some(pa) = affinity.get(kind) else {
+            continue;
+        };
+        let required = pa
+            .get("requiredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array);
         for (i, term) in required.into_iter().flatten().enumerate() {
-            pod_affinity_term(term, &format!("{at}.requiredDuringSchedulingIgnoredDuringExecution[{i}]"), out);
+            pod_affinity_term(
+                term,
+                &format!("{at}.requiredDuringSchedulingIgnoredDuringExecution[{i}]"),
+                out,
+            );
         }
-        let preferred = pa.get("preferredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        let preferred = pa
+            .get("preferredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array);
         for (i, p) in preferred.into_iter().flatten().enumerate() {
             let p_at = format!("{at}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
             weight(p, &p_at, out);
@@ -1065,17 +1104,28 @@ fn scheduling(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
 fn weight(preferred: &Value, at: &str, out: &mut Vec<FieldError>) {
     let w = preferred.get("weight").and_then(Value::as_i64).unwrap_or(0);
     if !(1..=100).contains(&w) {
-        out.push(FieldError::invalid(format!("{at}.weight"), w, "must be in the range 1-100"));
+        out.push(FieldError::invalid(
+            format!("{at}.weight"),
+            w,
+            "must be in the range 1-100",
+        ));
     }
 }
 
 fn pod_affinity_term(term: &Value, at: &str, out: &mut Vec<FieldError>) {
     if is_blank(term.get("topologyKey")) {
-        out.push(FieldError::required(format!("{at}.topologyKey"), "can not be empty"));
+        out.push(FieldError::required(
+            format!("{at}.topologyKey"),
+            "can not be empty",
+        ));
     }
     if let Some(selector) = term.get("labelSelector").filter(|v| !v.is_null()) {
         if let Err(e) = parse_selector(selector) {
-            out.push(FieldError::invalid(format!("{at}.labelSelector"), selector.clone(), &e.message()));
+            out.push(FieldError::invalid(
+                format!("{at}.labelSelector"),
+                selector.clone(),
+                &e.message(),
+            ));
         }
     }
 }
@@ -1085,8 +1135,15 @@ fn node_selector_term(term: &Value, at: &str, out: &mut Vec<FieldError>) {
         let exprs = term.get(list).and_then(Value::as_array);
         for (j, e) in exprs.into_iter().flatten().enumerate() {
             let e_at = format!("{at}.{list}[{j}]");
-            let values = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
-            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            let values = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
                 "In" | "NotIn" if values == 0 => out.push(FieldError::required(
                     format!("{e_at}.values"),
                     "must be specified when `operator` is 'In' or 'NotIn'",
@@ -1603,7 +1660,9 @@ mod scheduling_tests {
         let rt = k8s_openapi::api::core::v1::Pod::resource_type();
         let mut out = Vec::new();
         builtin_rules(&rt, &json!({"spec": spec}), &mut out);
-        out.iter().map(|e| format!("{}: {}", e.field, e.message)).collect()
+        out.iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
     }
 
     #[test]
@@ -1647,15 +1706,20 @@ mod gate_tests {
     #[test]
     fn scheduling_gates_may_only_be_removed() {
         let rt = k8s_openapi::api::core::v1::Pod::resource_type();
-        let pod = |gates: Value| {
-            json!({"spec": {"containers": [{"name": "a", "image": "x"}], "schedulingGates": gates}})
-        };
+        let pod = |gates: Value| json!({"spec": {"containers": [{"name": "a", "image": "x"}], "schedulingGates": gates}});
         let two = pod(json!([{"name": "a"}, {"name": "b"}]));
         assert!(immutable_fields(&rt, &two, &pod(json!([{"name": "b"}]))).is_empty());
         assert!(immutable_fields(&rt, &two, &pod(json!([]))).is_empty());
-        let added = immutable_fields(&rt, &two, &pod(json!([{"name": "a"}, {"name": "b"}, {"name": "c"}])));
+        let added = immutable_fields(
+            &rt,
+            &two,
+            &pod(json!([{"name": "a"}, {"name": "b"}, {"name": "c"}])),
+        );
         assert_eq!(added.len(), 1, "{added:?}");
         assert_eq!(added[0].field, "spec.schedulingGates");
-        assert!(added[0].message.contains("found new scheduling gate 'c'"), "{added:?}");
+        assert!(
+            added[0].message.contains("found new scheduling gate 'c'"),
+            "{added:?}"
+        );
     }
 }

@@ -30,7 +30,11 @@ async fn agent() -> u16 {
         }
         let mut params: Vec<_> = q.into_iter().collect();
         params.sort();
-        (StatusCode::OK, format!("log of {ns}/{pod}/{container} {params:?}\n")).into_response()
+        (
+            StatusCode::OK,
+            format!("log of {ns}/{pod}/{container} {params:?}\n"),
+        )
+            .into_response()
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -62,7 +66,10 @@ async fn get(base: &str, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
-    let server = ApiServer::new(Registry::new(Arc::new(MemStore::ephemeral())), resources::builtin());
+    let server = ApiServer::new(
+        Registry::new(Arc::new(MemStore::ephemeral())),
+        resources::builtin(),
+    );
     let client = server.client();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -72,13 +79,20 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
         let _ = axum::serve(listener, keelson_apiserver::router(server)).await;
     });
     let port = agent().await;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("ns");
-    Api::<Namespace>::all(client.clone()).create(&ns).await.expect("namespace");
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&ns)
+        .await
+        .expect("namespace");
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}))
     .expect("node");
-    Api::<Node>::all(client.clone()).create(&node).await.expect("node");
+    Api::<Node>::all(client.clone())
+        .create(&node)
+        .await
+        .expect("node");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for (name, node) in [("web", Some("n1")), ("waiting", None)] {
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
@@ -90,14 +104,22 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
     let log = "/api/v1/namespaces/default/pods/web/log";
 
     // Proxied, with the log options passed on.
-    let (code, body) = get(&base, &format!("{log}?container=app&tailLines=3&timestamps=true")).await;
+    let (code, body) = get(
+        &base,
+        &format!("{log}?container=app&tailLines=3&timestamps=true"),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         body,
         "log of default/web/app [(\"tailLines\", \"3\"), (\"timestamps\", \"true\")]\n"
     );
     let (code, body) = get(&base, &format!("{log}?container=setup")).await;
-    assert_eq!((code, body.starts_with("log of default/web/setup")), (200, true), "{body}");
+    assert_eq!(
+        (code, body.starts_with("log of default/web/setup")),
+        (200, true),
+        "{body}"
+    );
     // The agent's own refusal is passed on.
     let (code, body) = get(&base, &format!("{log}?container=gone")).await;
     assert_eq!(code, 404, "{body}");
@@ -112,10 +134,20 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
     );
     let (code, body) = get(&base, &format!("{log}?container=nope")).await;
     assert_eq!(code, 400);
-    assert!(body.contains("container nope is not valid for pod web"), "{body}");
-    let (code, body) = get(&base, "/api/v1/namespaces/default/pods/waiting/log?container=app").await;
+    assert!(
+        body.contains("container nope is not valid for pod web"),
+        "{body}"
+    );
+    let (code, body) = get(
+        &base,
+        "/api/v1/namespaces/default/pods/waiting/log?container=app",
+    )
+    .await;
     assert_eq!(code, 400);
-    assert!(body.contains("pod waiting does not have a host assigned"), "{body}");
+    assert!(
+        body.contains("pod waiting does not have a host assigned"),
+        "{body}"
+    );
     let (code, body) = get(&base, &format!("{log}?container=app&tailLines=-1")).await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("tailLines"), "{body}");
@@ -127,14 +159,19 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
     assert!(discovery.contains("\"pods/log\""), "{discovery}");
 
     // A node whose agent does not answer: 500, naming what failed.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let dead_port = closed.local_addr().expect("addr").port();
     drop(closed);
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n2"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
                    "daemonEndpoints": {"kubeletEndpoint": {"Port": dead_port}}}}))
     .expect("node");
-    Api::<Node>::all(client.clone()).create(&node).await.expect("node");
+    Api::<Node>::all(client.clone())
+        .create(&node)
+        .await
+        .expect("node");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "orphan"},
         "spec": {"nodeName": "n2", "containers": [{"name": "app", "image": "x"}]}}))
     .expect("pod");

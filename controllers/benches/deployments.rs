@@ -26,7 +26,9 @@ use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_controllers::{watcher, Change, ControllerManager, Informer};
 use keelson_core::client::{Api, Patch};
 use keelson_core::k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use keelson_core::k8s_openapi::api::core::v1::{Binding, Container, Namespace, ObjectReference, Pod, PodSpec, PodTemplateSpec};
+use keelson_core::k8s_openapi::api::core::v1::{
+    Binding, Container, Namespace, ObjectReference, Pod, PodSpec, PodTemplateSpec,
+};
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use keelson_store::MemStore;
 use parking_lot::Mutex;
@@ -38,16 +40,27 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn deployment(i: usize, replicas: i32) -> Deployment {
     let name = format!("app-{i:04}");
-    let labels: std::collections::BTreeMap<String, String> = [("app".to_owned(), name.clone())].into();
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".to_owned(), name.clone())].into();
     let mut d = Deployment::default();
     d.metadata.name = Some(name);
     d.spec = Some(DeploymentSpec {
         replicas: Some(replicas),
-        selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
+        selector: LabelSelector {
+            match_labels: Some(labels.clone()),
+            ..LabelSelector::default()
+        },
         template: PodTemplateSpec {
-            metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            }),
             spec: Some(PodSpec {
-                containers: vec![Container { name: "app".into(), image: Some("registry.example/app:1.0".into()), ..Container::default() }],
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("registry.example/app:1.0".into()),
+                    ..Container::default()
+                }],
                 ..PodSpec::default()
             }),
         },
@@ -57,7 +70,9 @@ fn deployment(i: usize, replicas: i32) -> Deployment {
 }
 
 fn main() {
-    let n: usize = arg("--deployments").and_then(|p| p.parse().ok()).unwrap_or(1000);
+    let n: usize = arg("--deployments")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1000);
     let replicas: i32 = arg("--replicas").and_then(|p| p.parse().ok()).unwrap_or(10);
     let total = n * usize::try_from(replicas).unwrap_or(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -53,7 +53,11 @@ fn pod(i: usize) -> Pod {
     let mut p = Pod::default();
     p.metadata.name = Some(format!("web-7d4b9c8f6-{i:05}"));
     p.metadata.labels = Some(
-        [("app".to_owned(), "web".to_owned()), ("pod-template-hash".to_owned(), "7d4b9c8f6".to_owned())].into(),
+        [
+            ("app".to_owned(), "web".to_owned()),
+            ("pod-template-hash".to_owned(), "7d4b9c8f6".to_owned()),
+        ]
+        .into(),
     );
     p.metadata.owner_references = Some(vec![OwnerReference {
         api_version: "apps/v1".into(),
@@ -68,10 +72,24 @@ fn pod(i: usize) -> Pod {
         containers: vec![Container {
             name: "web".into(),
             image: Some("registry.example/web:1.27.3".into()),
-            ports: Some(vec![ContainerPort { container_port: 8080, name: Some("http".into()), ..ContainerPort::default() }]),
-            env: Some(vec![EnvVar { name: "MODE".into(), value: Some("production".into()), ..EnvVar::default() }]),
+            ports: Some(vec![ContainerPort {
+                container_port: 8080,
+                name: Some("http".into()),
+                ..ContainerPort::default()
+            }]),
+            env: Some(vec![EnvVar {
+                name: "MODE".into(),
+                value: Some("production".into()),
+                ..EnvVar::default()
+            }]),
             resources: Some(ResourceRequirements {
-                requests: Some([("cpu".to_owned(), Quantity("100m".into())), ("memory".to_owned(), Quantity("128Mi".into()))].into()),
+                requests: Some(
+                    [
+                        ("cpu".to_owned(), Quantity("100m".into())),
+                        ("memory".to_owned(), Quantity("128Mi".into())),
+                    ]
+                    .into(),
+                ),
                 ..ResourceRequirements::default()
             }),
             ..Container::default()
@@ -88,20 +106,37 @@ fn child(url: &str, n: usize) {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let client = keelson_core::client::Client::from_config(keelson_core::client::Config::new(url)).expect("client");
+        let client =
+            keelson_core::client::Client::from_config(keelson_core::client::Config::new(url))
+                .expect("client");
         // Warm the client up (connection, TLS-free HTTP) before measuring.
-        Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await.expect("list namespaces");
+        Api::<Namespace>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("list namespaces");
         if std::env::args().any(|a| a == "--decode-only") {
-            let one = Api::<Pod>::all(client.clone()).list(&ListParams::default().limit(1)).await.expect("list").items;
+            let one = Api::<Pod>::all(client.clone())
+                .list(&ListParams::default().limit(1))
+                .await
+                .expect("list")
+                .items;
             let text = serde_json::to_string(&one[0]).expect("json");
             let before = rss_bytes();
-            let pods: Vec<Arc<Pod>> = (0..n).map(|_| Arc::new(serde_json::from_str(&text).expect("decode"))).collect();
+            let pods: Vec<Arc<Pod>> = (0..n)
+                .map(|_| Arc::new(serde_json::from_str(&text).expect("decode")))
+                .collect();
             let after = rss_bytes();
             #[allow(clippy::cast_precision_loss)]
             let per = (after - before) as f64 / n as f64;
-            eprintln!("decode only: {per:.0} bytes per typed pod ({} JSON bytes)", text.len());
+            eprintln!(
+                "decode only: {per:.0} bytes per typed pod ({} JSON bytes)",
+                text.len()
+            );
             drop(pods);
-            for storage in [keelson_controllers::reflector::Storage::Decoded, keelson_controllers::reflector::Storage::Compact] {
+            for storage in [
+                keelson_controllers::reflector::Storage::Decoded,
+                keelson_controllers::reflector::Storage::Compact,
+            ] {
                 let h0 = live_heap();
                 let mut w = keelson_controllers::Writer::<Pod>::with_storage(storage);
                 w.apply_silently(watcher::Event::Init);

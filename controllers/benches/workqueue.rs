@@ -26,7 +26,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let rounds = if flag("--quick") { 1 } else { 3 };
     let keys: u64 = arg("--keys").and_then(|k| k.parse().ok()).unwrap_or(10_000);
-    let adds: u64 = arg("--adds").and_then(|k| k.parse().ok()).unwrap_or(2_000_000);
+    let adds: u64 = arg("--adds")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(2_000_000);
     let workers: usize = arg("--workers").and_then(|k| k.parse().ok()).unwrap_or(4);
     let producers: u64 = 2;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,7 +38,10 @@ fn main() {
         .expect("runtime");
     println!("work queue: {adds} adds over {keys} keys from {producers} producers, {workers} workers, 2 runtime threads");
     println!("machine: {}", machine());
-    println!("{:>5} {:>12} {:>12} {:>14} {:>10}", "round", "adds/s", "gets/s", "queue ops/s", "dedup %");
+    println!(
+        "{:>5} {:>12} {:>12} {:>14} {:>10}",
+        "round", "adds/s", "gets/s", "queue ops/s", "dedup %"
+    );
     for round in 1..=rounds {
         let (a, g, ops, dedup) = runtime.block_on(run(keys, adds, producers, workers));
         println!("{round:>5} {a:>12.0} {g:>12.0} {ops:>14.0} {dedup:>10.1}");

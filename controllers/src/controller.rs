@@ -232,17 +232,18 @@ impl<K: Object> Controller<K> {
     ) -> Self {
         let informer = self.factory.informer(source, config);
         self.ready.push(ready_future(informer.reader()));
-        self.triggers.push(Box::new(move |queue: WorkQueue<ObjectRef>| {
-            let mut sub = informer.subscribe();
-            drop(informer);
-            Box::pin(async move {
-                while let Some(change) = sub.next().await {
-                    for key in mapper(&change) {
-                        queue.add(key);
+        self.triggers
+            .push(Box::new(move |queue: WorkQueue<ObjectRef>| {
+                let mut sub = informer.subscribe();
+                drop(informer);
+                Box::pin(async move {
+                    while let Some(change) = sub.next().await {
+                        for key in mapper(&change) {
+                            queue.add(key);
+                        }
                     }
-                }
-            })
-        }));
+                })
+            }));
         self
     }
 
@@ -338,8 +339,15 @@ impl<K: Object> Controller<K> {
             );
             workers.push(tokio::spawn(async move {
                 while let Some(key) = queue.get().await {
-                    reconcile_one(&queue, &reader, reconciler.as_ref(), &name, metrics.as_deref(), &key)
-                        .await;
+                    reconcile_one(
+                        &queue,
+                        &reader,
+                        reconciler.as_ref(),
+                        &name,
+                        metrics.as_deref(),
+                        &key,
+                    )
+                    .await;
                     queue.done(&key);
                 }
             }));

@@ -141,11 +141,7 @@ impl Recorder {
                 Err(e) => return Err(e),
             }
         }
-        let name = format!(
-            "{}.{:x}",
-            key.name,
-            clock::now().as_nanosecond().max(0)
-        );
+        let name = format!("{}.{:x}", key.name, clock::now().as_nanosecond().max(0));
         let event = Event {
             metadata: keelson_core::ObjectMeta {
                 name: Some(name.clone()),

@@ -72,7 +72,11 @@ pub fn has_finalizer<K: Resource>(obj: &K, name: &str) -> bool {
 /// # Errors
 /// [`keelson_core::Error::Invalid`] or `Conflict`-like failures of the guarded patch when
 /// the object changed meanwhile; not-found.
-pub async fn add_finalizer<K: Resource>(api: &Api<K>, obj: &K, name: &str) -> keelson_core::Result<()> {
+pub async fn add_finalizer<K: Resource>(
+    api: &Api<K>,
+    obj: &K,
+    name: &str,
+) -> keelson_core::Result<()> {
     if has_finalizer(obj, name) {
         return Ok(());
     }
@@ -137,7 +141,9 @@ where
     }
     let deleting = obj.meta().deletion_timestamp.is_some();
     match (deleting, has_finalizer(obj.as_ref(), name)) {
-        (false, true) => reconcile(Event::Apply(obj)).await.map_err(Error::ApplyFailed),
+        (false, true) => reconcile(Event::Apply(obj))
+            .await
+            .map_err(Error::ApplyFailed),
         (false, false) => {
             add_finalizer(api, obj.as_ref(), name)
                 .await

@@ -31,8 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keelson_core::client::{
-    Api, Client, DeleteOptions, ListParams, ObjectList, Patch, Transport, WatchParams,
-    WatchStream,
+    Api, Client, DeleteOptions, ListParams, ObjectList, Patch, Transport, WatchParams, WatchStream,
 };
 use keelson_core::k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use keelson_core::{Error, GroupResource, ResourceType};
@@ -172,7 +171,10 @@ impl LeaderElector {
         })
     }
 
-    async fn try_acquire_or_renew(&self, observed: &mut Option<(Record, Instant)>) -> Result<Attempt, Error> {
+    async fn try_acquire_or_renew(
+        &self,
+        observed: &mut Option<(Record, Instant)>,
+    ) -> Result<Attempt, Error> {
         let cfg = &self.config;
         let now = clock::now_micro();
         let duration = i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
@@ -260,7 +262,9 @@ impl LeaderElector {
                             changed
                         });
                     }
-                    Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "could not read or take the lease"),
+                    Err(e) => {
+                        tracing::warn!(lease = %cfg.name, error = %e, "could not read or take the lease")
+                    }
                 }
                 tokio::select! {
                     _ = &mut shutdown => return,
@@ -283,7 +287,8 @@ impl LeaderElector {
                     _ = tokio::time::sleep(cfg.retry_period) => {}
                 }
                 let left = (renewed + cfg.renew_deadline).saturating_duration_since(Instant::now());
-                let attempt = tokio::time::timeout(left, self.try_acquire_or_renew(&mut observed)).await;
+                let attempt =
+                    tokio::time::timeout(left, self.try_acquire_or_renew(&mut observed)).await;
                 match attempt {
                     Ok(Ok(Attempt::Won(t))) if t == token => {
                         renewed = Instant::now();
@@ -306,16 +311,20 @@ impl LeaderElector {
                 }
             }
             tracing::warn!(lease = %cfg.name, identity = %cfg.identity, "lost leadership");
-            self.state.send_replace(Leadership::Follower { holder: None });
+            self.state
+                .send_replace(Leadership::Follower { holder: None });
         }
     }
 
     async fn release(&self, token: i32) {
-        self.state.send_replace(Leadership::Follower { holder: None });
+        self.state
+            .send_replace(Leadership::Follower { holder: None });
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
             return;
         };
-        let Some(spec) = lease.spec.as_mut() else { return };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
         if spec.holder_identity.as_deref() != Some(self.config.identity.as_str())
             || spec.lease_transitions.unwrap_or(0) != token
         {
@@ -388,7 +397,12 @@ impl FencedTransport {
 
 #[async_trait]
 impl Transport for FencedTransport {
-    async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Arc<Value>, Error> {
+    async fn get(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, Error> {
         self.inner.get(rt, ns, name).await
     }
 
@@ -418,7 +432,12 @@ impl Transport for FencedTransport {
         self.inner.list(rt, params).await
     }
 
-    async fn create(&self, rt: &ResourceType, ns: Option<&str>, object: Value) -> Result<Arc<Value>, Error> {
+    async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        object: Value,
+    ) -> Result<Arc<Value>, Error> {
         self.check()?;
         self.inner.create(rt, ns, object).await
     }

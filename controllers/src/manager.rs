@@ -180,29 +180,46 @@ impl ControllerManager {
         let _ = election.await;
     }
 
-    async fn run_controllers(&self, client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+    async fn run_controllers(
+        &self,
+        client: Client,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
         let factory = InformerFactory::new();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let cfg = &self.config;
         if cfg.on("replicaset") {
             let (c, r) = ReplicaSetController::controller(&client, &factory);
-            let c = c.concurrency(cfg.replicaset_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            let c = c
+                .concurrency(cfg.replicaset_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
         }
         if cfg.on("deployment") {
             let (c, r) = DeploymentController::controller(&client, &factory);
-            let c = c.concurrency(cfg.deployment_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            let c = c
+                .concurrency(cfg.deployment_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
         }
         if cfg.on("serviceaccount") {
             let (c, r) = ServiceAccountController::controller(&client, &factory);
-            let c = c.metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            let c = c
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
         }
         if cfg.on("namespace") {
-            let (c, r) = NamespaceController::controller(&client, &factory, namespace::default_kinds()).await;
-            let c = c.concurrency(cfg.namespace_workers).metrics(&self.metrics).graceful_shutdown_on(signal(&stop_rx));
+            let (c, r) =
+                NamespaceController::controller(&client, &factory, namespace::default_kinds())
+                    .await;
+            let c = c
+                .concurrency(cfg.namespace_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
         }
         if cfg.on("garbagecollector") {

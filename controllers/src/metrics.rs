@@ -101,7 +101,9 @@ impl ControllerMetrics {
 
     /// How many reconciles ended with `result`.
     pub fn reconciles(&self, result: ReconcileResult) -> u64 {
-        self.reconciles[result.index()].count.load(Ordering::Relaxed)
+        self.reconciles[result.index()]
+            .count
+            .load(Ordering::Relaxed)
     }
 }
 
@@ -132,7 +134,11 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP workqueue_depth Keys waiting in the controller's queue.\n# TYPE workqueue_depth gauge\n");
         for (name, m) in controllers.iter() {
-            let _ = writeln!(out, "workqueue_depth{{name=\"{name}\"}} {}", m.queue_depth());
+            let _ = writeln!(
+                out,
+                "workqueue_depth{{name=\"{name}\"}} {}",
+                m.queue_depth()
+            );
         }
         out.push_str("# HELP workqueue_adds_total Keys added to the controller's queue.\n# TYPE workqueue_adds_total counter\n");
         for (name, m) in controllers.iter() {
@@ -190,7 +196,10 @@ mod tests {
         c.record_reconcile(ReconcileResult::Error, Duration::from_millis(300));
         c.set_queue_depth(4);
         let text = m.render();
-        assert!(text.contains("workqueue_depth{name=\"replicaset\"} 4"), "{text}");
+        assert!(
+            text.contains("workqueue_depth{name=\"replicaset\"} 4"),
+            "{text}"
+        );
         assert!(text.contains("controller_reconcile_duration_seconds_bucket{controller=\"replicaset\",result=\"success\",le=\"0.005\"} 1"));
         assert!(text.contains("controller_reconcile_duration_seconds_bucket{controller=\"replicaset\",result=\"success\",le=\"0.001\"} 0"));
         assert!(text.contains("controller_reconcile_duration_seconds_count{controller=\"replicaset\",result=\"error\"} 1"));

@@ -297,7 +297,9 @@ impl<K: Object> Writer<K> {
             watcher::Event::InitApply(k) => {
                 let key = k.object_ref();
                 let slot = self.shared.inner.read().slot(&Arc::new(k));
-                self.buffer.get_or_insert_with(HashMap::new).insert(key, slot);
+                self.buffer
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key, slot);
                 Vec::new()
             }
             watcher::Event::InitDone => {
@@ -357,7 +359,9 @@ impl<K: Object> Writer<K> {
                 let key = k.object_ref();
                 let old = self.shared.inner.write().remove(&key);
                 if changes_wanted {
-                    let last = old.and_then(|o| o.entry.load()).unwrap_or_else(|| Arc::new(k));
+                    let last = old
+                        .and_then(|o| o.entry.load())
+                        .unwrap_or_else(|| Arc::new(k));
                     vec![Change::Deleted(last)]
                 } else {
                     Vec::new()
@@ -487,17 +491,17 @@ impl<K: Object> Reader<K> {
             .indices
             .get(index)
             .and_then(|idx| idx.get(value))
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(|k| inner.get(k))
-                    .collect()
-            })
+            .map(|keys| keys.iter().filter_map(|k| inner.get(k)).collect())
             .unwrap_or_default()
     }
 
     /// Whether an index of this name exists.
     pub fn has_index(&self, index: &str) -> bool {
-        self.shared.inner.read().indexers.contains_key(index as &str)
+        self.shared
+            .inner
+            .read()
+            .indexers
+            .contains_key(index as &str)
     }
 
     /// Adds (or replaces) an index; existing objects are indexed at once.
@@ -538,7 +542,9 @@ mod tests {
         w.apply(watcher::Event::Init);
         w.apply(watcher::Event::InitApply(pod("a", "p1", "1", None)));
         let changes = w.apply(watcher::Event::InitDone);
-        assert!(matches!(&changes[..], [Change::Deleted(p)] if p.metadata.name.as_deref() == Some("p2")));
+        assert!(
+            matches!(&changes[..], [Change::Deleted(p)] if p.metadata.name.as_deref() == Some("p2"))
+        );
         assert_eq!(r.len(), 1);
         assert!(r.get(&ObjectRef::new(Some("b"), "p2")).is_none());
     }
@@ -554,7 +560,10 @@ mod tests {
         assert_eq!(r.by_index(NAMESPACE_INDEX, "a").len(), 1);
         let changes = w.apply(watcher::Event::Apply(pod("a", "p1", "2", Some("n2"))));
         match &changes[..] {
-            [Change::Applied { old: Some(old), new }] => {
+            [Change::Applied {
+                old: Some(old),
+                new,
+            }] => {
                 assert_eq!(old.metadata.resource_version.as_deref(), Some("1"));
                 assert_eq!(new.metadata.resource_version.as_deref(), Some("2"));
             }

@@ -323,8 +323,8 @@ impl<K: Object> State<K> {
                                     };
                                 }
                                 None => {
-                                    self.rv = Some(list.resource_version)
-                                        .filter(|rv| !rv.is_empty());
+                                    self.rv =
+                                        Some(list.resource_version).filter(|rv| !rv.is_empty());
                                     self.pending.push_back(Event::InitDone);
                                     self.phase = Phase::Resume;
                                 }

@@ -456,7 +456,10 @@ mod tests {
         q.add(7);
         assert_eq!(q.get().await, Some(7));
         q.add(7);
-        assert!(q.is_empty(), "the key must not be handed to a second worker");
+        assert!(
+            q.is_empty(),
+            "the key must not be handed to a second worker"
+        );
         let second = tokio::time::timeout(Duration::from_secs(1), q.get()).await;
         assert!(second.is_err(), "nothing to get while 7 is processing");
         q.done(&7);
@@ -476,17 +479,17 @@ mod tests {
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
         q.done(&1);
         let nothing = tokio::time::timeout(Duration::from_secs(30), q.get()).await;
-        assert!(nothing.is_err(), "the later delays of the same key were merged");
+        assert!(
+            nothing.is_err(),
+            "the later delays of the same key were merged"
+        );
     }
 
     #[test]
     fn per_key_backoff_doubles_from_5ms_to_a_1000s_cap_and_forget_resets_it() {
         let b = ExponentialBackoff::new(Duration::from_millis(5), Duration::from_secs(1000));
         let delays: Vec<_> = (0..4).map(|_| b.when(&"k")).collect();
-        assert_eq!(
-            delays,
-            [5, 10, 20, 40].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(delays, [5, 10, 20, 40].map(Duration::from_millis).to_vec());
         for _ in 0..100 {
             b.when(&"k");
         }

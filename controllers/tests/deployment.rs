@@ -57,11 +57,20 @@ fn start(client: &Client) {
 
 async fn sets(client: &Client, selector: &str) -> Vec<ReplicaSet> {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), "ns");
-    api.list(&ListParams::default().labels(selector).unwrap()).await.unwrap().items
+    api.list(&ListParams::default().labels(selector).unwrap())
+        .await
+        .unwrap()
+        .items
 }
 
 fn condition(d: &Deployment, t: &str) -> Option<(String, String)> {
-    d.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    d.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
 fn revision(meta: &keelson_core::ObjectMeta) -> Option<String> {
@@ -92,25 +101,51 @@ async fn a_deployment_creates_a_hashed_replica_set_and_reports_its_rollout_compl
     let (_server, client) = cluster(&["ns"]).await;
     start(&client);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
-    api.create(&deployment("web", 3, rolling(1, 1))).await.unwrap();
+    api.create(&deployment("web", 3, rolling(1, 1)))
+        .await
+        .unwrap();
     let d = wait_complete(&client, "web").await;
 
     let rs = sets(&client, "app=web").await;
     assert_eq!(rs.len(), 1);
     let rs = &rs[0];
     let hash = rs.metadata.labels.as_ref().unwrap()[POD_TEMPLATE_HASH].clone();
-    assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
-    assert_eq!(rs.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()[POD_TEMPLATE_HASH], hash);
-    assert_eq!(rs.metadata.owner_references.as_ref().unwrap()[0].name, "web");
+    assert_eq!(
+        rs.metadata.name.as_deref(),
+        Some(format!("web-{hash}").as_str())
+    );
+    assert_eq!(
+        rs.spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()[POD_TEMPLATE_HASH],
+        hash
+    );
+    assert_eq!(
+        rs.metadata.owner_references.as_ref().unwrap()[0].name,
+        "web"
+    );
     assert_eq!(revision(&rs.metadata).as_deref(), Some("1"));
     assert_eq!(revision(&d.metadata).as_deref(), Some("1"));
     for p in pods(&client, "ns", "app=web").await {
         assert_eq!(p.metadata.labels.as_ref().unwrap()[POD_TEMPLATE_HASH], hash);
     }
     let s = d.status.as_ref().unwrap();
-    assert_eq!((s.ready_replicas, s.unavailable_replicas), (Some(3), Some(0)));
-    assert_eq!(condition(&d, "Available"), Some(("True".into(), "MinimumReplicasAvailable".into())));
-    assert_eq!(condition(&d, "Progressing"), Some(("True".into(), "NewReplicaSetAvailable".into())));
+    assert_eq!(
+        (s.ready_replicas, s.unavailable_replicas),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        condition(&d, "Available"),
+        Some(("True".into(), "MinimumReplicasAvailable".into()))
+    );
+    assert_eq!(
+        condition(&d, "Progressing"),
+        Some(("True".into(), "NewReplicaSetAvailable".into()))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,7 +153,9 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_at_every_st
     let (_server, client) = cluster(&["ns"]).await;
     start(&client);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
-    api.create(&deployment("web", 4, rolling(1, 1))).await.unwrap();
+    api.create(&deployment("web", 4, rolling(1, 1)))
+        .await
+        .unwrap();
     wait_complete(&client, "web").await;
 
     api.patch("web", &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})))
@@ -133,16 +170,36 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_at_every_st
         let saw = &saw_both;
         async move {
             let all = pods(&client, "ns", "app=web").await;
-            let live: Vec<_> = all.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+            let live: Vec<_> = all
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
             let ready = live
                 .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
                 .count();
-            assert!(live.len() <= 5, "step {step}: {} pods exceed replicas + maxSurge", live.len());
-            assert!(ready >= 3, "step {step}: {ready} ready pods, fewer than replicas - maxUnavailable");
+            assert!(
+                live.len() <= 5,
+                "step {step}: {} pods exceed replicas + maxSurge",
+                live.len()
+            );
+            assert!(
+                ready >= 3,
+                "step {step}: {ready} ready pods, fewer than replicas - maxUnavailable"
+            );
             let images: std::collections::BTreeSet<_> = live
                 .iter()
-                .map(|p| p.spec.as_ref().unwrap().containers[0].image.clone().unwrap())
+                .map(|p| {
+                    p.spec.as_ref().unwrap().containers[0]
+                        .image
+                        .clone()
+                        .unwrap()
+                })
                 .collect();
             if images.len() == 2 {
                 saw.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -163,12 +220,18 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_at_every_st
         }
     })
     .await;
-    assert!(saw_both.into_inner(), "old and new pods overlapped during the rolling update");
+    assert!(
+        saw_both.into_inner(),
+        "old and new pods overlapped during the rolling update"
+    );
     let d = wait_complete(&client, "web").await;
     assert_eq!(revision(&d.metadata).as_deref(), Some("2"));
     let rs = sets(&client, "app=web").await;
     assert_eq!(rs.len(), 2);
-    let old = rs.iter().find(|r| revision(&r.metadata).as_deref() == Some("1")).unwrap();
+    let old = rs
+        .iter()
+        .find(|r| revision(&r.metadata).as_deref() == Some("1"))
+        .unwrap();
     assert_eq!(old.spec.as_ref().unwrap().replicas, Some(0));
 }
 
@@ -177,9 +240,15 @@ async fn rollout_undo_brings_back_the_previous_replica_set_with_a_new_revision()
     let (_server, client) = cluster(&["ns"]).await;
     start(&client);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
-    api.create(&deployment("web", 2, rolling(1, 0))).await.unwrap();
+    api.create(&deployment("web", 2, rolling(1, 0)))
+        .await
+        .unwrap();
     wait_complete(&client, "web").await;
-    let first = sets(&client, "app=web").await[0].metadata.name.clone().unwrap();
+    let first = sets(&client, "app=web").await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
     api.patch("web", &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})))
         .await
         .unwrap();
@@ -192,9 +261,15 @@ async fn rollout_undo_brings_back_the_previous_replica_set_with_a_new_revision()
     assert_eq!(revision(&d.metadata).as_deref(), Some("3"));
     let rs = sets(&client, "app=web").await;
     assert_eq!(rs.len(), 2, "the old ReplicaSet is reused, not recreated");
-    let back = rs.iter().find(|r| r.metadata.name.as_deref() == Some(first.as_str())).unwrap();
+    let back = rs
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(first.as_str()))
+        .unwrap();
     assert_eq!(revision(&back.metadata).as_deref(), Some("3"));
-    assert_eq!(back.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision-history"], "1");
+    assert_eq!(
+        back.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision-history"],
+        "1"
+    );
     assert_eq!(back.spec.as_ref().unwrap().replicas, Some(2));
 }
 
@@ -203,7 +278,10 @@ async fn recreate_removes_every_old_pod_before_starting_new_ones() {
     let (_server, client) = cluster(&["ns"]).await;
     start(&client);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
-    let recreate = DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None };
+    let recreate = DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        rolling_update: None,
+    };
     api.create(&deployment("db", 2, recreate)).await.unwrap();
     wait_complete(&client, "db").await;
     api.patch("db", &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})))
@@ -213,13 +291,21 @@ async fn recreate_removes_every_old_pod_before_starting_new_ones() {
         let all = pods(&client, "ns", "app=db").await;
         let images: std::collections::BTreeSet<_> = all
             .iter()
-            .map(|p| p.spec.as_ref().unwrap().containers[0].image.clone().unwrap())
+            .map(|p| {
+                p.spec.as_ref().unwrap().containers[0]
+                    .image
+                    .clone()
+                    .unwrap()
+            })
             .collect();
         assert!(images.len() <= 1, "old and new pods at once: {images:?}");
         mark_all_ready(&client, "ns", "app=db").await;
         let d = api.get("db").await.unwrap();
         let s = d.status.clone().unwrap_or_default();
-        (images.contains("nginx:1.27") && s.available_replicas == Some(2) && s.updated_replicas == Some(2)).then_some(())
+        (images.contains("nginx:1.27")
+            && s.available_replicas == Some(2)
+            && s.updated_replicas == Some(2))
+        .then_some(())
     })
     .await;
     wait_complete(&client, "db").await;
@@ -230,12 +316,17 @@ async fn a_paused_deployment_scales_but_does_not_roll_out_until_resumed() {
     let (_server, client) = cluster(&["ns"]).await;
     start(&client);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
-    api.create(&deployment("web", 2, rolling(1, 1))).await.unwrap();
+    api.create(&deployment("web", 2, rolling(1, 1)))
+        .await
+        .unwrap();
     wait_complete(&client, "web").await;
-    api.patch("web", &Patch::Merge(json!({"spec": {"paused": true}}))).await.unwrap();
+    api.patch("web", &Patch::Merge(json!({"spec": {"paused": true}})))
+        .await
+        .unwrap();
     eventually("paused condition", WAIT, || async {
         let d = api.get("web").await.unwrap();
-        (condition(&d, "Progressing") == Some(("Unknown".into(), "DeploymentPaused".into()))).then_some(())
+        (condition(&d, "Progressing") == Some(("Unknown".into(), "DeploymentPaused".into())))
+            .then_some(())
     })
     .await;
     api.patch("web", &Patch::Strategic(json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})))
@@ -248,8 +339,14 @@ async fn a_paused_deployment_scales_but_does_not_roll_out_until_resumed() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(sets(&client, "app=web").await.len(), 1, "no rollout while paused");
-    api.patch("web", &Patch::Merge(json!({"spec": {"paused": false}}))).await.unwrap();
+    assert_eq!(
+        sets(&client, "app=web").await.len(),
+        1,
+        "no rollout while paused"
+    );
+    api.patch("web", &Patch::Merge(json!({"spec": {"paused": false}})))
+        .await
+        .unwrap();
     let d = wait_complete(&client, "web").await;
     assert_eq!(revision(&d.metadata).as_deref(), Some("2"));
 }
@@ -265,15 +362,21 @@ async fn a_rollout_that_makes_no_progress_exceeds_its_deadline() {
     // Nobody marks the pods ready.
     eventually("progressing", WAIT, || async {
         let d = api.get("stuck").await.unwrap();
-        condition(&d, "Progressing").filter(|c| c.0 == "True").map(|_| ())
+        condition(&d, "Progressing")
+            .filter(|c| c.0 == "True")
+            .map(|_| ())
     })
     .await;
     let d = eventually("deadline exceeded", Duration::from_secs(120), || async {
         let d = api.get("stuck").await.unwrap();
-        (condition(&d, "Progressing") == Some(("False".into(), "ProgressDeadlineExceeded".into()))).then_some(d)
+        (condition(&d, "Progressing") == Some(("False".into(), "ProgressDeadlineExceeded".into())))
+            .then_some(d)
     })
     .await;
-    assert_eq!(condition(&d, "Available"), Some(("False".into(), "MinimumReplicasUnavailable".into())));
+    assert_eq!(
+        condition(&d, "Available"),
+        Some(("False".into(), "MinimumReplicasUnavailable".into()))
+    );
     assert_eq!(d.status.as_ref().unwrap().unavailable_replicas, Some(2));
 }
 

@@ -23,7 +23,12 @@ async fn start(client: &Client) -> tokio::sync::watch::Sender<bool> {
     tx
 }
 
-async fn cm(api: &Api<ConfigMap>, name: &str, owners: &[(&ConfigMap, bool)], finalizers: &[&str]) -> ConfigMap {
+async fn cm(
+    api: &Api<ConfigMap>,
+    name: &str,
+    owners: &[(&ConfigMap, bool)],
+    finalizers: &[&str],
+) -> ConfigMap {
     let mut c = ConfigMap::default();
     c.metadata.name = Some(name.into());
     if !owners.is_empty() {
@@ -52,7 +57,10 @@ async fn gone(api: &Api<ConfigMap>, name: &str) -> bool {
 }
 
 fn delete_with(policy: PropagationPolicy) -> DeleteOptions {
-    DeleteOptions { propagation_policy: Some(policy), ..DeleteOptions::default() }
+    DeleteOptions {
+        propagation_policy: Some(policy),
+        ..DeleteOptions::default()
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -64,8 +72,13 @@ async fn dependents_of_a_deleted_owner_are_deleted_in_the_background() {
     let child = cm(&api, "child", &[(&owner, false)], &[]).await;
     cm(&api, "grandchild", &[(&child, false)], &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!gone(&api, "child").await, "nothing is collected while the owner lives");
-    api.delete("owner", &DeleteOptions::default()).await.unwrap();
+    assert!(
+        !gone(&api, "child").await,
+        "nothing is collected while the owner lives"
+    );
+    api.delete("owner", &DeleteOptions::default())
+        .await
+        .unwrap();
     eventually("the whole chain collected", WAIT, || async {
         (gone(&api, "child").await && gone(&api, "grandchild").await).then_some(())
     })
@@ -98,7 +111,9 @@ async fn foreground_deletion_waits_for_blocking_dependents() {
     // The blocking dependent is held by a finalizer of its own.
     cm(&api, "blocker", &[(&owner, true)], &["example.com/hold"]).await;
     cm(&api, "free", &[(&owner, false)], &[]).await;
-    api.delete("owner", &delete_with(PropagationPolicy::Foreground)).await.unwrap();
+    api.delete("owner", &delete_with(PropagationPolicy::Foreground))
+        .await
+        .unwrap();
     eventually("dependents deleted", WAIT, || async {
         let blocker = api.get("blocker").await.unwrap();
         (blocker.metadata.deletion_timestamp.is_some() && gone(&api, "free").await).then_some(())
@@ -107,9 +122,21 @@ async fn foreground_deletion_waits_for_blocking_dependents() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let o = api.get("owner").await.unwrap();
     assert!(o.metadata.deletion_timestamp.is_some());
-    assert_eq!(o.metadata.finalizers.as_deref(), Some(&["foregroundDeletion".to_owned()][..]), "the owner waits for its blocking dependent");
-    api.patch("blocker", &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    eventually("owner gone after its dependent", WAIT, || async { gone(&api, "owner").await.then_some(()) }).await;
+    assert_eq!(
+        o.metadata.finalizers.as_deref(),
+        Some(&["foregroundDeletion".to_owned()][..]),
+        "the owner waits for its blocking dependent"
+    );
+    api.patch(
+        "blocker",
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("owner gone after its dependent", WAIT, || async {
+        gone(&api, "owner").await.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,11 +147,19 @@ async fn orphan_deletion_strips_the_owner_from_dependents_and_keeps_them() {
     let owner = cm(&api, "owner", &[], &[]).await;
     cm(&api, "kept1", &[(&owner, true)], &[]).await;
     cm(&api, "kept2", &[(&owner, false)], &[]).await;
-    api.delete("owner", &delete_with(PropagationPolicy::Orphan)).await.unwrap();
-    eventually("owner gone", WAIT, || async { gone(&api, "owner").await.then_some(()) }).await;
+    api.delete("owner", &delete_with(PropagationPolicy::Orphan))
+        .await
+        .unwrap();
+    eventually("owner gone", WAIT, || async {
+        gone(&api, "owner").await.then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     for name in ["kept1", "kept2"] {
         let c = api.get(name).await.unwrap();
-        assert!(c.metadata.owner_references.unwrap_or_default().is_empty(), "{name} still owned");
+        assert!(
+            c.metadata.owner_references.unwrap_or_default().is_empty(),
+            "{name} still owned"
+        );
     }
 }

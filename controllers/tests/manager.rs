@@ -34,12 +34,18 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
 
 #[test]
 fn controllers_are_chosen_as_kube_controller_manager_chooses_them() {
-    let c = ControllerManagerConfig::default().controllers(&["*", "-namespace"]).unwrap();
+    let c = ControllerManagerConfig::default()
+        .controllers(&["*", "-namespace"])
+        .unwrap();
     assert!(!c.enabled.contains(&"namespace".to_owned()));
     assert_eq!(c.enabled.len(), 4);
-    let c = ControllerManagerConfig::default().controllers(&["deployment"]).unwrap();
+    let c = ControllerManagerConfig::default()
+        .controllers(&["deployment"])
+        .unwrap();
     assert_eq!(c.enabled, ["deployment"]);
-    let e = ControllerManagerConfig::default().controllers(&["*", "-nope"]).unwrap_err();
+    let e = ControllerManagerConfig::default()
+        .controllers(&["*", "-nope"])
+        .unwrap_err();
     assert!(e.to_string().contains("unknown controller \"nope\""), "{e}");
 }
 
@@ -51,7 +57,10 @@ async fn a_deployment_runs_and_its_foreground_deletion_removes_pods_and_replica_
     let metrics = manager.metrics();
     let run = tokio::spawn(manager.run(signal()));
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "ns");
-    eventually("default service account", WAIT, || async { sas.get_opt("default").await.unwrap().map(|_| ()) }).await;
+    eventually("default service account", WAIT, || async {
+        sas.get_opt("default").await.unwrap().map(|_| ())
+    })
+    .await;
 
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
     api.create(&deployment("web", 3)).await.unwrap();
@@ -61,11 +70,19 @@ async fn a_deployment_runs_and_its_foreground_deletion_removes_pods_and_replica_
         (d.status.and_then(|s| s.available_replicas) == Some(3)).then_some(())
     })
     .await;
-    assert!(metrics.render().contains("controller_reconcile_duration_seconds_count{controller=\"deployment\",result=\"success\"}"));
+    assert!(metrics.render().contains(
+        "controller_reconcile_duration_seconds_count{controller=\"deployment\",result=\"success\"}"
+    ));
 
-    api.delete("web", &DeleteOptions { propagation_policy: Some(PropagationPolicy::Foreground), ..DeleteOptions::default() })
-        .await
-        .unwrap();
+    api.delete(
+        "web",
+        &DeleteOptions {
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            ..DeleteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "ns");
     eventually("everything gone, the deployment last", WAIT, || async {
         let d = api.get_opt("web").await.unwrap();
@@ -89,10 +106,16 @@ async fn with_leader_election_only_the_leader_runs_controllers() {
     let mut runs = Vec::new();
     for id in ["a", "b"] {
         let config = ControllerManagerConfig {
-            leader_election: Some(LeaderElectionConfig::new("kube-system", "keelson-controller-manager", id)),
+            leader_election: Some(LeaderElectionConfig::new(
+                "kube-system",
+                "keelson-controller-manager",
+                id,
+            )),
             ..ControllerManagerConfig::default()
         };
-        runs.push(tokio::spawn(ControllerManager::with_config(client.clone(), config).run(signal())));
+        runs.push(tokio::spawn(
+            ControllerManager::with_config(client.clone(), config).run(signal()),
+        ));
     }
     let api: Api<Deployment> = Api::namespaced(client.clone(), "ns");
     api.create(&deployment("web", 4)).await.unwrap();
@@ -103,7 +126,11 @@ async fn with_leader_election_only_the_leader_runs_controllers() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(pods(&client, "ns", "app=web").await.len(), 4, "no double creation by two managers");
+    assert_eq!(
+        pods(&client, "ns", "app=web").await.len(),
+        4,
+        "no double creation by two managers"
+    );
     stop.send(true).unwrap();
     for r in runs {
         tokio::time::timeout(WAIT, r).await.unwrap().unwrap();

@@ -38,7 +38,10 @@ fn start(client: &Client) -> tokio::task::JoinHandle<()> {
     tokio::spawn(controller.concurrency(2).run(reconciler))
 }
 
-async fn rs_status(api: &Api<ReplicaSet>, name: &str) -> keelson_core::k8s_openapi::api::apps::v1::ReplicaSetStatus {
+async fn rs_status(
+    api: &Api<ReplicaSet>,
+    name: &str,
+) -> keelson_core::k8s_openapi::api::apps::v1::ReplicaSetStatus {
     api.get(name).await.unwrap().status.unwrap_or_default()
 }
 
@@ -61,14 +64,25 @@ async fn a_replica_set_gets_its_pods_named_labelled_and_owned_then_scales_down()
         assert_eq!(suffix.len(), 5, "{name}");
         assert_eq!(p.metadata.labels.as_ref().unwrap()["tier"], "web");
         let r = &p.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((r.kind.as_str(), r.uid.as_str(), r.controller, r.block_owner_deletion), ("ReplicaSet", uid.as_str(), Some(true), Some(true)));
+        assert_eq!(
+            (
+                r.kind.as_str(),
+                r.uid.as_str(),
+                r.controller,
+                r.block_owner_deletion
+            ),
+            ("ReplicaSet", uid.as_str(), Some(true), Some(true))
+        );
     }
     // No extra pods while the cache catches up.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pods(&client, "ns", "app=web").await.len(), 3);
 
     // Two become ready; scaling to 2 deletes the one that is not.
-    let names: Vec<String> = created.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    let names: Vec<String> = created
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
     mark_ready(&client, "ns", &names[0]).await;
     mark_ready(&client, "ns", &names[1]).await;
     let st = eventually("2 ready", WAIT, || async {
@@ -81,13 +95,18 @@ async fn a_replica_set_gets_its_pods_named_labelled_and_owned_then_scales_down()
     assert_eq!(st.available_replicas, Some(2));
     assert_eq!(st.observed_generation, Some(1));
 
-    api.patch("web", &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    api.patch("web", &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap();
     let left = eventually("2 pods", WAIT, || async {
         let p = pods(&client, "ns", "app=web").await;
         (p.len() == 2).then_some(p)
     })
     .await;
-    let mut left: Vec<String> = left.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    let mut left: Vec<String> = left
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
     left.sort();
     let mut ready = names[..2].to_vec();
     ready.sort();
@@ -117,7 +136,10 @@ async fn orphans_matching_the_selector_are_adopted_and_pods_that_stop_matching_a
         let p = pods(&client, "ns", "app=db").await;
         let adopted = p.iter().any(|p| {
             p.metadata.name.as_deref() == Some("orphan")
-                && p.metadata.owner_references.as_ref().is_some_and(|r| r[0].name == "db")
+                && p.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|r| r[0].name == "db")
         });
         (adopted && p.len() == 2).then_some(())
     })
@@ -125,12 +147,19 @@ async fn orphans_matching_the_selector_are_adopted_and_pods_that_stop_matching_a
 
     // Relabel the adopted pod: released, and replaced.
     pods_api
-        .patch("orphan", &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})))
+        .patch(
+            "orphan",
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+        )
         .await
         .unwrap();
     eventually("released and replaced", WAIT, || async {
         let o = pods_api.get("orphan").await.unwrap();
-        let released = o.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty());
+        let released = o
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|r| r.is_empty());
         (released && pods(&client, "ns", "app=db").await.len() == 2).then_some(())
     })
     .await;

@@ -292,7 +292,9 @@ where
         if let (1, Some(dir)) = (i, &nodes.manifests) {
             agent = agent.manifests(dir);
         }
-        let agent = agent.build().with_context(|| format!("configuring {name}"))?;
+        let agent = agent
+            .build()
+            .with_context(|| format!("configuring {name}"))?;
         let stop = until_stopped();
         running.tasks.push(tokio::spawn(async move {
             if let Err(e) = agent.run(stop).await {

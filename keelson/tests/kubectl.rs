@@ -743,7 +743,10 @@ fn eventually(c: &Cluster, args: &[&str], done: impl Fn(&str) -> bool) -> String
         if out.status.success() && done(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "kubectl {args:?} never got there: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?} never got there: {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -822,13 +825,19 @@ spec:
     );
     // Both profiles bind, and only to the node without the taint.
     for pod in ["small", "packed"] {
-        let node = eventually(&c, &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"], |n| {
-            !n.is_empty()
-        });
+        let node = eventually(
+            &c,
+            &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"],
+            |n| !n.is_empty(),
+        );
         assert_eq!(node, "n1", "{pod}");
     }
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
-    assert!(wide.lines().any(|l| l.starts_with("small") && l.contains("n1")), "{wide}");
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("small") && l.contains("n1")),
+        "{wide}"
+    );
     // The pod that fits nowhere waits, and `kubectl describe` says why, as Kubernetes does.
     let described = eventually(&c, &["describe", "pod", "huge"], |d| {
         d.contains("FailedScheduling")
@@ -845,15 +854,25 @@ spec:
         "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
     ]);
     assert_eq!(condition, "Unschedulable");
-    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=small"]);
-    assert!(events.contains("Successfully assigned default/small to n1"), "{events}");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=small",
+    ]);
+    assert!(
+        events.contains("Successfully assigned default/small to n1"),
+        "{events}"
+    );
     // A pod for a scheduler that is not running is left alone.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         c.ok(&["get", "pod", "elsewhere", "-o", "jsonpath={.spec.nodeName}"]),
         ""
     );
-    assert!(!c.ok(&["describe", "pod", "elsewhere"]).contains("FailedScheduling"));
+    assert!(!c
+        .ok(&["describe", "pod", "elsewhere"])
+        .contains("FailedScheduling"));
 }
 
 #[test]
@@ -862,7 +881,9 @@ fn kubectl_run_starts_a_real_process_whose_logs_kubectl_reads() {
         return;
     }
     let c = up(true);
-    let node = eventually(&c, &["get", "nodes"], |n| n.contains("node-1") && n.contains("Ready"));
+    let node = eventually(&c, &["get", "nodes"], |n| {
+        n.contains("node-1") && n.contains("Ready")
+    });
     assert!(node.contains("node-1"), "{node}");
 
     // A process that prints and stays up: scheduled onto node-1, Running, with an address.
@@ -876,16 +897,24 @@ fn kubectl_run_starts_a_real_process_whose_logs_kubectl_reads() {
         "-c",
         "echo started; while true; do echo tick; sleep 0.2; done",
     ]);
-    eventually(&c, &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"], |p| {
-        p == "Running"
-    });
+    eventually(
+        &c,
+        &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Running",
+    );
     let wide = c.ok(&["get", "pod", "hello", "-o", "wide"]);
-    assert!(wide.contains("1/1") && wide.contains("node-1") && wide.contains("127."), "{wide}");
+    assert!(
+        wide.contains("1/1") && wide.contains("node-1") && wide.contains("127."),
+        "{wide}"
+    );
     let logs = eventually(&c, &["logs", "hello"], |l| l.contains("tick"));
     assert!(logs.starts_with("started\n"), "{logs}");
     assert_eq!(c.ok(&["logs", "hello", "--tail=1"]), "tick\n");
     let stamped = c.ok(&["logs", "hello", "--tail=1", "--timestamps"]);
-    assert!(stamped.ends_with("Z tick\n") && stamped.starts_with("20"), "{stamped}");
+    assert!(
+        stamped.ends_with("Z tick\n") && stamped.starts_with("20"),
+        "{stamped}"
+    );
 
     // `logs -f` follows until the container ends.
     c.ok(&[
@@ -899,26 +928,51 @@ fn kubectl_run_starts_a_real_process_whose_logs_kubectl_reads() {
         "-c",
         "for i in 1 2 3; do echo line $i; sleep 0.3; done",
     ]);
-    eventually(&c, &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"], |p| {
-        p == "Running" || p == "Succeeded"
-    });
+    eventually(
+        &c,
+        &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Running" || p == "Succeeded",
+    );
     assert_eq!(c.ok(&["logs", "-f", "counter"]), "line 1\nline 2\nline 3\n");
-    eventually(&c, &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"], |p| {
-        p == "Succeeded"
-    });
+    eventually(
+        &c,
+        &["get", "pod", "counter", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Succeeded",
+    );
 
     // A crash loop shows in `get pods`, a command that does not exist as Kubernetes says.
-    c.ok(&["run", "crash", "--image=busybox", "--command", "--", "sh", "-c", "echo boom; exit 3"]);
-    let pods = eventually(&c, &["get", "pod", "crash"], |p| p.contains("CrashLoopBackOff"));
+    c.ok(&[
+        "run",
+        "crash",
+        "--image=busybox",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "echo boom; exit 3",
+    ]);
+    let pods = eventually(&c, &["get", "pod", "crash"], |p| {
+        p.contains("CrashLoopBackOff")
+    });
     assert!(pods.contains("0/1"), "{pods}");
     assert_eq!(c.ok(&["logs", "crash", "--previous"]), "boom\n");
-    c.ok(&["run", "nope", "--image=busybox", "--command", "--", "/no/such/binary"]);
+    c.ok(&[
+        "run",
+        "nope",
+        "--image=busybox",
+        "--command",
+        "--",
+        "/no/such/binary",
+    ]);
     let described = eventually(&c, &["describe", "pod", "nope"], |d| {
         d.contains("RunContainerError")
     });
     assert!(described.contains("/no/such/binary"), "{described}");
     let err = c.fails(&["logs", "hello", "-c", "other"]);
-    assert!(err.contains("container other is not valid for pod hello"), "{err}");
+    assert!(
+        err.contains("container other is not valid for pod hello"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -927,7 +981,9 @@ fn deployments_roll_out_undo_scale_and_namespaces_delete_their_contents() {
         return;
     }
     let c = up(true);
-    eventually(&c, &["get", "nodes"], |n| n.contains("node-1") && n.contains("Ready"));
+    eventually(&c, &["get", "nodes"], |n| {
+        n.contains("node-1") && n.contains("Ready")
+    });
     c.ok(&[
         "create",
         "deployment",
@@ -944,20 +1000,35 @@ fn deployments_roll_out_undo_scale_and_namespaces_delete_their_contents() {
     let deploy = c.ok(&["get", "deployment", "web"]);
     assert!(deploy.contains("3/3"), "{deploy}");
     assert_eq!(
-        c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count(),
+        c.ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count(),
         3
     );
     // A new template rolls out as a second ReplicaSet; undo goes back to the first.
     c.ok(&["set", "env", "deployment/web", "VERSION=2"]);
     let status = c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(status.contains("successfully rolled out"), "{status}");
-    let rs = c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.replicas} {end}"]);
+    let rs = c.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.replicas} {end}",
+    ]);
     let mut counts: Vec<&str> = rs.split_whitespace().collect();
     counts.sort_unstable();
     assert_eq!(counts, ["0", "3"], "{rs}");
     c.ok(&["rollout", "undo", "deployment/web"]);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    let env = c.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
+    let env = c.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
     assert!(!env.contains("VERSION"), "{env}");
     let history = c.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('2') && history.contains('3'), "{history}");
@@ -968,12 +1039,34 @@ fn deployments_roll_out_undo_scale_and_namespaces_delete_their_contents() {
     });
     // Deleting a namespace deletes what is in it (pods stopped), then the namespace.
     c.ok(&["create", "namespace", "scratch"]);
-    c.ok(&["-n", "scratch", "create", "deployment", "x", "--image=busybox", "--", "sleep", "1000"]);
-    c.ok(&["-n", "scratch", "create", "configmap", "c", "--from-literal=a=b"]);
-    eventually(&c, &["-n", "scratch", "get", "pods"], |p| p.contains("Running"));
+    c.ok(&[
+        "-n",
+        "scratch",
+        "create",
+        "deployment",
+        "x",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    c.ok(&[
+        "-n",
+        "scratch",
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=b",
+    ]);
+    eventually(&c, &["-n", "scratch", "get", "pods"], |p| {
+        p.contains("Running")
+    });
     let deleted = c.ok(&["delete", "namespace", "scratch", "--timeout=60s"]);
     assert!(deleted.contains("deleted"), "{deleted}");
     let err = c.fails(&["get", "namespace", "scratch"]);
     assert!(err.contains("not found"), "{err}");
-    assert!(c.ok(&["get", "pods", "-A", "-o", "name"]).lines().all(|l| !l.contains("x-")));
+    assert!(c
+        .ok(&["get", "pods", "-A", "-o", "name"])
+        .lines()
+        .all(|l| !l.contains("x-")));
 }

@@ -28,7 +28,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn rss_mib() -> f64 {
@@ -50,7 +52,11 @@ fn main() {
     let pods: usize = arg("--pods").and_then(|v| v.parse().ok()).unwrap_or(0);
     // `--pods-elsewhere`: bind the pods to nodes outside the fleet, so that they stay
     // Pending — the API server's share of their memory, without the agents'.
-    let prefix = if std::env::args().any(|a| a == "--pods-elsewhere") { "elsewhere-" } else { "sim-" };
+    let prefix = if std::env::args().any(|a| a == "--pods-elsewhere") {
+        "elsewhere-"
+    } else {
+        "sim-"
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -59,7 +59,11 @@ impl Fixture for ProcessFixture {
     }
     fn prints(&self, line: &str) -> Option<ContainerConfig> {
         Some(ContainerConfig {
-            command: vec!["sh".into(), "-c".into(), "echo \"$LINE\"; exec sleep 600".into()],
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"$LINE\"; exec sleep 600".into(),
+            ],
             env: vec![("LINE".into(), line.into())],
             ..ContainerConfig::default()
         })
@@ -117,8 +121,7 @@ fn named(mut c: ContainerConfig, name: &str, uid: &str) -> ContainerConfig {
     c.name = name.into();
     c.labels.insert(LABEL_POD_UID.into(), uid.into());
     c.labels.insert(LABEL_CONTAINER_NAME.into(), name.into());
-    c.labels
-        .insert(LABEL_ATTEMPT.into(), c.attempt.to_string());
+    c.labels.insert(LABEL_ATTEMPT.into(), c.attempt.to_string());
     c
 }
 
@@ -167,8 +170,14 @@ impl Suite {
     /// `run_sandbox` twice gives one sandbox; stop and remove are idempotent.
     pub async fn sandboxes_are_idempotent(rt: &dyn Runtime) {
         let a = rt.run_sandbox(&sandbox("u1")).await.expect("run sandbox");
-        let again = rt.run_sandbox(&sandbox("u1")).await.expect("run sandbox again");
-        assert_eq!(a, again, "run_sandbox for the same pod and attempt gives one sandbox");
+        let again = rt
+            .run_sandbox(&sandbox("u1"))
+            .await
+            .expect("run sandbox again");
+        assert_eq!(
+            a, again,
+            "run_sandbox for the same pod and attempt gives one sandbox"
+        );
         let b = rt.run_sandbox(&sandbox("u2")).await.expect("run another");
         assert_ne!(a, b, "two pods get two sandboxes");
         let s = rt.sandbox_status(&a).await.expect("sandbox status");
@@ -188,7 +197,10 @@ impl Suite {
         rt.remove_sandbox(&a).await.expect("remove");
         rt.remove_sandbox(&a).await.expect("remove is idempotent");
         let e = rt.sandbox_status(&a).await.expect_err("removed");
-        assert!(e.is_not_found(), "status of a removed sandbox is NotFound: {e}");
+        assert!(
+            e.is_not_found(),
+            "status of a removed sandbox is NotFound: {e}"
+        );
         rt.remove_sandbox(&b).await.expect("remove b");
         rt.remove_sandbox(&c).await.expect("remove c");
     }
@@ -219,13 +231,19 @@ impl Suite {
             .await
             .expect("stop");
         let s = rt.container_status(&id).await.expect("status");
-        assert_eq!(s.state, ContainerState::Exited, "stop returns once it ended");
+        assert_eq!(
+            s.state,
+            ContainerState::Exited,
+            "stop returns once it ended"
+        );
         assert!(s.exit_code.is_some() && s.finished_at.is_some());
         rt.stop_container(&id, Duration::from_secs(5))
             .await
             .expect("stop is idempotent");
         rt.remove_container(&id).await.expect("remove");
-        rt.remove_container(&id).await.expect("remove is idempotent");
+        rt.remove_container(&id)
+            .await
+            .expect("remove is idempotent");
         let e = rt.container_status(&id).await.expect_err("removed");
         assert!(e.is_not_found(), "{e}");
         rt.remove_sandbox(&sb).await.expect("remove sandbox");
@@ -274,7 +292,10 @@ impl Suite {
             .await
             .expect_err("stopped sandbox");
         assert!(matches!(e, RuntimeError::InvalidState(_)), "{e}");
-        let e = rt.container_status("no-such-container").await.expect_err("unknown");
+        let e = rt
+            .container_status("no-such-container")
+            .await
+            .expect_err("unknown");
         assert!(e.is_not_found(), "{e}");
         rt.remove_sandbox(&sb).await.expect("remove sandbox");
     }
@@ -297,7 +318,11 @@ impl Suite {
         let s = rt.container_status(&id).await.expect("status");
         assert_eq!(s.state, ContainerState::Exited);
         let s = rt.container_status(&keep).await.expect("status");
-        assert_eq!(s.state, ContainerState::Running, "other sandboxes are untouched");
+        assert_eq!(
+            s.state,
+            ContainerState::Running,
+            "other sandboxes are untouched"
+        );
         rt.remove_sandbox(&sb).await.expect("remove");
         rt.remove_sandbox(&other).await.expect("remove");
     }
@@ -357,7 +382,10 @@ impl Suite {
                 if text.contains("hello from conformance\n") {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "the line never showed: {text:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the line never showed: {text:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let tail = read_all(
@@ -386,7 +414,11 @@ impl Suite {
         let stats = rt.stats(&id).await.expect("stats");
         assert!(stats.timestamp.is_some());
         rt.remove_container(&id).await.expect("remove");
-        assert!(rt.exec(&id, &["true".into()], None).await.expect_err("gone").is_not_found());
+        assert!(rt
+            .exec(&id, &["true".into()], None)
+            .await
+            .expect_err("gone")
+            .is_not_found());
         assert!(rt.stats(&id).await.expect_err("gone").is_not_found());
         assert!(rt
             .logs(&id, &LogOptions::default())

@@ -136,10 +136,10 @@ pub use network::{LoopbackNetwork, NetworkPlugin, NetworkStatus, PodNetwork, Pod
 pub use runtime::process::ProcessRuntime;
 pub use runtime::sim::{SimBehaviour, SimProfile, SimRuntime};
 pub use runtime::{
-    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus,
-    ExecOutput, LogOptions, LogStream, Mount, ResourceLimits, Runtime, SandboxConfig,
-    SandboxState, SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_NAME,
-    LABEL_POD_NAMESPACE, LABEL_POD_UID,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
+    LogOptions, LogStream, Mount, ResourceLimits, Runtime, SandboxConfig, SandboxState,
+    SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE,
+    LABEL_POD_UID,
 };
 pub use sim_fleet::{SimFleet, SimFleetBuilder, SimFleetStats};
 

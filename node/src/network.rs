@@ -240,7 +240,11 @@ mod tests {
         let a = net.add(&pod("a")).await.expect("add a");
         let b = net.add(&pod("b")).await.expect("add b");
         assert_ne!(a, b);
-        assert_eq!(net.add(&pod("a")).await.expect("again"), a, "add is idempotent");
+        assert_eq!(
+            net.add(&pod("a")).await.expect("again"),
+            a,
+            "add is idempotent"
+        );
         assert!(a.ips[0].to_string().starts_with("127.7."));
         drop(net);
         let net = LoopbackNetwork::open(dir.path(), 7).expect("reopen");

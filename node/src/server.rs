@@ -47,7 +47,12 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code.as_u16(),
     });
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn pods(State(ctx): State<Arc<NodeCtx>>) -> Response {
@@ -61,7 +66,11 @@ async fn pods(State(ctx): State<Arc<NodeCtx>>) -> Response {
         })
         .collect();
     let body = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn container_id(
@@ -72,7 +81,11 @@ fn container_id(
     previous: bool,
 ) -> Result<String, Box<Response>> {
     let Some(info) = ctx.find(ns, pod) else {
-        return Err(Box::new(status(StatusCode::NOT_FOUND, "NotFound", format!("pod \"{pod}\" not found on this node"))));
+        return Err(Box::new(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pod \"{pod}\" not found on this node"),
+        )));
     };
     let info = lock(&info);
     let Some((current, prev)) = info.containers.get(container) else {
@@ -84,7 +97,11 @@ fn container_id(
     };
     let id = if previous { prev } else { current };
     id.clone().ok_or_else(|| {
-        let what = if previous { "previous terminated container" } else { "container" };
+        let what = if previous {
+            "previous terminated container"
+        } else {
+            "container"
+        };
         Box::new(status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -94,14 +111,19 @@ fn container_id(
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
-    q.get(k).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+    q.get(k)
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
 fn number(q: &HashMap<String, String>, k: &str) -> Result<Option<u64>, Box<Response>> {
     match q.get(k) {
         None => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            Box::new(status(StatusCode::BAD_REQUEST, "BadRequest", format!("{k} must be a non-negative integer, not {v:?}")))
+            Box::new(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("{k} must be a non-negative integer, not {v:?}"),
+            ))
         }),
     }
 }
@@ -136,7 +158,13 @@ async fn logs(
     if let Some(t) = q.get("sinceTime") {
         match t.parse::<keelson_core::k8s_openapi::jiff::Timestamp>() {
             Ok(ts) => options.since = Some(from_timestamp(ts)),
-            Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("sinceTime {t:?} is not an RFC 3339 time")),
+            Err(_) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("sinceTime {t:?} is not an RFC 3339 time"),
+                )
+            }
         }
     }
     match ctx.runtime.logs(&id, &options).await {
@@ -145,7 +173,11 @@ async fn logs(
             ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
         }
         Err(e) if e.is_not_found() => status(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
-        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
     }
 }
 
@@ -158,9 +190,17 @@ async fn exec(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    let command: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+    let command: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
     if command.is_empty() {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "exec needs at least one command parameter".into());
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "exec needs at least one command parameter".into(),
+        );
     }
     let timeout = q
         .iter()
@@ -174,10 +214,20 @@ async fn exec(
                 "stdout": String::from_utf8_lossy(&out.stdout),
                 "stderr": String::from_utf8_lossy(&out.stderr),
             });
-            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
         }
         Err(e) if e.is_not_found() => status(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
-        Err(crate::RuntimeError::CommandNotFound(m)) => status(StatusCode::BAD_REQUEST, "BadRequest", m),
-        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+        Err(crate::RuntimeError::CommandNotFound(m)) => {
+            status(StatusCode::BAD_REQUEST, "BadRequest", m)
+        }
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
     }
 }

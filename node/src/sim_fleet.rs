@@ -47,14 +47,21 @@ impl NetworkPlugin for SimNetwork {
                         break;
                     }
                 }
-                let h = found.ok_or_else(|| Error::Network(format!("no free address left in {}", self.cidr())))?;
+                let h = found.ok_or_else(|| {
+                    Error::Network(format!("no free address left in {}", self.cidr()))
+                })?;
                 g.1 = h;
                 g.0.insert(pod.uid.clone(), h);
                 h
             }
         };
         Ok(PodNetwork {
-            ips: vec![IpAddr::V4(Ipv4Addr::new(10, ((self.index >> 8) & 0xff) as u8, (self.index & 0xff) as u8, host))],
+            ips: vec![IpAddr::V4(Ipv4Addr::new(
+                10,
+                ((self.index >> 8) & 0xff) as u8,
+                (self.index & 0xff) as u8,
+                host,
+            ))],
         })
     }
 
@@ -64,7 +71,11 @@ impl NetworkPlugin for SimNetwork {
     }
 
     async fn status(&self) -> Result<NetworkStatus, Error> {
-        Ok(NetworkStatus { ready: true, pod_cidr: Some(self.cidr()), message: None })
+        Ok(NetworkStatus {
+            ready: true,
+            pod_cidr: Some(self.cidr()),
+            message: None,
+        })
     }
 }
 
@@ -115,7 +126,10 @@ impl SimFleetBuilder {
                     client: self.client.clone(),
                     node_name: format!("{}{i}", self.prefix),
                     runtime: runtime.clone() as Arc<dyn Runtime>,
-                    network: Arc::new(SimNetwork { index: i as u32, used: Mutex::new((HashMap::new(), 1)) }),
+                    network: Arc::new(SimNetwork {
+                        index: i as u32,
+                        used: Mutex::new((HashMap::new(), 1)),
+                    }),
                     config: config.clone(),
                     state_dir: None,
                     host_ip: "127.0.0.1".into(),
@@ -123,7 +137,11 @@ impl SimFleetBuilder {
                 })
             })
             .collect();
-        let by_name = nodes.iter().enumerate().map(|(i, n)| (n.node_name.clone(), i)).collect();
+        let by_name = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.node_name.clone(), i))
+            .collect();
         let last_renew = (0..self.count).map(|_| AtomicU64::new(0)).collect();
         SimFleet {
             client: self.client,
@@ -252,8 +270,16 @@ impl SimFleet {
         }
         tracing::info!(nodes = self.nodes.len(), "simulated nodes registered");
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(heartbeats(self.nodes.clone(), self.config.clone(), self.counters.clone()));
-        tasks.spawn(pod_watch(self.client.clone(), self.nodes.clone(), self.by_name.clone()));
+        tasks.spawn(heartbeats(
+            self.nodes.clone(),
+            self.config.clone(),
+            self.counters.clone(),
+        ));
+        tasks.spawn(pod_watch(
+            self.client.clone(),
+            self.nodes.clone(),
+            self.by_name.clone(),
+        ));
         shutdown.await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
@@ -268,7 +294,8 @@ async fn register_one(ctx: &NodeCtx) -> Result<(), Error> {
     let cidr = ctx.network.status().await.ok().and_then(|s| s.pod_cidr);
     let mut obj = agent::node::node_object(ctx, cidr.as_deref());
     obj["metadata"]["labels"]["keelson.dev/simulated"] = json!("true");
-    let node: Node = serde_json::from_value(obj).map_err(|e| Error::Config(format!("node object: {e}")))?;
+    let node: Node =
+        serde_json::from_value(obj).map_err(|e| Error::Config(format!("node object: {e}")))?;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let created = match nodes.create(&node).await {
         Ok(n) => Some(n),
@@ -289,7 +316,13 @@ async fn register_one(ctx: &NodeCtx) -> Result<(), Error> {
         .await
         .map_err(|e| Error::api(format!("update the status of node {}", ctx.node_name), e))?;
     let uid = created.and_then(|n| n.metadata.uid);
-    agent::node::renew_lease(&ctx.client, &ctx.node_name, uid.as_deref(), ctx.config.lease_duration_seconds).await
+    agent::node::renew_lease(
+        &ctx.client,
+        &ctx.node_name,
+        uid.as_deref(),
+        ctx.config.lease_duration_seconds,
+    )
+    .await
 }
 
 /// Renews every node's Lease once per interval, spread evenly over it.
@@ -305,19 +338,29 @@ async fn heartbeats(nodes: Vec<Arc<NodeCtx>>, config: Arc<AgentConfig>, counters
     let _ = micro_time;
     for i in (0..nodes.len()).cycle() {
         tick.tick().await;
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let ctx = nodes[i].clone();
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let r = agent::node::renew_lease(&ctx.client, &ctx.node_name, None, ctx.config.lease_duration_seconds).await;
+            let r = agent::node::renew_lease(
+                &ctx.client,
+                &ctx.node_name,
+                None,
+                ctx.config.lease_duration_seconds,
+            )
+            .await;
             let now_ms = start.elapsed().as_millis() as u64;
             match r {
                 Ok(()) => {
                     counters.renewals.fetch_add(1, Ordering::Relaxed);
                     let prev = counters.last_renew[i].swap(now_ms, Ordering::Relaxed);
                     if prev > 0 {
-                        counters.max_gap_ms.fetch_max(now_ms - prev.min(now_ms), Ordering::Relaxed);
+                        counters
+                            .max_gap_ms
+                            .fetch_max(now_ms - prev.min(now_ms), Ordering::Relaxed);
                     }
                 }
                 Err(e) => {
@@ -360,7 +403,10 @@ async fn pod_watch(client: Client, nodes: Vec<Arc<NodeCtx>>, by_name: HashMap<St
             }
             n.on_list(list, &HashSet::new());
         }
-        let mut stream = match pods.watch(&WatchParams::default().after(list.resource_version)).await {
+        let mut stream = match pods
+            .watch(&WatchParams::default().after(list.resource_version))
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "failed to watch pods for the simulated nodes");

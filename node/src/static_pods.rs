@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use keelson_core::client::{Api, DeleteOptions};
+use keelson_core::k8s_openapi::api::core::v1::Node;
 use keelson_core::k8s_openapi::api::core::v1::Pod;
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use keelson_core::k8s_openapi::api::core::v1::Node;
 
 use crate::agent::{lock, NodeCtx, MIRROR_ANNOTATION};
 
@@ -32,7 +32,14 @@ fn manifest_uid(node: &str, data: &[u8]) -> String {
     let a = fnv(1, &input);
     let b = fnv(2, &input);
     let x = format!("{a:016x}{b:016x}");
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 struct Known {
@@ -81,7 +88,10 @@ impl StaticPods {
             pod.metadata.namespace = Some("default".into());
         }
         pod.metadata.uid = Some(uid.clone());
-        let ann = pod.metadata.annotations.get_or_insert_with(Default::default);
+        let ann = pod
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         ann.insert(HASH_ANNOTATION.into(), uid.clone());
         ann.insert(SOURCE_ANNOTATION.into(), "file".into());
         if let Some(spec) = pod.spec.as_mut() {
@@ -106,8 +116,12 @@ impl StaticPods {
                     if !matches!(ext, "yaml" | "yml" | "json") {
                         continue;
                     }
-                    let Ok(data) = std::fs::read(&path) else { continue };
-                    let Some((uid, pod)) = self.parse(&data, &path) else { continue };
+                    let Ok(data) = std::fs::read(&path) else {
+                        continue;
+                    };
+                    let Some((uid, pod)) = self.parse(&data, &path) else {
+                        continue;
+                    };
                     seen.insert(path.clone());
                     match self.known.get(&path) {
                         Some(k) if k.hash == uid => {}
@@ -130,7 +144,12 @@ impl StaticPods {
                 return;
             }
         }
-        let gone: Vec<PathBuf> = self.known.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .known
+            .keys()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
         for path in gone {
             if let Some(k) = self.known.remove(&path) {
                 tracing::info!(file = %path.display(), "static pod manifest removed; stopping the pod");
@@ -154,7 +173,10 @@ impl StaticPods {
     }
 
     async fn delete_mirror(&self, pod: &Pod) {
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let name = pod.metadata.name.clone().unwrap_or_default();
         let opts = DeleteOptions {
             grace_period_seconds: Some(0),
@@ -191,7 +213,12 @@ impl StaticPods {
         }
         if self.node_uid.is_none() {
             let nodes: Api<Node> = Api::all(self.ctx.client.clone());
-            self.node_uid = nodes.get_opt(&self.ctx.node_name).await.ok().flatten().and_then(|n| n.metadata.uid);
+            self.node_uid = nodes
+                .get_opt(&self.ctx.node_name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| n.metadata.uid);
         }
         let mut mirror = pod.clone();
         mirror.metadata.uid = None;

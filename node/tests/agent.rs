@@ -29,19 +29,34 @@ async fn the_node_registers_with_conditions_capacity_and_a_renewed_lease() {
         .into_iter()
         .map(|c| (c.type_, c.status))
         .collect();
-    assert!(conds.contains(&("Ready".into(), "True".into())), "{conds:?}");
+    assert!(
+        conds.contains(&("Ready".into(), "True".into())),
+        "{conds:?}"
+    );
     for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
-        assert!(conds.iter().any(|(k, _)| k == kind), "{kind} missing: {conds:?}");
+        assert!(
+            conds.iter().any(|(k, _)| k == kind),
+            "{kind} missing: {conds:?}"
+        );
     }
     assert_eq!(status.capacity.expect("capacity")["cpu"].0, "4");
     assert_eq!(status.addresses.expect("addresses")[0].address, "127.0.0.1");
     assert_eq!(
-        status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port),
+        status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port),
         node.port.map(i32::from)
     );
-    assert_eq!(n.spec.and_then(|s| s.pod_cidr).as_deref(), Some("127.9.0.0/16"));
+    assert_eq!(
+        n.spec.and_then(|s| s.pod_cidr).as_deref(),
+        Some("127.9.0.0/16")
+    );
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
-    let first = eventually(10, "the lease", || async { leases.get("n1").await.ok()?.spec?.renew_time }).await;
+    let first = eventually(10, "the lease", || async {
+        leases.get("n1").await.ok()?.spec?.renew_time
+    })
+    .await;
     eventually(10, "a renewal", || async {
         let l = leases.get("n1").await.ok()?;
         let t = l.spec?.renew_time?;
@@ -62,7 +77,12 @@ async fn a_pod_runs_with_its_address_environment_volumes_and_logs_and_stops_when
         .expect("create cm");
     let secrets: Api<Secret> = Api::namespaced(c.client.clone(), NS);
     secrets
-        .create(&serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})).expect("secret"))
+        .create(
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}),
+            )
+            .expect("secret"),
+        )
         .await
         .expect("create secret");
     let svcs: Api<Service> = Api::namespaced(c.client.clone(), NS);
@@ -70,25 +90,29 @@ async fn a_pod_runs_with_its_address_environment_volumes_and_logs_and_stops_when
         .await
         .expect("create service");
     let script = r#"echo "ip=$POD_IP mode=$MODE token=$TOKEN name=$MY_NAME mem=$MEM svc=$WEB_FRONT_SERVICE_PORT ref=$GREETING"; cat etc/config/file.txt; echo; cat "$KEELSON_ROOT/info/labels"; echo; exec sleep 600"#;
-    let p = pod("web", "n1", json!({
-        "containers": [{
-            "name": "main", "image": "busybox",
-            "command": ["sh", "-c", script],
-            "env": [
-                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
-                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-                {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-                {"name": "GREETING", "value": "hello $(MY_NAME)"},
+    let p = pod(
+        "web",
+        "n1",
+        json!({
+            "containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", script],
+                "env": [
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "GREETING", "value": "hello $(MY_NAME)"},
+                ],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/config"}, {"name": "info", "mountPath": "/info"}],
+            }],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "settings"}},
+                {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
             ],
-            "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
-            "volumeMounts": [{"name": "config", "mountPath": "/etc/config"}, {"name": "info", "mountPath": "/info"}],
-        }],
-        "volumes": [
-            {"name": "config", "configMap": {"name": "settings"}},
-            {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-        ],
-    }));
+        }),
+    );
     let mut p = p;
     p.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
@@ -102,13 +126,30 @@ async fn a_pod_runs_with_its_address_environment_volumes_and_logs_and_stops_when
     let ip = status.pod_ip.clone().expect("podIP");
     assert!(ip.starts_with("127.9."), "{ip}");
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
-    assert_eq!(status.qos_class.as_deref(), Some("Guaranteed"), "limits alone make requests too");
+    assert_eq!(
+        status.qos_class.as_deref(),
+        Some("Guaranteed"),
+        "limits alone make requests too"
+    );
     assert!(status.start_time.is_some());
-    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"] {
+    for kind in [
+        "PodScheduled",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodReadyToStartContainers",
+    ] {
         assert_eq!(condition(&running, kind).as_deref(), Some("True"), "{kind}");
     }
     let cs = container_status(&running, "main").expect("container status");
-    assert!(cs.ready && cs.restart_count == 0 && cs.container_id.as_deref().is_some_and(|i| i.starts_with("process://")));
+    assert!(
+        cs.ready
+            && cs.restart_count == 0
+            && cs
+                .container_id
+                .as_deref()
+                .is_some_and(|i| i.starts_with("process://"))
+    );
     let expected = format!("ip={ip} mode=fast token=s3cret name=web mem=64 svc=8080 ref=hello web\nfrom a volume\napp=\"web\"\n");
     let body = eventually(10, "the log lines", || async {
         let (code, body) = node.get(&format!("/containerLogs/{NS}/web/main")).await;
@@ -116,21 +157,40 @@ async fn a_pod_runs_with_its_address_environment_volumes_and_logs_and_stops_when
     })
     .await;
     assert_eq!(body, expected);
-    let (_, tail) = node.get(&format!("/containerLogs/{NS}/web/main?tailLines=1&timestamps=true")).await;
-    assert!(tail.ends_with(" app=\"web\"\n") && tail.lines().count() == 1, "{tail:?}");
+    let (_, tail) = node
+        .get(&format!(
+            "/containerLogs/{NS}/web/main?tailLines=1&timestamps=true"
+        ))
+        .await;
+    assert!(
+        tail.ends_with(" app=\"web\"\n") && tail.lines().count() == 1,
+        "{tail:?}"
+    );
     let (code, _) = node.get(&format!("/containerLogs/{NS}/web/nope")).await;
     assert_eq!(code, 404);
-    let (code, _) = node.get(&format!("/containerLogs/{NS}/web/main?previous=true")).await;
+    let (code, _) = node
+        .get(&format!("/containerLogs/{NS}/web/main?previous=true"))
+        .await;
     assert_eq!(code, 400, "no previous instance yet");
-    let (code, out) = node.request("POST", &format!("/exec/{NS}/web/main?command=sh&command=-c&command=echo%20$MODE")).await;
+    let (code, out) = node
+        .request(
+            "POST",
+            &format!("/exec/{NS}/web/main?command=sh&command=-c&command=echo%20$MODE"),
+        )
+        .await;
     assert_eq!(code, 200, "{out}");
     let out: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(out["stdout"], "fast\n");
     assert_eq!(out["exitCode"], 0);
     let pids = node.runtime.running_pids();
     assert_eq!(pids.len(), 1);
-    pods.delete("web", &DeleteOptions::default()).await.expect("delete");
-    eventually(20, "the pod object to go", || async { get_pod(&c.client, "web").await.is_none().then_some(()) }).await;
+    pods.delete("web", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    eventually(20, "the pod object to go", || async {
+        get_pod(&c.client, "web").await.is_none().then_some(())
+    })
+    .await;
     assert!(!alive(pids[0]), "the process ended");
     assert!(node.runtime.running_pids().is_empty());
 }
@@ -160,12 +220,31 @@ async fn init_containers_run_in_order_before_the_containers_and_the_pod_succeeds
     let status = done.status.expect("status");
     let inits = status.init_container_statuses.expect("init statuses");
     for s in &inits {
-        let t = s.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("terminated");
+        let t = s
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .expect("terminated");
         assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
     }
     let main = &status.container_statuses.expect("statuses")[0];
-    assert_eq!(main.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code), Some(0));
-    assert_eq!(status.conditions.expect("conditions").iter().find(|c| c.type_ == "Ready").and_then(|c| c.reason.clone()).as_deref(), Some("PodCompleted"));
+    assert_eq!(
+        main.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code),
+        Some(0)
+    );
+    assert_eq!(
+        status
+            .conditions
+            .expect("conditions")
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.reason.clone())
+            .as_deref(),
+        Some("PodCompleted")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,16 +260,31 @@ async fn a_crashing_container_goes_into_crash_loop_back_off_with_its_last_state(
     let p = eventually(20, "a crash loop", || async {
         let p = get_pod(&c.client, "crash").await?;
         let cs = container_status(&p, "main")?;
-        (cs.restart_count >= 2 && waiting_reason(&p, "main").as_deref() == Some("CrashLoopBackOff")).then_some(p)
+        (cs.restart_count >= 2 && waiting_reason(&p, "main").as_deref() == Some("CrashLoopBackOff"))
+            .then_some(p)
     })
     .await;
     assert_eq!(phase(&p), "Running");
     let cs = container_status(&p, "main").expect("status");
-    let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).expect("lastState.terminated");
+    let last = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("lastState.terminated");
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
-    let msg = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.message.clone()).unwrap_or_default();
-    assert!(msg.contains("back-off") && msg.contains("container=main"), "{msg}");
-    let (code, body) = node.get(&format!("/containerLogs/{NS}/crash/main?previous=true")).await;
+    let msg = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("back-off") && msg.contains("container=main"),
+        "{msg}"
+    );
+    let (code, body) = node
+        .get(&format!("/containerLogs/{NS}/crash/main?previous=true"))
+        .await;
     assert_eq!((code, body.as_str()), (200, "attempt\n"));
     assert_eq!(condition(&p, "Ready").as_deref(), Some("False"));
 }
@@ -201,9 +295,12 @@ async fn bad_pods_show_kubernetes_reasons_and_do_not_stop_the_others() {
     let _node = Node::start(&c.client, "n1").await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), NS);
-    cms.create(&serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"other": "x"}})).expect("cm"))
-        .await
-        .expect("cm");
+    cms.create(
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"other": "x"}}))
+            .expect("cm"),
+    )
+    .await
+    .expect("cm");
     pods.create(&pod("nokey", "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"],
         "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "wanted"}}}]}]})))
         .await
@@ -215,29 +312,53 @@ async fn bad_pods_show_kubernetes_reasons_and_do_not_stop_the_others() {
         "volumes": [{"name": "v", "secret": {"secretName": "missing"}}]})))
         .await
         .expect("create");
-    pods.create(&pod("good", "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]})))
-        .await
-        .expect("create");
+    pods.create(&pod(
+        "good",
+        "n1",
+        json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]}),
+    ))
+    .await
+    .expect("create");
     let p = eventually(20, "CreateContainerConfigError", || async {
         let p = get_pod(&c.client, "nokey").await?;
         (waiting_reason(&p, "main").as_deref() == Some("CreateContainerConfigError")).then_some(p)
     })
     .await;
-    let msg = container_status(&p, "main").and_then(|s| s.state.clone()).and_then(|s| s.waiting).and_then(|w| w.message).unwrap_or_default();
-    assert_eq!(msg, format!("couldn't find key wanted in ConfigMap {NS}/cfg"));
+    let msg = container_status(&p, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert_eq!(
+        msg,
+        format!("couldn't find key wanted in ConfigMap {NS}/cfg")
+    );
     assert_eq!(phase(&p), "Pending");
     let p = eventually(20, "the failed start", || async {
         let p = get_pod(&c.client, "nocmd").await?;
         (phase(&p) == "Failed").then_some(p)
     })
     .await;
-    let t = container_status(&p, "main").and_then(|s| s.state.clone()).and_then(|s| s.terminated).unwrap_or_else(|| panic!("terminated: {:?}", p.status));
-    assert_eq!((t.exit_code, t.reason.as_deref()), (128, Some("StartError")));
-    assert!(t.message.unwrap_or_default().contains("executable file not found in $PATH"));
+    let t = container_status(&p, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.terminated)
+        .unwrap_or_else(|| panic!("terminated: {:?}", p.status));
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (128, Some("StartError"))
+    );
+    assert!(t
+        .message
+        .unwrap_or_default()
+        .contains("executable file not found in $PATH"));
     let p = eventually(20, "a failed mount", || async {
         let p = get_pod(&c.client, "novol").await?;
         let w = container_status(&p, "main")?.state.clone()?.waiting?;
-        (w.reason.as_deref() == Some("ContainerCreating") && w.message.unwrap_or_default().contains("secret \"missing\" not found")).then_some(p)
+        (w.reason.as_deref() == Some("ContainerCreating")
+            && w.message
+                .unwrap_or_default()
+                .contains("secret \"missing\" not found"))
+        .then_some(p)
     })
     .await;
     assert_eq!(phase(&p), "Pending");
@@ -247,7 +368,9 @@ async fn bad_pods_show_kubernetes_reasons_and_do_not_stop_the_others() {
     })
     .await;
     // Fixing the config map lets the waiting pod start.
-    cms.patch("cfg", &Patch::Merge(json!({"data": {"wanted": "yes"}}))).await.expect("patch");
+    cms.patch("cfg", &Patch::Merge(json!({"data": {"wanted": "yes"}})))
+        .await
+        .expect("patch");
     eventually(20, "the fixed pod to run", || async {
         let p = get_pod(&c.client, "nokey").await?;
         (phase(&p) == "Running").then_some(())
@@ -273,7 +396,11 @@ async fn probes_gate_readiness_and_a_failing_liveness_probe_restarts_the_contain
         (phase(&p) == "Running").then_some(p)
     })
     .await;
-    assert_eq!(condition(&p, "Ready").as_deref(), Some("False"), "not ready before the probe passes");
+    assert_eq!(
+        condition(&p, "Ready").as_deref(),
+        Some("False"),
+        "not ready before the probe passes"
+    );
     eventually(10, "ready", || async {
         let p = get_pod(&c.client, "probed").await?;
         (condition(&p, "Ready").as_deref() == Some("True")).then_some(())
@@ -284,7 +411,10 @@ async fn probes_gate_readiness_and_a_failing_liveness_probe_restarts_the_contain
         (container_status(&p, "main")?.restart_count >= 1).then_some(p)
     })
     .await;
-    let last = container_status(&p, "main").and_then(|s| s.last_state.clone()).and_then(|s| s.terminated).expect("lastState");
+    let last = container_status(&p, "main")
+        .and_then(|s| s.last_state.clone())
+        .and_then(|s| s.terminated)
+        .expect("lastState");
     assert_ne!(last.exit_code, 0);
 }
 
@@ -313,11 +443,25 @@ async fn deletion_runs_pre_stop_then_sigterm_within_the_grace_period() {
         (phase(&p) == "Running").then_some(())
     })
     .await;
-    assert_eq!(std::fs::read_to_string(marks.join("post")).expect("postStart ran"), "started\n");
-    pods.delete("graceful", &DeleteOptions::default()).await.expect("delete");
-    eventually(20, "the pod object to go", || async { get_pod(&c.client, "graceful").await.is_none().then_some(()) }).await;
-    assert_eq!(std::fs::read_to_string(marks.join("pre")).expect("preStop ran"), "stopping\n");
-    assert_eq!(std::fs::read_to_string(marks.join("term")).expect("SIGTERM handled"), "term\n");
+    assert_eq!(
+        std::fs::read_to_string(marks.join("post")).expect("postStart ran"),
+        "started\n"
+    );
+    pods.delete("graceful", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    eventually(20, "the pod object to go", || async {
+        get_pod(&c.client, "graceful").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(marks.join("pre")).expect("preStop ran"),
+        "stopping\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("term")).expect("SIGTERM handled"),
+        "term\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,8 +477,14 @@ async fn active_deadline_fails_the_pod() {
         (phase(&p) == "Failed").then_some(p)
     })
     .await;
-    assert_eq!(p.status.as_ref().and_then(|s| s.reason.as_deref()), Some("DeadlineExceeded"));
-    assert!(node.runtime.running_pids().is_empty(), "its process was stopped");
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("DeadlineExceeded")
+    );
+    assert!(
+        node.runtime.running_pids().is_empty(),
+        "its process was stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,12 +493,20 @@ async fn a_restarted_agent_adopts_its_containers_without_duplicates_and_removes_
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = Node::start_in(&c.client, "n1", tmp.path().to_owned(), fast_config(), None).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    pods.create(&pod("keep", "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]})))
-        .await
-        .expect("create");
-    pods.create(&pod("gone", "n1", json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]})))
-        .await
-        .expect("create");
+    pods.create(&pod(
+        "keep",
+        "n1",
+        json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]}),
+    ))
+    .await
+    .expect("create");
+    pods.create(&pod(
+        "gone",
+        "n1",
+        json!({"containers": [{"name": "main", "image": "sh", "command": ["sleep", "600"]}]}),
+    ))
+    .await
+    .expect("create");
     let before = eventually(20, "both running", || async {
         let a = get_pod(&c.client, "keep").await?;
         let b = get_pod(&c.client, "gone").await?;
@@ -360,19 +518,39 @@ async fn a_restarted_agent_adopts_its_containers_without_duplicates_and_removes_
     assert_eq!(pids.len(), 2);
     node.stop().await;
     // While no agent runs, one pod is deleted for good.
-    pods.delete("gone", &DeleteOptions { grace_period_seconds: Some(0), ..DeleteOptions::default() }).await.expect("delete");
+    pods.delete(
+        "gone",
+        &DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        },
+    )
+    .await
+    .expect("delete");
     let node = Node::start_in(&c.client, "n1", tmp.path().to_owned(), fast_config(), None).await;
-    eventually(20, "the orphan to be stopped", || async { (node.runtime.running_pids().len() == 1).then_some(()) }).await;
+    eventually(20, "the orphan to be stopped", || async {
+        (node.runtime.running_pids().len() == 1).then_some(())
+    })
+    .await;
     let after = get_pod(&c.client, "keep").await.expect("pod");
     let cs = container_status(&after, "main").expect("status");
     assert_eq!(cs.container_id, id_before, "the same container, adopted");
     assert_eq!(cs.restart_count, 0);
     let remaining = node.runtime.running_pids();
     assert!(pids.contains(&remaining[0]), "no duplicate was started");
-    assert_eq!(pids.iter().filter(|p| alive(**p)).count(), 1, "the orphan's process ended");
+    assert_eq!(
+        pids.iter().filter(|p| alive(**p)).count(),
+        1,
+        "the orphan's process ended"
+    );
     // The adopted container is still managed: deleting its pod stops it.
-    pods.delete("keep", &DeleteOptions::default()).await.expect("delete");
-    eventually(20, "the pod object to go", || async { get_pod(&c.client, "keep").await.is_none().then_some(()) }).await;
+    pods.delete("keep", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    eventually(20, "the pod object to go", || async {
+        get_pod(&c.client, "keep").await.is_none().then_some(())
+    })
+    .await;
     assert!(!alive(remaining[0]));
 }
 
@@ -382,35 +560,64 @@ async fn static_pods_follow_their_manifests_and_show_as_mirror_pods() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir_all(&manifests).expect("dir");
-    let manifest = |cmd: &str| format!(
+    let manifest = |cmd: &str| {
+        format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\n  namespace: {NS}\nspec:\n  containers:\n  - name: main\n    image: sh\n    command: [\"sh\", \"-c\", \"{cmd}\"]\n"
-    );
+    )
+    };
     std::fs::write(manifests.join("web.yaml"), manifest("exec sleep 600")).expect("write");
-    let node = Node::start_in(&c.client, "n1", tmp.path().join("node"), fast_config(), Some(manifests.clone())).await;
+    let node = Node::start_in(
+        &c.client,
+        "n1",
+        tmp.path().join("node"),
+        fast_config(),
+        Some(manifests.clone()),
+    )
+    .await;
     let mirror = eventually(20, "the mirror pod to run", || async {
         let p = get_pod(&c.client, "static-web-n1").await?;
         (phase(&p) == "Running").then_some(p)
     })
     .await;
     let ann = mirror.metadata.annotations.clone().unwrap_or_default();
-    let hash = ann.get("kubernetes.io/config.mirror").cloned().expect("mirror annotation");
-    assert_eq!(mirror.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("n1"));
+    let hash = ann
+        .get("kubernetes.io/config.mirror")
+        .cloned()
+        .expect("mirror annotation");
+    assert_eq!(
+        mirror.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("n1")
+    );
     assert_eq!(node.runtime.running_pids().len(), 1);
     // Deleting the mirror pod does not stop the static pod; the mirror comes back.
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    pods.delete("static-web-n1", &DeleteOptions::default()).await.expect("delete mirror");
+    pods.delete("static-web-n1", &DeleteOptions::default())
+        .await
+        .expect("delete mirror");
     eventually(20, "the mirror pod to come back", || async {
         let p = get_pod(&c.client, "static-web-n1").await?;
-        (p.metadata.deletion_timestamp.is_none() && phase(&p) == "Running" && p.metadata.uid != mirror.metadata.uid).then_some(())
+        (p.metadata.deletion_timestamp.is_none()
+            && phase(&p) == "Running"
+            && p.metadata.uid != mirror.metadata.uid)
+            .then_some(())
     })
     .await;
     assert_eq!(node.runtime.running_pids().len(), 1);
     // A changed manifest restarts the pod.
     let old_pid = node.runtime.running_pids()[0];
-    std::fs::write(manifests.join("web.yaml"), manifest("echo v2; exec sleep 600")).expect("write");
+    std::fs::write(
+        manifests.join("web.yaml"),
+        manifest("echo v2; exec sleep 600"),
+    )
+    .expect("write");
     eventually(20, "the new pod", || async {
         let p = get_pod(&c.client, "static-web-n1").await?;
-        let h = p.metadata.annotations.clone()?.get("kubernetes.io/config.mirror").cloned()?;
+        let h = p
+            .metadata
+            .annotations
+            .clone()?
+            .get("kubernetes.io/config.mirror")
+            .cloned()?;
         (h != hash && phase(&p) == "Running").then_some(())
     })
     .await;
@@ -422,8 +629,17 @@ async fn static_pods_follow_their_manifests_and_show_as_mirror_pods() {
     assert!(!alive(old_pid));
     // A removed manifest stops the pod and deletes its mirror.
     std::fs::remove_file(manifests.join("web.yaml")).expect("remove");
-    eventually(20, "the mirror pod to go", || async { get_pod(&c.client, "static-web-n1").await.is_none().then_some(()) }).await;
-    eventually(20, "the process to stop", || async { node.runtime.running_pids().is_empty().then_some(()) }).await;
+    eventually(20, "the mirror pod to go", || async {
+        get_pod(&c.client, "static-web-n1")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(20, "the process to stop", || async {
+        node.runtime.running_pids().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,22 +647,32 @@ async fn logs_follow_until_the_container_ends() {
     let c = cluster().await;
     let node = Node::start(&c.client, "n1").await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    pods.create(&pod("counter", "n1", json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "sh",
-        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.5; done"]}]})))
-        .await
-        .expect("create");
+    pods.create(&pod(
+        "counter",
+        "n1",
+        json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "sh",
+        "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.5; done"]}]}),
+    ))
+    .await
+    .expect("create");
     eventually(20, "running", || async {
         let p = get_pod(&c.client, "counter").await?;
         (phase(&p) != "Pending").then_some(())
     })
     .await;
     let started = std::time::Instant::now();
-    let (code, body) = tokio::time::timeout(Duration::from_secs(20), node.get(&format!("/containerLogs/{NS}/counter/main?follow=true")))
-        .await
-        .expect("the follow ends with the container");
+    let (code, body) = tokio::time::timeout(
+        Duration::from_secs(20),
+        node.get(&format!("/containerLogs/{NS}/counter/main?follow=true")),
+    )
+    .await
+    .expect("the follow ends with the container");
     assert_eq!(code, 200);
     assert_eq!(body, "line 1\nline 2\nline 3\n");
-    assert!(started.elapsed() >= Duration::from_millis(300), "it followed rather than returned at once");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it followed rather than returned at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,24 +680,39 @@ async fn a_new_image_restarts_the_container_and_on_failure_restarts_only_failure
     let c = cluster().await;
     let _node = Node::start(&c.client, "n1").await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    pods.create(&pod("img", "n1", json!({"containers": [{"name": "main", "image": "v1", "command": ["sleep", "600"]}]})))
-        .await
-        .expect("create");
+    pods.create(&pod(
+        "img",
+        "n1",
+        json!({"containers": [{"name": "main", "image": "v1", "command": ["sleep", "600"]}]}),
+    ))
+    .await
+    .expect("create");
     let before = eventually(20, "running", || async {
         let p = get_pod(&c.client, "img").await?;
-        (phase(&p) == "Running").then(|| container_status(&p, "main").and_then(|s| s.container_id.clone()))?
+        (phase(&p) == "Running")
+            .then(|| container_status(&p, "main").and_then(|s| s.container_id.clone()))?
     })
     .await;
-    pods.patch("img", &Patch::Strategic(json!({"spec": {"containers": [{"name": "main", "image": "v2"}]}})))
-        .await
-        .expect("set image");
+    pods.patch(
+        "img",
+        &Patch::Strategic(json!({"spec": {"containers": [{"name": "main", "image": "v2"}]}})),
+    )
+    .await
+    .expect("set image");
     let p = eventually(20, "the restart with the new image", || async {
         let p = get_pod(&c.client, "img").await?;
         let cs = container_status(&p, "main")?;
-        (cs.image == "v2" && cs.restart_count == 1 && cs.container_id.as_ref() != Some(&before) && phase(&p) == "Running").then_some(p)
+        (cs.image == "v2"
+            && cs.restart_count == 1
+            && cs.container_id.as_ref() != Some(&before)
+            && phase(&p) == "Running")
+            .then_some(p)
     })
     .await;
-    assert!(container_status(&p, "main").and_then(|s| s.state.clone()).and_then(|s| s.running).is_some());
+    assert!(container_status(&p, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.running)
+        .is_some());
     pods.create(&pod("once", "n1", json!({"restartPolicy": "OnFailure", "containers": [
         {"name": "ok", "image": "sh", "command": ["true"]},
         {"name": "flaky", "image": "sh", "command": ["sh", "-c", "if [ -f w/done ]; then exit 0; fi; touch w/done; exit 1"],
@@ -485,7 +726,10 @@ async fn a_new_image_restarts_the_container_and_on_failure_restarts_only_failure
     })
     .await;
     assert_eq!(container_status(&p, "ok").map(|s| s.restart_count), Some(0));
-    assert_eq!(container_status(&p, "flaky").map(|s| s.restart_count), Some(1));
+    assert_eq!(
+        container_status(&p, "flaky").map(|s| s.restart_count),
+        Some(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +755,11 @@ async fn http_get_probes_pass_on_2xx_and_fail_on_404() {
     while tokio::time::Instant::now() < until {
         let bad = get_pod(&c.client, "bad").await.expect("pod");
         assert_eq!(phase(&bad), "Running");
-        assert_eq!(condition(&bad, "Ready").as_deref(), Some("False"), "a 404 is a failed probe");
+        assert_eq!(
+            condition(&bad, "Ready").as_deref(),
+            Some("False"),
+            "a 404 is a failed probe"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -28,7 +28,12 @@ fn sh(script: &str) -> ContainerConfig {
 }
 
 async fn sandbox(rt: &ProcessRuntime) -> String {
-    rt.run_sandbox(&SandboxConfig { uid: "u".into(), ..SandboxConfig::default() }).await.expect("sandbox")
+    rt.run_sandbox(&SandboxConfig {
+        uid: "u".into(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox")
 }
 
 async fn logs(rt: &dyn Runtime, id: &str, o: LogOptions) -> String {
@@ -54,18 +59,33 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace_period_with_its_
     let rt = std::sync::Arc::new(ProcessRuntime::open(dir.path()).expect("open"));
     let _k = Killer(vec![rt.clone()]);
     let sb = sandbox(&rt).await;
-    let id = rt.create_container(&sb, &sh("trap '' TERM; sleep 600 & echo $! > child; wait")).await.expect("create");
+    let id = rt
+        .create_container(&sb, &sh("trap '' TERM; sleep 600 & echo $! > child; wait"))
+        .await
+        .expect("create");
     rt.start_container(&id).await.expect("start");
     let root = dir.path().join("containers").join(&id).join("root");
     let child_file = root.join("child");
-    wait_for("the child", || std::fs::read_to_string(&child_file).is_ok_and(|s| !s.trim().is_empty())).await;
-    let child: i32 = std::fs::read_to_string(&child_file).expect("child").trim().parse().expect("pid");
+    wait_for("the child", || {
+        std::fs::read_to_string(&child_file).is_ok_and(|s| !s.trim().is_empty())
+    })
+    .await;
+    let child: i32 = std::fs::read_to_string(&child_file)
+        .expect("child")
+        .trim()
+        .parse()
+        .expect("pid");
     let stats = rt.stats(&id).await.expect("stats");
     assert!(stats.processes >= 2, "{stats:?}");
     assert!(stats.memory_bytes > 0);
     let t = Instant::now();
-    rt.stop_container(&id, Duration::from_millis(500)).await.expect("stop");
-    assert!(t.elapsed() >= Duration::from_millis(450), "it waited for the grace period");
+    rt.stop_container(&id, Duration::from_millis(500))
+        .await
+        .expect("stop");
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "it waited for the grace period"
+    );
     let s = rt.container_status(&id).await.expect("status");
     assert_eq!(s.state, ContainerState::Exited);
     assert_eq!(s.exit_code, Some(137), "SIGKILL after the grace period");
@@ -82,12 +102,24 @@ async fn a_new_runtime_on_the_same_directory_adopts_running_containers_and_their
     let mut killer = Killer(vec![first.clone()]);
     let sb = sandbox(&first).await;
     let id = first
-        .create_container(&sb, &sh("i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"))
+        .create_container(
+            &sb,
+            &sh("i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"),
+        )
         .await
         .expect("create");
     first.start_container(&id).await.expect("start");
     let pid = first.running_pids()[0];
-    wait_for("a line", || std::fs::read_to_string(dir.path().join("containers").join(&id).join("container.log")).is_ok_and(|s| s.contains("tick 2"))).await;
+    wait_for("a line", || {
+        std::fs::read_to_string(
+            dir.path()
+                .join("containers")
+                .join(&id)
+                .join("container.log"),
+        )
+        .is_ok_and(|s| s.contains("tick 2"))
+    })
+    .await;
     drop(killer.0.pop());
     drop(first);
     // The process keeps running and writing while no runtime reads.
@@ -98,29 +130,57 @@ async fn a_new_runtime_on_the_same_directory_adopts_running_containers_and_their
     let s = second.container_status(&id).await.expect("status");
     assert_eq!(s.state, ContainerState::Running);
     assert_eq!(second.list_sandboxes().await.expect("list").len(), 1);
-    let before = logs(second.as_ref(), &id, LogOptions::default()).await.lines().count();
+    let before = logs(second.as_ref(), &id, LogOptions::default())
+        .await
+        .lines()
+        .count();
     wait_for("more lines through the new runtime", || {
-        std::fs::read_to_string(dir.path().join("containers").join(&id).join("container.log"))
-            .is_ok_and(|s| s.lines().count() > before + 3)
+        std::fs::read_to_string(
+            dir.path()
+                .join("containers")
+                .join(&id)
+                .join("container.log"),
+        )
+        .is_ok_and(|s| s.lines().count() > before + 3)
     })
     .await;
     let text = logs(second.as_ref(), &id, LogOptions::default()).await;
-    let numbers: Vec<u32> = text.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
-    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or repeated across the restart: {numbers:?}");
-    second.stop_container(&id, Duration::from_secs(5)).await.expect("stop");
+    let numbers: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line lost or repeated across the restart: {numbers:?}"
+    );
+    second
+        .stop_container(&id, Duration::from_secs(5))
+        .await
+        .expect("stop");
     let s = second.container_status(&id).await.expect("status");
     assert_eq!(s.state, ContainerState::Exited);
-    assert_eq!(s.exit_code, Some(143), "SIGTERM ended it; the old runtime's reaper recorded the code");
+    assert_eq!(
+        s.exit_code,
+        Some(143),
+        "SIGTERM ended it; the old runtime's reaper recorded the code"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_rotate_by_size_and_tail_reads_across_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = std::sync::Arc::new(ProcessRuntime::open(dir.path()).expect("open").with_log_limits(4096, 2));
+    let rt = std::sync::Arc::new(
+        ProcessRuntime::open(dir.path())
+            .expect("open")
+            .with_log_limits(4096, 2),
+    );
     let _k = Killer(vec![rt.clone()]);
     let sb = sandbox(&rt).await;
     let id = rt
-        .create_container(&sb, &sh("i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"line $i of the log\"; done"))
+        .create_container(
+            &sb,
+            &sh("i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"line $i of the log\"; done"),
+        )
         .await
         .expect("create");
     rt.start_container(&id).await.expect("start");
@@ -130,15 +190,40 @@ async fn logs_rotate_by_size_and_tail_reads_across_files() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cdir = dir.path().join("containers").join(&id);
-    wait_for("the log copier", || std::fs::read_to_string(cdir.join("container.log")).is_ok_and(|s| s.contains("line 400 "))).await;
+    wait_for("the log copier", || {
+        std::fs::read_to_string(cdir.join("container.log")).is_ok_and(|s| s.contains("line 400 "))
+    })
+    .await;
     assert!(cdir.join("container.log.1").exists() && cdir.join("container.log.2").exists());
-    assert!(!cdir.join("container.log.3").exists(), "only 2 rotated files are kept");
+    assert!(
+        !cdir.join("container.log.3").exists(),
+        "only 2 rotated files are kept"
+    );
     for f in ["container.log", "container.log.1", "container.log.2"] {
         assert!(std::fs::metadata(cdir.join(f)).expect("file").len() < 4096 + 100);
     }
-    let tail = logs(rt.as_ref(), &id, LogOptions { tail_lines: Some(3), ..LogOptions::default() }).await;
-    assert_eq!(tail, "line 398 of the log\nline 399 of the log\nline 400 of the log\n");
-    let limited = logs(rt.as_ref(), &id, LogOptions { limit_bytes: Some(5), ..LogOptions::default() }).await;
+    let tail = logs(
+        rt.as_ref(),
+        &id,
+        LogOptions {
+            tail_lines: Some(3),
+            ..LogOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        tail,
+        "line 398 of the log\nline 399 of the log\nline 400 of the log\n"
+    );
+    let limited = logs(
+        rt.as_ref(),
+        &id,
+        LogOptions {
+            limit_bytes: Some(5),
+            ..LogOptions::default()
+        },
+    )
+    .await;
     assert_eq!(limited.len(), 5);
 }
 
@@ -152,29 +237,59 @@ async fn the_environment_is_the_containers_own_and_mounts_appear_under_its_root(
     std::fs::write(vol.join("key"), "value").expect("write");
     let sb = sandbox(&rt).await;
     std::env::set_var("KEELSON_AGENT_ONLY", "leak");
-    let mut cfg = sh("echo \"$(cat conf/key) $FOO ${KEELSON_AGENT_ONLY:-none} $KEELSON_VOLUME_MY_VOL $(pwd)\"");
+    let mut cfg = sh(
+        "echo \"$(cat conf/key) $FOO ${KEELSON_AGENT_ONLY:-none} $KEELSON_VOLUME_MY_VOL $(pwd)\"",
+    );
     cfg.env = vec![("FOO".into(), "bar".into())];
     cfg.working_dir = Some("/data".into());
-    cfg.mounts = vec![Mount { volume: "my-vol".into(), container_path: "/data/conf".into(), host_path: vol.clone(), read_only: false }];
+    cfg.mounts = vec![Mount {
+        volume: "my-vol".into(),
+        container_path: "/data/conf".into(),
+        host_path: vol.clone(),
+        read_only: false,
+    }];
     let id = rt.create_container(&sb, &cfg).await.expect("create");
     rt.start_container(&id).await.expect("start");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = logs(rt.as_ref(), &id, LogOptions::default()).await;
         if !text.is_empty() {
-            let root = dir.path().join("rt").join("containers").join(&id).join("root");
-            assert_eq!(text, format!("value bar none {} {}\n", vol.display(), root.join("data").display()));
+            let root = dir
+                .path()
+                .join("rt")
+                .join("containers")
+                .join(&id)
+                .join("root");
+            assert_eq!(
+                text,
+                format!(
+                    "value bar none {} {}\n",
+                    vol.display(),
+                    root.join("data").display()
+                )
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no output");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // With neither command nor args, the image names the program.
-    let cfg = ContainerConfig { name: "img".into(), image: "docker.io/library/true:latest".into(), ..ContainerConfig::default() };
+    let cfg = ContainerConfig {
+        name: "img".into(),
+        image: "docker.io/library/true:latest".into(),
+        ..ContainerConfig::default()
+    };
     let id = rt.create_container(&sb, &cfg).await.expect("create");
-    rt.start_container(&id).await.expect("the image names a host program");
+    rt.start_container(&id)
+        .await
+        .expect("the image names a host program");
     // With only args, the first is the program.
-    let cfg = ContainerConfig { name: "args".into(), image: "busybox".into(), args: vec!["sh".into(), "-c".into(), "exit 7".into()], ..ContainerConfig::default() };
+    let cfg = ContainerConfig {
+        name: "args".into(),
+        image: "busybox".into(),
+        args: vec!["sh".into(), "-c".into(), "exit 7".into()],
+        ..ContainerConfig::default()
+    };
     let id = rt.create_container(&sb, &cfg).await.expect("create");
     rt.start_container(&id).await.expect("start");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -191,25 +306,54 @@ async fn limits_are_written_to_the_containers_cgroup_and_reported_as_enforced() 
     let cgroups = dir.path().join("cgroup");
     std::fs::create_dir_all(&cgroups).expect("dir");
     let rt = std::sync::Arc::new(
-        ProcessRuntime::open(dir.path().join("rt")).expect("open").with_cgroup_parent(Some(cgroups.clone())),
+        ProcessRuntime::open(dir.path().join("rt"))
+            .expect("open")
+            .with_cgroup_parent(Some(cgroups.clone())),
     );
     let plain = std::sync::Arc::new(
-        ProcessRuntime::open(dir.path().join("plain")).expect("open").with_cgroup_parent(None),
+        ProcessRuntime::open(dir.path().join("plain"))
+            .expect("open")
+            .with_cgroup_parent(None),
     );
     let _k = Killer(vec![rt.clone(), plain.clone()]);
-    let mut cfg = ContainerConfig { name: "c".into(), command: vec!["sleep".into(), "600".into()], ..ContainerConfig::default() };
+    let mut cfg = ContainerConfig {
+        name: "c".into(),
+        command: vec!["sleep".into(), "600".into()],
+        ..ContainerConfig::default()
+    };
     cfg.limits.memory_bytes = Some(64 << 20);
     cfg.limits.cpu_millis = Some(500);
     let sb = sandbox(&rt).await;
     let id = rt.create_container(&sb, &cfg).await.expect("create");
     rt.start_container(&id).await.expect("start");
     let cg = cgroups.join(&id);
-    assert_eq!(std::fs::read_to_string(cg.join("memory.max")).expect("memory.max"), (64u64 << 20).to_string());
-    assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).expect("cpu.max"), "50000 100000");
-    assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).expect("procs"), rt.running_pids()[0].to_string());
-    assert!(rt.container_status(&id).await.expect("status").limits_enforced);
+    assert_eq!(
+        std::fs::read_to_string(cg.join("memory.max")).expect("memory.max"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cpu.max")).expect("cpu.max"),
+        "50000 100000"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.procs")).expect("procs"),
+        rt.running_pids()[0].to_string()
+    );
+    assert!(
+        rt.container_status(&id)
+            .await
+            .expect("status")
+            .limits_enforced
+    );
     let sb = sandbox(&plain).await;
     let id = plain.create_container(&sb, &cfg).await.expect("create");
     plain.start_container(&id).await.expect("start");
-    assert!(!plain.container_status(&id).await.expect("status").limits_enforced, "no cgroup: not enforced, and said so");
+    assert!(
+        !plain
+            .container_status(&id)
+            .await
+            .expect("status")
+            .limits_enforced,
+        "no cgroup: not enforced, and said so"
+    );
 }

@@ -39,13 +39,18 @@ async fn process_runtime_passes_the_conformance_suite() {
             let rt = Arc::new(
                 ProcessRuntime::open(c.1.path().join(n.to_string())).expect("open runtime"),
             );
-            c.0.lock().unwrap_or_else(|e| e.into_inner()).push(rt.clone());
+            c.0.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(rt.clone());
             rt as Arc<dyn Runtime>
         },
         &ProcessFixture,
     )
     .await;
     for rt in cleanup.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        assert!(rt.running_pids().is_empty(), "the suite left processes running");
+        assert!(
+            rt.running_pids().is_empty(),
+            "the suite left processes running"
+        );
     }
 }

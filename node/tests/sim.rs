@@ -25,7 +25,12 @@ fn config() -> AgentConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stages() {
     let c = cluster().await;
-    let fleet = std::sync::Arc::new(SimFleet::builder(c.client.clone()).nodes(50).config(config()).build());
+    let fleet = std::sync::Arc::new(
+        SimFleet::builder(c.client.clone())
+            .nodes(50)
+            .config(config())
+            .build(),
+    );
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let f = fleet.clone();
     let task = tokio::spawn(async move {
@@ -42,7 +47,14 @@ async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stag
     })
     .await;
     let n = nodes.get("sim-7").await.expect("node");
-    assert_eq!(n.metadata.labels.unwrap_or_default().get("keelson.dev/simulated").map(String::as_str), Some("true"));
+    assert_eq!(
+        n.metadata
+            .labels
+            .unwrap_or_default()
+            .get("keelson.dev/simulated")
+            .map(String::as_str),
+        Some("true")
+    );
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
     eventually(20, "50 leases", || async {
         let l = leases.list(&ListParams::default()).await.ok()?;
@@ -50,15 +62,43 @@ async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stag
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    let mut p = pod("forever", "sim-3", json!({"containers": [{"name": "main", "image": "nginx"}]}));
+    let mut p = pod(
+        "forever",
+        "sim-3",
+        json!({"containers": [{"name": "main", "image": "nginx"}]}),
+    );
     pods.create(&p).await.expect("create");
-    p = pod("job", "sim-4", json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "batch"}]}));
-    p.metadata.annotations = Some([("sim.keelson.dev/main".to_owned(), "start=100ms,run=300ms,exit=0".to_owned())].into());
+    p = pod(
+        "job",
+        "sim-4",
+        json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "batch"}]}),
+    );
+    p.metadata.annotations = Some(
+        [(
+            "sim.keelson.dev/main".to_owned(),
+            "start=100ms,run=300ms,exit=0".to_owned(),
+        )]
+        .into(),
+    );
     pods.create(&p).await.expect("create");
-    p = pod("crashy", "sim-5", json!({"containers": [{"name": "main", "image": "app"}]}));
-    p.metadata.annotations = Some([("sim.keelson.dev/all".to_owned(), "run=50ms,exit=2".to_owned())].into());
+    p = pod(
+        "crashy",
+        "sim-5",
+        json!({"containers": [{"name": "main", "image": "app"}]}),
+    );
+    p.metadata.annotations = Some(
+        [(
+            "sim.keelson.dev/all".to_owned(),
+            "run=50ms,exit=2".to_owned(),
+        )]
+        .into(),
+    );
     pods.create(&p).await.expect("create");
-    p = pod("elsewhere", "real-node", json!({"containers": [{"name": "main", "image": "app"}]}));
+    p = pod(
+        "elsewhere",
+        "real-node",
+        json!({"containers": [{"name": "main", "image": "app"}]}),
+    );
     pods.create(&p).await.expect("create");
     let running = eventually(20, "the long-running pod", || async {
         let p = get_pod(&c.client, "forever").await?;
@@ -79,9 +119,17 @@ async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stag
     })
     .await;
     let other = get_pod(&c.client, "elsewhere").await.expect("pod");
-    assert!(other.status.and_then(|s| s.pod_ip).is_none(), "pods of other nodes are left alone");
-    pods.delete("forever", &DeleteOptions::default()).await.expect("delete");
-    eventually(20, "the deleted pod to go", || async { get_pod(&c.client, "forever").await.is_none().then_some(()) }).await;
+    assert!(
+        other.status.and_then(|s| s.pod_ip).is_none(),
+        "pods of other nodes are left alone"
+    );
+    pods.delete("forever", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    eventually(20, "the deleted pod to go", || async {
+        get_pod(&c.client, "forever").await.is_none().then_some(())
+    })
+    .await;
     eventually(10, "a second round of heartbeats", || async {
         let s = fleet.stats();
         (s.renewals >= 100).then_some(())
@@ -89,7 +137,10 @@ async fn a_fleet_registers_its_nodes_heartbeats_and_runs_pods_through_their_stag
     .await;
     let s = fleet.stats();
     assert_eq!(s.failures, 0);
-    assert!(s.max_renew_gap < Duration::from_millis(1500), "heartbeats keep up: {s:?}");
+    assert!(
+        s.max_renew_gap < Duration::from_millis(1500),
+        "heartbeats keep up: {s:?}"
+    );
     let _ = stop.send(());
     task.await.expect("fleet task");
 }

@@ -23,9 +23,7 @@ pub fn is_pod_active(pod: &Pod) -> bool {
 }
 
 /// The pod's `Ready` condition, if any.
-fn ready_condition(
-    pod: &Pod,
-) -> Option<&keelson_core::k8s_openapi::api::core::v1::PodCondition> {
+fn ready_condition(pod: &Pod) -> Option<&keelson_core::k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -125,7 +123,12 @@ async fn adopt<C: Resource>(
     reference: OwnerReference,
 ) -> keelson_core::Result<()> {
     let name = meta.name.as_deref().unwrap_or_default();
-    let ops = if meta.owner_references.as_deref().unwrap_or_default().is_empty() {
+    let ops = if meta
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
         json!([
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version},
             {"op": "add", "path": "/metadata/ownerReferences", "value": [reference]},
@@ -279,7 +282,11 @@ pub async fn served_kinds(
             }
         }
     });
-    futures::future::join_all(probes).await.into_iter().flatten().collect()
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The index of objects that have no controller, by namespace: the orphans a controller

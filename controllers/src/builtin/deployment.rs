@@ -95,7 +95,8 @@ pub struct DeploymentController {
 
 impl std::fmt::Debug for DeploymentController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeploymentController").finish_non_exhaustive()
+        f.debug_struct("DeploymentController")
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,11 +111,17 @@ fn status_replicas(rs: &ReplicaSet) -> i32 {
 }
 
 fn available_of(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
 }
 
 fn ready_of(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
 }
 
 fn annotation<'a>(meta: &'a keelson_core::ObjectMeta, key: &str) -> Option<&'a str> {
@@ -145,7 +152,10 @@ fn is_rolling(d: &Deployment) -> bool {
 
 fn creation_key(rs: &ReplicaSet) -> (Option<i64>, String) {
     (
-        rs.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+        rs.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
         rs.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -171,7 +181,12 @@ fn fenceposts(d: &Deployment) -> (i32, i32) {
         .and_then(|s| s.strategy.as_ref())
         .and_then(|s| s.rolling_update.as_ref());
     let surge = scaled_value(ru.and_then(|r| r.max_surge.as_ref()), 25, replicas, true);
-    let mut unavailable = scaled_value(ru.and_then(|r| r.max_unavailable.as_ref()), 25, replicas, false);
+    let mut unavailable = scaled_value(
+        ru.and_then(|r| r.max_unavailable.as_ref()),
+        25,
+        replicas,
+        false,
+    );
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
@@ -246,7 +261,11 @@ fn sum(sets: &[&ReplicaSet], f: fn(&ReplicaSet) -> i32) -> i32 {
 }
 
 fn get_condition<'a>(s: &'a DeploymentStatus, t: &str) -> Option<&'a DeploymentCondition> {
-    s.conditions.as_deref().unwrap_or_default().iter().find(|c| c.type_ == t)
+    s.conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == t)
 }
 
 fn new_condition(t: &str, status: &str, reason: &str, message: String) -> DeploymentCondition {
@@ -326,7 +345,12 @@ fn deployment_timed_out(d: &Deployment, s: &DeploymentStatus) -> bool {
         Some("ProgressDeadlineExceeded") => return true,
         _ => {}
     }
-    let deadline = i64::from(d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600));
+    let deadline = i64::from(
+        d.spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(600),
+    );
     c.last_update_time
         .as_ref()
         .is_some_and(|t| clock::seconds_since(t) > deadline)
@@ -337,7 +361,10 @@ impl DeploymentController {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<Deployment>, Arc<Self>) {
+    pub fn controller(
+        client: &Client,
+        factory: &InformerFactory,
+    ) -> (Controller<Deployment>, Arc<Self>) {
         let cfg = watcher::Config::default;
         let rs_api = Api::<ReplicaSet>::all(client.clone());
         let pods_api = Api::<Pod>::all(client.clone());
@@ -345,64 +372,71 @@ impl DeploymentController {
         rs_informer.add_index(ORPHAN_INDEX, orphan_index());
         let sets = rs_informer.reader();
         let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
-        let controller = Controller::with_factory(factory, Api::<Deployment>::all(client.clone()), cfg())
-            .name("deployment");
+        let controller =
+            Controller::with_factory(factory, Api::<Deployment>::all(client.clone()), cfg())
+                .name("deployment");
         let deployments = controller.store();
         let deployments2 = deployments.clone();
         // ReplicaSets: their owner, or (orphans) every Deployment selecting them.
-        let controller = controller.watches_changes(rs_api, cfg(), move |change: &Change<ReplicaSet>| {
-            let owner = |rs: &ReplicaSet| {
-                controller_of(&rs.metadata)
-                    .filter(|r| r.kind == "Deployment")
-                    .map(|r| ObjectRef::new(rs.metadata.namespace.as_deref(), &r.name))
-            };
-            let mut keys = Vec::new();
-            let (old, new) = match change {
-                Change::Applied { old, new } => (old.as_ref(), new),
-                Change::Deleted(rs) => (None, rs),
-            };
-            match owner(new) {
-                Some(k) => keys.push(k),
-                None if !matches!(change, Change::Deleted(_)) => {
-                    let ns = new.metadata.namespace.as_deref().unwrap_or_default();
-                    for d in deployments.list_namespace(ns) {
-                        let sel = d.spec.as_ref().map(|s| LabelSelector::from_k8s(&s.selector));
-                        if let Some(Ok(sel)) = sel {
-                            if !sel.is_empty() && sel.matches_meta(&new.metadata) {
-                                keys.push(ObjectRef::from_meta(&d.metadata));
+        let controller =
+            controller.watches_changes(rs_api, cfg(), move |change: &Change<ReplicaSet>| {
+                let owner = |rs: &ReplicaSet| {
+                    controller_of(&rs.metadata)
+                        .filter(|r| r.kind == "Deployment")
+                        .map(|r| ObjectRef::new(rs.metadata.namespace.as_deref(), &r.name))
+                };
+                let mut keys = Vec::new();
+                let (old, new) = match change {
+                    Change::Applied { old, new } => (old.as_ref(), new),
+                    Change::Deleted(rs) => (None, rs),
+                };
+                match owner(new) {
+                    Some(k) => keys.push(k),
+                    None if !matches!(change, Change::Deleted(_)) => {
+                        let ns = new.metadata.namespace.as_deref().unwrap_or_default();
+                        for d in deployments.list_namespace(ns) {
+                            let sel = d
+                                .spec
+                                .as_ref()
+                                .map(|s| LabelSelector::from_k8s(&s.selector));
+                            if let Some(Ok(sel)) = sel {
+                                if !sel.is_empty() && sel.matches_meta(&new.metadata) {
+                                    keys.push(ObjectRef::from_meta(&d.metadata));
+                                }
                             }
                         }
                     }
+                    None => {}
                 }
-                None => {}
-            }
-            if let Some(k) = old.and_then(|o| owner(o)) {
-                if !keys.contains(&k) {
-                    keys.push(k);
+                if let Some(k) = old.and_then(|o| owner(o)) {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
                 }
-            }
-            keys
-        });
+                keys
+            });
         // Pods going away: a Recreate rollout waits for them.
         let sets2 = sets.clone();
-        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
-            let Change::Deleted(pod) = change else {
-                return Vec::new();
-            };
-            let ns = pod.metadata.namespace.as_deref();
-            let Some(rs_ref) = controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet") else {
-                return Vec::new();
-            };
-            let Some(rs) = sets2.get(&ObjectRef::new(ns, &rs_ref.name)) else {
-                return Vec::new();
-            };
-            controller_of(&rs.metadata)
-                .filter(|r| r.kind == "Deployment")
-                .map(|r| ObjectRef::new(ns, &r.name))
-                .filter(|k| deployments2.get(k).is_some_and(|d| !is_rolling(&d)))
-                .into_iter()
-                .collect()
-        });
+        let controller =
+            controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
+                let Change::Deleted(pod) = change else {
+                    return Vec::new();
+                };
+                let ns = pod.metadata.namespace.as_deref();
+                let Some(rs_ref) = controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet")
+                else {
+                    return Vec::new();
+                };
+                let Some(rs) = sets2.get(&ObjectRef::new(ns, &rs_ref.name)) else {
+                    return Vec::new();
+                };
+                controller_of(&rs.metadata)
+                    .filter(|r| r.kind == "Deployment")
+                    .map(|r| ObjectRef::new(ns, &r.name))
+                    .filter(|k| deployments2.get(k).is_some_and(|d| !is_rolling(&d)))
+                    .into_iter()
+                    .collect()
+            });
         let reconciler = Arc::new(DeploymentController {
             client: client.clone(),
             sets,
@@ -421,15 +455,23 @@ impl DeploymentController {
     }
 
     async fn event(&self, d: &Deployment, type_: EventType, reason: &str, message: &str) {
-        self.recorder.emit(&object_reference(d), type_, reason, message).await;
+        self.recorder
+            .emit(&object_reference(d), type_, reason, message)
+            .await;
     }
 
     /// Scales `rs` to `size`, refreshing its annotations; returns whether it wrote.
-    async fn scale_rs(&self, rs: &mut ReplicaSet, size: i32, d: &Deployment) -> Result<bool, Error> {
+    async fn scale_rs(
+        &self,
+        rs: &mut ReplicaSet,
+        size: i32,
+        d: &Deployment,
+    ) -> Result<bool, Error> {
         let desired = d_replicas(d).to_string();
         let max = (d_replicas(d) + max_surge(d)).to_string();
         let size_changes = replicas_of(rs) != size;
-        let annotations_change = annotation(&rs.metadata, DESIRED_REPLICAS) != Some(desired.as_str())
+        let annotations_change = annotation(&rs.metadata, DESIRED_REPLICAS)
+            != Some(desired.as_str())
             || annotation(&rs.metadata, MAX_REPLICAS) != Some(max.as_str());
         if !size_changes && !annotations_change {
             return Ok(false);
@@ -493,7 +535,12 @@ impl DeploymentController {
                     let name = rs.metadata.name.clone().unwrap_or_default();
                     set_condition(
                         &mut status,
-                        new_condition("Progressing", "True", "FoundNewReplicaSet", format!("Found new replica set \"{name}\"")),
+                        new_condition(
+                            "Progressing",
+                            "True",
+                            "FoundNewReplicaSet",
+                            format!("Found new replica set \"{name}\""),
+                        ),
                     );
                     self.update_status(d, status).await?;
                 }
@@ -503,7 +550,8 @@ impl DeploymentController {
             None => None,
         };
         if let Some(rs) = &new {
-            self.set_deployment_revision(d, &revision_of(rs).to_string()).await?;
+            self.set_deployment_revision(d, &revision_of(rs).to_string())
+                .await?;
         }
         Ok((new, old))
     }
@@ -513,7 +561,15 @@ impl DeploymentController {
         let mut changed = false;
         let a = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
         for (k, v) in d.metadata.annotations.iter().flatten() {
-            if [LAST_APPLIED, REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS].contains(&k.as_str()) {
+            if [
+                LAST_APPLIED,
+                REVISION,
+                REVISION_HISTORY,
+                DESIRED_REPLICAS,
+                MAX_REPLICAS,
+            ]
+            .contains(&k.as_str())
+            {
                 continue;
             }
             if a.get(k) != Some(v) {
@@ -526,7 +582,11 @@ impl DeploymentController {
         if old < new {
             if old > 0 {
                 let history = a.get(REVISION_HISTORY).cloned().unwrap_or_default();
-                let history = if history.is_empty() { old.to_string() } else { format!("{history},{old}") };
+                let history = if history.is_empty() {
+                    old.to_string()
+                } else {
+                    format!("{history},{old}")
+                };
                 a.insert(REVISION_HISTORY.into(), history);
             }
             a.insert(REVISION.into(), new_revision.into());
@@ -535,13 +595,20 @@ impl DeploymentController {
         let desired = d_replicas(d).to_string();
         if !a.contains_key(DESIRED_REPLICAS) {
             a.insert(DESIRED_REPLICAS.into(), desired);
-            a.insert(MAX_REPLICAS.into(), (d_replicas(d) + max_surge(d)).to_string());
+            a.insert(
+                MAX_REPLICAS.into(),
+                (d_replicas(d) + max_surge(d)).to_string(),
+            );
             changed = true;
         }
         changed
     }
 
-    async fn set_deployment_revision(&self, d: &mut Deployment, revision: &str) -> Result<(), Error> {
+    async fn set_deployment_revision(
+        &self,
+        d: &mut Deployment,
+        revision: &str,
+    ) -> Result<(), Error> {
         if annotation(&d.metadata, REVISION) == Some(revision) {
             return Ok(());
         }
@@ -556,7 +623,12 @@ impl DeploymentController {
         Ok(())
     }
 
-    async fn create_new(&self, d: &mut Deployment, old: &[ReplicaSet], revision: &str) -> Result<ReplicaSet, Error> {
+    async fn create_new(
+        &self,
+        d: &mut Deployment,
+        old: &[ReplicaSet],
+        revision: &str,
+    ) -> Result<ReplicaSet, Error> {
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let d_name = d.metadata.name.clone().unwrap_or_default();
         let spec = d.spec.clone().unwrap_or_default();
@@ -591,7 +663,11 @@ impl DeploymentController {
         let size = if is_rolling(d) {
             let current = sum(&all, replicas_of);
             let max_total = d_replicas(d) + max_surge(d);
-            if current >= max_total { 0 } else { (max_total - current).min(d_replicas(d)) }
+            if current >= max_total {
+                0
+            } else {
+                (max_total - current).min(d_replicas(d))
+            }
         } else {
             d_replicas(d)
         };
@@ -600,13 +676,24 @@ impl DeploymentController {
         match self.rs_api(&ns).create(&rs).await {
             Ok(created) => {
                 if size > 0 {
-                    self.event(d, EventType::Normal, "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {size}")).await;
+                    self.event(
+                        d,
+                        EventType::Normal,
+                        "ScalingReplicaSet",
+                        &format!("Scaled up replica set {rs_name} from 0 to {size}"),
+                    )
+                    .await;
                 }
                 let mut status = d.status.clone().unwrap_or_default();
                 if has_progress_deadline(d) {
                     set_condition(
                         &mut status,
-                        new_condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\"")),
+                        new_condition(
+                            "Progressing",
+                            "True",
+                            "NewReplicaSetCreated",
+                            format!("Created new replica set \"{rs_name}\""),
+                        ),
                     );
                     self.update_status(d, status).await?;
                 }
@@ -618,7 +705,8 @@ impl DeploymentController {
                     .get(&rs_name)
                     .await
                     .map_err(api_err(format!("reading ReplicaSet {rs_name}")))?;
-                let ours = controller_of(&existing.metadata).is_some_and(|r| Some(&r.uid) == d.metadata.uid.as_ref());
+                let ours = controller_of(&existing.metadata)
+                    .is_some_and(|r| Some(&r.uid) == d.metadata.uid.as_ref());
                 if ours && templates_equal(&existing, d) {
                     return Ok(existing);
                 }
@@ -629,10 +717,14 @@ impl DeploymentController {
             }
             Err(e) => {
                 let msg = format!("Failed to create new replica set \"{rs_name}\": {e}");
-                self.event(d, EventType::Warning, "FailedCreate", &msg).await;
+                self.event(d, EventType::Warning, "FailedCreate", &msg)
+                    .await;
                 if has_progress_deadline(d) {
                     let mut status = d.status.clone().unwrap_or_default();
-                    set_condition(&mut status, new_condition("Progressing", "False", "ReplicaSetCreateError", msg));
+                    set_condition(
+                        &mut status,
+                        new_condition("Progressing", "False", "ReplicaSetCreateError", msg),
+                    );
                     let _ = self.update_status(d, status).await;
                 }
                 Err(api_err("creating the new ReplicaSet")(e))
@@ -640,7 +732,11 @@ impl DeploymentController {
         }
     }
 
-    async fn update_status(&self, d: &mut Deployment, status: DeploymentStatus) -> Result<(), Error> {
+    async fn update_status(
+        &self,
+        d: &mut Deployment,
+        status: DeploymentStatus,
+    ) -> Result<(), Error> {
         if d.status.as_ref() == Some(&status) {
             return Ok(());
         }
@@ -655,7 +751,11 @@ impl DeploymentController {
         Ok(())
     }
 
-    fn calculate_status(d: &Deployment, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> DeploymentStatus {
+    fn calculate_status(
+        d: &Deployment,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> DeploymentStatus {
         let mut all: Vec<&ReplicaSet> = old.iter().collect();
         all.extend(new);
         let available = sum(&all, available_of);
@@ -668,15 +768,36 @@ impl DeploymentController {
         s.available_replicas = Some(available);
         s.unavailable_replicas = Some((total - available).max(0));
         if available >= d_replicas(d) - max_unavailable(d) {
-            set_condition(&mut s, new_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into()));
+            set_condition(
+                &mut s,
+                new_condition(
+                    "Available",
+                    "True",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.".into(),
+                ),
+            );
         } else {
-            set_condition(&mut s, new_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into()));
+            set_condition(
+                &mut s,
+                new_condition(
+                    "Available",
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.".into(),
+                ),
+            );
         }
         s
     }
 
     /// Status for scaling and paused Deployments.
-    async fn sync_status(&self, d: &mut Deployment, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> Result<(), Error> {
+    async fn sync_status(
+        &self,
+        d: &mut Deployment,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<(), Error> {
         let s = Self::calculate_status(d, new, old);
         self.update_status(d, s).await
     }
@@ -693,18 +814,34 @@ impl DeploymentController {
         if !has_progress_deadline(d) {
             remove_condition(&mut s, "Progressing");
         }
-        let current = d.status.as_ref().and_then(|s| get_condition(s, "Progressing")).cloned();
+        let current = d
+            .status
+            .as_ref()
+            .and_then(|s| get_condition(s, "Progressing"))
+            .cloned();
         let complete_already = s.replicas == s.updated_replicas
             && current.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
-        let new_name = new.and_then(|rs| rs.metadata.name.clone()).unwrap_or_default();
+        let new_name = new
+            .and_then(|rs| rs.metadata.name.clone())
+            .unwrap_or_default();
         if has_progress_deadline(d) && !complete_already {
             if deployment_complete(d, &s) {
                 set_condition(
                     &mut s,
-                    new_condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed.")),
+                    new_condition(
+                        "Progressing",
+                        "True",
+                        "NewReplicaSetAvailable",
+                        format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+                    ),
                 );
             } else if deployment_progressing(d, &s) {
-                let mut c = new_condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."));
+                let mut c = new_condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    format!("ReplicaSet \"{new_name}\" is progressing."),
+                );
                 if let Some(cur) = &current {
                     if cur.status == "True" {
                         c.last_transition_time.clone_from(&cur.last_transition_time);
@@ -715,7 +852,12 @@ impl DeploymentController {
             } else if deployment_timed_out(d, &s) {
                 set_condition(
                     &mut s,
-                    new_condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{new_name}\" has timed out progressing.")),
+                    new_condition(
+                        "Progressing",
+                        "False",
+                        "ProgressDeadlineExceeded",
+                        format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                    ),
                 );
             }
         }
@@ -723,7 +865,12 @@ impl DeploymentController {
         let failure = new
             .into_iter()
             .chain(old.iter())
-            .flat_map(|rs| rs.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default())
+            .flat_map(|rs| {
+                rs.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default()
+            })
             .find(|c| c.type_ == "ReplicaFailure" && c.status == "True");
         match failure {
             Some(f) => set_condition(
@@ -739,20 +886,35 @@ impl DeploymentController {
             ),
             None => remove_condition(&mut s, "ReplicaFailure"),
         }
-        let timed_out_before = current.as_ref().and_then(|c| c.reason.as_deref()) == Some("ProgressDeadlineExceeded");
+        let timed_out_before =
+            current.as_ref().and_then(|c| c.reason.as_deref()) == Some("ProgressDeadlineExceeded");
         let newly_timed_out = !timed_out_before
-            && get_condition(&s, "Progressing").and_then(|c| c.reason.as_deref()) == Some("ProgressDeadlineExceeded");
+            && get_condition(&s, "Progressing").and_then(|c| c.reason.as_deref())
+                == Some("ProgressDeadlineExceeded");
         if d.status.as_ref() != Some(&s) {
             self.update_status(d, s.clone()).await?;
             if newly_timed_out {
-                self.event(d, EventType::Warning, "ProgressDeadlineExceeded", &format!("ReplicaSet \"{new_name}\" has timed out progressing.")).await;
+                self.event(
+                    d,
+                    EventType::Warning,
+                    "ProgressDeadlineExceeded",
+                    &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                )
+                .await;
             }
         }
         // Requeue for the deadline of a rollout in progress.
         if has_progress_deadline(d) && !deployment_complete(d, &s) {
             if let Some(c) = get_condition(&s, "Progressing") {
-                if c.reason.as_deref() != Some("ProgressDeadlineExceeded") && c.reason.as_deref() != Some("NewReplicaSetAvailable") {
-                    let deadline = i64::from(d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600));
+                if c.reason.as_deref() != Some("ProgressDeadlineExceeded")
+                    && c.reason.as_deref() != Some("NewReplicaSetAvailable")
+                {
+                    let deadline = i64::from(
+                        d.spec
+                            .as_ref()
+                            .and_then(|s| s.progress_deadline_seconds)
+                            .unwrap_or(600),
+                    );
                     let since = c.last_update_time.as_ref().map_or(0, clock::seconds_since);
                     let left = u64::try_from(deadline - since + 1).unwrap_or(1);
                     return Ok(Some(Duration::from_secs(left.max(1))));
@@ -774,9 +936,25 @@ impl DeploymentController {
         let paused_cond = cond.and_then(|c| c.reason.as_deref()) == Some("DeploymentPaused");
         let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
         if paused && !paused_cond {
-            set_condition(&mut s, new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into()));
+            set_condition(
+                &mut s,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused".into(),
+                ),
+            );
         } else if !paused && paused_cond {
-            set_condition(&mut s, new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into()));
+            set_condition(
+                &mut s,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentResumed",
+                    "Deployment is resumed".into(),
+                ),
+            );
         } else {
             return Ok(());
         }
@@ -784,10 +962,17 @@ impl DeploymentController {
     }
 
     /// Proportional scaling of the active ReplicaSets.
-    async fn scale(&self, d: &Deployment, new: &mut Option<ReplicaSet>, old: &mut [ReplicaSet]) -> Result<(), Error> {
+    async fn scale(
+        &self,
+        d: &Deployment,
+        new: &mut Option<ReplicaSet>,
+        old: &mut [ReplicaSet],
+    ) -> Result<(), Error> {
         let replicas = d_replicas(d);
         // One active (or none: the newest) ReplicaSet takes the whole size.
-        let active: Vec<usize> = (0..old.len()).filter(|i| replicas_of(&old[*i]) > 0).collect();
+        let active: Vec<usize> = (0..old.len())
+            .filter(|i| replicas_of(&old[*i]) > 0)
+            .collect();
         let new_active = new.as_ref().is_some_and(|rs| replicas_of(rs) > 0);
         let n_active = active.len() + usize::from(new_active);
         if n_active <= 1 {
@@ -839,7 +1024,11 @@ impl DeploymentController {
             sets.push((Which::Old(i), replicas_of(&old[i]), creation_key(&old[i])));
         }
         let current: i32 = sets.iter().map(|s| s.1).sum();
-        let allowed = if replicas > 0 { replicas + max_surge(d) } else { 0 };
+        let allowed = if replicas > 0 {
+            replicas + max_surge(d)
+        } else {
+            0
+        };
         let to_add = allowed - current;
         if to_add == 0 {
             return Ok(());
@@ -865,12 +1054,18 @@ impl DeploymentController {
                     let fraction = if replicas == 0 {
                         -*size
                     } else {
-                        let annotated = int_annotation(rs, MAX_REPLICAS).unwrap_or(status_replicas).max(1);
+                        let annotated = int_annotation(rs, MAX_REPLICAS)
+                            .unwrap_or(status_replicas)
+                            .max(1);
                         let f = f64::from(*size) * f64::from(allowed) / f64::from(annotated);
                         (f.round() as i32) - *size
                     };
                     let left = to_add - added;
-                    proportion = if to_add > 0 { fraction.min(left) } else { fraction.max(left) };
+                    proportion = if to_add > 0 {
+                        fraction.min(left)
+                    } else {
+                        fraction.max(left)
+                    };
                 }
             }
             added += proportion;
@@ -901,20 +1096,37 @@ impl DeploymentController {
         let Some(limit) = d.spec.as_ref().and_then(|s| s.revision_history_limit) else {
             return Ok(());
         };
-        let mut cleanable: Vec<&ReplicaSet> = old.iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
+        let mut cleanable: Vec<&ReplicaSet> = old
+            .iter()
+            .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+            .collect();
         let diff = cleanable.len() as i64 - i64::from(limit);
         if diff <= 0 {
             return Ok(());
         }
         cleanable.sort_by_key(|rs| (revision_of(rs), creation_key(rs)));
-        for rs in cleanable.into_iter().take(usize::try_from(diff).unwrap_or(0)) {
-            let observed = rs.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
-            if status_replicas(rs) != 0 || replicas_of(rs) != 0 || rs.metadata.generation.unwrap_or(0) > observed {
+        for rs in cleanable
+            .into_iter()
+            .take(usize::try_from(diff).unwrap_or(0))
+        {
+            let observed = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0);
+            if status_replicas(rs) != 0
+                || replicas_of(rs) != 0
+                || rs.metadata.generation.unwrap_or(0) > observed
+            {
                 continue;
             }
             let name = rs.metadata.name.clone().unwrap_or_default();
             let ns = rs.metadata.namespace.clone().unwrap_or_default();
-            match self.rs_api(&ns).delete(&name, &DeleteOptions::default()).await {
+            match self
+                .rs_api(&ns)
+                .delete(&name, &DeleteOptions::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(api_err(format!("deleting old ReplicaSet {name}"))(e)),
@@ -934,12 +1146,21 @@ impl DeploymentController {
         Ok(Action::await_change())
     }
 
-    async fn finish_rollout(&self, d: &mut Deployment, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> Result<Action, Error> {
+    async fn finish_rollout(
+        &self,
+        d: &mut Deployment,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<Action, Error> {
         let next = self.sync_rollout_status(d, new, old).await?;
         Ok(next.map_or(Action::await_change(), Action::requeue))
     }
 
-    async fn rollout_rolling(&self, d: &mut Deployment, sets: Vec<ReplicaSet>) -> Result<Action, Error> {
+    async fn rollout_rolling(
+        &self,
+        d: &mut Deployment,
+        sets: Vec<ReplicaSet>,
+    ) -> Result<Action, Error> {
         let (new, mut old) = self.get_all(d, sets, true).await?;
         let Some(mut new) = new else {
             return Ok(Action::backoff());
@@ -976,7 +1197,12 @@ impl DeploymentController {
         self.finish_rollout(d, Some(&new), &old).await
     }
 
-    async fn reconcile_old(&self, d: &Deployment, new: &ReplicaSet, old: &mut [ReplicaSet]) -> Result<bool, Error> {
+    async fn reconcile_old(
+        &self,
+        d: &Deployment,
+        new: &ReplicaSet,
+        old: &mut [ReplicaSet],
+    ) -> Result<bool, Error> {
         let old_refs: Vec<&ReplicaSet> = old.iter().collect();
         if sum(&old_refs, replicas_of) == 0 {
             return Ok(false);
@@ -1039,10 +1265,19 @@ impl DeploymentController {
             .filter(|rs| rs.metadata.uid != new_uid)
             .filter_map(|rs| rs.metadata.uid.as_deref())
             .flat_map(|uid| self.pods.owned_by(uid))
-            .any(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")))
+            .any(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Failed" | "Succeeded")
+                )
+            })
     }
 
-    async fn rollout_recreate(&self, d: &mut Deployment, sets: Vec<ReplicaSet>) -> Result<Action, Error> {
+    async fn rollout_recreate(
+        &self,
+        d: &mut Deployment,
+        sets: Vec<ReplicaSet>,
+    ) -> Result<Action, Error> {
         let (new, mut old) = self.get_all(d, sets, false).await?;
         let mut scaled_down = false;
         for rs in old.iter_mut().filter(|rs| replicas_of(rs) > 0) {
@@ -1089,11 +1324,18 @@ impl Reconciler<Deployment> for DeploymentController {
         let selector = match LabelSelector::from_k8s(&spec.selector) {
             Ok(s) if !s.is_empty() => s,
             Ok(_) => {
-                self.event(&d, EventType::Warning, "SelectingAll", "This deployment is selecting all pods. A non-empty selector is required.").await;
+                self.event(
+                    &d,
+                    EventType::Warning,
+                    "SelectingAll",
+                    "This deployment is selecting all pods. A non-empty selector is required.",
+                )
+                .await;
                 return Ok(Action::await_change());
             }
             Err(e) => {
-                self.event(&d, EventType::Warning, "InvalidSelector", &e.to_string()).await;
+                self.event(&d, EventType::Warning, "InvalidSelector", &e.to_string())
+                    .await;
                 return Ok(Action::await_change());
             }
         };

@@ -88,7 +88,10 @@ impl Kinds {
     }
 
     fn find_uid(&self, kind: usize, uid: &str) -> Option<Arc<PartialObjectMeta>> {
-        self.readers[kind].by_index(UID_INDEX, uid).into_iter().next()
+        self.readers[kind]
+            .by_index(UID_INDEX, uid)
+            .into_iter()
+            .next()
     }
 }
 
@@ -132,14 +135,24 @@ impl GarbageCollector {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn new(client: &Client, factory: &InformerFactory, kinds: Vec<ResourceType>) -> GarbageCollector {
+    pub async fn new(
+        client: &Client,
+        factory: &InformerFactory,
+        kinds: Vec<ResourceType>,
+    ) -> GarbageCollector {
         let kinds = super::common::served_kinds(client, kinds).await;
         let mut readers = Vec::new();
         let mut by_gvk = HashMap::new();
         let mut informers = Vec::new();
         for (i, rt) in kinds.iter().enumerate() {
-            let informer = factory.informer(MetadataApi::new(client.clone(), rt.clone(), None), watcher::Config::default());
-            informer.add_index(UID_INDEX, Arc::new(|m: &PartialObjectMeta| m.metadata.uid.clone().into_iter().collect()));
+            let informer = factory.informer(
+                MetadataApi::new(client.clone(), rt.clone(), None),
+                watcher::Config::default(),
+            );
+            informer.add_index(
+                UID_INDEX,
+                Arc::new(|m: &PartialObjectMeta| m.metadata.uid.clone().into_iter().collect()),
+            );
             readers.push(informer.reader());
             informers.push(informer);
             by_gvk.insert((rt.group.to_string(), rt.kind.to_string()), i);
@@ -176,7 +189,10 @@ impl GarbageCollector {
                 return;
             }
         }
-        tracing::info!(kinds = self.kinds.types.len(), "garbage collector caches ready");
+        tracing::info!(
+            kinds = self.kinds.types.len(),
+            "garbage collector caches ready"
+        );
         let this = Arc::new(self);
         let mut workers = Vec::new();
         for _ in 0..this.workers {
@@ -203,10 +219,19 @@ impl GarbageCollector {
 
     fn err(&self, action: &'static str, item: &Item) -> impl FnOnce(keelson_core::Error) -> Error {
         let object = format!("{} {}", self.kinds.types[item.kind].kind, item.key);
-        move |source| Error { action, object, source }
+        move |source| Error {
+            action,
+            object,
+            source,
+        }
     }
 
-    async fn delete(&self, item: &Item, uid: Option<&str>, policy: PropagationPolicy) -> Result<(), Error> {
+    async fn delete(
+        &self,
+        item: &Item,
+        uid: Option<&str>,
+        policy: PropagationPolicy,
+    ) -> Result<(), Error> {
         let rt = &self.kinds.types[item.kind];
         let opts = DeleteOptions {
             uid: uid.map(str::to_owned),
@@ -214,7 +239,12 @@ impl GarbageCollector {
             ..DeleteOptions::default()
         };
         tracing::debug!(kind = %rt.kind, object = %item.key, policy = policy.as_str(), "garbage collecting");
-        match self.client.transport().delete(rt, item.key.ns(), &item.key.name, &opts).await {
+        match self
+            .client
+            .transport()
+            .delete(rt, item.key.ns(), &item.key.name, &opts)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
             Err(e) => Err(self.err("deleting", item)(e)),
@@ -223,25 +253,42 @@ impl GarbageCollector {
 
     async fn patch(&self, item: &Item, ops: serde_json::Value) -> Result<(), Error> {
         let rt = &self.kinds.types[item.kind];
-        match self.client.transport().patch(rt, item.key.ns(), &item.key.name, None, &Patch::Json(ops)).await {
+        match self
+            .client
+            .transport()
+            .patch(rt, item.key.ns(), &item.key.name, None, &Patch::Json(ops))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(self.err("patching", item)(e)),
         }
     }
 
-    async fn remove_finalizer(&self, item: &Item, obj: &PartialObjectMeta, name: &str) -> Result<(), Error> {
+    async fn remove_finalizer(
+        &self,
+        item: &Item,
+        obj: &PartialObjectMeta,
+        name: &str,
+    ) -> Result<(), Error> {
         let list = obj.metadata.finalizers.as_deref().unwrap_or_default();
         let Some(i) = list.iter().position(|f| f == name) else {
             return Ok(());
         };
         let path = format!("/metadata/finalizers/{i}");
-        self.patch(item, json!([{"op": "test", "path": path, "value": name}, {"op": "remove", "path": path}]))
-            .await
+        self.patch(
+            item,
+            json!([{"op": "test", "path": path, "value": name}, {"op": "remove", "path": path}]),
+        )
+        .await
     }
 
     /// Whether the owner a reference names exists (confirmed live when the cache says no).
-    async fn owner_state(&self, obj_ns: Option<&str>, r: &OwnerReference) -> Result<OwnerState, Error> {
+    async fn owner_state(
+        &self,
+        obj_ns: Option<&str>,
+        r: &OwnerReference,
+    ) -> Result<OwnerState, Error> {
         let Some(kind) = self.kinds.of_ref(r) else {
             // A kind the collector does not know: never collect on its account.
             return Ok(OwnerState::Solid);
@@ -260,7 +307,8 @@ impl GarbageCollector {
         let ns = if rt.is_namespaced() { obj_ns } else { None };
         match self.client.transport().get(rt, ns, &r.name).await {
             Ok(v) => {
-                let owner: PartialObjectMeta = serde_json::from_value((*v).clone()).unwrap_or_default();
+                let owner: PartialObjectMeta =
+                    serde_json::from_value((*v).clone()).unwrap_or_default();
                 if owner.metadata.uid.as_deref() == Some(r.uid.as_str()) {
                     Ok(state(&owner))
                 } else {
@@ -321,10 +369,13 @@ impl GarbageCollector {
                 })
                 .collect();
             return self
-                .patch(item, json!([
-                    {"op": "test", "path": "/metadata/ownerReferences", "value": refs},
-                    {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
-                ]))
+                .patch(
+                    item,
+                    json!([
+                        {"op": "test", "path": "/metadata/ownerReferences", "value": refs},
+                        {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
+                    ]),
+                )
                 .await;
         }
         let policy = if !waiting.is_empty() && !self.kinds.dependents(&uid).is_empty() {
@@ -339,13 +390,21 @@ impl GarbageCollector {
         self.delete(item, Some(&uid), policy).await
     }
 
-    async fn orphan_dependents(&self, item: &Item, obj: &PartialObjectMeta, uid: &str) -> Result<(), Error> {
+    async fn orphan_dependents(
+        &self,
+        item: &Item,
+        obj: &PartialObjectMeta,
+        uid: &str,
+    ) -> Result<(), Error> {
         for (kind, dep) in self.kinds.dependents(uid) {
             let refs = dep.metadata.owner_references.clone().unwrap_or_default();
             let Some(i) = refs.iter().position(|r| r.uid == uid) else {
                 continue;
             };
-            let dep_item = Item { kind, key: ObjectRef::from_meta(&dep.metadata) };
+            let dep_item = Item {
+                kind,
+                key: ObjectRef::from_meta(&dep.metadata),
+            };
             let path = format!("/metadata/ownerReferences/{i}/uid");
             let ops = if refs.len() == 1 {
                 json!([{"op": "test", "path": path, "value": uid}, {"op": "remove", "path": "/metadata/ownerReferences"}])
@@ -357,7 +416,12 @@ impl GarbageCollector {
         self.remove_finalizer(item, obj, ORPHAN).await
     }
 
-    async fn delete_dependents(&self, item: &Item, obj: &PartialObjectMeta, uid: &str) -> Result<(), Error> {
+    async fn delete_dependents(
+        &self,
+        item: &Item,
+        obj: &PartialObjectMeta,
+        uid: &str,
+    ) -> Result<(), Error> {
         let deps = self.kinds.dependents(uid);
         let mut blocking = 0;
         for (kind, dep) in &deps {
@@ -380,7 +444,10 @@ impl GarbageCollector {
             } else {
                 PropagationPolicy::Foreground
             };
-            let dep_item = Item { kind: *kind, key: ObjectRef::from_meta(&dep.metadata) };
+            let dep_item = Item {
+                kind: *kind,
+                key: ObjectRef::from_meta(&dep.metadata),
+            };
             self.delete(&dep_item, Some(&dep_uid), policy).await?;
         }
         if blocking == 0 {
@@ -394,25 +461,38 @@ impl GarbageCollector {
 }
 
 /// Maps a cache change to the items to process.
-fn on_change(kinds: &Kinds, queue: &WorkQueue<Item>, kind: usize, change: &Change<PartialObjectMeta>) {
+fn on_change(
+    kinds: &Kinds,
+    queue: &WorkQueue<Item>,
+    kind: usize,
+    change: &Change<PartialObjectMeta>,
+) {
     let (obj, gone, newly_deleting) = match change {
         Change::Applied { old, new } => (
             new,
             false,
             new.metadata.deletion_timestamp.is_some()
-                && old.as_ref().is_none_or(|o| o.metadata.deletion_timestamp.is_none()),
+                && old
+                    .as_ref()
+                    .is_none_or(|o| o.metadata.deletion_timestamp.is_none()),
         ),
         Change::Deleted(o) => (o, true, false),
     };
     let key = ObjectRef::from_meta(&obj.metadata);
     if !gone {
-        queue.add(Item { kind, key: key.clone() });
+        queue.add(Item {
+            kind,
+            key: key.clone(),
+        });
     }
     // Its dependents must look at their owners again when it goes.
     if gone || newly_deleting || obj.metadata.deletion_timestamp.is_some() {
         if let Some(uid) = &obj.metadata.uid {
             for (k, dep) in kinds.dependents(uid) {
-                queue.add(Item { kind: k, key: ObjectRef::from_meta(&dep.metadata) });
+                queue.add(Item {
+                    kind: k,
+                    key: ObjectRef::from_meta(&dep.metadata),
+                });
             }
         }
     }
@@ -421,7 +501,10 @@ fn on_change(kinds: &Kinds, queue: &WorkQueue<Item>, kind: usize, change: &Chang
         for r in obj.metadata.owner_references.as_deref().unwrap_or_default() {
             if let Some(k) = kinds.of_ref(r) {
                 if let Some(owner) = kinds.find_uid(k, &r.uid) {
-                    queue.add(Item { kind: k, key: ObjectRef::from_meta(&owner.metadata) });
+                    queue.add(Item {
+                        kind: k,
+                        key: ObjectRef::from_meta(&owner.metadata),
+                    });
                 }
             }
         }

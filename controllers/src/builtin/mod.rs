@@ -5,8 +5,8 @@
 //! [`ControllerManager`](crate::ControllerManager) runs them all.
 
 pub mod common;
-pub mod replicaset;
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod replicaset;
 pub mod serviceaccount;

@@ -50,7 +50,9 @@ pub struct NamespaceController {
 
 impl std::fmt::Debug for NamespaceController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamespaceController").field("kinds", &self.kinds.len()).finish()
+        f.debug_struct("NamespaceController")
+            .field("kinds", &self.kinds.len())
+            .finish()
     }
 }
 
@@ -82,16 +84,37 @@ impl NamespaceController {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn controller(client: &Client, factory: &InformerFactory, kinds: Vec<ResourceType>) -> (Controller<Namespace>, Arc<Self>) {
+    pub async fn controller(
+        client: &Client,
+        factory: &InformerFactory,
+        kinds: Vec<ResourceType>,
+    ) -> (Controller<Namespace>, Arc<Self>) {
         let kinds = super::common::served_kinds(client, kinds).await;
-        let controller = Controller::with_factory(factory, Api::<Namespace>::all(client.clone()), watcher::Config::default())
-            .name("namespace");
-        (controller, Arc::new(NamespaceController { client: client.clone(), kinds }))
+        let controller = Controller::with_factory(
+            factory,
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .name("namespace");
+        (
+            controller,
+            Arc::new(NamespaceController {
+                client: client.clone(),
+                kinds,
+            }),
+        )
     }
 
     /// Deletes what is left; returns (remaining per resource, finalizers per name,
     /// deletion errors).
-    async fn delete_content(&self, ns: &str) -> (BTreeMap<String, usize>, BTreeMap<String, usize>, Vec<String>) {
+    async fn delete_content(
+        &self,
+        ns: &str,
+    ) -> (
+        BTreeMap<String, usize>,
+        BTreeMap<String, usize>,
+        Vec<String>,
+    ) {
         let mut remaining = BTreeMap::new();
         let mut finalizers: BTreeMap<String, usize> = BTreeMap::new();
         let mut errors = Vec::new();
@@ -112,13 +135,26 @@ impl NamespaceController {
                 };
                 let name = m.metadata.name.clone().unwrap_or_default();
                 if m.metadata.deletion_timestamp.is_none() {
-                    let opts = DeleteOptions { uid: m.metadata.uid.clone(), ..DeleteOptions::default() };
-                    match self.client.transport().delete(rt, Some(ns), &name, &opts).await {
+                    let opts = DeleteOptions {
+                        uid: m.metadata.uid.clone(),
+                        ..DeleteOptions::default()
+                    };
+                    match self
+                        .client
+                        .transport()
+                        .delete(rt, Some(ns), &name, &opts)
+                        .await
+                    {
                         Ok(Some(after)) => {
                             // Still there (finalizers, a grace period).
                             if after.pointer("/metadata/deletionTimestamp").is_some() {
                                 left += 1;
-                                for f in after.pointer("/metadata/finalizers").and_then(|f| f.as_array()).into_iter().flatten() {
+                                for f in after
+                                    .pointer("/metadata/finalizers")
+                                    .and_then(|f| f.as_array())
+                                    .into_iter()
+                                    .flatten()
+                                {
                                     if let Some(f) = f.as_str() {
                                         *finalizers.entry(f.to_owned()).or_default() += 1;
                                     }
@@ -146,29 +182,88 @@ impl NamespaceController {
         (remaining, finalizers, errors)
     }
 
-    async fn set_conditions(&self, ns: &Namespace, remaining: &BTreeMap<String, usize>, finalizers: &BTreeMap<String, usize>, errors: &[String]) -> Result<(), Error> {
+    async fn set_conditions(
+        &self,
+        ns: &Namespace,
+        remaining: &BTreeMap<String, usize>,
+        finalizers: &BTreeMap<String, usize>,
+        errors: &[String],
+    ) -> Result<(), Error> {
         let mut status = ns.status.clone().unwrap_or_default();
         status.phase = Some("Terminating".into());
         let content_failure = if errors.is_empty() {
-            condition("NamespaceDeletionContentFailure", false, "ContentDeleted", "All content successfully deleted, may be waiting on finalization".into())
+            condition(
+                "NamespaceDeletionContentFailure",
+                false,
+                "ContentDeleted",
+                "All content successfully deleted, may be waiting on finalization".into(),
+            )
         } else {
-            condition("NamespaceDeletionContentFailure", true, "ContentDeletionFailed", format!("Failed to delete all resource types, {} remaining: {}", errors.len(), errors.join(", ")))
+            condition(
+                "NamespaceDeletionContentFailure",
+                true,
+                "ContentDeletionFailed",
+                format!(
+                    "Failed to delete all resource types, {} remaining: {}",
+                    errors.len(),
+                    errors.join(", ")
+                ),
+            )
         };
         let content_remaining = if remaining.is_empty() {
-            condition("NamespaceContentRemaining", false, "ContentRemoved", "All content successfully removed".into())
+            condition(
+                "NamespaceContentRemaining",
+                false,
+                "ContentRemoved",
+                "All content successfully removed".into(),
+            )
         } else {
-            let items: Vec<String> = remaining.iter().map(|(r, n)| format!("{r} has {n} resource instances")).collect();
-            condition("NamespaceContentRemaining", true, "SomeResourcesRemain", format!("Some resources are remaining: {}", items.join(", ")))
+            let items: Vec<String> = remaining
+                .iter()
+                .map(|(r, n)| format!("{r} has {n} resource instances"))
+                .collect();
+            condition(
+                "NamespaceContentRemaining",
+                true,
+                "SomeResourcesRemain",
+                format!("Some resources are remaining: {}", items.join(", ")),
+            )
         };
         let finalizers_remaining = if finalizers.is_empty() {
-            condition("NamespaceFinalizersRemaining", false, "ContentHasNoFinalizers", "All content-preserving finalizers finished".into())
+            condition(
+                "NamespaceFinalizersRemaining",
+                false,
+                "ContentHasNoFinalizers",
+                "All content-preserving finalizers finished".into(),
+            )
         } else {
-            let items: Vec<String> = finalizers.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect();
-            condition("NamespaceFinalizersRemaining", true, "SomeFinalizersRemain", format!("Some content in the namespace has finalizers remaining: {}", items.join(", ")))
+            let items: Vec<String> = finalizers
+                .iter()
+                .map(|(f, n)| format!("{f} in {n} resource instances"))
+                .collect();
+            condition(
+                "NamespaceFinalizersRemaining",
+                true,
+                "SomeFinalizersRemain",
+                format!(
+                    "Some content in the namespace has finalizers remaining: {}",
+                    items.join(", ")
+                ),
+            )
         };
         let new = [
-            condition("NamespaceDeletionDiscoveryFailure", false, "ResourcesDiscovered", "All resources successfully discovered".into()),
-            condition("NamespaceDeletionGroupVersionParsingFailure", false, "ParsedGroupVersions", "All legacy kube types successfully parsed".into()),
+            condition(
+                "NamespaceDeletionDiscoveryFailure",
+                false,
+                "ResourcesDiscovered",
+                "All resources successfully discovered".into(),
+            ),
+            condition(
+                "NamespaceDeletionGroupVersionParsingFailure",
+                false,
+                "ParsedGroupVersions",
+                "All legacy kube types successfully parsed".into(),
+            ),
             content_failure,
             content_remaining,
             finalizers_remaining,
@@ -177,7 +272,8 @@ impl NamespaceController {
         for c in new {
             match conditions.iter_mut().find(|x| x.type_ == c.type_) {
                 Some(old) => {
-                    if old.status != c.status || old.reason != c.reason || old.message != c.message {
+                    if old.status != c.status || old.reason != c.reason || old.message != c.message
+                    {
                         let keep = old.status == c.status;
                         let transition = old.last_transition_time.clone();
                         *old = c;
@@ -200,7 +296,10 @@ impl NamespaceController {
         match api.replace_status(&name, &updated).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
-            Err(source) => Err(Error { action: "updating the namespace's conditions".into(), source }),
+            Err(source) => Err(Error {
+                action: "updating the namespace's conditions".into(),
+                source,
+            }),
         }
     }
 
@@ -212,12 +311,26 @@ impl NamespaceController {
             move |source| Error { action, source }
         };
         if has(ns.spec.as_ref().and_then(|s| s.finalizers.as_ref())) {
-            let kept: Vec<String> = ns.spec.iter().flat_map(|s| s.finalizers.iter().flatten()).filter(|f| *f != FINALIZER).cloned().collect();
+            let kept: Vec<String> = ns
+                .spec
+                .iter()
+                .flat_map(|s| s.finalizers.iter().flatten())
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
             let mut body = ns.clone();
             body.spec.get_or_insert_with(Default::default).finalizers = Some(kept.clone());
-            let value = serde_json::to_value(&body).map_err(|e| Error { action: "encoding the namespace".into(), source: keelson_core::Error::internal(e) })?;
+            let value = serde_json::to_value(&body).map_err(|e| Error {
+                action: "encoding the namespace".into(),
+                source: keelson_core::Error::internal(e),
+            })?;
             let rt = Namespace::resource_type();
-            match self.client.transport().replace(&rt, None, &name, Some("finalize"), value).await {
+            match self
+                .client
+                .transport()
+                .replace(&rt, None, &name, Some("finalize"), value)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() && api.get_opt(&name).await.ok().flatten().is_some() => {
                     // No `finalize` subresource here: edit the spec.
@@ -250,13 +363,15 @@ impl Reconciler<Namespace> for NamespaceController {
         if ns.metadata.deletion_timestamp.is_none() {
             return Ok(Action::await_change());
         }
-        let ours = has(ns.spec.as_ref().and_then(|s| s.finalizers.as_ref())) || has(ns.metadata.finalizers.as_ref());
+        let ours = has(ns.spec.as_ref().and_then(|s| s.finalizers.as_ref()))
+            || has(ns.metadata.finalizers.as_ref());
         if !ours {
             return Ok(Action::await_change());
         }
         let name = ns.metadata.name.clone().unwrap_or_default();
         let (remaining, finalizers, errors) = self.delete_content(&name).await;
-        self.set_conditions(&ns, &remaining, &finalizers, &errors).await?;
+        self.set_conditions(&ns, &remaining, &finalizers, &errors)
+            .await?;
         if !remaining.is_empty() || !errors.is_empty() {
             tracing::debug!(namespace = %name, ?remaining, "namespace content still going");
             return Ok(Action::requeue(RECHECK));
@@ -265,7 +380,12 @@ impl Reconciler<Namespace> for NamespaceController {
         let latest = match api.get_opt(&name).await {
             Ok(Some(n)) => n,
             Ok(None) => return Ok(Action::await_change()),
-            Err(source) => return Err(Error { action: "reading the namespace".into(), source }),
+            Err(source) => {
+                return Err(Error {
+                    action: "reading the namespace".into(),
+                    source,
+                })
+            }
         };
         self.finalize(&latest).await?;
         Ok(Action::await_change())

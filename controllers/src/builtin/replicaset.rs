@@ -24,15 +24,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use keelson_core::client::{Api, Client, DeleteOptions, Patch};
-use keelson_core::k8s_openapi::api::apps::v1::{
-    ReplicaSet, ReplicaSetCondition, ReplicaSetStatus,
-};
+use keelson_core::k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use keelson_core::k8s_openapi::api::core::v1::Pod;
 use keelson_core::{LabelSelector, ObjectMeta};
 
 use super::common::{
-    claim, claim_candidates, controller_ref, is_pod_active, orphan_index, ORPHAN_INDEX, is_pod_available, is_pod_ready, pod_available_in,
-    set_condition, status_merge_patch, Expectations,
+    claim, claim_candidates, controller_ref, is_pod_active, is_pod_available, is_pod_ready,
+    orphan_index, pod_available_in, set_condition, status_merge_patch, Expectations, ORPHAN_INDEX,
 };
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
@@ -73,7 +71,8 @@ pub struct ReplicaSetController {
 
 impl std::fmt::Debug for ReplicaSetController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicaSetController").finish_non_exhaustive()
+        f.debug_struct("ReplicaSetController")
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +82,12 @@ fn matching_sets(sets: &Reader<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef> {
     sets.list_namespace(ns)
         .iter()
         .filter(|rs| {
-            rs.spec.as_ref().map_or_else(|| Ok(LabelSelector::nothing()), |s| LabelSelector::from_k8s(&s.selector))
+            rs.spec
+                .as_ref()
+                .map_or_else(
+                    || Ok(LabelSelector::nothing()),
+                    |s| LabelSelector::from_k8s(&s.selector),
+                )
                 .is_ok_and(|sel| !sel.is_empty() && sel.matches_meta(&pod.metadata))
         })
         .map(|rs| ObjectRef::from_meta(&rs.metadata))
@@ -101,7 +105,10 @@ impl ReplicaSetController {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<ReplicaSet>, Arc<Self>) {
+    pub fn controller(
+        client: &Client,
+        factory: &InformerFactory,
+    ) -> (Controller<ReplicaSet>, Arc<Self>) {
         let cfg = watcher::Config::default;
         let pods_api = Api::<Pod>::all(client.clone());
         // Pods are the most numerous objects: cached compactly.
@@ -109,42 +116,49 @@ impl ReplicaSetController {
         pod_informer.add_index(ORPHAN_INDEX, orphan_index());
         let pods = pod_informer.reader();
         let expectations = Arc::new(Expectations::default());
-        let controller = Controller::with_factory(factory, Api::<ReplicaSet>::all(client.clone()), cfg())
-            .name("replicaset");
+        let controller =
+            Controller::with_factory(factory, Api::<ReplicaSet>::all(client.clone()), cfg())
+                .name("replicaset");
         let sets = controller.store();
         let exp = expectations.clone();
-        let controller = controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
-            let mut keys = Vec::new();
-            match change {
-                Change::Applied { old, new } => {
-                    let owner = owner_key(&new.metadata, "ReplicaSet");
-                    let newly_deleting = new.metadata.deletion_timestamp.is_some()
-                        && old.as_ref().is_none_or(|o| o.metadata.deletion_timestamp.is_none());
-                    if let Some(o) = &owner {
-                        if old.is_none() && new.metadata.deletion_timestamp.is_none() {
-                            exp.creation_observed(o);
-                        } else if newly_deleting {
-                            exp.deletion_observed(o, &ObjectRef::from_meta(&new.metadata));
+        let controller =
+            controller.watches_changes(pods_api, cfg().compact(), move |change: &Change<Pod>| {
+                let mut keys = Vec::new();
+                match change {
+                    Change::Applied { old, new } => {
+                        let owner = owner_key(&new.metadata, "ReplicaSet");
+                        let newly_deleting = new.metadata.deletion_timestamp.is_some()
+                            && old
+                                .as_ref()
+                                .is_none_or(|o| o.metadata.deletion_timestamp.is_none());
+                        if let Some(o) = &owner {
+                            if old.is_none() && new.metadata.deletion_timestamp.is_none() {
+                                exp.creation_observed(o);
+                            } else if newly_deleting {
+                                exp.deletion_observed(o, &ObjectRef::from_meta(&new.metadata));
+                            }
+                            keys.push(o.clone());
+                        } else if new.metadata.deletion_timestamp.is_none() {
+                            keys.extend(matching_sets(&sets, new));
                         }
-                        keys.push(o.clone());
-                    } else if new.metadata.deletion_timestamp.is_none() {
-                        keys.extend(matching_sets(&sets, new));
+                        if let Some(prev) = old
+                            .as_ref()
+                            .and_then(|o| owner_key(&o.metadata, "ReplicaSet"))
+                        {
+                            if Some(&prev) != owner.as_ref() {
+                                keys.push(prev);
+                            }
+                        }
                     }
-                    if let Some(prev) = old.as_ref().and_then(|o| owner_key(&o.metadata, "ReplicaSet")) {
-                        if Some(&prev) != owner.as_ref() {
-                            keys.push(prev);
+                    Change::Deleted(pod) => {
+                        if let Some(o) = owner_key(&pod.metadata, "ReplicaSet") {
+                            exp.deletion_observed(&o, &ObjectRef::from_meta(&pod.metadata));
+                            keys.push(o);
                         }
                     }
                 }
-                Change::Deleted(pod) => {
-                    if let Some(o) = owner_key(&pod.metadata, "ReplicaSet") {
-                        exp.deletion_observed(&o, &ObjectRef::from_meta(&pod.metadata));
-                        keys.push(o);
-                    }
-                }
-            }
-            keys
-        });
+                keys
+            });
         let reconciler = Arc::new(ReplicaSetController {
             client: client.clone(),
             pods,
@@ -160,14 +174,20 @@ impl ReplicaSetController {
         key: &ObjectRef,
         owned: &[Arc<Pod>],
     ) -> Result<(), Error> {
-        let replicas = usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
+        let replicas =
+            usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
         let ns = key.ns().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let reference = object_reference(rs);
         if owned.len() < replicas {
             let want = (replicas - owned.len()).min(BURST_REPLICAS);
-            self.expectations.expect_creations(key, i64::try_from(want).unwrap_or(i64::MAX));
-            let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+            self.expectations
+                .expect_creations(key, i64::try_from(want).unwrap_or(i64::MAX));
+            let template = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.clone())
+                .unwrap_or_default();
             let tmeta = template.metadata.unwrap_or_default();
             let mut pod = Pod::default();
             pod.metadata.generate_name = Some(format!("{}-", key.name));
@@ -189,7 +209,12 @@ impl ReplicaSetController {
                         Ok(p) => {
                             let name = p.metadata.name.unwrap_or_default();
                             self.recorder
-                                .emit(&reference, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {name}"))
+                                .emit(
+                                    &reference,
+                                    EventType::Normal,
+                                    "SuccessfulCreate",
+                                    &format!("Created pod: {name}"),
+                                )
                                 .await;
                         }
                         Err(e) => {
@@ -204,7 +229,12 @@ impl ReplicaSetController {
                         self.expectations.creation_observed(key);
                     }
                     self.recorder
-                        .emit(&reference, EventType::Warning, "FailedCreate", &format!("Error creating: {e}"))
+                        .emit(
+                            &reference,
+                            EventType::Warning,
+                            "FailedCreate",
+                            &format!("Error creating: {e}"),
+                        )
                         .await;
                     return Err(api_err("creating pods")(e));
                 }
@@ -213,12 +243,19 @@ impl ReplicaSetController {
         } else if owned.len() > replicas {
             let n = (owned.len() - replicas).min(BURST_REPLICAS);
             let victims = pods_to_delete(owned, n);
-            self.expectations
-                .expect_deletions(key, victims.iter().map(|p| ObjectRef::from_meta(&p.metadata)));
+            self.expectations.expect_deletions(
+                key,
+                victims.iter().map(|p| ObjectRef::from_meta(&p.metadata)),
+            );
             let results = join_all(victims.iter().map(|p| {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 let pods = pods.clone();
-                async move { (name.clone(), pods.delete(&name, &DeleteOptions::default()).await) }
+                async move {
+                    (
+                        name.clone(),
+                        pods.delete(&name, &DeleteOptions::default()).await,
+                    )
+                }
             }))
             .await;
             let mut first_err = None;
@@ -226,14 +263,25 @@ impl ReplicaSetController {
                 match r {
                     Ok(_) => {
                         self.recorder
-                            .emit(&reference, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}"))
+                            .emit(
+                                &reference,
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                &format!("Deleted pod: {name}"),
+                            )
                             .await;
                     }
                     Err(e) => {
-                        self.expectations.deletion_observed(key, &ObjectRef::new(Some(ns), &name));
+                        self.expectations
+                            .deletion_observed(key, &ObjectRef::new(Some(ns), &name));
                         if !e.is_not_found() {
                             self.recorder
-                                .emit(&reference, EventType::Warning, "FailedDelete", &format!("Error deleting: {e}"))
+                                .emit(
+                                    &reference,
+                                    EventType::Warning,
+                                    "FailedDelete",
+                                    &format!("Error deleting: {e}"),
+                                )
                                 .await;
                             first_err.get_or_insert(e);
                         }
@@ -258,7 +306,10 @@ fn phase_rank(p: &Pod) -> u8 {
 }
 
 fn node(p: &Pod) -> &str {
-    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default()
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default()
 }
 
 fn deletion_cost(p: &Pod) -> i32 {
@@ -297,7 +348,11 @@ fn restarts(p: &Pod) -> i32 {
 fn deletion_order(a: &Pod, b: &Pod, ranks: &HashMap<&str, usize>) -> Ordering {
     let (na, nb) = (node(a), node(b));
     if na != nb && (na.is_empty() || nb.is_empty()) {
-        return if na.is_empty() { Ordering::Less } else { Ordering::Greater };
+        return if na.is_empty() {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
     }
     phase_rank(a)
         .cmp(&phase_rank(b))
@@ -341,7 +396,10 @@ pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
     sorted.into_iter().take(n).cloned().collect()
 }
 
-fn fully_labeled(pod: &Pod, template_labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+fn fully_labeled(
+    pod: &Pod,
+    template_labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
     let labels = pod.metadata.labels.as_ref();
     template_labels
         .into_iter()
@@ -357,8 +415,14 @@ fn calculate_status(
 ) -> ReplicaSetStatus {
     let spec = rs.spec.clone().unwrap_or_default();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let template_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref());
-    let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(owned.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX);
+    let template_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
+    let count = |f: &dyn Fn(&Pod) -> bool| {
+        i32::try_from(owned.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+    };
     let mut status = rs.status.clone().unwrap_or_default();
     status.replicas = count(&|_| true);
     status.fully_labeled_replicas = Some(count(&|p| fully_labeled(p, template_labels)));
@@ -371,7 +435,14 @@ fn calculate_status(
             let cond = ReplicaSetCondition {
                 type_: "ReplicaFailure".into(),
                 status: "True".into(),
-                reason: Some(if creating { "FailedCreate" } else { "FailedDelete" }.into()),
+                reason: Some(
+                    if creating {
+                        "FailedCreate"
+                    } else {
+                        "FailedDelete"
+                    }
+                    .into(),
+                ),
                 message: Some(e.to_string()),
                 last_transition_time: Some(clock::now_time()),
             };
@@ -404,7 +475,12 @@ impl Reconciler<ReplicaSet> for ReplicaSetController {
             Ok(s) => s,
             Err(e) => {
                 self.recorder
-                    .emit(&object_reference(rs.as_ref()), EventType::Warning, "InvalidSelector", &e.to_string())
+                    .emit(
+                        &object_reference(rs.as_ref()),
+                        EventType::Warning,
+                        "InvalidSelector",
+                        &e.to_string(),
+                    )
                     .await;
                 return Ok(Action::await_change());
             }

@@ -27,7 +27,8 @@ pub struct ServiceAccountController {
 
 impl std::fmt::Debug for ServiceAccountController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccountController").finish_non_exhaustive()
+        f.debug_struct("ServiceAccountController")
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,19 +37,34 @@ impl ServiceAccountController {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn controller(client: &Client, factory: &InformerFactory) -> (Controller<Namespace>, Arc<Self>) {
+    pub fn controller(
+        client: &Client,
+        factory: &InformerFactory,
+    ) -> (Controller<Namespace>, Arc<Self>) {
         let sa_api = Api::<ServiceAccount>::all(client.clone());
-        let accounts = factory.informer(sa_api.clone(), watcher::Config::default()).reader();
-        let controller = Controller::with_factory(factory, Api::<Namespace>::all(client.clone()), watcher::Config::default())
-            .name("serviceaccount")
-            .watches(sa_api, watcher::Config::default(), |sa: &ServiceAccount| {
-                let name = sa.metadata.name.as_deref().unwrap_or_default();
-                match (&sa.metadata.namespace, DEFAULT_ACCOUNTS.contains(&name)) {
-                    (Some(ns), true) => vec![ObjectRef::new(None, ns)],
-                    _ => Vec::new(),
-                }
-            });
-        (controller, Arc::new(ServiceAccountController { client: client.clone(), accounts }))
+        let accounts = factory
+            .informer(sa_api.clone(), watcher::Config::default())
+            .reader();
+        let controller = Controller::with_factory(
+            factory,
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .name("serviceaccount")
+        .watches(sa_api, watcher::Config::default(), |sa: &ServiceAccount| {
+            let name = sa.metadata.name.as_deref().unwrap_or_default();
+            match (&sa.metadata.namespace, DEFAULT_ACCOUNTS.contains(&name)) {
+                (Some(ns), true) => vec![ObjectRef::new(None, ns)],
+                _ => Vec::new(),
+            }
+        });
+        (
+            controller,
+            Arc::new(ServiceAccountController {
+                client: client.clone(),
+                accounts,
+            }),
+        )
     }
 }
 
@@ -65,7 +81,11 @@ impl Reconciler<Namespace> for ServiceAccountController {
         let name = ctx.key.name.to_string();
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
         for account in DEFAULT_ACCOUNTS {
-            if self.accounts.get(&ObjectRef::new(Some(&name), account)).is_some() {
+            if self
+                .accounts
+                .get(&ObjectRef::new(Some(&name), account))
+                .is_some()
+            {
                 continue;
             }
             let mut sa = ServiceAccount::default();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_controllers::clock;
 use keelson_core::client::{Api, Client, ListParams, Patch};
-use keelson_core::k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodTemplateSpec};
+use keelson_core::k8s_openapi::api::core::v1::{
+    Container, Namespace, Pod, PodSpec, PodTemplateSpec,
+};
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use keelson_store::MemStore;
 use serde_json::json;
@@ -29,7 +31,10 @@ pub async fn cluster(namespaces: &[&str]) -> (Arc<ApiServer>, Client) {
     for ns in namespaces {
         let mut n = Namespace::default();
         n.metadata.name = Some((*ns).into());
-        Api::<Namespace>::all(client.clone()).create(&n).await.unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&n)
+            .await
+            .unwrap();
     }
     (server, client)
 }
@@ -57,7 +62,12 @@ where
 pub fn template(labels: &[(&str, &str)], image: &str) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -86,7 +96,10 @@ pub async fn mark_ready(client: &Client, ns: &str, name: &str) {
 /// Marks every pending or not-ready pod matching `selector` ready; returns how many.
 pub async fn mark_all_ready(client: &Client, ns: &str, selector: &str) -> usize {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods.list(&ListParams::default().labels(selector).unwrap()).await.unwrap();
+    let list = pods
+        .list(&ListParams::default().labels(selector).unwrap())
+        .await
+        .unwrap();
     let mut n = 0;
     for p in list.items {
         let ready = p
@@ -105,11 +118,17 @@ pub async fn mark_all_ready(client: &Client, ns: &str, selector: &str) -> usize 
 /// The pods matching `selector`.
 pub async fn pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.list(&ListParams::default().labels(selector).unwrap()).await.unwrap().items
+    pods.list(&ListParams::default().labels(selector).unwrap())
+        .await
+        .unwrap()
+        .items
 }
 
 /// A shutdown signal for controllers: send `true` to stop them.
-pub fn shutdown() -> (tokio::sync::watch::Sender<bool>, impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+pub fn shutdown() -> (
+    tokio::sync::watch::Sender<bool>,
+    impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let signal = move || {
         let mut rx = rx.clone();

@@ -23,7 +23,12 @@ struct Sources {
 }
 
 impl Sources {
-    async fn config_map(&mut self, ctx: &NodeCtx, ns: &str, name: &str) -> Result<Option<&ConfigMap>, ConfigError> {
+    async fn config_map(
+        &mut self,
+        ctx: &NodeCtx,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<&ConfigMap>, ConfigError> {
         if !self.config_maps.contains_key(name) {
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
             let cm = api
@@ -35,7 +40,12 @@ impl Sources {
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
     }
 
-    async fn secret(&mut self, ctx: &NodeCtx, ns: &str, name: &str) -> Result<Option<&Secret>, ConfigError> {
+    async fn secret(
+        &mut self,
+        ctx: &NodeCtx,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<&Secret>, ConfigError> {
         if !self.secrets.contains_key(name) {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
             let s = api
@@ -118,9 +128,13 @@ pub(crate) fn expand(text: &str, env: &HashMap<String, String>) -> String {
 pub(crate) fn service_env(services: &[Service]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for svc in services {
-        let Some(name) = svc.metadata.name.as_deref() else { continue };
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
         let Some(spec) = &svc.spec else { continue };
-        let Some(ip) = spec.cluster_ip.as_deref() else { continue };
+        let Some(ip) = spec.cluster_ip.as_deref() else {
+            continue;
+        };
         if ip.is_empty() || ip == "None" {
             continue;
         }
@@ -132,7 +146,10 @@ pub(crate) fn service_env(services: &[Service]) -> Vec<(String, String)> {
         for p in &ports {
             if let Some(pn) = &p.name {
                 out.push((
-                    format!("{prefix}_SERVICE_PORT_{}", pn.to_ascii_uppercase().replace('-', "_")),
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        pn.to_ascii_uppercase().replace('-', "_")
+                    ),
                     p.port.to_string(),
                 ));
             }
@@ -142,12 +159,19 @@ pub(crate) fn service_env(services: &[Service]) -> Vec<(String, String)> {
         };
         out.push((
             format!("{prefix}_PORT"),
-            format!("{}://{ip}:{}", proto(first).to_ascii_lowercase(), first.port),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
         ));
         for p in &ports {
             let pr = proto(p);
             let base = format!("{prefix}_PORT_{}_{}", p.port, pr.to_ascii_uppercase());
-            out.push((base.clone(), format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port)));
+            out.push((
+                base.clone(),
+                format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port),
+            ));
             out.push((format!("{base}_PROTO"), pr.to_ascii_lowercase()));
             out.push((format!("{base}_PORT"), p.port.to_string()));
             out.push((format!("{base}_ADDR"), ip.to_owned()));
@@ -213,7 +237,11 @@ pub(crate) fn resource_field(
     let map = match which {
         "limits" => res.and_then(|r| r.limits.as_ref()),
         "requests" => res.and_then(|r| r.requests.as_ref()),
-        _ => return Err(ConfigError(format!("unsupported resource field {resource:?}"))),
+        _ => {
+            return Err(ConfigError(format!(
+                "unsupported resource field {resource:?}"
+            )))
+        }
     };
     let node = &ctx.config.resources;
     let fallback = match (which, name) {
@@ -230,12 +258,20 @@ pub(crate) fn resource_field(
         .ok_or_else(|| ConfigError(format!("unsupported resource field {resource:?}")))?;
     let value = quantity::parse(&text)
         .ok_or_else(|| ConfigError(format!("bad quantity {text:?} for {resource}")))?;
-    let div = divisor.and_then(quantity::parse).filter(|d| *d > 0.0).unwrap_or(1.0);
+    let div = divisor
+        .and_then(quantity::parse)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
     Ok(format!("{}", (value / div).ceil() as i64))
 }
 
 /// `fieldRef` value.
-pub(crate) fn field_ref(pod: &Pod, pod_ip: &str, host_ip: &str, path: &str) -> Result<String, ConfigError> {
+pub(crate) fn field_ref(
+    pod: &Pod,
+    pod_ip: &str,
+    host_ip: &str,
+    path: &str,
+) -> Result<String, ConfigError> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |map: Option<&BTreeMap<String, String>>, prefix: &str| -> Option<String> {
@@ -320,7 +356,8 @@ pub(crate) async fn container_env(
             let name = r.name.as_str();
             match sources.secret(ctx, ns, name).await? {
                 Some(s) => {
-                    let mut keys: Vec<String> = s.data.iter().flatten().map(|(k, _)| k.clone()).collect();
+                    let mut keys: Vec<String> =
+                        s.data.iter().flatten().map(|(k, _)| k.clone()).collect();
                     keys.sort();
                     for k in keys {
                         let name = format!("{prefix}{k}");
@@ -335,13 +372,27 @@ pub(crate) async fn container_env(
         }
     }
     let mut known: HashMap<String, String> = env.iter().cloned().collect();
-    for EnvVar { name, value, value_from } in container.env.iter().flatten() {
+    for EnvVar {
+        name,
+        value,
+        value_from,
+    } in container.env.iter().flatten()
+    {
         let v = if let Some(from) = value_from {
             if let Some(f) = &from.field_ref {
                 Some(field_ref(pod, pod_ip, &ctx.host_ip, &f.field_path)?)
             } else if let Some(r) = &from.resource_field_ref {
-                let cname = r.container_name.clone().unwrap_or_else(|| container.name.clone());
-                Some(resource_field(ctx, pod, &cname, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))?)
+                let cname = r
+                    .container_name
+                    .clone()
+                    .unwrap_or_else(|| container.name.clone());
+                Some(resource_field(
+                    ctx,
+                    pod,
+                    &cname,
+                    &r.resource,
+                    r.divisor.as_ref().map(|d| d.0.as_str()),
+                )?)
             } else if let Some(r) = &from.config_map_key_ref {
                 let optional = r.optional == Some(true);
                 match sources.config_map(ctx, ns, &r.name).await? {
@@ -395,8 +446,7 @@ mod tests {
 
     #[test]
     fn references_expand_and_double_dollars_escape() {
-        let env: HashMap<String, String> =
-            [("A".to_owned(), "x".to_owned())].into_iter().collect();
+        let env: HashMap<String, String> = [("A".to_owned(), "x".to_owned())].into_iter().collect();
         assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
         assert_eq!(expand("pre $(A", &env), "pre $(A");
     }

@@ -317,9 +317,24 @@ impl NodeCtx {
                 tracing::warn!(sandbox = %s.id, error = %e, "failed to remove an orphaned sandbox");
             }
             let r = PodNetworkRef {
-                namespace: s.config.labels.get(LABEL_POD_NAMESPACE).cloned().unwrap_or_default(),
-                name: s.config.labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
-                uid: s.config.labels.get(LABEL_POD_UID).cloned().unwrap_or(s.config.uid.clone()),
+                namespace: s
+                    .config
+                    .labels
+                    .get(LABEL_POD_NAMESPACE)
+                    .cloned()
+                    .unwrap_or_default(),
+                name: s
+                    .config
+                    .labels
+                    .get(LABEL_POD_NAME)
+                    .cloned()
+                    .unwrap_or_default(),
+                uid: s
+                    .config
+                    .labels
+                    .get(LABEL_POD_UID)
+                    .cloned()
+                    .unwrap_or(s.config.uid.clone()),
             };
             let _ = self.network.remove(&r).await;
             if let Some(dir) = &self.state_dir {
@@ -494,7 +509,10 @@ impl Agent {
             s.scan().await;
         }
         tasks.spawn(async move { reporter.heartbeat_loop().await });
-        tasks.spawn(pod_watch_loop(ctx.clone(), static_pods.as_ref().map(|s| s.uids())));
+        tasks.spawn(pod_watch_loop(
+            ctx.clone(),
+            static_pods.as_ref().map(|s| s.uids()),
+        ));
         if let Some(mut s) = static_pods {
             tasks.spawn(async move { s.run().await });
         }

@@ -25,11 +25,7 @@ pub(crate) fn time(t: SystemTime) -> String {
 pub(crate) fn micro_time(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = time(t);
-    format!(
-        "{}.{:06}Z",
-        secs.trim_end_matches('Z'),
-        d.subsec_micros()
-    )
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
 }
 
 pub(crate) const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -182,7 +178,11 @@ fn host_conditions(ctx: &NodeCtx, network_ready: Result<(), String>) -> Vec<Cond
         if let (Some(max), Ok(dir)) = (max, std::fs::read_dir("/proc")) {
             let n = dir
                 .flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                })
                 .count() as u64;
             pid = n * 10 > max * 9;
         }
@@ -203,19 +203,49 @@ fn host_conditions(ctx: &NodeCtx, network_ready: Result<(), String>) -> Vec<Cond
             },
         },
         if mem {
-            Condition { kind: "MemoryPressure", status: true, reason: "KubeletHasInsufficientMemory", message: "the node is short of memory".into() }
+            Condition {
+                kind: "MemoryPressure",
+                status: true,
+                reason: "KubeletHasInsufficientMemory",
+                message: "the node is short of memory".into(),
+            }
         } else {
-            Condition { kind: "MemoryPressure", status: false, reason: "KubeletHasSufficientMemory", message: "the node has enough memory".into() }
+            Condition {
+                kind: "MemoryPressure",
+                status: false,
+                reason: "KubeletHasSufficientMemory",
+                message: "the node has enough memory".into(),
+            }
         },
         if disk {
-            Condition { kind: "DiskPressure", status: true, reason: "KubeletHasDiskPressure", message: "the node is short of disk space".into() }
+            Condition {
+                kind: "DiskPressure",
+                status: true,
+                reason: "KubeletHasDiskPressure",
+                message: "the node is short of disk space".into(),
+            }
         } else {
-            Condition { kind: "DiskPressure", status: false, reason: "KubeletHasNoDiskPressure", message: "the node has enough disk space".into() }
+            Condition {
+                kind: "DiskPressure",
+                status: false,
+                reason: "KubeletHasNoDiskPressure",
+                message: "the node has enough disk space".into(),
+            }
         },
         if pid {
-            Condition { kind: "PIDPressure", status: true, reason: "KubeletHasInsufficientPID", message: "the node is short of process ids".into() }
+            Condition {
+                kind: "PIDPressure",
+                status: true,
+                reason: "KubeletHasInsufficientPID",
+                message: "the node is short of process ids".into(),
+            }
         } else {
-            Condition { kind: "PIDPressure", status: false, reason: "KubeletHasSufficientPID", message: "the node has enough process ids".into() }
+            Condition {
+                kind: "PIDPressure",
+                status: false,
+                reason: "KubeletHasSufficientPID",
+                message: "the node has enough process ids".into(),
+            }
         },
     ]
 }
@@ -253,7 +283,8 @@ impl NodeReporter {
         let created = match nodes.create(&node).await {
             Ok(n) => n,
             Err(e) if e.is_already_exists() => {
-                let patch = json!({"metadata": {"labels": obj["metadata"]["labels"]}, "spec": obj["spec"]});
+                let patch =
+                    json!({"metadata": {"labels": obj["metadata"]["labels"]}, "spec": obj["spec"]});
                 nodes
                     .patch(&ctx.node_name, &Patch::Merge(patch))
                     .await
@@ -294,7 +325,10 @@ impl NodeReporter {
         for (i, c) in conds.iter().enumerate() {
             let same = self.last.get(i).is_some_and(|o| o.status == c.status);
             transitions.push(if same {
-                self.transitions.get(i).cloned().unwrap_or_else(|| now.clone())
+                self.transitions
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| now.clone())
             } else {
                 now.clone()
             });

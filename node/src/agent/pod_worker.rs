@@ -127,7 +127,10 @@ pub(crate) fn qos_class(spec: &PodSpec) -> &'static str {
         let requests = r.and_then(|r| r.requests.as_ref());
         for res in ["cpu", "memory"] {
             let l = limits.and_then(|m| m.get(res)).map(|q| q.0.as_str());
-            let q = requests.and_then(|m| m.get(res)).map(|q| q.0.as_str()).or(l);
+            let q = requests
+                .and_then(|m| m.get(res))
+                .map(|q| q.0.as_str())
+                .or(l);
             if l.is_some() || q.is_some() {
                 any = true;
             }
@@ -238,7 +241,10 @@ impl PodWorker {
     fn container_spec<'a>(pod: &'a Pod, c: &CState) -> Option<&'a Container> {
         let spec = pod.spec.as_ref()?;
         if c.init {
-            spec.init_containers.iter().flatten().find(|x| x.name == c.name)
+            spec.init_containers
+                .iter()
+                .flatten()
+                .find(|x| x.name == c.name)
         } else {
             spec.containers.iter().find(|x| x.name == c.name)
         }
@@ -249,7 +255,10 @@ impl PodWorker {
         self.adopted = true;
         let rt = &self.ctx.runtime;
         if let Ok(sandboxes) = rt.list_sandboxes().await {
-            let mine: Vec<_> = sandboxes.into_iter().filter(|s| s.config.uid == self.uid).collect();
+            let mine: Vec<_> = sandboxes
+                .into_iter()
+                .filter(|s| s.config.uid == self.uid)
+                .collect();
             self.sandbox_attempt = mine.iter().map(|s| s.config.attempt + 1).max().unwrap_or(0);
             if let Some(s) = mine
                 .iter()
@@ -259,13 +268,17 @@ impl PodWorker {
                 self.sandbox = Some(s.id.clone());
             }
         }
-        let Some(sandbox) = self.sandbox.clone() else { return };
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
         let mut filter = ContainerFilter {
             sandbox_id: Some(sandbox),
             ..ContainerFilter::default()
         };
         filter.labels.insert(LABEL_POD_UID.into(), self.uid.clone());
-        let Ok(found) = rt.list_containers(&filter).await else { return };
+        let Ok(found) = rt.list_containers(&filter).await else {
+            return;
+        };
         let mut by_name: BTreeMap<String, Vec<ContainerStatus>> = BTreeMap::new();
         for c in found {
             by_name.entry(c.name.clone()).or_default().push(c);
@@ -314,12 +327,29 @@ impl PodWorker {
         c.probes = ps;
     }
 
-    async fn container_config(&self, pod: &Pod, spec: &Container, attempt: u32) -> Result<ContainerConfig, String> {
+    async fn container_config(
+        &self,
+        pod: &Pod,
+        spec: &Container,
+        attempt: u32,
+    ) -> Result<ContainerConfig, String> {
         let ip = self.pod_ip.clone().unwrap_or_default();
-        let env = container_env(&self.ctx, pod, spec, &ip).await.map_err(|e| e.0)?;
+        let env = container_env(&self.ctx, pod, spec, &ip)
+            .await
+            .map_err(|e| e.0)?;
         let map: HashMap<String, String> = env.iter().cloned().collect();
-        let command = spec.command.iter().flatten().map(|s| expand(s, &map)).collect();
-        let args = spec.args.iter().flatten().map(|s| expand(s, &map)).collect();
+        let command = spec
+            .command
+            .iter()
+            .flatten()
+            .map(|s| expand(s, &map))
+            .collect();
+        let args = spec
+            .args
+            .iter()
+            .flatten()
+            .map(|s| expand(s, &map))
+            .collect();
         let mut mounts = Vec::new();
         for m in spec.volume_mounts.iter().flatten() {
             let base = match &self.volumes {
@@ -332,7 +362,9 @@ impl PodWorker {
             let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 Some(sub) => {
                     if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
-                        return Err(format!("subPath {sub:?} must be relative and must not contain '..'"));
+                        return Err(format!(
+                            "subPath {sub:?} must be relative and must not contain '..'"
+                        ));
                     }
                     let p = base.join(sub);
                     if self.volumes.is_some() && !p.exists() {
@@ -350,14 +382,32 @@ impl PodWorker {
             });
         }
         let limits = spec.resources.as_ref().map(|r| ResourceLimits {
-            cpu_millis: r.limits.as_ref().and_then(|l| l.get("cpu")).and_then(|q| quantity::parse_millis(&q.0)),
-            memory_bytes: r.limits.as_ref().and_then(|l| l.get("memory")).and_then(|q| quantity::parse_bytes(&q.0)),
-            cpu_request_millis: r.requests.as_ref().and_then(|l| l.get("cpu")).and_then(|q| quantity::parse_millis(&q.0)),
+            cpu_millis: r
+                .limits
+                .as_ref()
+                .and_then(|l| l.get("cpu"))
+                .and_then(|q| quantity::parse_millis(&q.0)),
+            memory_bytes: r
+                .limits
+                .as_ref()
+                .and_then(|l| l.get("memory"))
+                .and_then(|q| quantity::parse_bytes(&q.0)),
+            cpu_request_millis: r
+                .requests
+                .as_ref()
+                .and_then(|l| l.get("cpu"))
+                .and_then(|q| quantity::parse_millis(&q.0)),
         });
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_POD_UID.to_owned(), self.uid.clone());
-        labels.insert(LABEL_POD_NAME.to_owned(), pod.metadata.name.clone().unwrap_or_default());
-        labels.insert(LABEL_POD_NAMESPACE.to_owned(), pod.metadata.namespace.clone().unwrap_or_default());
+        labels.insert(
+            LABEL_POD_NAME.to_owned(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        labels.insert(
+            LABEL_POD_NAMESPACE.to_owned(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        );
         labels.insert(LABEL_CONTAINER_NAME.to_owned(), spec.name.clone());
         labels.insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
         let mut annotations = BTreeMap::new();
@@ -384,12 +434,20 @@ impl PodWorker {
 
     /// Creates and starts the next instance of container `i`.
     async fn start(&mut self, pod: &Pod, i: usize) {
-        let Some(spec) = Self::container_spec(pod, &self.containers[i]).cloned() else { return };
-        let Some(sandbox) = self.sandbox.clone() else { return };
+        let Some(spec) = Self::container_spec(pod, &self.containers[i]).cloned() else {
+            return;
+        };
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
         let rt = self.ctx.runtime.clone();
         let attempt = {
             let c = &self.containers[i];
-            if c.id.is_some() { c.attempt + 1 } else { c.attempt }
+            if c.id.is_some() {
+                c.attempt + 1
+            } else {
+                c.attempt
+            }
         };
         let config = match self.container_config(pod, &spec, attempt).await {
             Ok(c) => c,
@@ -437,10 +495,12 @@ impl PodWorker {
                 if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                     let ip = self.pod_ip.clone().unwrap_or_default();
                     if let Outcome::Failure(msg) =
-                        probes::hook(rt.as_ref(), &id, hook, &spec, &ip, Duration::from_secs(30)).await
+                        probes::hook(rt.as_ref(), &id, hook, &spec, &ip, Duration::from_secs(30))
+                            .await
                     {
                         tracing::info!(pod_uid = %self.uid, container = %spec.name, %msg, "postStart hook failed; killing the container");
-                        self.containers[i].kill_message = Some(format!("PostStartHook failed: {msg}"));
+                        self.containers[i].kill_message =
+                            Some(format!("PostStartHook failed: {msg}"));
                         let grace = self.grace(pod);
                         let _ = rt.stop_container(&id, grace).await;
                         self.containers[i].status = rt.container_status(&id).await.ok();
@@ -494,23 +554,37 @@ impl PodWorker {
         let cfg = self.ctx.config.clone();
         let c = &mut self.containers[i];
         let code = c.exit_code().unwrap_or(0);
-        let start_failed = c.waiting.as_ref().is_some_and(|(r, _)| r == "RunContainerError");
+        let start_failed = c
+            .waiting
+            .as_ref()
+            .is_some_and(|(r, _)| r == "RunContainerError");
         if !should_restart(policy, c.init, if start_failed { 128 } else { code }) {
             c.waiting = None;
             return true;
         }
         if c.restart_at.is_none() {
-            if c.started.is_some_and(|s| now.duration_since(s) >= cfg.backoff_reset) {
+            if c.started
+                .is_some_and(|s| now.duration_since(s) >= cfg.backoff_reset)
+            {
                 c.backoff = Duration::ZERO;
             }
             let delay = c.backoff;
-            c.backoff = if delay.is_zero() { cfg.backoff_base } else { (delay * 2).min(cfg.backoff_max) };
+            c.backoff = if delay.is_zero() {
+                cfg.backoff_base
+            } else {
+                (delay * 2).min(cfg.backoff_max)
+            };
             c.restart_at = Some(now + delay);
             if !delay.is_zero() && !start_failed {
                 let pod = lock(&self.info).pod.clone();
                 let (name, ns) = pod
                     .as_ref()
-                    .map(|p| (p.metadata.name.clone().unwrap_or_default(), p.metadata.namespace.clone().unwrap_or_default()))
+                    .map(|p| {
+                        (
+                            p.metadata.name.clone().unwrap_or_default(),
+                            p.metadata.namespace.clone().unwrap_or_default(),
+                        )
+                    })
                     .unwrap_or_default();
                 c.waiting = Some((
                     "CrashLoopBackOff".into(),
@@ -537,7 +611,9 @@ impl PodWorker {
         }
         let now = Instant::now();
         let period = self.ctx.config.sync_period;
-        let Some(spec) = Self::spec(&pod) else { return now + FAR };
+        let Some(spec) = Self::spec(&pod) else {
+            return now + FAR;
+        };
         if self.containers.is_empty() {
             for c in spec.init_containers.iter().flatten() {
                 self.containers.push(CState::new(&c.name, true));
@@ -556,7 +632,10 @@ impl PodWorker {
             self.publish(&pod, desired.is_static).await;
             return now + FAR;
         }
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         // activeDeadlineSeconds
         // The deadline runs on tokio's clock from the pod's start time.
         if let (Some(ads), Some(start)) = (spec.active_deadline_seconds, self.start_time) {
@@ -568,7 +647,9 @@ impl PodWorker {
                 self.stop_all(&pod, self.grace(&pod)).await;
                 self.pod_reason = Some((
                     "DeadlineExceeded".into(),
-                    format!("Pod was active on the node longer than the specified deadline of {ads}s"),
+                    format!(
+                        "Pod was active on the node longer than the specified deadline of {ads}s"
+                    ),
                 ));
                 self.phase_final = Some("Failed");
                 self.release(&pod).await;
@@ -580,7 +661,10 @@ impl PodWorker {
             match self.ctx.network.add(&self.net_ref(&pod)).await {
                 Ok(n) => self.pod_ip = n.ips.first().map(|ip| ip.to_string()),
                 Err(e) => {
-                    self.pod_problem = Some(("ContainerCreating".into(), format!("failed to set up the pod network: {e}")));
+                    self.pod_problem = Some((
+                        "ContainerCreating".into(),
+                        format!("failed to set up the pod network: {e}"),
+                    ));
                     self.publish(&pod, desired.is_static).await;
                     return now + period;
                 }
@@ -593,7 +677,10 @@ impl PodWorker {
                 match volumes::prepare(&self.ctx, &pod, &ip, &root).await {
                     Ok(v) => self.volumes = Some(v),
                     Err(e) => {
-                        self.pod_problem = Some(("ContainerCreating".into(), format!("MountVolume.SetUp failed: {}", e.0)));
+                        self.pod_problem = Some((
+                            "ContainerCreating".into(),
+                            format!("MountVolume.SetUp failed: {}", e.0),
+                        ));
                         self.publish(&pod, desired.is_static).await;
                         return now + period;
                     }
@@ -607,14 +694,24 @@ impl PodWorker {
         if self.sandbox.is_none() {
             let mut labels = BTreeMap::new();
             labels.insert(LABEL_POD_UID.to_owned(), self.uid.clone());
-            labels.insert(LABEL_POD_NAME.to_owned(), pod.metadata.name.clone().unwrap_or_default());
-            labels.insert(LABEL_POD_NAMESPACE.to_owned(), pod.metadata.namespace.clone().unwrap_or_default());
+            labels.insert(
+                LABEL_POD_NAME.to_owned(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
+            labels.insert(
+                LABEL_POD_NAMESPACE.to_owned(),
+                pod.metadata.namespace.clone().unwrap_or_default(),
+            );
             let config = SandboxConfig {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                 uid: self.uid.clone(),
                 attempt: self.sandbox_attempt,
-                hostname: spec.hostname.clone().or_else(|| pod.metadata.name.clone()).unwrap_or_default(),
+                hostname: spec
+                    .hostname
+                    .clone()
+                    .or_else(|| pod.metadata.name.clone())
+                    .unwrap_or_default(),
                 ip: self.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
                 labels,
                 annotations: BTreeMap::new(),
@@ -622,7 +719,10 @@ impl PodWorker {
             match self.ctx.runtime.run_sandbox(&config).await {
                 Ok(id) => self.sandbox = Some(id),
                 Err(e) => {
-                    self.pod_problem = Some(("ContainerCreating".into(), format!("failed to create the pod sandbox: {e}")));
+                    self.pod_problem = Some((
+                        "ContainerCreating".into(),
+                        format!("failed to create the pod sandbox: {e}"),
+                    ));
                     self.publish(&pod, desired.is_static).await;
                     return now + period;
                 }
@@ -636,7 +736,9 @@ impl PodWorker {
         for i in 0..n_init {
             let state = self.containers[i].state();
             match state {
-                Some(ContainerState::Exited) if self.containers[i].exit_code() == Some(0) => continue,
+                Some(ContainerState::Exited) if self.containers[i].exit_code() == Some(0) => {
+                    continue
+                }
                 Some(ContainerState::Running) => {
                     init_done = false;
                     break;
@@ -664,7 +766,9 @@ impl PodWorker {
                 }
                 None => {
                     init_done = false;
-                    if self.containers[i].waiting.is_some() && self.containers[i].restart_at.is_some_and(|t| t > now) {
+                    if self.containers[i].waiting.is_some()
+                        && self.containers[i].restart_at.is_some_and(|t| t > now)
+                    {
                         break;
                     }
                     self.start(&pod, i).await;
@@ -677,8 +781,13 @@ impl PodWorker {
                 match self.containers[i].state() {
                     None => self.start(&pod, i).await,
                     Some(ContainerState::Running) => {
-                        let wanted = Self::container_spec(&pod, &self.containers[i]).and_then(|s| s.image.clone()).unwrap_or_default();
-                        let image_changed = self.containers[i].status.as_ref().is_some_and(|s| s.image != wanted);
+                        let wanted = Self::container_spec(&pod, &self.containers[i])
+                            .and_then(|s| s.image.clone())
+                            .unwrap_or_default();
+                        let image_changed = self.containers[i]
+                            .status
+                            .as_ref()
+                            .is_some_and(|s| s.image != wanted);
                         if image_changed {
                             // A new image (the one mutable part of a pod's spec): restart
                             // the container at once, without back-off.
@@ -686,7 +795,8 @@ impl PodWorker {
                                 tracing::info!(pod_uid = %self.uid, container = %self.containers[i].name, "the image changed; restarting the container");
                                 let grace = self.grace(&pod);
                                 let _ = self.ctx.runtime.stop_container(&id, grace).await;
-                                self.containers[i].status = self.ctx.runtime.container_status(&id).await.ok();
+                                self.containers[i].status =
+                                    self.ctx.runtime.container_status(&id).await.ok();
                                 self.containers[i].restart_at = Some(Instant::now());
                                 self.start(&pod, i).await;
                             }
@@ -717,7 +827,9 @@ impl PodWorker {
                     && !should_restart(&policy, false, c.exit_code().unwrap_or(0))
             });
             if all_done && self.containers.len() > n_init {
-                let ok = self.containers[n_init..].iter().all(|c| c.exit_code() == Some(0));
+                let ok = self.containers[n_init..]
+                    .iter()
+                    .all(|c| c.exit_code() == Some(0));
                 for c in &mut self.containers[n_init..] {
                     c.waiting = None;
                 }
@@ -730,7 +842,15 @@ impl PodWorker {
             next = next.min(d);
         }
         for c in &self.containers {
-            for t in [c.probes.next_startup, c.probes.next_live, c.probes.next_ready, c.restart_at].into_iter().flatten() {
+            for t in [
+                c.probes.next_startup,
+                c.probes.next_live,
+                c.probes.next_ready,
+                c.restart_at,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if t > now {
                     next = next.min(t);
                 }
@@ -751,7 +871,11 @@ impl PodWorker {
         let mut kill: Option<String> = None;
         if !self.containers[i].probes.started {
             if let Some(p) = &spec.startup_probe {
-                if self.containers[i].probes.next_startup.is_some_and(|t| t <= now) {
+                if self.containers[i]
+                    .probes
+                    .next_startup
+                    .is_some_and(|t| t <= now)
+                {
                     let out = probes::probe(rt.as_ref(), &id, p, &spec, &ip).await;
                     let ps = &mut self.containers[i].probes;
                     ps.next_startup = Some(now + period(p));
@@ -826,7 +950,10 @@ impl PodWorker {
             return Some(Instant::now());
         }
         let ps = &self.containers[i].probes;
-        [ps.next_startup, ps.next_live, ps.next_ready].into_iter().flatten().min()
+        [ps.next_startup, ps.next_live, ps.next_ready]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Stops every running container: preStop hooks, then SIGTERM, the grace period,
@@ -837,7 +964,9 @@ impl PodWorker {
         let deadline = Instant::now() + grace;
         let mut stops = Vec::new();
         for c in &self.containers {
-            let (Some(id), true) = (c.id.clone(), c.running()) else { continue };
+            let (Some(id), true) = (c.id.clone(), c.running()) else {
+                continue;
+            };
             let spec = Self::container_spec(pod, c).cloned();
             let rt = rt.clone();
             let ip = ip.clone();
@@ -845,7 +974,11 @@ impl PodWorker {
                 if let Some(spec) = &spec {
                     if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        let _ = tokio::time::timeout(left, probes::hook(rt.as_ref(), &id, h, spec, &ip, left)).await;
+                        let _ = tokio::time::timeout(
+                            left,
+                            probes::hook(rt.as_ref(), &id, h, spec, &ip, left),
+                        )
+                        .await;
                     }
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -891,7 +1024,10 @@ impl PodWorker {
             return;
         }
         if self.phase_final.is_none() {
-            let failed = self.containers.iter().any(|c| c.exit_code().is_some_and(|x| x != 0));
+            let failed = self
+                .containers
+                .iter()
+                .any(|c| c.exit_code().is_some_and(|x| x != 0));
             self.phase_final = Some(if failed { "Failed" } else { "Succeeded" });
         }
         self.publish(&pod, false).await;
@@ -912,7 +1048,13 @@ impl PodWorker {
         }
     }
 
-    fn condition(&mut self, kind: &'static str, ok: bool, reason: Option<&str>, message: Option<String>) -> Value {
+    fn condition(
+        &mut self,
+        kind: &'static str,
+        ok: bool,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> Value {
         let now = time(SystemTime::now());
         let t = match self.transitions.get(kind) {
             Some((s, t)) if *s == ok => t.clone(),
@@ -959,7 +1101,9 @@ impl PodWorker {
                 Some(s) if s.state == ContainerState::Running => {
                     json!({"running": {"startedAt": time(s.started_at.unwrap_or(s.created_at))}})
                 }
-                Some(s) if s.state == ContainerState::Exited => terminated(s, c.kill_message.as_ref()),
+                Some(s) if s.state == ContainerState::Exited => {
+                    terminated(s, c.kill_message.as_ref())
+                }
                 Some(_) => json!({"waiting": {"reason": "ContainerCreating"}}),
                 None if self.pod_problem.is_some() => {
                     let (r, m) = self.pod_problem.clone().unwrap_or_default();
@@ -996,7 +1140,9 @@ impl PodWorker {
             .unwrap_or("process")
             .to_owned();
         let n_init = self.containers.iter().filter(|c| c.init).count();
-        let init_done = self.containers[..n_init].iter().all(|c| c.exit_code() == Some(0));
+        let init_done = self.containers[..n_init]
+            .iter()
+            .all(|c| c.exit_code() == Some(0));
         let init_json: Vec<Value> = self.containers[..n_init]
             .iter()
             .map(|c| self.container_json(pod, c, &scheme, false))
@@ -1009,27 +1155,45 @@ impl PodWorker {
         let phase = match self.phase_final {
             Some(p) => p,
             None if !init_done => "Pending",
-            None if main.iter().any(|c| c.running() || c.attempt > 0 || c.restart_at.is_some()) => "Running",
+            None if main
+                .iter()
+                .any(|c| c.running() || c.attempt > 0 || c.restart_at.is_some()) =>
+            {
+                "Running"
+            }
             None => "Pending",
         };
-        let unready: Vec<String> = main.iter().filter(|c| !c.ready()).map(|c| c.name.clone()).collect();
+        let unready: Vec<String> = main
+            .iter()
+            .filter(|c| !c.ready())
+            .map(|c| c.name.clone())
+            .collect();
         let uninit: Vec<String> = self.containers[..n_init]
             .iter()
             .filter(|c| c.exit_code() != Some(0))
             .map(|c| c.name.clone())
             .collect();
-        let sandbox_ready = self.sandbox.is_some() && self.pod_ip.is_some() && self.phase_final.is_none();
+        let sandbox_ready =
+            self.sandbox.is_some() && self.pod_ip.is_some() && self.phase_final.is_none();
         let ready = unready.is_empty() && self.phase_final.is_none();
         let completed = self.phase_final == Some("Succeeded");
-        let ready_reason = if completed { Some("PodCompleted") } else if ready { None } else { Some("ContainersNotReady") };
-        let ready_msg = (!ready && !completed).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+        let ready_reason = if completed {
+            Some("PodCompleted")
+        } else if ready {
+            None
+        } else {
+            Some("ContainersNotReady")
+        };
+        let ready_msg = (!ready && !completed)
+            .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
         let conditions = vec![
             self.condition("PodReadyToStartContainers", sandbox_ready, None, None),
             self.condition(
                 "Initialized",
                 uninit.is_empty(),
                 (!uninit.is_empty()).then_some("ContainersNotInitialized"),
-                (!uninit.is_empty()).then(|| format!("containers with incomplete status: [{}]", uninit.join(" "))),
+                (!uninit.is_empty())
+                    .then(|| format!("containers with incomplete status: [{}]", uninit.join(" "))),
             ),
             self.condition("Ready", ready, ready_reason, ready_msg.clone()),
             self.condition("ContainersReady", ready, ready_reason, ready_msg),

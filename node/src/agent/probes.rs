@@ -52,12 +52,21 @@ async fn exec(rt: &dyn Runtime, id: &str, action: &ExecAction, timeout: Duration
     }
 }
 
-async fn http_get(action: &HTTPGetAction, container: &Container, pod_ip: &str, timeout: Duration) -> Outcome {
+async fn http_get(
+    action: &HTTPGetAction,
+    container: &Container,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Outcome {
     let port = match port_of(&action.port, container) {
         Ok(p) => p,
         Err(e) => return Outcome::Failure(e),
     };
-    let host = action.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
+    let host = action
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_owned());
     let path = action.path.clone().unwrap_or_else(|| "/".into());
     let scheme = action.scheme.as_deref().unwrap_or("HTTP");
     if scheme.eq_ignore_ascii_case("HTTPS") {
@@ -107,13 +116,27 @@ async fn http_get(action: &HTTPGetAction, container: &Container, pod_ip: &str, t
     }
 }
 
-async fn tcp(action: &TCPSocketAction, container: &Container, pod_ip: &str, timeout: Duration) -> Outcome {
+async fn tcp(
+    action: &TCPSocketAction,
+    container: &Container,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Outcome {
     let port = match port_of(&action.port, container) {
         Ok(p) => p,
         Err(e) => return Outcome::Failure(e),
     };
-    let host = action.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+    let host = action
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_owned());
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
         Ok(Ok(_)) => Outcome::Success,
         Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
         Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: timed out")),
@@ -121,7 +144,13 @@ async fn tcp(action: &TCPSocketAction, container: &Container, pod_ip: &str, time
 }
 
 /// Runs a probe once.
-pub(crate) async fn probe(rt: &dyn Runtime, id: &str, probe: &Probe, container: &Container, pod_ip: &str) -> Outcome {
+pub(crate) async fn probe(
+    rt: &dyn Runtime,
+    id: &str,
+    probe: &Probe,
+    container: &Container,
+    pod_ip: &str,
+) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &probe.exec {
         exec(rt, id, e, timeout).await

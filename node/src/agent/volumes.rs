@@ -21,7 +21,9 @@ fn io(path: &Path, e: std::io::Error) -> VolumeError {
 
 fn safe_rel(p: &str) -> Result<&str, VolumeError> {
     if p.is_empty() || p.starts_with('/') || p.split('/').any(|s| s == "..") {
-        return Err(VolumeError(format!("path {p:?} must be relative and must not contain '..'")));
+        return Err(VolumeError(format!(
+            "path {p:?} must be relative and must not contain '..'"
+        )));
     }
     Ok(p)
 }
@@ -73,7 +75,11 @@ fn project(
     Ok(())
 }
 
-async fn config_map_entries(ctx: &NodeCtx, ns: &str, name: &str) -> Result<Option<HashMap<String, Vec<u8>>>, VolumeError> {
+async fn config_map_entries(
+    ctx: &NodeCtx,
+    ns: &str,
+    name: &str,
+) -> Result<Option<HashMap<String, Vec<u8>>>, VolumeError> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let cm = api
         .get_opt(name)
@@ -93,7 +99,11 @@ async fn config_map_entries(ctx: &NodeCtx, ns: &str, name: &str) -> Result<Optio
     }))
 }
 
-async fn secret_entries(ctx: &NodeCtx, ns: &str, name: &str) -> Result<Option<HashMap<String, Vec<u8>>>, VolumeError> {
+async fn secret_entries(
+    ctx: &NodeCtx,
+    ns: &str,
+    name: &str,
+) -> Result<Option<HashMap<String, Vec<u8>>>, VolumeError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let s = api
         .get_opt(name)
@@ -121,12 +131,23 @@ fn downward(
             field_ref(pod, pod_ip, &ctx.host_ip, &f.field_path).map_err(|e| VolumeError(e.0))?
         } else if let Some(r) = &item.resource_field_ref {
             let cname = r.container_name.clone().unwrap_or_default();
-            resource_field(ctx, pod, &cname, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
-                .map_err(|e| VolumeError(e.0))?
+            resource_field(
+                ctx,
+                pod,
+                &cname,
+                &r.resource,
+                r.divisor.as_ref().map(|d| d.0.as_str()),
+            )
+            .map_err(|e| VolumeError(e.0))?
         } else {
             continue;
         };
-        write_file(dir, &item.path, value.as_bytes(), item.mode.or(default_mode))?;
+        write_file(
+            dir,
+            &item.path,
+            value.as_bytes(),
+            item.mode.or(default_mode),
+        )?;
     }
     Ok(())
 }
@@ -141,7 +162,11 @@ pub(crate) async fn prepare(
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = HashMap::new();
-    let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or(&[]);
+    let volumes: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or(&[]);
     for v in volumes {
         let dir = root.join(&v.name);
         if let Some(h) = &v.host_path {
@@ -149,14 +174,18 @@ pub(crate) async fn prepare(
             match h.type_.as_deref().unwrap_or("") {
                 "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?,
                 "Directory" if !p.is_dir() => {
-                    return Err(VolumeError(format!("hostPath type check failed: {} is not a directory", h.path)))
+                    return Err(VolumeError(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        h.path
+                    )))
                 }
                 "File" if !p.is_file() => {
-                    return Err(VolumeError(format!("hostPath type check failed: {} is not a file", h.path)))
+                    return Err(VolumeError(format!(
+                        "hostPath type check failed: {} is not a file",
+                        h.path
+                    )))
                 }
-                "FileOrCreate" if !p.exists() => {
-                    std::fs::write(&p, b"").map_err(|e| io(&p, e))?
-                }
+                "FileOrCreate" if !p.exists() => std::fs::write(&p, b"").map_err(|e| io(&p, e))?,
                 _ => {}
             }
             out.insert(v.name.clone(), p);
@@ -168,25 +197,53 @@ pub(crate) async fn prepare(
         } else if let Some(c) = &v.config_map {
             let name = c.name.as_str();
             match config_map_entries(ctx, ns, name).await? {
-                Some(entries) => project(&dir, &entries, c.items.as_ref(), c.default_mode, &format!("configmap {ns}/{name}"), c.optional == Some(true))?,
+                Some(entries) => project(
+                    &dir,
+                    &entries,
+                    c.items.as_ref(),
+                    c.default_mode,
+                    &format!("configmap {ns}/{name}"),
+                    c.optional == Some(true),
+                )?,
                 None if c.optional == Some(true) => {}
                 None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
             }
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             match secret_entries(ctx, ns, &name).await? {
-                Some(entries) => project(&dir, &entries, s.items.as_ref(), s.default_mode, &format!("secret {ns}/{name}"), s.optional == Some(true))?,
+                Some(entries) => project(
+                    &dir,
+                    &entries,
+                    s.items.as_ref(),
+                    s.default_mode,
+                    &format!("secret {ns}/{name}"),
+                    s.optional == Some(true),
+                )?,
                 None if s.optional == Some(true) => {}
                 None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
             }
         } else if let Some(d) = &v.downward_api {
-            downward(ctx, pod, pod_ip, &dir, d.items.as_deref().unwrap_or(&[]), d.default_mode)?;
+            downward(
+                ctx,
+                pod,
+                pod_ip,
+                &dir,
+                d.items.as_deref().unwrap_or(&[]),
+                d.default_mode,
+            )?;
         } else if let Some(p) = &v.projected {
             for source in p.sources.iter().flatten() {
                 if let Some(c) = &source.config_map {
                     let name = c.name.as_str();
                     match config_map_entries(ctx, ns, name).await? {
-                        Some(entries) => project(&dir, &entries, c.items.as_ref(), p.default_mode, &format!("configmap {ns}/{name}"), c.optional == Some(true))?,
+                        Some(entries) => project(
+                            &dir,
+                            &entries,
+                            c.items.as_ref(),
+                            p.default_mode,
+                            &format!("configmap {ns}/{name}"),
+                            c.optional == Some(true),
+                        )?,
                         None if c.optional == Some(true) => {}
                         None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
                     }
@@ -194,13 +251,27 @@ pub(crate) async fn prepare(
                 if let Some(s) = &source.secret {
                     let name = s.name.as_str();
                     match secret_entries(ctx, ns, name).await? {
-                        Some(entries) => project(&dir, &entries, s.items.as_ref(), p.default_mode, &format!("secret {ns}/{name}"), s.optional == Some(true))?,
+                        Some(entries) => project(
+                            &dir,
+                            &entries,
+                            s.items.as_ref(),
+                            p.default_mode,
+                            &format!("secret {ns}/{name}"),
+                            s.optional == Some(true),
+                        )?,
                         None if s.optional == Some(true) => {}
                         None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
                     }
                 }
                 if let Some(d) = &source.downward_api {
-                    downward(ctx, pod, pod_ip, &dir, d.items.as_deref().unwrap_or(&[]), p.default_mode)?;
+                    downward(
+                        ctx,
+                        pod,
+                        pod_ip,
+                        &dir,
+                        d.items.as_deref().unwrap_or(&[]),
+                        p.default_mode,
+                    )?;
                 }
                 if source.service_account_token.is_some() {
                     tracing::debug!(volume = %v.name, "service account tokens are not issued yet; the projected file is left out");

@@ -348,10 +348,12 @@ mod tests {
             w.write(Stream::Stdout, format!("line {i}\n").as_bytes());
         }
         assert!(rotated(&path, 1).exists(), "the log rotated");
-        assert!(!rotated(&path, 4).exists(), "at most 3 rotated files are kept");
-        let all = collect(
-            read_log(&path, 3, &LogOptions::default(), Arc::new(|| true)).expect("read"),
+        assert!(
+            !rotated(&path, 4).exists(),
+            "at most 3 rotated files are kept"
         );
+        let all =
+            collect(read_log(&path, 3, &LogOptions::default(), Arc::new(|| true)).expect("read"));
         assert!(all.ends_with("line 58\nline 59\n"), "{all}");
         let tail = collect(
             read_log(
@@ -377,9 +379,8 @@ mod tests {
         w.write(Stream::Stderr, b"oops\n");
         w.write(Stream::Stdout, b"lo\nwor");
         w.flush(Stream::Stdout);
-        let plain = collect(
-            read_log(&path, 1, &LogOptions::default(), Arc::new(|| true)).expect("read"),
-        );
+        let plain =
+            collect(read_log(&path, 1, &LogOptions::default(), Arc::new(|| true)).expect("read"));
         assert_eq!(plain, "oops\nhello\nwor\n");
         let stamped = collect(
             read_log(

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use super::logs::{read_log, LogWriter, Stream};
 use super::{
-    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus,
-    ExecOutput, LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
+    LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
 };
 use crate::error::RuntimeError;
 
@@ -722,9 +722,8 @@ impl Runtime for ProcessRuntime {
             self.remove_container(&c).await?;
         }
         if lock(&self.inner.sandboxes).remove(id).is_some() {
-            let _ = std::fs::remove_file(
-                self.inner.root.join("sandboxes").join(format!("{id}.json")),
-            );
+            let _ =
+                std::fs::remove_file(self.inner.root.join("sandboxes").join(format!("{id}.json")));
         }
         Ok(())
     }
@@ -1028,7 +1027,8 @@ impl Runtime for ProcessRuntime {
         let pgid = pgid.as_raw_nonzero().get();
         let tick_nanos = 1_000_000_000 / rustix::param::clock_ticks_per_second().max(1);
         let page = rustix::param::page_size() as u64;
-        let entries = std::fs::read_dir("/proc").map_err(|e| RuntimeError::io("read", "/proc", e))?;
+        let entries =
+            std::fs::read_dir("/proc").map_err(|e| RuntimeError::io("read", "/proc", e))?;
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
@@ -1052,7 +1052,10 @@ mod tests {
     #[test]
     fn image_names_give_programs() {
         assert_eq!(image_program("busybox:1.36"), "busybox");
-        assert_eq!(image_program("registry.example:5000/team/app@sha256:abc"), "app");
+        assert_eq!(
+            image_program("registry.example:5000/team/app@sha256:abc"),
+            "app"
+        );
         assert_eq!(image_program("sleep"), "sleep");
     }
 

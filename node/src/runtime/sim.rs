@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::logs::now_rfc3339;
 use super::{
-    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus,
-    ExecOutput, LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
+    LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
 };
 use crate::error::RuntimeError;
 
@@ -82,9 +82,7 @@ impl SimBehaviour {
                 "stop" => self.stop_delay = parse_duration(v).ok_or_else(bad)?,
                 "missing" => self.missing_program = Some(v.to_owned()),
                 "exec-exit" => self.exec_exit_code = v.trim().parse().map_err(|_| bad())?,
-                "memory" => {
-                    self.memory_bytes = crate::quantity::parse_bytes(v).ok_or_else(bad)?
-                }
+                "memory" => self.memory_bytes = crate::quantity::parse_bytes(v).ok_or_else(bad)?,
                 _ => return Err(bad()),
             }
         }
@@ -175,7 +173,11 @@ impl SimRuntime {
         };
         let natural = c.behaviour.run_for.map(|d| started + d);
         let end = match (natural, c.stopped) {
-            (Some(n), Some((s, code))) => Some(if n <= s { (n, c.behaviour.exit_code) } else { (s, code) }),
+            (Some(n), Some((s, code))) => Some(if n <= s {
+                (n, c.behaviour.exit_code)
+            } else {
+                (s, code)
+            }),
             (Some(n), None) => Some((n, c.behaviour.exit_code)),
             (None, Some(s)) => Some(s),
             (None, None) => None,
@@ -445,7 +447,13 @@ impl Runtime for SimRuntime {
             lines.push((s, format!("simulated container {} started", status.name)));
         }
         if let (Some(f), Some(code)) = (status.finished_at, status.exit_code) {
-            lines.push((f, format!("simulated container {} exited with code {code}", status.name)));
+            lines.push((
+                f,
+                format!(
+                    "simulated container {} exited with code {code}",
+                    status.name
+                ),
+            ));
         }
         lines.retain(|(t, _)| options.since.is_none_or(|s| *t >= s));
         if let Some(n) = options.tail_lines {

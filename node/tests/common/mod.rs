@@ -21,11 +21,17 @@ pub struct Cluster {
 }
 
 pub async fn cluster() -> Cluster {
-    let server = ApiServer::new(Registry::new(Arc::new(MemStore::ephemeral())), resources::builtin());
+    let server = ApiServer::new(
+        Registry::new(Arc::new(MemStore::ephemeral())),
+        resources::builtin(),
+    );
     let client = server.client();
     let mut ns = Namespace::default();
     ns.metadata.name = Some(NS.into());
-    Api::<Namespace>::all(client.clone()).create(&ns).await.expect("create the namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&ns)
+        .await
+        .expect("create the namespace");
     Cluster { server, client }
 }
 
@@ -96,7 +102,16 @@ impl Node {
         let port = tokio::time::timeout(Duration::from_secs(10), agent.port())
             .await
             .expect("the endpoint listens");
-        Node { name: name.into(), runtime, dir, port, stop: Some(stop), task: Some(task), keep: false, _tmp: None }
+        Node {
+            name: name.into(),
+            runtime,
+            dir,
+            port,
+            stop: Some(stop),
+            task: Some(task),
+            keep: false,
+            _tmp: None,
+        }
     }
 
     /// Stops the agent, leaving its containers running.
@@ -118,7 +133,9 @@ impl Node {
 
     pub async fn request(&self, method: &str, path: &str) -> (u16, String) {
         let port = self.port.expect("the agent serves");
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .await
             .expect("write");
@@ -126,7 +143,11 @@ impl Node {
         s.read_to_end(&mut out).await.expect("read");
         let text = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         (code, body.to_owned())
     }
 }
@@ -153,7 +174,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -169,11 +193,17 @@ pub fn pod(name: &str, node: &str, spec: serde_json::Value) -> Pod {
 }
 
 pub async fn get_pod(client: &Client, name: &str) -> Option<Pod> {
-    Api::<Pod>::namespaced(client.clone(), NS).get_opt(name).await.expect("get pod")
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .expect("get pod")
 }
 
 pub fn phase(p: &Pod) -> String {
-    p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
 }
 
 pub fn condition(p: &Pod, kind: &str) -> Option<String> {
@@ -186,12 +216,26 @@ pub fn condition(p: &Pod, kind: &str) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
-pub fn container_status<'a>(p: &'a Pod, name: &str) -> Option<&'a keelson_core::k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == name)
+pub fn container_status<'a>(
+    p: &'a Pod,
+    name: &str,
+) -> Option<&'a keelson_core::k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)
 }
 
 pub fn waiting_reason(p: &Pod, name: &str) -> Option<String> {
-    container_status(p, name)?.state.as_ref()?.waiting.as_ref()?.reason.clone()
+    container_status(p, name)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
 }
 
 /// Whether a process is alive (not a zombie).
