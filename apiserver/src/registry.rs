@@ -750,6 +750,9 @@ impl Registry {
             if let Some(found) = cache.lookup_json_if_current(&key, current) {
                 return found.ok_or_else(|| Error::not_found(rt, name));
             }
+            // The cache is behind: the store's version, without asking the cache again.
+            let obj = decode(rt, &self.get_kv(rt, &key, name).await?)?;
+            return serde_json::to_vec(&obj).map_err(Error::internal);
         }
         let obj = self.get_shared(res, namespace, name).await?;
         serde_json::to_vec(&*obj).map_err(Error::internal)
