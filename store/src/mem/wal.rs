@@ -209,9 +209,10 @@ impl Segment {
     }
 
     fn new(file: File, path: PathBuf, len: u64) -> Result<Segment> {
-        let sync = file.try_clone().map(std::sync::Arc::new).map_err(|e| {
-            StoreError::io(format!("opening log segment {}", path.display()), e)
-        })?;
+        let sync = file
+            .try_clone()
+            .map(std::sync::Arc::new)
+            .map_err(|e| StoreError::io(format!("opening log segment {}", path.display()), e))?;
         Ok(Segment {
             file,
             sync,
