@@ -61,6 +61,18 @@ pub struct Authenticator {
     tokens: HashMap<String, User>,
     /// Let requests without credentials through as `system:anonymous`.
     pub anonymous: bool,
+    /// Where service account tokens are checked (their key, and the accounts they name).
+    service_accounts: Option<ServiceAccounts>,
+}
+
+/// The registry service account tokens are checked against.
+#[derive(Clone)]
+struct ServiceAccounts(crate::Registry);
+
+impl std::fmt::Debug for ServiceAccounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceAccounts")
+    }
 }
 
 impl Authenticator {
@@ -69,7 +81,65 @@ impl Authenticator {
         Authenticator {
             tokens: HashMap::new(),
             anonymous: true,
+            service_accounts: None,
         }
+    }
+
+    /// The same authenticator, also accepting the service account tokens `registry`
+    /// issues (`serviceaccounts/token`), while the account they name still exists.
+    #[must_use]
+    pub fn with_service_accounts(mut self, registry: crate::Registry) -> Authenticator {
+        self.service_accounts = Some(ServiceAccounts(registry));
+        self
+    }
+
+    /// The service account a bearer token is a valid token of, as a [`User`]:
+    /// `system:serviceaccount:<namespace>:<name>`, in `system:serviceaccounts`,
+    /// `system:serviceaccounts:<namespace>` and `system:authenticated`. `None` when it is
+    /// not one, has expired, or names an account (or a bound pod) that is gone.
+    pub async fn service_account(&self, authorization: Option<&str>) -> Option<User> {
+        let ServiceAccounts(registry) = self.service_accounts.as_ref()?;
+        let token = bearer(authorization?)?;
+        if !crate::satoken::looks_like_jwt(token) {
+            return None;
+        }
+        let now = crate::registry::now().as_second();
+        let claims =
+            registry
+                .service_account_tokens()
+                .verify(token, crate::satoken::ISSUER, now)?;
+        let uid_of = |obj: &serde_json::Value| {
+            obj.pointer("/metadata/uid")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let accounts = crate::ServedResource::of::<k8s_openapi::api::core::v1::ServiceAccount>();
+        let account = registry
+            .get_shared(&accounts, Some(&claims.namespace), &claims.name)
+            .await
+            .ok()?;
+        if uid_of(&account)? != claims.uid {
+            return None;
+        }
+        if let Some((pod, uid)) = &claims.pod {
+            let pods = crate::ServedResource::of::<k8s_openapi::api::core::v1::Pod>();
+            let found = registry
+                .get_shared(&pods, Some(&claims.namespace), pod)
+                .await
+                .ok()?;
+            if uid_of(&found)? != *uid {
+                return None;
+            }
+        }
+        Some(User {
+            name: format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
+            uid: claims.uid,
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", claims.namespace),
+                "system:authenticated".into(),
+            ],
+        })
     }
 
     /// Reads a token file.
@@ -117,6 +187,7 @@ impl Authenticator {
         Ok(Authenticator {
             tokens,
             anonymous: false,
+            service_accounts: None,
         })
     }
 
@@ -127,17 +198,23 @@ impl Authenticator {
         cert: Option<&ClientCertIdentity>,
     ) -> Option<User> {
         if let Some(value) = authorization {
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))?
-                .trim();
-            return self.tokens.get(token).cloned();
+            return self.tokens.get(bearer(value)?).cloned();
         }
         if let Some(ClientCertIdentity(user)) = cert {
             return Some(user.clone());
         }
         self.anonymous.then(User::anonymous)
     }
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+fn bearer(value: &str) -> Option<&str> {
+    Some(
+        value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?
+            .trim(),
+    )
 }
 
 /// Splits one CSV line, honouring double quotes.
@@ -166,7 +243,11 @@ pub async fn middleware(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let cert = req.extensions().get::<ClientCertIdentity>();
-    match auth.authenticate(authorization, cert) {
+    let mut user = auth.authenticate(authorization, cert);
+    if user.is_none() {
+        user = auth.service_account(authorization).await;
+    }
+    match user {
         Some(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await

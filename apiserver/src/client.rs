@@ -123,6 +123,11 @@ impl Transport for InProcess {
         let answer = match Self::subresource(res, Some(subresource))? {
             Some("binding") => self.registry.bind(res, namespace, name, &body).await?,
             Some("eviction") => self.registry.evict(res, namespace, name, &body).await?,
+            Some("token") => {
+                self.registry
+                    .create_token(res, namespace, name, &body)
+                    .await?
+            }
             _ => return Err(Error::method_not_allowed(&res.rt, "create")),
         };
         Ok(Arc::new(answer))

@@ -47,6 +47,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod rest;
+pub mod satoken;
 mod stored;
 pub mod strategic;
 mod subresources;

@@ -41,6 +41,8 @@ pub struct Registry {
     dry_run: bool,
     /// The `fieldManager` writes are recorded for in `managedFields`.
     field_manager: Option<Arc<str>>,
+    /// The key service account tokens are signed with (see [`crate::satoken`]).
+    sa_tokens: Arc<crate::satoken::ServiceAccountTokens>,
 }
 
 pub use keelson_core::client::{
@@ -311,7 +313,24 @@ impl Registry {
             user: Arc::new(User::loopback()),
             dry_run: false,
             field_manager: None,
+            sa_tokens: Arc::new(crate::satoken::ServiceAccountTokens::generate()),
         }
+    }
+
+    /// The same registry, issuing service account tokens with `keys` (by default a key
+    /// made when the registry is, so tokens do not outlive the process).
+    #[must_use]
+    pub fn with_service_account_tokens(
+        mut self,
+        keys: Arc<crate::satoken::ServiceAccountTokens>,
+    ) -> Registry {
+        self.sa_tokens = keys;
+        self
+    }
+
+    /// The key service account tokens are signed and checked with.
+    pub fn service_account_tokens(&self) -> &Arc<crate::satoken::ServiceAccountTokens> {
+        &self.sa_tokens
     }
 
     /// The same registry, recording the fields its writes change as `manager`'s in

@@ -288,6 +288,13 @@ pub fn builtin() -> Vec<ServedResource> {
                 from_storage: event_from_core,
             }));
         }
+        if res.rt.group.is_empty() && res.rt.kind == "ServiceAccount" {
+            *res = res.clone().with_subresource(
+                "token",
+                GroupVersionKind::new("authentication.k8s.io", "v1", "TokenRequest"),
+                &["create"],
+            );
+        }
         if res.rt.group.is_empty() && res.rt.kind == "Namespace" {
             *res = res.clone().with_subresource(
                 "finalize",

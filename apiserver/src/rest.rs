@@ -779,6 +779,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
         (Method::GET, Some(name), Some("log")) => {
             crate::nodeproxy::pod_log(registry, res, ns, name, &q).await
         }
+        (Method::POST, Some(name), Some("token")) => {
+            let body = body_json(req).await?;
+            let answer = registry.create_token(res, ns, name, &body).await?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         (Method::POST, Some(name), Some("eviction")) => {
             let body = body_json(req).await?;
             let status = registry.evict(res, ns, name, &body).await?;

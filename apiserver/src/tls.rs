@@ -180,7 +180,7 @@ impl Pki {
 ///
 /// # Errors
 /// When the file cannot be written.
-pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_secret(path: &Path, text: impl AsRef<[u8]>) -> std::io::Result<()> {
     use std::io::Write;
     // Written beside the file and renamed over it, so a reader (kubectl, a test waiting
     // for the kubeconfig) never sees it half written.
@@ -193,7 +193,7 @@ pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let written = options
         .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|mut f| f.write_all(text.as_ref()).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -139,7 +139,14 @@ async fn up(
             }
         );
     }
-    let registry = Registry::new(Arc::new(store));
+    // Service account tokens stay valid across restarts: their key is kept with the data.
+    let sa_key = data_dir.join("pki").join("service-account.key");
+    if let Some(dir) = sa_key.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let sa_tokens = keelson_apiserver::satoken::ServiceAccountTokens::load_or_create(&sa_key)
+        .context("loading the service account signing key")?;
+    let registry = Registry::new(Arc::new(store)).with_service_account_tokens(Arc::new(sa_tokens));
     // Keep five minutes of history, as Kubernetes' apiserver compacts etcd.
     let _compactor = registry.start_compactor(std::time::Duration::from_secs(300));
     let server = ApiServer::new(registry, resources::builtin());
@@ -193,6 +200,7 @@ async fn up(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    let sa_registry = server.registry().clone();
     let router = keelson_apiserver::router(server);
     if insecure_http {
         write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
@@ -207,7 +215,8 @@ async fn up(
         let tokens = data_dir.join("tokens.csv");
         let token = admin_token(&tokens)?;
         let auth = Authenticator::from_token_file(&tokens)
-            .with_context(|| format!("reading {}", tokens.display()))?;
+            .with_context(|| format!("reading {}", tokens.display()))?
+            .with_service_accounts(sa_registry);
         write_kubeconfig(
             &kubeconfig,
             &format!("https://{addr}"),

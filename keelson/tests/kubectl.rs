@@ -120,6 +120,44 @@ fn keelson_up_serves_https_with_a_token_by_default() {
 }
 
 #[test]
+fn kubectl_create_token_gives_a_service_account_token_the_server_accepts() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(false);
+    eventually(&c, &["get", "serviceaccounts", "-n", "default"], |out| {
+        out.contains("default")
+    });
+    c.ok(&["create", "serviceaccount", "builder"]);
+    let token = c.ok(&["create", "token", "builder"]).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // The token alone authenticates as the account.
+    let pods = c.ok(&["get", "pods", "--token", &token]);
+    assert!(pods.contains("No resources") || pods.is_empty(), "{pods}");
+    // Altered, it does not.
+    let mut altered = token.clone();
+    altered.pop();
+    altered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let err = c.fails(&["get", "pods", "--token", &altered]);
+    assert!(err.contains("You must be logged in to the server"), "{err}");
+    // Too short a lifetime is refused as Kubernetes refuses it.
+    let err = c.fails(&["create", "token", "builder", "--duration", "1m"]);
+    assert!(
+        err.contains("may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = c.fails(&["create", "token", "nobody"]);
+    assert!(
+        err.contains(r#"serviceaccounts "nobody" not found"#),
+        "{err}"
+    );
+    // Deleting the account ends its tokens.
+    c.ok(&["delete", "serviceaccount", "builder"]);
+    let err = c.fails(&["get", "pods", "--token", &token]);
+    assert!(err.contains("You must be logged in to the server"), "{err}");
+}
+
+#[test]
 fn kubectl_apply_describe_explain_watch_and_discovery_work() {
     if !kubectl_available() {
         return;
