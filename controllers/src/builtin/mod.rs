@@ -5,8 +5,12 @@
 //! [`ControllerManager`](crate::ControllerManager) runs them all.
 
 pub mod common;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
