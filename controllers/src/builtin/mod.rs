@@ -5,6 +5,8 @@
 //! [`ControllerManager`](crate::ControllerManager) runs them all.
 
 pub mod common;
+pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
