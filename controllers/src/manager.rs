@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use crate::builtin::cronjob::CronJobController;
 use crate::builtin::daemonset::DaemonSetController;
 use crate::builtin::deployment::DeploymentController;
+use crate::builtin::endpoints::EndpointsController;
+use crate::builtin::endpointslice::EndpointSliceController;
 use crate::builtin::gc::{self, GarbageCollector};
 use crate::builtin::job::JobController;
 use crate::builtin::namespace::{self, NamespaceController};
@@ -21,13 +23,15 @@ use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 9] = [
+pub const CONTROLLERS: [&str; 11] = [
     "deployment",
     "replicaset",
     "statefulset",
     "daemonset",
     "job",
     "cronjob",
+    "endpoint",
+    "endpointslice",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -253,6 +257,22 @@ impl ControllerManager {
             let (c, r) = CronJobController::controller(&client, &factory);
             let c = c
                 .concurrency(cfg.cronjob_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("endpoint") {
+            let (c, r) = EndpointsController::controller(&client, &factory);
+            let c = c
+                .concurrency(5)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("endpointslice") {
+            let (c, r) = EndpointSliceController::controller(&client, &factory);
+            let c = c
+                .concurrency(5)
                 .metrics(&self.metrics)
                 .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
