@@ -1101,6 +1101,27 @@ fn jobs_run_to_completion_and_stateful_and_daemon_sets_roll_out() {
     let job = c.ok(&["get", "job", "once"]);
     assert!(job.contains("Complete") && job.contains("1/1"), "{job}");
     assert_eq!(c.ok(&["logs", "job/once"]), "done\n");
+    // A CronJob, and a Job made from it by hand.
+    c.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    c.ok(&["create", "job", "manual", "--from=cronjob/tick"]);
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/manual",
+        "--timeout=60s",
+    ]);
+    let cron = c.ok(&["get", "cronjob", "tick"]);
+    assert!(cron.contains("*/5 * * * *"), "{cron}");
 
     let set = r#"
 apiVersion: apps/v1
