@@ -1158,13 +1158,14 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // With the defaulted `partition: 0`, kubectl reports a partitioned roll out.
     let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
-    assert!(status.contains("rolling update complete"), "{status}");
+    assert!(status.contains("roll out complete: 2 new pods"), "{status}");
     let pods = c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
     assert_eq!(pods, "pod/web-0\npod/web-1\n");
     c.ok(&["set", "env", "statefulset/web", "VERSION=2"]);
     let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
-    assert!(status.contains("rolling update complete"), "{status}");
+    assert!(status.contains("roll out complete"), "{status}");
     let env = c.ok(&[
         "get",
         "pod",
@@ -1173,6 +1174,15 @@ spec:
         "jsonpath={.spec.containers[0].env[0].value}",
     ]);
     assert_eq!(env, "2");
+    let revisions = c.ok(&[
+        "get",
+        "statefulset",
+        "web",
+        "-o",
+        "jsonpath={.status.currentRevision}={.status.updateRevision}",
+    ]);
+    let (current, update) = revisions.split_once('=').unwrap_or_default();
+    assert_eq!(current, update, "{revisions}");
     let status = c.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
     assert!(status.contains("successfully rolled out"), "{status}");
     let ds = c.ok(&[
