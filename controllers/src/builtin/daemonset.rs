@@ -191,9 +191,11 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         let v = labels.and_then(|l| l.get(&r.key)).map(String::as_str);
         requirement_matches(r, v, v.is_some())
     }) && fields.iter().all(|r| {
-        let v = (r.key == "metadata.name")
-            .then(|| node.metadata.name.as_deref())
-            .flatten();
+        let v = if r.key == "metadata.name" {
+            node.metadata.name.as_deref()
+        } else {
+            None
+        };
         requirement_matches(r, v, v.is_some())
     })
 }

@@ -411,7 +411,10 @@ impl JobController {
                 }
             }
         }
-        first_err.map_or(Ok(()), |e| Err(api_err("creating pods")(e)))
+        match first_err {
+            Some(e) => Err(api_err("creating pods")(e)),
+            None => Ok(()),
+        }
     }
 
     async fn delete_pods(
@@ -458,7 +461,10 @@ impl JobController {
                 }
             }
         }
-        first_err.map_or(Ok(()), |e| Err(api_err("deleting pods")(e)))
+        match first_err {
+            Some(e) => Err(api_err("deleting pods")(e)),
+            None => Ok(()),
+        }
     }
 
     async fn write_status(

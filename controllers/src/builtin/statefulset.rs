@@ -319,7 +319,7 @@ impl StatefulSetController {
                 None => {}
             }
         }
-        condemned.sort_by(|a, b| b.0.cmp(&a.0));
+        condemned.sort_by_key(|c| std::cmp::Reverse(c.0));
         // Which revision a (re)made pod gets: below the partition, the current one.
         let revision_for = |o: i32| {
             if strategy.rolling && o < strategy.partition {
