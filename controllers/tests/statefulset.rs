@@ -253,3 +253,28 @@ async fn a_failed_pod_is_replaced_under_the_same_name() {
     .await;
     assert_eq!(st.available_replicas, Some(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn ordered_ready_waits_min_ready_seconds_before_the_next_pod() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let _ctl = start(&client);
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), "ns");
+    let mut set = stateful_set("mq", 2, "OrderedReady");
+    set.spec.as_mut().unwrap().min_ready_seconds = Some(20);
+    api.create(&set).await.unwrap();
+    eventually("mq-0", WAIT, || async {
+        (pods(&client, "ns", "app=mq").await.len() == 1).then_some(())
+    })
+    .await;
+    mark_ready(&client, "ns", "mq-0").await;
+    let ready_at = tokio::time::Instant::now();
+    eventually("mq-1", WAIT, || async {
+        (pods(&client, "ns", "app=mq").await.len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        ready_at.elapsed() >= Duration::from_secs(19),
+        "{:?}",
+        ready_at.elapsed()
+    );
+}

@@ -424,8 +424,18 @@ impl DaemonSetController {
                 }
                 keys
             })
-            // Any node change may change where daemon pods belong.
-            .watches(nodes_api, cfg(), move |_: &Node| {
+            // A node added or removed, or its labels or spec (taints) changed, may change
+            // where daemon pods belong; status heartbeats do not.
+            .watches_changes(nodes_api, cfg(), move |change: &Change<Node>| {
+                let relevant = match change {
+                    Change::Applied { old: None, .. } | Change::Deleted(_) => true,
+                    Change::Applied { old: Some(o), new } => {
+                        o.metadata.labels != new.metadata.labels || o.spec != new.spec
+                    }
+                };
+                if !relevant {
+                    return Vec::new();
+                }
                 sets2
                     .list()
                     .iter()

@@ -9,9 +9,9 @@
 //!   `controller-revision-hash` (the name of the ControllerRevision the pod was made
 //!   from), and a controller reference; orphans matching the selector are adopted;
 //! - `podManagementPolicy: OrderedReady` creates one pod at a time in ordinal order,
-//!   each only once every lower one is Running and Ready, and removes pods beyond
-//!   `replicas` one at a time from the highest ordinal, each only once the rest are
-//!   Running and Ready; `Parallel` creates and removes them all at once;
+//!   each only once every lower one is Running and Ready (for `minReadySeconds`), and
+//!   removes pods beyond `replicas` one at a time from the highest ordinal, each only
+//!   once the rest are; `Parallel` creates and removes them all at once;
 //! - failed pods are deleted and made again;
 //! - the template's history is kept in ControllerRevisions (see the `history` helpers;
 //!   at most `revisionHistoryLimit` unused ones are kept); `status.updateRevision`
@@ -117,9 +117,9 @@ fn is_terminating(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_some()
 }
 
-/// Running, Ready and not going away.
-fn is_healthy(p: &Pod) -> bool {
-    phase(p) == Some("Running") && is_pod_ready(p) && !is_terminating(p)
+/// Running, Ready for `min_ready` seconds and not going away.
+fn is_healthy(p: &Pod, min_ready: i32) -> bool {
+    phase(p) == Some("Running") && is_pod_available(p, min_ready) && !is_terminating(p)
 }
 
 fn revision_of(p: &Pod) -> Option<&str> {
@@ -307,6 +307,8 @@ impl StatefulSetController {
         let replicas = spec.replicas.unwrap_or(1).max(0);
         let end = start.saturating_add(replicas);
         let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let is_healthy = |p: &Pod| is_healthy(p, min_ready);
         let strategy = strategy(&spec);
         let mut slots: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
         let mut condemned: Vec<(i32, Arc<Pod>)> = Vec::new();
