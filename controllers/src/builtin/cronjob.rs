@@ -20,7 +20,7 @@
 //! - status: `active` (references to unfinished Jobs), `lastScheduleTime`,
 //!   `lastSuccessfulTime`.
 //!
-//! All timing uses [`clock`](crate::clock), so under paused tokio time schedules fire
+//! All timing uses [`crate::clock`], so under paused tokio time schedules fire
 //! as time is advanced.
 
 use std::sync::Arc;
