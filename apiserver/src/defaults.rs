@@ -124,6 +124,47 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
     }
 }
 
+/// What Kubernetes' Job strategy sets on create once the uid is known: unless
+/// `spec.manualSelector` is true, the selector `batch.kubernetes.io/controller-uid: <uid>`
+/// and, on the pod template, the labels `batch.kubernetes.io/controller-uid`,
+/// `batch.kubernetes.io/job-name` and their legacy forms `controller-uid`, `job-name`.
+pub fn job_selector(object: &mut Value) {
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (Some(uid), Some(name)) = (uid, name) else {
+        return;
+    };
+    let Some(spec) = obj(object).and_then(|root| child(root, "spec")) else {
+        return;
+    };
+    if spec.get("manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let Some(meta) = child(spec, "template").and_then(|t| child(t, "metadata")) else {
+        return;
+    };
+    if let Some(labels) = child(meta, "labels") {
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            labels.insert(k.into(), json!(v));
+        }
+    }
+}
+
 fn job_spec(spec: &mut Map<String, Value>) {
     default(spec, "parallelism", json!(1));
     default(spec, "backoffLimit", json!(6));
@@ -275,5 +316,24 @@ mod tests {
         assert_eq!(j["spec"]["completions"], 1);
         assert_eq!(j["spec"]["backoffLimit"], 6);
         assert!(j["spec"]["template"]["spec"].get("restartPolicy").is_none());
+    }
+    #[test]
+    fn a_job_without_a_manual_selector_gets_one_on_its_uid() {
+        let mut j = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {}}}});
+        job_selector(&mut j);
+        assert_eq!(
+            j["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        let labels = &j["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["a"], "b");
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], "u-1");
+        let mut manual = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"manualSelector": true, "selector": {"matchLabels": {"x": "y"}}}});
+        job_selector(&mut manual);
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"x": "y"}})
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), for the kinds kubectl
-//! sends that way: `kubectl create namespace|configmap|secret|deployment|service`.
+//! sends that way: `kubectl create namespace|configmap|secret|deployment|service|job|cronjob`.
 //!
 //! The body is Kubernetes' envelope — the magic `k8s\0`, then a `runtime.Unknown` whose
 //! `raw` field holds the object — decoded with the `k8s-pb` crate (Kubernetes' protobuf
@@ -9,6 +9,7 @@
 //! refused with 415, asking for JSON, rather than stored without it.
 
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
@@ -43,6 +44,8 @@ pub fn decode(body: &[u8]) -> Result<Value, Error> {
         ("v1", "Secret") => secret(decode_as(&raw)?, &mut left),
         ("v1", "Service") => service(decode_as(&raw)?, &mut left),
         ("apps/v1", "Deployment") => deployment(decode_as(&raw)?, &mut left),
+        ("batch/v1", "Job") => job(decode_as(&raw)?, &mut left),
+        ("batch/v1", "CronJob") => cron_job(decode_as(&raw)?, &mut left),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             access_review(decode_as(&raw)?, &mut left)
         }
@@ -530,6 +533,128 @@ fn deployment(mut d: apps::Deployment, left: &mut Vec<String>) -> Value {
     Value::Object(out)
 }
 
+fn pod_template(mut t: core::PodTemplateSpec, path: &str, left: &mut Vec<String>) -> Value {
+    let mut tmpl = Map::new();
+    tmpl.insert(
+        "metadata".into(),
+        metadata(t.metadata.take(), &format!("{path}.metadata"), left),
+    );
+    if let Some(ps) = t.spec.take() {
+        tmpl.insert("spec".into(), pod_spec(ps, left));
+    }
+    leftover(&t, path, left);
+    Value::Object(tmpl)
+}
+
+fn job_spec(mut spec: batch::JobSpec, path: &str, left: &mut Vec<String>) -> Value {
+    let mut s = Map::new();
+    put(&mut s, "parallelism", json!(spec.parallelism.take()));
+    put(&mut s, "completions", json!(spec.completions.take()));
+    put(
+        &mut s,
+        "activeDeadlineSeconds",
+        json!(spec.active_deadline_seconds.take()),
+    );
+    put(&mut s, "backoffLimit", json!(spec.backoff_limit.take()));
+    if let Some(sel) = spec.selector.take() {
+        s.insert(
+            "selector".into(),
+            label_selector(sel, &format!("{path}.selector"), left),
+        );
+    }
+    put(&mut s, "manualSelector", json!(spec.manual_selector.take()));
+    if let Some(t) = spec.template.take() {
+        s.insert(
+            "template".into(),
+            pod_template(t, &format!("{path}.template"), left),
+        );
+    }
+    put(
+        &mut s,
+        "ttlSecondsAfterFinished",
+        json!(spec.ttl_seconds_after_finished.take()),
+    );
+    put(
+        &mut s,
+        "completionMode",
+        json!(nz(spec.completion_mode.take())),
+    );
+    put(&mut s, "suspend", json!(spec.suspend.take()));
+    put(
+        &mut s,
+        "podReplacementPolicy",
+        json!(nz(spec.pod_replacement_policy.take())),
+    );
+    put(&mut s, "managedBy", json!(nz(spec.managed_by.take())));
+    leftover(&spec, path, left);
+    Value::Object(s)
+}
+
+fn job(mut j: batch::Job, left: &mut Vec<String>) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "metadata".into(),
+        metadata(j.metadata.take(), "metadata", left),
+    );
+    if let Some(spec) = j.spec.take() {
+        out.insert("spec".into(), job_spec(spec, "spec", left));
+    }
+    j.status = None;
+    leftover(&j, "Job", left);
+    Value::Object(out)
+}
+
+fn cron_job(mut c: batch::CronJob, left: &mut Vec<String>) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "metadata".into(),
+        metadata(c.metadata.take(), "metadata", left),
+    );
+    if let Some(mut spec) = c.spec.take() {
+        let mut s = Map::new();
+        put(&mut s, "schedule", json!(nz(spec.schedule.take())));
+        put(&mut s, "timeZone", json!(spec.time_zone.take()));
+        put(
+            &mut s,
+            "startingDeadlineSeconds",
+            json!(spec.starting_deadline_seconds.take()),
+        );
+        put(
+            &mut s,
+            "concurrencyPolicy",
+            json!(nz(spec.concurrency_policy.take())),
+        );
+        put(&mut s, "suspend", json!(spec.suspend.take()));
+        if let Some(mut t) = spec.job_template.take() {
+            let mut o = Map::new();
+            o.insert(
+                "metadata".into(),
+                metadata(t.metadata.take(), "spec.jobTemplate.metadata", left),
+            );
+            if let Some(js) = t.spec.take() {
+                o.insert("spec".into(), job_spec(js, "spec.jobTemplate.spec", left));
+            }
+            leftover(&t, "spec.jobTemplate", left);
+            s.insert("jobTemplate".into(), Value::Object(o));
+        }
+        put(
+            &mut s,
+            "successfulJobsHistoryLimit",
+            json!(spec.successful_jobs_history_limit.take()),
+        );
+        put(
+            &mut s,
+            "failedJobsHistoryLimit",
+            json!(spec.failed_jobs_history_limit.take()),
+        );
+        leftover(&spec, "spec", left);
+        out.insert("spec".into(), Value::Object(s));
+    }
+    c.status = None;
+    leftover(&c, "CronJob", left);
+    Value::Object(out)
+}
+
 fn access_review(
     mut r: k8s_pb::api::authorization::v1::SelfSubjectAccessReview,
     left: &mut Vec<String>,
@@ -668,5 +793,56 @@ mod tests {
         assert_eq!(e.code(), 415);
         assert_eq!(decode(b"nope").expect_err("magic").code(), 400);
         assert_eq!(decode(b"k8s\0\xff\xff").expect_err("garbage").code(), 400);
+    }
+    #[test]
+    fn a_job_and_a_cron_job_decode_to_their_json() {
+        let spec = batch::JobSpec {
+            template: Some(core::PodTemplateSpec {
+                metadata: Some(meta::ObjectMeta::default()),
+                spec: Some(core::PodSpec {
+                    containers: vec![core::Container {
+                        name: Some("once".into()),
+                        image: Some("busybox".into()),
+                        command: vec!["sh".into(), "-c".into(), "exit 0".into()],
+                        resources: Some(core::ResourceRequirements::default()),
+                        ..core::Container::default()
+                    }],
+                    restart_policy: Some("Never".into()),
+                    ..core::PodSpec::default()
+                }),
+            }),
+            ..batch::JobSpec::default()
+        };
+        let j = batch::Job {
+            metadata: meta("once"),
+            spec: Some(spec.clone()),
+            status: Some(batch::JobStatus::default()),
+        };
+        let v = decode(&envelope("batch/v1", "Job", j.encode_to_vec())).expect("decode");
+        assert_eq!(v["kind"], "Job");
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(
+            pod["containers"][0]["command"],
+            json!(["sh", "-c", "exit 0"])
+        );
+        let c = batch::CronJob {
+            metadata: meta("tick"),
+            spec: Some(batch::CronJobSpec {
+                schedule: Some("*/5 * * * *".into()),
+                job_template: Some(batch::JobTemplateSpec {
+                    metadata: meta("tick"),
+                    spec: Some(spec),
+                }),
+                ..batch::CronJobSpec::default()
+            }),
+            status: Some(batch::CronJobStatus::default()),
+        };
+        let v = decode(&envelope("batch/v1", "CronJob", c.encode_to_vec())).expect("decode");
+        assert_eq!(v["spec"]["schedule"], "*/5 * * * *");
+        assert_eq!(
+            v["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"],
+            "busybox"
+        );
     }
 }

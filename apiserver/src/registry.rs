@@ -618,6 +618,9 @@ impl Registry {
             meta.remove(field);
         }
         initial_status(res, &mut obj);
+        if rt.group == "batch" && rt.kind == "Job" {
+            crate::defaults::job_selector(&mut obj);
+        }
         if let Some(manager) = &self.field_manager {
             crate::apply::record_update(res, None, &mut obj, manager, "");
         }

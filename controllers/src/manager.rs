@@ -7,19 +7,31 @@ use std::sync::Arc;
 use keelson_core::client::Client;
 use tokio::sync::watch;
 
+use crate::builtin::cronjob::CronJobController;
+use crate::builtin::daemonset::DaemonSetController;
 use crate::builtin::deployment::DeploymentController;
+use crate::builtin::endpoints::EndpointsController;
+use crate::builtin::endpointslice::EndpointSliceController;
 use crate::builtin::gc::{self, GarbageCollector};
+use crate::builtin::job::JobController;
 use crate::builtin::namespace::{self, NamespaceController};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::serviceaccount::ServiceAccountController;
+use crate::builtin::statefulset::StatefulSetController;
 use crate::informer::InformerFactory;
 use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 5] = [
+pub const CONTROLLERS: [&str; 11] = [
     "deployment",
     "replicaset",
+    "statefulset",
+    "daemonset",
+    "job",
+    "cronjob",
+    "endpoint",
+    "endpointslice",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -38,6 +50,14 @@ pub struct ControllerManagerConfig {
     pub replicaset_workers: usize,
     /// Concurrent reconciles of the Namespace controller (10).
     pub namespace_workers: usize,
+    /// Concurrent reconciles of the StatefulSet controller (5).
+    pub statefulset_workers: usize,
+    /// Concurrent reconciles of the DaemonSet controller (2).
+    pub daemonset_workers: usize,
+    /// Concurrent reconciles of the Job controller (5).
+    pub job_workers: usize,
+    /// Concurrent reconciles of the CronJob controller (5).
+    pub cronjob_workers: usize,
 }
 
 impl Default for ControllerManagerConfig {
@@ -48,6 +68,10 @@ impl Default for ControllerManagerConfig {
             deployment_workers: 5,
             replicaset_workers: 5,
             namespace_workers: 10,
+            statefulset_workers: 5,
+            daemonset_workers: 2,
+            job_workers: 5,
+            cronjob_workers: 5,
         }
     }
 }
@@ -201,6 +225,54 @@ impl ControllerManager {
             let (c, r) = DeploymentController::controller(&client, &factory);
             let c = c
                 .concurrency(cfg.deployment_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("statefulset") {
+            let (c, r) = StatefulSetController::controller(&client, &factory);
+            let c = c
+                .concurrency(cfg.statefulset_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("daemonset") {
+            let (c, r) = DaemonSetController::controller(&client, &factory);
+            let c = c
+                .concurrency(cfg.daemonset_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("job") {
+            let (c, r) = JobController::controller(&client, &factory);
+            let c = c
+                .concurrency(cfg.job_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("cronjob") {
+            let (c, r) = CronJobController::controller(&client, &factory);
+            let c = c
+                .concurrency(cfg.cronjob_workers)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("endpoint") {
+            let (c, r) = EndpointsController::controller(&client, &factory);
+            let c = c
+                .concurrency(5)
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("endpointslice") {
+            let (c, r) = EndpointSliceController::controller(&client, &factory);
+            let c = c
+                .concurrency(5)
                 .metrics(&self.metrics)
                 .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));

@@ -38,7 +38,7 @@ fn controllers_are_chosen_as_kube_controller_manager_chooses_them() {
         .controllers(&["*", "-namespace"])
         .unwrap();
     assert!(!c.enabled.contains(&"namespace".to_owned()));
-    assert_eq!(c.enabled.len(), 4);
+    assert_eq!(c.enabled.len(), keelson_controllers::CONTROLLERS.len() - 1);
     let c = ControllerManagerConfig::default()
         .controllers(&["deployment"])
         .unwrap();
@@ -135,4 +135,77 @@ async fn with_leader_election_only_the_leader_runs_controllers() {
     for r in runs {
         tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_manager_runs_the_workload_controllers_and_a_finished_ttl_job_goes_with_its_pods() {
+    use keelson_core::k8s_openapi::api::apps::v1::StatefulSet;
+    use keelson_core::k8s_openapi::api::batch::v1::Job;
+    use keelson_core::k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let (_server, client) = cluster(&["ns"]).await;
+    let (stop, signal) = shutdown();
+    let run = tokio::spawn(ControllerManager::new(client.clone()).run(signal()));
+    let set: StatefulSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": template(&[("app", "db")], "postgres:17")},
+    }))
+    .unwrap();
+    Api::<StatefulSet>::namespaced(client.clone(), "ns")
+        .create(&set)
+        .await
+        .unwrap();
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "once"},
+        "spec": {"ttlSecondsAfterFinished": 0, "template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "ns");
+    jobs.create(&job).await.unwrap();
+    let svc: keelson_core::k8s_openapi::api::core::v1::Service =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db"},
+            "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]},
+        }))
+        .unwrap();
+    Api::<keelson_core::k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "ns")
+        .create(&svc)
+        .await
+        .unwrap();
+
+    eventually("db-0", WAIT, || async {
+        let p = pods(&client, "ns", "app=db").await;
+        (p.len() == 1 && p[0].metadata.name.as_deref() == Some("db-0")).then_some(())
+    })
+    .await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "ns");
+    eventually("a slice for db", WAIT, || async {
+        let l = slices
+            .list(
+                &ListParams::default()
+                    .labels("kubernetes.io/service-name=db")
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        (!l.items.is_empty()).then_some(())
+    })
+    .await;
+    let pod = eventually("the job's pod", WAIT, || async {
+        let p = pods(&client, "ns", "job-name=once").await;
+        p.first().and_then(|p| p.metadata.name.clone())
+    })
+    .await;
+    common::mark_phase(&client, "ns", &pod, "Succeeded").await;
+    // Complete, then deleted at once (TTL 0) with its pod by the garbage collector.
+    eventually("job and pod gone", WAIT, || async {
+        let j = jobs.get_opt("once").await.unwrap();
+        let p = pods(&client, "ns", "job-name=once").await;
+        (j.is_none() && p.is_empty()).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
 }

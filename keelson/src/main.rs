@@ -3,8 +3,8 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the controllers (Deployment, ReplicaSet, garbage collector, Namespace,
-//!   ServiceAccount), the scheduler (default profile, or the profiles of
+//!   runs the controllers (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob,
+//!   EndpointSlice, Endpoints, garbage collector, Namespace, ServiceAccount), the scheduler (default profile, or the profiles of
 //!   `--scheduler-config`) and node agents on the in-process client: `--nodes N` local nodes running real processes
 //!   (default 1), `--sim-nodes N` simulated ones, static pods from `--manifests DIR`.
 //!   Stopping it (Ctrl-C, SIGTERM) stops the pods' processes; after a crash they keep

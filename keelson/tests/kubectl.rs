@@ -1108,3 +1108,127 @@ fn deployments_roll_out_undo_scale_and_namespaces_delete_their_contents() {
         .lines()
         .all(|l| !l.contains("x-")));
 }
+
+#[test]
+fn jobs_run_to_completion_and_stateful_and_daemon_sets_roll_out() {
+    if !kubectl_available() {
+        return;
+    }
+    let c = up(true);
+    eventually(&c, &["get", "nodes"], |n| {
+        n.contains("node-1") && n.contains("Ready")
+    });
+    // A Job whose process really runs and exits 0 completes; its logs are the pod's.
+    c.ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo done",
+    ]);
+    let waited = c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/once",
+        "--timeout=60s",
+    ]);
+    assert!(waited.contains("condition met"), "{waited}");
+    let job = c.ok(&["get", "job", "once"]);
+    assert!(job.contains("Complete") && job.contains("1/1"), "{job}");
+    assert_eq!(c.ok(&["logs", "job/once"]), "done\n");
+    // A CronJob, and a Job made from it by hand.
+    c.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    c.ok(&["create", "job", "manual", "--from=cronjob/tick"]);
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/manual",
+        "--timeout=60s",
+    ]);
+    let cron = c.ok(&["get", "cronjob", "tick"]);
+    assert!(cron.contains("*/5 * * * *"), "{cron}");
+
+    let set = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+"#;
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(set));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With the defaulted `partition: 0`, kubectl reports a partitioned roll out.
+    let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    assert!(status.contains("roll out complete: 2 new pods"), "{status}");
+    let pods = c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(pods, "pod/web-0\npod/web-1\n");
+    c.ok(&["set", "env", "statefulset/web", "VERSION=2"]);
+    let status = c.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    assert!(status.contains("roll out complete"), "{status}");
+    let env = c.ok(&[
+        "get",
+        "pod",
+        "web-0",
+        "-o",
+        "jsonpath={.spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(env, "2");
+    let revisions = c.ok(&[
+        "get",
+        "statefulset",
+        "web",
+        "-o",
+        "jsonpath={.status.currentRevision}={.status.updateRevision}",
+    ]);
+    let (current, update) = revisions.split_once('=').unwrap_or_default();
+    assert_eq!(current, update, "{revisions}");
+    let status = c.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let ds = c.ok(&[
+        "get",
+        "daemonset",
+        "agent",
+        "-o",
+        "jsonpath={.status.desiredNumberScheduled}/{.status.numberAvailable}",
+    ]);
+    assert_eq!(ds, "1/1");
+}

@@ -5,8 +5,16 @@
 //! [`ControllerManager`](crate::ControllerManager) runs them all.
 
 pub mod common;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod gc;
+pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;

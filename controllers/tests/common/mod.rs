@@ -138,3 +138,20 @@ pub fn shutdown() -> (
     };
     (tx, signal)
 }
+
+/// What a node agent reports for a finished pod: phase `Succeeded` or `Failed`, not
+/// ready.
+pub async fn mark_phase(client: &Client, ns: &str, name: &str, phase: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = clock::now_time();
+    let patch = json!({"status": {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+    }});
+    pods.patch_status(name, &Patch::Merge(patch)).await.unwrap();
+}
+
+/// The name of a pod.
+pub fn name_of(p: &Pod) -> String {
+    p.metadata.name.clone().unwrap_or_default()
+}
