@@ -41,11 +41,13 @@ pub fn decode(body: &[u8]) -> Result<Value, Error> {
     let mut object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => namespace(decode_as(&raw)?, &mut left),
         ("v1", "ConfigMap") => config_map(decode_as(&raw)?, &mut left),
+        ("v1", "ServiceAccount") => service_account(decode_as(&raw)?, &mut left),
         ("v1", "Secret") => secret(decode_as(&raw)?, &mut left),
         ("v1", "Service") => service(decode_as(&raw)?, &mut left),
         ("apps/v1", "Deployment") => deployment(decode_as(&raw)?, &mut left),
         ("batch/v1", "Job") => job(decode_as(&raw)?, &mut left),
         ("batch/v1", "CronJob") => cron_job(decode_as(&raw)?, &mut left),
+        ("authentication.k8s.io/v1", "TokenRequest") => token_request(decode_as(&raw)?, &mut left),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             access_review(decode_as(&raw)?, &mut left)
         }
@@ -193,6 +195,29 @@ fn namespace(mut ns: core::Namespace, left: &mut Vec<String>) -> Value {
     // Status is the server's.
     ns.status = None;
     leftover(&ns, "Namespace", left);
+    Value::Object(out)
+}
+
+fn service_account(mut sa: core::ServiceAccount, left: &mut Vec<String>) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "metadata".into(),
+        metadata(sa.metadata.take(), "metadata", left),
+    );
+    put(
+        &mut out,
+        "automountServiceAccountToken",
+        json!(sa.automount_service_account_token.take()),
+    );
+    let mut pull = Vec::new();
+    for mut r in std::mem::take(&mut sa.image_pull_secrets) {
+        pull.push(json!({"name": r.name.take()}));
+        leftover(&r, "imagePullSecrets", left);
+    }
+    if !pull.is_empty() {
+        out.insert("imagePullSecrets".into(), Value::Array(pull));
+    }
+    leftover(&sa, "ServiceAccount", left);
     Value::Object(out)
 }
 
@@ -652,6 +677,45 @@ fn cron_job(mut c: batch::CronJob, left: &mut Vec<String>) -> Value {
     }
     c.status = None;
     leftover(&c, "CronJob", left);
+    Value::Object(out)
+}
+
+fn token_request(
+    mut r: k8s_pb::api::authentication::v1::TokenRequest,
+    left: &mut Vec<String>,
+) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "metadata".into(),
+        metadata(r.metadata.take(), "metadata", left),
+    );
+    let mut spec = Map::new();
+    if let Some(mut s) = r.spec.take() {
+        put(
+            &mut spec,
+            "audiences",
+            json!(std::mem::take(&mut s.audiences)),
+        );
+        put(
+            &mut spec,
+            "expirationSeconds",
+            json!(s.expiration_seconds.take()),
+        );
+        if let Some(mut b) = s.bound_object_ref.take() {
+            let mut o = Map::new();
+            put(&mut o, "kind", json!(nz(b.kind.take())));
+            put(&mut o, "apiVersion", json!(nz(b.api_version.take())));
+            put(&mut o, "name", json!(nz(b.name.take())));
+            put(&mut o, "uid", json!(nz(b.u_id.take())));
+            leftover(&b, "spec.boundObjectRef", left);
+            spec.insert("boundObjectRef".into(), Value::Object(o));
+        }
+        leftover(&s, "spec", left);
+    }
+    out.insert("spec".into(), Value::Object(spec));
+    // Status is the server's answer.
+    r.status = None;
+    leftover(&r, "TokenRequest", left);
     Value::Object(out)
 }
 
