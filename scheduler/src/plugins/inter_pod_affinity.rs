@@ -14,6 +14,7 @@ use crate::framework::{
 };
 use crate::fxhash::FxHashMap;
 use crate::node_info::NodeInfo;
+use crate::plugins::node_memo::{ByPtr, NodeMemo};
 use crate::pod_info::{AffinityTerm, PodInfo};
 
 /// Reason: a required affinity term has no matching pod in the node's domain.
@@ -100,7 +101,9 @@ impl Default for InterPodAffinityArgs {
 #[derive(Debug, Default)]
 pub struct InterPodAffinity {
     args: InterPodAffinityArgs,
-    memo: parking_lot::Mutex<Option<AffinityMemo>>,
+    /// The counts of the last pod, reused for the next pod with the same labels,
+    /// namespace and terms (its signature) over the same node list.
+    memo: NodeMemo<(String, ByPtr<()>), Arc<CountSet>>,
 }
 
 impl InterPodAffinity {
@@ -108,7 +111,7 @@ impl InterPodAffinity {
     pub fn new(args: InterPodAffinityArgs) -> Self {
         InterPodAffinity {
             args,
-            memo: parking_lot::Mutex::default(),
+            memo: NodeMemo::default(),
         }
     }
 }
@@ -185,16 +188,6 @@ impl CountSet {
             }
         }
     }
-}
-
-/// The counts of the last pod, per node, reused for the next pod with the same labels,
-/// namespace and terms: only nodes that changed since are recounted.
-#[derive(Debug)]
-struct AffinityMemo {
-    signature: String,
-    layout: Arc<()>,
-    nodes: Vec<Arc<NodeInfo>>,
-    counts: Arc<CountSet>,
 }
 
 /// What the counts of a pod depend on, or `None` when they also depend on other
@@ -300,37 +293,20 @@ impl PreFilter for InterPodAffinity {
         let namespaces = snapshot.namespaces_arc().clone();
         let nodes = snapshot.nodes();
         let counts = match signature(pod, ns_labels.as_ref()) {
-            Some(sig) => {
-                let mut memo = self.memo.lock();
-                let reusable = memo.as_ref().is_some_and(|m| {
-                    m.signature == sig
-                        && Arc::ptr_eq(&m.layout, snapshot.layout())
-                        && m.nodes.len() == nodes.len()
-                });
-                if !reusable {
-                    let mut c = CountSet::default();
-                    for node in nodes {
-                        c.node(pod, node, ns_labels.as_ref(), &namespaces, has_own, 1);
-                    }
-                    *memo = Some(AffinityMemo {
-                        signature: sig,
-                        layout: snapshot.layout().clone(),
-                        nodes: nodes.to_vec(),
-                        counts: Arc::new(c),
-                    });
-                } else if let Some(m) = memo.as_mut() {
-                    let c = Arc::make_mut(&mut m.counts);
-                    for (old, new) in m.nodes.iter_mut().zip(nodes) {
-                        if Arc::ptr_eq(old, new) {
-                            continue;
-                        }
+            Some(sig) => self.memo.refresh(
+                (sig, ByPtr(snapshot.layout().clone())),
+                nodes.iter(),
+                nodes.len(),
+                Arc::<CountSet>::default,
+                |c, _, old, new| {
+                    let c = Arc::make_mut(c);
+                    if let Some(old) = old {
                         c.node(pod, old, ns_labels.as_ref(), &namespaces, has_own, -1);
-                        c.node(pod, new, ns_labels.as_ref(), &namespaces, has_own, 1);
-                        *old = new.clone();
                     }
-                }
-                memo.as_ref().map(|m| m.counts.clone()).unwrap_or_default()
-            }
+                    c.node(pod, new, ns_labels.as_ref(), &namespaces, has_own, 1);
+                },
+                Arc::clone,
+            ),
             None => {
                 let mut c = CountSet::default();
                 for node in snapshot.nodes_with_required_anti_affinity() {
