@@ -95,10 +95,10 @@ mod tests {
     fn only_changed_nodes_are_recounted_and_a_new_key_starts_over() {
         let memo: NodeMemo<&str, Vec<String>> = NodeMemo::default();
         let mut nodes = vec![info("a"), info("b"), info("c")];
-        let mut seen = Vec::new();
-        let mut run = |key: &'static str, nodes: &[Arc<NodeInfo>]| {
-            seen.clear();
-            memo.refresh(
+        type Seen = Vec<(usize, Option<String>, String)>;
+        let run = |key: &'static str, nodes: &[Arc<NodeInfo>]| -> (usize, Seen) {
+            let mut seen = Vec::new();
+            let n = memo.refresh(
                 key,
                 nodes.iter(),
                 nodes.len(),
@@ -108,20 +108,25 @@ mod tests {
                     c.push(new.name().to_owned());
                 },
                 Vec::len,
-            )
+            );
+            (n, seen)
         };
-        assert_eq!(run("k", &nodes), 3);
+        let (n, seen) = run("k", &nodes);
+        assert_eq!(n, 3);
         assert_eq!(seen.len(), 3);
         assert!(seen.iter().all(|(_, old, _)| old.is_none()));
         // Unchanged: nothing is counted again.
-        assert_eq!(run("k", &nodes), 3);
+        let (n, seen) = run("k", &nodes);
+        assert_eq!(n, 3);
         assert!(seen.is_empty());
         // One node replaced (a new NodeInfo): only it, with the old one to take out.
         nodes[1] = info("b");
-        assert_eq!(run("k", &nodes), 4);
+        let (n, seen) = run("k", &nodes);
+        assert_eq!(n, 4);
         assert_eq!(seen, vec![(1, Some("b".to_owned()), "b".to_owned())]);
         // Another key counts everything from scratch.
-        assert_eq!(run("other", &nodes), 3);
+        let (n, seen) = run("other", &nodes);
+        assert_eq!(n, 3);
         assert_eq!(seen.len(), 3);
     }
 }
