@@ -1662,7 +1662,8 @@ pub(crate) enum UpdateMode {
 
 /// The status an object starts with. For kinds with a status subresource the client's
 /// status is dropped (only the status subresource writes it), except for Nodes, whose
-/// agents register them with their status; then Pods start Pending with their QoS class,
+/// agents register them with their status; then Pods start Pending with their QoS class
+/// (and, with scheduling gates, PodScheduled=False for reason SchedulingGated),
 /// Namespaces Active and claims Pending, as Kubernetes' create strategies do.
 fn initial_status(res: &ServedResource, obj: &mut Value) {
     let rt = &res.rt;
@@ -1673,7 +1674,26 @@ fn initial_status(res: &ServedResource, obj: &mut Value) {
         map.remove("status");
     }
     let initial = match (rt.group.as_ref(), rt.kind.as_ref()) {
-        ("", "Pod") => Some(json!({ "phase": "Pending", "qosClass": qos_class(map.get("spec")) })),
+        ("", "Pod") => {
+            let mut status = json!({ "phase": "Pending", "qosClass": qos_class(map.get("spec")) });
+            let gated = map
+                .get("spec")
+                .and_then(|s| s.get("schedulingGates"))
+                .and_then(Value::as_array)
+                .is_some_and(|g| !g.is_empty());
+            if gated {
+                // As Kubernetes' pod strategy: a gated pod says why it is not scheduled.
+                status["conditions"] = json!([{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "SchedulingGated",
+                    "message": "Scheduling is blocked due to non-empty scheduling gates",
+                    "lastProbeTime": null,
+                    "lastTransitionTime": now_rfc3339(),
+                }]);
+            }
+            Some(status)
+        }
         ("", "Namespace") => Some(json!({ "phase": "Active" })),
         ("", "PersistentVolumeClaim") => Some(json!({ "phase": "Pending" })),
         _ => None,

@@ -80,6 +80,7 @@ mod node_info;
 mod nominator;
 pub mod plugins;
 mod pod_info;
+mod pod_list;
 mod queue;
 mod resources;
 mod scheduler;
@@ -104,6 +105,7 @@ pub use plugins::{
     PodTopologySpread, PrioritySort, TaintToleration,
 };
 pub use pod_info::{AffinityTerm, PodInfo, WeightedAffinityTerm};
+pub use pod_list::PodList;
 pub use queue::{QueueLengths, QueuedPodInfo, SchedulingQueue};
 pub use resources::{parse_quantity, pod_requests, Resources};
 pub use scheduler::{

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keelson_core::k8s_openapi::api::core::v1::{Node, Taint};
 
 use crate::pod_info::PodInfo;
+use crate::pod_list::PodList;
 use crate::resources::Resources;
 
 /// A node and the pods the scheduler counts on it (bound, and assumed: chosen but not
@@ -16,11 +17,11 @@ pub struct NodeInfo {
     node: Option<Arc<Node>>,
     name: Arc<str>,
     /// The pods on the node.
-    pub pods: Vec<Arc<PodInfo>>,
+    pub pods: PodList,
     /// The pods on the node with any pod affinity or anti-affinity term.
-    pub pods_with_affinity: Vec<Arc<PodInfo>>,
+    pub pods_with_affinity: PodList,
     /// The pods on the node with a required anti-affinity term.
-    pub pods_with_required_anti_affinity: Vec<Arc<PodInfo>>,
+    pub pods_with_required_anti_affinity: PodList,
     /// What the pods on it request.
     pub requested: Resources,
     /// What the pods on it request, with scoring's defaults for unset CPU and memory.
@@ -31,8 +32,9 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// Bumped on every change.
     pub generation: u64,
-    /// The labels as shared strings, so per-cycle maps keyed by them copy no text.
-    interned_labels: BTreeMap<Arc<str>, Arc<str>>,
+    /// The labels as shared strings, so per-cycle maps keyed by them copy no text
+    /// (shared between copies of the node).
+    interned_labels: Arc<BTreeMap<Arc<str>, Arc<str>>>,
 }
 
 static EMPTY_LABELS: std::sync::LazyLock<BTreeMap<String, String>> =
@@ -76,13 +78,14 @@ impl NodeInfo {
                     .map(move |n| (normalize_image(n), size))
             })
             .collect();
-        self.interned_labels = node
-            .metadata
-            .labels
-            .iter()
-            .flatten()
-            .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
-            .collect();
+        self.interned_labels = Arc::new(
+            node.metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
+                .collect(),
+        );
         self.node = Some(node);
         self.generation += 1;
     }
@@ -156,13 +159,15 @@ impl NodeInfo {
 
     /// Stops counting a pod (by uid); whether it was there.
     pub fn remove_pod(&mut self, uid: &str) -> bool {
-        let Some(i) = self.pods.iter().position(|p| p.uid == uid) else {
+        let Some(pod) = self.pods.remove(uid) else {
             return false;
         };
-        let pod = self.pods.swap_remove(i);
-        self.pods_with_affinity.retain(|p| p.uid != uid);
-        self.pods_with_required_anti_affinity
-            .retain(|p| p.uid != uid);
+        if pod.has_affinity() {
+            self.pods_with_affinity.remove(uid);
+        }
+        if !pod.required_anti_affinity.is_empty() {
+            self.pods_with_required_anti_affinity.remove(uid);
+        }
         self.requested.sub(&pod.requests);
         self.non_zero_requested.milli_cpu -= pod.non_zero_requests.milli_cpu;
         self.non_zero_requested.memory -= pod.non_zero_requests.memory;

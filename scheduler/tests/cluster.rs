@@ -8,7 +8,7 @@ use std::time::Duration;
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_core::client::{Api, Client, ListParams};
 use keelson_core::k8s_openapi::api::core::v1::{
-    Event, Namespace, Node, Pod, TopologySpreadConstraint,
+    Event, Namespace, Node, Pod, PodSchedulingGate, TopologySpreadConstraint,
 };
 use keelson_scheduler::testing::{node, pod, selector};
 use keelson_scheduler::{
@@ -351,7 +351,7 @@ async fn a_parked_pod_is_scheduled_when_a_node_that_fits_arrives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gated_pods_wait_until_their_gates_are_removed() {
+async fn a_gated_pod_is_not_attempted_until_its_gate_is_removed_then_it_is_bound() {
     let server = server();
     let client = server.client();
     namespace(&client, "default").await;
@@ -362,22 +362,59 @@ async fn gated_pods_wait_until_their_gates_are_removed() {
     let stop = start(handle.clone());
     let mut gated = pod("gated").obj();
     if let Some(s) = gated.spec.as_mut() {
-        s.scheduling_gates = Some(vec![
-            keelson_core::k8s_openapi::api::core::v1::PodSchedulingGate {
-                name: "example.com/wait".into(),
-            },
-        ]);
+        s.scheduling_gates = Some(vec![PodSchedulingGate {
+            name: "example.com/wait".into(),
+        }]);
     }
     create(&client, gated).await;
+    // Created after the gated pod, so once it is bound the scheduler has seen both.
     create(&client, pod("free").obj()).await;
     assert_eq!(bound(&client, "default", "free").await, "n");
-    assert!(node_of(&client, "default", "gated").await.is_none());
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let scheduled = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled").cloned())
+    };
+    let p = pods.get("gated").await.expect("gated pod");
+    assert!(p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none());
+    let condition = scheduled(&p).expect("a PodScheduled condition");
+    assert_eq!(condition.status, "False");
+    assert_eq!(condition.reason.as_deref(), Some("SchedulingGated"));
     assert_eq!(
-        handle.queue_lengths().active + handle.queue_lengths().unschedulable,
-        0
+        condition.message.as_deref(),
+        Some("Scheduling is blocked due to non-empty scheduling gates")
     );
-    // (Removing the gate is an update this API server refuses today: Kubernetes
-    // allows removing scheduling gates; when it does here, the pod enters the queue.)
+    // Never attempted: one attempt in all (the free pod's), nothing in the queue, and
+    // no FailedScheduling event.
+    let m = handle.metrics();
+    assert_eq!((m.scheduled, m.unschedulable, m.errors), (1, 0, 0));
+    let q = handle.queue_lengths();
+    assert_eq!(q.active + q.backoff + q.unschedulable, 0, "{q:?}");
+    let failed = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .count();
+    assert_eq!(failed, 0);
+
+    // Removing the gate is an update; then the pod is queued and bound.
+    let mut p = p;
+    if let Some(s) = p.spec.as_mut() {
+        s.scheduling_gates = None;
+    }
+    pods.replace("gated", &p).await.expect("remove the gate");
+    assert_eq!(bound(&client, "default", "gated").await, "n");
+    let p = pods.get("gated").await.expect("gated pod");
+    assert_eq!(scheduled(&p).map(|c| c.status).as_deref(), Some("True"));
+    let m = handle.metrics();
+    assert_eq!((m.scheduled, m.unschedulable, m.errors), (2, 0, 0));
     let _ = stop.send(());
 }
 

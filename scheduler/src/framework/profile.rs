@@ -220,134 +220,86 @@ impl ProfileBuilder {
     /// [`ConfigError`] when there is no QueueSort or no Bind plugin, more than one
     /// QueueSort, more than 64 plugins at one point, or a weight out of 1–100.
     pub fn build(self) -> Result<Profile, ConfigError> {
-        let mut p = Profile {
-            scheduler_name: self.scheduler_name.clone(),
-            plugins: self.plugins.clone(),
-            queue_sort: None,
-            pre_filter: Vec::new(),
-            filter: Vec::new(),
-            post_filter: Vec::new(),
-            pre_score: Vec::new(),
-            score: Vec::new(),
-            reserve: Vec::new(),
-            permit: Vec::new(),
-            pre_bind: Vec::new(),
-            bind: Vec::new(),
-            post_bind: Vec::new(),
-            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
-        };
         let invalid = |msg: String| ConfigError::Invalid {
             profile: self.scheduler_name.clone(),
             message: msg,
         };
-        let at = |name: &str, point: ExtensionPoint| {
-            !self.disabled.contains(&(name.to_owned(), point))
-                && self.only.get(name).is_none_or(|only| only.contains(&point))
-        };
-        for plugin in &self.plugins {
-            let name: Arc<str> = Arc::from(plugin.name());
-            if let Some(q) = plugin
-                .clone()
-                .as_queue_sort()
-                .filter(|_| at(&name, ExtensionPoint::QueueSort))
-            {
-                if p.queue_sort.is_some() {
-                    return Err(invalid("only one QueueSort plugin may be enabled".into()));
-                }
-                p.queue_sort = Some((name.clone(), q));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_filter()
-                .filter(|_| at(&name, ExtensionPoint::Filter))
-            {
-                p.filter.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_score()
-                .filter(|_| at(&name, ExtensionPoint::Score))
-            {
-                let weight = self.weights.get(&*name).copied().unwrap_or(1);
-                if !(1..=100).contains(&weight) {
-                    return Err(invalid(format!(
-                        "the weight of score plugin {name} must be in 1-100, not {weight}"
-                    )));
-                }
-                p.score.push((name.clone(), x, weight));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_post_filter()
-                .filter(|_| at(&name, ExtensionPoint::PostFilter))
-            {
-                p.post_filter.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_reserve()
-                .filter(|_| at(&name, ExtensionPoint::Reserve))
-            {
-                p.reserve.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_permit()
-                .filter(|_| at(&name, ExtensionPoint::Permit))
-            {
-                p.permit.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_pre_bind()
-                .filter(|_| at(&name, ExtensionPoint::PreBind))
-            {
-                p.pre_bind.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_bind()
-                .filter(|_| at(&name, ExtensionPoint::Bind))
-            {
-                p.bind.push((name.clone(), x));
-            }
-            if let Some(x) = plugin
-                .clone()
-                .as_post_bind()
-                .filter(|_| at(&name, ExtensionPoint::PostBind))
-            {
-                p.post_bind.push((name.clone(), x));
-            }
+        let mut queue_sort = self.at(ExtensionPoint::QueueSort, Plugin::as_queue_sort);
+        if queue_sort.len() > 1 {
+            return Err(invalid("only one QueueSort plugin may be enabled".into()));
         }
-        for plugin in &self.plugins {
-            let name: Arc<str> = Arc::from(plugin.name());
-            if let Some(x) = plugin
-                .clone()
-                .as_pre_filter()
-                .filter(|_| at(&name, ExtensionPoint::PreFilter))
-            {
-                let skip = p.filter.iter().position(|(n, _)| *n == name);
-                p.pre_filter.push((name.clone(), x, skip));
+        let filter = self.at(ExtensionPoint::Filter, Plugin::as_filter);
+        let mut score = Vec::new();
+        for (name, x) in self.at(ExtensionPoint::Score, Plugin::as_score) {
+            let weight = self.weights.get(&*name).copied().unwrap_or(1);
+            if !(1..=100).contains(&weight) {
+                return Err(invalid(format!(
+                    "the weight of score plugin {name} must be in 1-100, not {weight}"
+                )));
             }
-            if let Some(x) = plugin
-                .clone()
-                .as_pre_score()
-                .filter(|_| at(&name, ExtensionPoint::PreScore))
-            {
-                let skip = p.score.iter().position(|(n, _, _)| *n == name);
-                p.pre_score.push((name.clone(), x, skip));
-            }
+            score.push((name, x, weight));
         }
-        if p.filter.len() > 64 || p.score.len() > 64 {
+        // A PreFilter (PreScore) plugin that returns Skip skips its own Filter (Score).
+        let pre_filter = self
+            .at(ExtensionPoint::PreFilter, Plugin::as_pre_filter)
+            .into_iter()
+            .map(|(name, x)| {
+                let skip = filter.iter().position(|(n, _)| *n == name);
+                (name, x, skip)
+            })
+            .collect();
+        let pre_score = self
+            .at(ExtensionPoint::PreScore, Plugin::as_pre_score)
+            .into_iter()
+            .map(|(name, x)| {
+                let skip = score.iter().position(|(n, _, _)| *n == name);
+                (name, x, skip)
+            })
+            .collect();
+        if filter.len() > 64 || score.len() > 64 {
             return Err(invalid("at most 64 Filter and 64 Score plugins".into()));
         }
-        if p.queue_sort.is_none() {
+        let Some(queue_sort) = queue_sort.pop() else {
             return Err(invalid("a QueueSort plugin must be enabled".into()));
-        }
-        if p.bind.is_empty() {
+        };
+        let bind = self.at(ExtensionPoint::Bind, Plugin::as_bind);
+        if bind.is_empty() {
             return Err(invalid("a Bind plugin must be enabled".into()));
         }
-        Ok(p)
+        Ok(Profile {
+            queue_sort: Some(queue_sort),
+            pre_filter,
+            filter,
+            post_filter: self.at(ExtensionPoint::PostFilter, Plugin::as_post_filter),
+            pre_score,
+            score,
+            reserve: self.at(ExtensionPoint::Reserve, Plugin::as_reserve),
+            permit: self.at(ExtensionPoint::Permit, Plugin::as_permit),
+            pre_bind: self.at(ExtensionPoint::PreBind, Plugin::as_pre_bind),
+            bind,
+            post_bind: self.at(ExtensionPoint::PostBind, Plugin::as_post_bind),
+            scheduler_name: self.scheduler_name,
+            plugins: self.plugins,
+            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
+        })
+    }
+
+    /// The plugins enabled at one extension point, in order, as that point's trait
+    /// (`cast` is the plugin's `as_*` method for it).
+    fn at<T: ?Sized>(
+        &self,
+        point: ExtensionPoint,
+        cast: fn(Arc<dyn Plugin>) -> Option<Arc<T>>,
+    ) -> Vec<Named<T>> {
+        self.plugins
+            .iter()
+            .filter(|p| {
+                let name = p.name();
+                !self.disabled.contains(&(name.to_owned(), point))
+                    && self.only.get(name).is_none_or(|only| only.contains(&point))
+            })
+            .filter_map(|p| Some((Arc::from(p.name()), cast(p.clone())?)))
+            .collect()
     }
 }
 

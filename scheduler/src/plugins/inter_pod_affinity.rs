@@ -14,6 +14,7 @@ use crate::framework::{
 };
 use crate::fxhash::FxHashMap;
 use crate::node_info::NodeInfo;
+use crate::plugins::node_memo::{ByPtr, NodeMemo};
 use crate::pod_info::{AffinityTerm, PodInfo};
 
 /// Reason: a required affinity term has no matching pod in the node's domain.
@@ -100,7 +101,12 @@ impl Default for InterPodAffinityArgs {
 #[derive(Debug, Default)]
 pub struct InterPodAffinity {
     args: InterPodAffinityArgs,
-    memo: parking_lot::Mutex<Option<AffinityMemo>>,
+    /// The counts of the last pod, reused for the next pod with the same labels,
+    /// namespace and terms (its signature) over the same node list.
+    memo: NodeMemo<(String, ByPtr<()>), Arc<CountSet>>,
+    /// The domain scores of the last pod scored, reused for the next pod with the same
+    /// labels, namespace and preferred terms.
+    score_memo: NodeMemo<(String, ByPtr<()>), Counts>,
 }
 
 impl InterPodAffinity {
@@ -108,7 +114,8 @@ impl InterPodAffinity {
     pub fn new(args: InterPodAffinityArgs) -> Self {
         InterPodAffinity {
             args,
-            memo: parking_lot::Mutex::default(),
+            memo: NodeMemo::default(),
+            score_memo: NodeMemo::default(),
         }
     }
 }
@@ -185,16 +192,6 @@ impl CountSet {
             }
         }
     }
-}
-
-/// The counts of the last pod, per node, reused for the next pod with the same labels,
-/// namespace and terms: only nodes that changed since are recounted.
-#[derive(Debug)]
-struct AffinityMemo {
-    signature: String,
-    layout: Arc<()>,
-    nodes: Vec<Arc<NodeInfo>>,
-    counts: Arc<CountSet>,
 }
 
 /// What the counts of a pod depend on, or `None` when they also depend on other
@@ -300,37 +297,20 @@ impl PreFilter for InterPodAffinity {
         let namespaces = snapshot.namespaces_arc().clone();
         let nodes = snapshot.nodes();
         let counts = match signature(pod, ns_labels.as_ref()) {
-            Some(sig) => {
-                let mut memo = self.memo.lock();
-                let reusable = memo.as_ref().is_some_and(|m| {
-                    m.signature == sig
-                        && Arc::ptr_eq(&m.layout, snapshot.layout())
-                        && m.nodes.len() == nodes.len()
-                });
-                if !reusable {
-                    let mut c = CountSet::default();
-                    for node in nodes {
-                        c.node(pod, node, ns_labels.as_ref(), &namespaces, has_own, 1);
-                    }
-                    *memo = Some(AffinityMemo {
-                        signature: sig,
-                        layout: snapshot.layout().clone(),
-                        nodes: nodes.to_vec(),
-                        counts: Arc::new(c),
-                    });
-                } else if let Some(m) = memo.as_mut() {
-                    let c = Arc::make_mut(&mut m.counts);
-                    for (old, new) in m.nodes.iter_mut().zip(nodes) {
-                        if Arc::ptr_eq(old, new) {
-                            continue;
-                        }
+            Some(sig) => self.memo.refresh(
+                (sig, ByPtr(snapshot.layout().clone())),
+                nodes.iter(),
+                nodes.len(),
+                Arc::<CountSet>::default,
+                |c, _, old, new| {
+                    let c = Arc::make_mut(c);
+                    if let Some(old) = old {
                         c.node(pod, old, ns_labels.as_ref(), &namespaces, has_own, -1);
-                        c.node(pod, new, ns_labels.as_ref(), &namespaces, has_own, 1);
-                        *old = new.clone();
                     }
-                }
-                memo.as_ref().map(|m| m.counts.clone()).unwrap_or_default()
-            }
+                    c.node(pod, new, ns_labels.as_ref(), &namespaces, has_own, 1);
+                },
+                Arc::clone,
+            ),
             None => {
                 let mut c = CountSet::default();
                 for node in snapshot.nodes_with_required_anti_affinity() {
@@ -433,60 +413,120 @@ impl Filter for InterPodAffinity {
 
 #[derive(Clone, Default)]
 struct ScoreState {
-    /// topology key → value → score.
-    scores: HashMap<String, HashMap<String, i64>>,
+    /// The score of each node being scored, by name.
+    by_node: FxHashMap<Arc<str>, i64>,
+}
+
+/// What the scores for a pod depend on besides the nodes, or `None` when they also
+/// depend on other namespaces' labels (a namespaceSelector in its preferred terms).
+fn score_signature(
+    pod: &PodInfo,
+    ns_labels: Option<&BTreeMap<String, String>>,
+    all_pods: bool,
+) -> Option<String> {
+    use std::fmt::Write;
+    let mut sig = format!(
+        "{all_pods}|{}|{:?}|{:?}",
+        pod.namespace, pod.labels, ns_labels
+    );
+    for (kind, terms) in [
+        ("a", &pod.preferred_affinity),
+        ("n", &pod.preferred_anti_affinity),
+    ] {
+        for t in terms {
+            if t.term.namespace_selector.is_some() {
+                return None;
+            }
+            let _ = write!(
+                sig,
+                "|{kind}{}:{}:{:?}:{}",
+                t.weight, t.term.selector, t.term.namespaces, t.term.topology_key
+            );
+        }
+    }
+    Some(sig)
 }
 
 impl InterPodAffinity {
+    /// Adds (`sign` 1) or takes out (-1) what the pods on `node` add to the scores of
+    /// its domains: `all_pods` counts every pod against the incoming pod's preferred
+    /// terms, else only the pods with affinity terms of their own are looked at.
+    #[allow(clippy::too_many_arguments)]
+    fn score_node(
+        &self,
+        scores: &mut Counts,
+        pod: &PodInfo,
+        pod_ns_labels: Option<&BTreeMap<String, String>>,
+        namespaces: &HashMap<String, BTreeMap<String, String>>,
+        node: &NodeInfo,
+        all_pods: bool,
+        sign: i64,
+    ) {
+        let existing = if all_pods {
+            &node.pods
+        } else {
+            &node.pods_with_affinity
+        };
+        for existing in existing {
+            self.score_existing(scores, pod, pod_ns_labels, existing, namespaces, node, sign);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn score_existing(
         &self,
-        scores: &mut HashMap<String, HashMap<String, i64>>,
+        scores: &mut Counts,
         pod: &PodInfo,
         pod_ns_labels: Option<&BTreeMap<String, String>>,
         existing: &PodInfo,
         namespaces: &HashMap<String, BTreeMap<String, String>>,
         node: &NodeInfo,
+        sign: i64,
     ) {
-        let labels = node.labels();
-        let mut bump = |key: &str, w: i64| {
-            if let Some(v) = labels.get(key) {
-                *scores
-                    .entry(key.to_owned())
-                    .or_default()
-                    .entry(v.clone())
-                    .or_insert(0) += w;
-            }
-        };
         for t in &pod.preferred_affinity {
             if term_matches(&t.term, existing, namespaces) {
-                bump(&t.term.topology_key, i64::from(t.weight));
+                scores.add(&t.term.topology_key, node, sign * i64::from(t.weight));
             }
         }
         for t in &pod.preferred_anti_affinity {
             if term_matches(&t.term, existing, namespaces) {
-                bump(&t.term.topology_key, -i64::from(t.weight));
+                scores.add(&t.term.topology_key, node, -sign * i64::from(t.weight));
             }
         }
         if self.args.hard_pod_affinity_weight > 0 {
             for t in &existing.required_affinity {
                 if t.matches(pod, pod_ns_labels) {
-                    bump(&t.topology_key, self.args.hard_pod_affinity_weight);
+                    scores.add(
+                        &t.topology_key,
+                        node,
+                        sign * self.args.hard_pod_affinity_weight,
+                    );
                 }
             }
         }
         if !self.args.ignore_preferred_terms_of_existing_pods {
             for t in &existing.preferred_affinity {
                 if t.term.matches(pod, pod_ns_labels) {
-                    bump(&t.term.topology_key, i64::from(t.weight));
+                    scores.add(&t.term.topology_key, node, sign * i64::from(t.weight));
                 }
             }
             for t in &existing.preferred_anti_affinity {
                 if t.term.matches(pod, pod_ns_labels) {
-                    bump(&t.term.topology_key, -i64::from(t.weight));
+                    scores.add(&t.term.topology_key, node, -sign * i64::from(t.weight));
                 }
             }
         }
     }
+}
+
+/// The score of `node` under domain scores.
+fn node_score(scores: &Counts, node: &NodeInfo) -> i64 {
+    let labels = node.labels();
+    scores
+        .0
+        .iter()
+        .filter_map(|(key, values)| labels.get(&**key).and_then(|v| values.get(v.as_str())))
+        .sum()
 }
 
 impl PreScore for InterPodAffinity {
@@ -502,43 +542,78 @@ impl PreScore for InterPodAffinity {
         }
         let has_constraints =
             !(pod.preferred_affinity.is_empty() && pod.preferred_anti_affinity.is_empty());
-        if !has_constraints && self.args.ignore_preferred_terms_of_existing_pods {
+        if !has_constraints
+            && (self.args.ignore_preferred_terms_of_existing_pods
+                || snapshot.nodes_with_affinity().next().is_none())
+        {
             return Ok(PreScoreResult::Skip);
         }
         let ns_labels = snapshot.namespace_labels(&pod.namespace);
         let namespaces = snapshot.namespaces();
-        let mut scores = HashMap::new();
-        if has_constraints {
-            for node in snapshot.nodes() {
-                for existing in &node.pods {
-                    self.score_existing(&mut scores, pod, ns_labels, existing, namespaces, node);
-                }
+        // Scores by domain over every node's pods (kept from the last pod with the
+        // same signature: only the nodes that changed since are looked at again),
+        // then each node being scored reads its domains'.
+        let by_node = |scores: &Counts| -> Option<FxHashMap<Arc<str>, i64>> {
+            if scores.is_empty() {
+                return None;
             }
-        } else {
-            for node in snapshot.nodes_with_affinity() {
-                for existing in &node.pods_with_affinity {
-                    self.score_existing(&mut scores, pod, ns_labels, existing, namespaces, node);
+            Some(
+                nodes
+                    .iter()
+                    .map(|n| (n.name_arc().clone(), node_score(scores, n)))
+                    .collect(),
+            )
+        };
+        let by_node = match score_signature(pod, ns_labels, has_constraints) {
+            Some(sig) => self.score_memo.refresh(
+                (sig, ByPtr(snapshot.layout().clone())),
+                snapshot.nodes().iter(),
+                snapshot.nodes().len(),
+                Counts::default,
+                |c, _, old, new| {
+                    if let Some(old) = old {
+                        self.score_node(c, pod, ns_labels, namespaces, old, has_constraints, -1);
+                    }
+                    self.score_node(c, pod, ns_labels, namespaces, new, has_constraints, 1);
+                },
+                by_node,
+            ),
+            None => {
+                let mut scores = Counts::default();
+                let with_pods: Box<dyn Iterator<Item = &Arc<NodeInfo>>> = if has_constraints {
+                    Box::new(snapshot.nodes().iter())
+                } else {
+                    Box::new(snapshot.nodes_with_affinity())
+                };
+                for node in with_pods {
+                    self.score_node(
+                        &mut scores,
+                        pod,
+                        ns_labels,
+                        namespaces,
+                        node,
+                        has_constraints,
+                        1,
+                    );
                 }
+                by_node(&scores)
             }
-        }
-        if scores.is_empty() {
+        };
+        let Some(by_node) = by_node else {
             return Ok(PreScoreResult::Skip);
-        }
-        state.insert(ScoreState { scores });
+        };
+        state.insert(ScoreState { by_node });
         Ok(PreScoreResult::Run)
     }
 }
 
 impl Score for InterPodAffinity {
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
-        let Some(s) = state.get::<ScoreState>() else {
-            return Ok(0);
-        };
-        let labels = node.labels();
-        Ok(s.scores
-            .iter()
-            .filter_map(|(key, values)| labels.get(key).and_then(|v| values.get(v)))
-            .sum())
+        Ok(state
+            .get::<ScoreState>()
+            .and_then(|s| s.by_node.get(node.name()))
+            .copied()
+            .unwrap_or(0))
     }
 
     fn normalize_scores(

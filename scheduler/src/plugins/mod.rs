@@ -5,6 +5,7 @@ mod basic;
 mod default_preemption;
 pub(crate) mod helpers;
 mod inter_pod_affinity;
+mod node_memo;
 mod node_resources;
 mod pod_topology_spread;
 

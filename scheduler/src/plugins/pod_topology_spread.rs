@@ -18,6 +18,7 @@ use crate::framework::{
 };
 use crate::fxhash::FxHashMap;
 use crate::node_info::NodeInfo;
+use crate::plugins::node_memo::{ByPtr, NodeMemo};
 use crate::pod_info::PodInfo;
 
 /// Reason: placing the pod here would exceed a constraint's `maxSkew`.
@@ -48,19 +49,20 @@ pub struct PodTopologySpread {
     /// Matching-pod counts of the last single-constraint PreFilter, per node, reused
     /// for the nodes that did not change since (most of them, from one pod to the
     /// next).
-    memo: parking_lot::Mutex<Option<CountMemo>>,
+    memo: NodeMemo<SpreadKey, DomainCounts>,
+    /// The same for PreScore's ScheduleAnyway constraint.
+    score_memo: NodeMemo<SpreadKey, DomainCounts>,
 }
 
-/// Per-node counts of pods matching one constraint, for one set of nodes.
+/// Namespace, selector and topology key the counts are for, and the domain index
+/// (of one snapshot's node list) they follow.
+type SpreadKey = (String, String, String, ByPtr<TopologyIndex>);
+
+/// Counts of pods matching one constraint.
 #[derive(Debug)]
-struct CountMemo {
-    /// Namespace, selector and topology key the counts are for.
-    id: (String, String, String),
-    /// The domain index the counts follow.
-    index: Arc<TopologyIndex>,
-    /// Per entry of `index.nodes`: the node as counted, and its count (`None`: the
-    /// node was not included).
-    nodes: Vec<(Arc<NodeInfo>, i64)>,
+struct DomainCounts {
+    /// Per entry of the index's nodes.
+    by_node: Vec<i64>,
     /// Per domain: the sum, and how many nodes were included.
     domains: Vec<(i64, usize)>,
 }
@@ -102,7 +104,8 @@ impl PodTopologySpread {
         }
         Ok(PodTopologySpread {
             defaults,
-            memo: parking_lot::Mutex::default(),
+            memo: NodeMemo::default(),
+            score_memo: NodeMemo::default(),
         })
     }
 
@@ -302,6 +305,64 @@ impl Plugin for PodTopologySpread {
     }
 }
 
+/// Whether the counts for `constraints` may come from a memo: one constraint whose node
+/// inclusion does not depend on the pod.
+fn memoizable(constraints: &[Constraint], pod: &PodInfo) -> bool {
+    constraints.len() == 1
+        && !constraints[0].honor_taints
+        && (!constraints[0].honor_affinity || !has_node_constraints(pod))
+}
+
+/// Pods matching `c` per domain of `index` (domains with no node left out), from `memo`:
+/// only the nodes that changed since the last pod with the same selector are recounted.
+fn memo_counts(
+    memo: &NodeMemo<SpreadKey, DomainCounts>,
+    pod: &PodInfo,
+    c: &Constraint,
+    index: &Arc<TopologyIndex>,
+    snapshot: &Snapshot,
+) -> FxHashMap<Arc<str>, i64> {
+    let id = (
+        pod.namespace.clone(),
+        c.selector.to_string(),
+        c.key.clone(),
+        ByPtr(index.clone()),
+    );
+    let nodes = snapshot.nodes();
+    // Every node of the index exists in the snapshot it was built from.
+    let indexed = index.nodes.iter().filter_map(|&(ni, _)| nodes.get(ni));
+    memo.refresh(
+        id,
+        indexed,
+        index.nodes.len(),
+        || DomainCounts {
+            by_node: vec![0; index.nodes.len()],
+            domains: vec![(0, 0); index.domains.len()],
+        },
+        |m, k, old, new| {
+            let n = c.count(pod, new);
+            let di = index.nodes.get(k).map_or(usize::MAX, |&(_, di)| di);
+            if let (Some(d), Some(slot)) = (m.domains.get_mut(di), m.by_node.get_mut(k)) {
+                if old.is_some() {
+                    d.0 += n - *slot;
+                } else {
+                    *d = (d.0 + n, d.1 + 1);
+                }
+                *slot = n;
+            }
+        },
+        |m| {
+            index
+                .domains
+                .iter()
+                .zip(&m.domains)
+                .filter(|(_, (_, included))| *included > 0)
+                .map(|(domain, (n, _))| (domain.clone(), *n))
+                .collect()
+        },
+    )
+}
+
 impl PreFilter for PodTopologySpread {
     fn pre_filter(
         &self,
@@ -318,57 +379,12 @@ impl PreFilter for PodTopologySpread {
         // The nodes that have the first constraint's key, with their domain, come from
         // the snapshot's index: no label lookups per node for it.
         let index = snapshot.topology_index(&constraints[0].key);
-        let simple = constraints.len() == 1
-            && !constraints[0].honor_taints
-            && (!constraints[0].honor_affinity || !has_node_constraints(pod));
-        if simple {
+        if memoizable(&constraints, pod) {
             // One constraint whose node inclusion does not depend on this pod: recount
             // only the nodes that changed since the last pod with the same selector.
-            let c = &constraints[0];
-            let id = (pod.namespace.clone(), c.selector.to_string(), c.key.clone());
-            let nodes = snapshot.nodes();
-            let mut memo = self.memo.lock();
-            let reusable = memo
-                .as_ref()
-                .is_some_and(|m| m.id == id && Arc::ptr_eq(&m.index, &index));
-            if !reusable {
-                let mut fresh = CountMemo {
-                    id,
-                    index: index.clone(),
-                    nodes: Vec::with_capacity(index.nodes.len()),
-                    domains: vec![(0, 0); index.domains.len()],
-                };
-                for &(ni, di) in &index.nodes {
-                    let Some(node) = nodes.get(ni) else { continue };
-                    let n = c.count(pod, node);
-                    if let Some(d) = fresh.domains.get_mut(di) {
-                        d.0 += n;
-                        d.1 += 1;
-                    }
-                    fresh.nodes.push((node.clone(), n));
-                }
-                *memo = Some(fresh);
-            } else if let Some(m) = memo.as_mut() {
-                for (k, &(ni, di)) in index.nodes.iter().enumerate() {
-                    let (Some(node), Some(slot)) = (nodes.get(ni), m.nodes.get_mut(k)) else {
-                        continue;
-                    };
-                    if Arc::ptr_eq(&slot.0, node) {
-                        continue;
-                    }
-                    let n = c.count(pod, node);
-                    if let Some(d) = m.domains.get_mut(di) {
-                        d.0 += n - slot.1;
-                    }
-                    *slot = (node.clone(), n);
-                }
-            }
-            if let (Some(m), Some(out)) = (memo.as_ref(), counts.first_mut()) {
-                for (domain, (n, included)) in index.domains.iter().zip(&m.domains) {
-                    if *included > 0 {
-                        out.insert(domain.clone(), *n);
-                    }
-                }
+            let domain_counts = memo_counts(&self.memo, pod, &constraints[0], &index, snapshot);
+            if let Some(out) = counts.first_mut() {
+                *out = domain_counts;
             }
         } else {
             let mut first: Vec<Option<i64>> = vec![None; index.domains.len()];
@@ -528,7 +544,15 @@ impl PreScore for PodTopologySpread {
             })
             .collect();
         let needs_counting = constraints.iter().any(|c| c.key != HOSTNAME);
-        if needs_counting {
+        if needs_counting && memoizable(&constraints, pod) {
+            let index = snapshot.topology_index(&constraints[0].key);
+            let all = memo_counts(&self.score_memo, pod, &constraints[0], &index, snapshot);
+            if let Some(m) = counts.first_mut() {
+                for (domain, n) in m.iter_mut() {
+                    *n = all.get(domain).copied().unwrap_or(0);
+                }
+            }
+        } else if needs_counting {
             for node in snapshot.nodes() {
                 if !has_all_keys(&constraints, node) {
                     continue;

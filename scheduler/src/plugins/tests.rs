@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keelson_core::k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity as K8sNodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, PodAffinity, PodAffinityTerm, PreferredSchedulingTerm, Toleration,
-    TopologySpreadConstraint, WeightedPodAffinityTerm,
+    NodeSelectorTerm, PodAffinity, PodAffinityTerm, PodAntiAffinity, PreferredSchedulingTerm,
+    Toleration, TopologySpreadConstraint, WeightedPodAffinityTerm,
 };
 use keelson_core::k8s_openapi::api::core::v1::{Node, Pod};
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
@@ -1197,4 +1197,73 @@ fn affinity_counts_stay_right_as_nodes_change_between_pods() {
         fits(&p, &pi(pod("x").label("app", "x").obj()), &snap).len(),
         3
     );
+}
+
+#[test]
+fn scores_kept_between_pods_equal_scores_counted_afresh() {
+    use crate::cache::Cache;
+    // One profile keeps its PreScore counts from pod to pod; a new one each step
+    // counts from scratch.
+    let plugins = || -> Vec<Arc<dyn Plugin>> {
+        vec![
+            Arc::new(InterPodAffinity::default()),
+            Arc::new(PodTopologySpread::default()),
+        ]
+    };
+    let kept = profile(plugins());
+    let cache = Cache::new();
+    for (n, z) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c")] {
+        cache.add_or_update_node(Arc::new(zoned(n, z)));
+    }
+    let term = |weight: i32, key: &str| WeightedPodAffinityTerm {
+        weight,
+        pod_affinity_term: PodAffinityTerm {
+            label_selector: Some(selector(&[("app", "web")])),
+            topology_key: key.into(),
+            ..PodAffinityTerm::default()
+        },
+    };
+    let incoming = || {
+        pi(pod("new")
+            .label("app", "web")
+            .spread(spread("zone", 1, None, false))
+            .affinity(Affinity {
+                pod_affinity: Some(PodAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![term(
+                        10, "zone",
+                    )]),
+                    ..PodAffinity::default()
+                }),
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![term(
+                        30,
+                        "kubernetes.io/hostname",
+                    )]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            })
+            .obj())
+    };
+    let mut snap = Snapshot::default();
+    type Step = Box<dyn Fn(&Cache)>;
+    let steps: Vec<Step> = vec![
+        Box::new(|_| {}),
+        Box::new(|c| c.add_or_update_pod(pi(web("w1", "a1")))),
+        Box::new(|c| c.add_or_update_pod(pi(web("w2", "a1")))),
+        Box::new(|c| c.add_or_update_pod(pi(web("w3", "b1")))),
+        Box::new(|c| c.add_or_update_pod(pi(pod("other").label("app", "x").node("c1").obj()))),
+        Box::new(|c| c.remove_pod("uid-w1")),
+        Box::new(|c| c.remove_pod("uid-w2")),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for step in steps {
+        step(&cache);
+        cache.update_snapshot(&mut snap);
+        let fresh = scores(&profile(plugins()), &incoming(), &snap);
+        assert_eq!(scores(&kept, &incoming(), &snap), fresh);
+        seen.insert(format!("{fresh:?}"));
+    }
+    // The steps changed the scores (the comparison was not between constants).
+    assert!(seen.len() >= 3, "{seen:?}");
 }
