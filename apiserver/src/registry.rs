@@ -178,17 +178,15 @@ fn set_resource_version(obj: &mut Value, revision: Revision) {
     }
 }
 
-fn encode(obj: &Value) -> Result<Bytes, Error> {
-    let stored = if obj.pointer("/metadata/resourceVersion").is_some() {
-        let mut copy = obj.clone();
-        if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("resourceVersion");
-        }
-        serde_json::to_vec(&copy)
-    } else {
-        serde_json::to_vec(obj)
-    };
-    stored.map(Bytes::from).map_err(Error::internal)
+fn encode(obj: &mut Value) -> Result<Bytes, Error> {
+    // The version is the store's to say: it is never stored. Every caller sets it again
+    // from the write's revision.
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(obj)
+        .map(Bytes::from)
+        .map_err(Error::internal)
 }
 
 fn meta(obj: &Value) -> &Map<String, Value> {
@@ -661,7 +659,7 @@ impl Registry {
         let mut name = name;
         let mut attempts = 0;
         let created = loop {
-            let result = match encode(&obj) {
+            let result = match encode(&mut obj) {
                 Ok(value) => self
                     .store
                     .create(&key, value)
@@ -985,7 +983,7 @@ impl Registry {
         }
         let kv = self
             .store
-            .update(&key, encode(&next)?, current_kv.mod_revision)
+            .update(&key, encode(&mut next)?, current_kv.mod_revision)
             .await
             .map_err(|e| store_error(rt, name, e))?;
         set_resource_version(&mut next, kv.mod_revision);
@@ -993,6 +991,45 @@ impl Registry {
         if meta_str(&next, "deletionTimestamp").is_some() && finalizers(&next).is_empty() {
             return self.remove(rt, &key, name, kv.mod_revision).await;
         }
+        Ok(self.offer(rt, kv.mod_revision, next))
+    }
+
+    /// Writes `next` over version `revision` of an object, for a subresource whose change
+    /// the server itself makes (a pod's binding): admission sees the update, but the
+    /// object is not defaulted or validated again, as Kubernetes' binding storage writes
+    /// it. 409 when the object changed after `revision`.
+    pub(crate) async fn replace_as_server(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: &str,
+        current: &Value,
+        mut next: Value,
+        revision: Revision,
+    ) -> Result<Arc<Value>, Error> {
+        let rt = &res.rt;
+        let key = rt.key(namespace, name)?;
+        let request = AdmissionRequest {
+            operation: Operation::Update,
+            user: &self.user,
+            resource: rt,
+            namespace,
+            name,
+            old: Some(current),
+            status_only: false,
+        };
+        self.admission.run_mutating(&request, &mut next).await?;
+        self.admission.run_validating(&request, &next).await?;
+        if self.dry_run {
+            set_resource_version(&mut next, revision);
+            return Ok(Arc::new(next));
+        }
+        let kv = self
+            .store
+            .update(&key, encode(&mut next)?, revision)
+            .await
+            .map_err(|e| store_error(rt, name, e))?;
+        set_resource_version(&mut next, kv.mod_revision);
         Ok(self.offer(rt, kv.mod_revision, next))
     }
 
@@ -1121,7 +1158,7 @@ impl Registry {
             }
             let kv = self
                 .store
-                .update(&key, encode(&obj)?, kv.mod_revision)
+                .update(&key, encode(&mut obj)?, kv.mod_revision)
                 .await
                 .map_err(|e| store_error(rt, name, e))?;
             set_resource_version(&mut obj, kv.mod_revision);
@@ -1655,9 +1692,6 @@ pub(crate) enum UpdateMode {
     Object,
     /// Only the status (the `status` subresource).
     Status,
-    /// Spec and status together, as a subresource of the server's own writes them
-    /// (`binding` sets a pod's node and its PodScheduled condition).
-    Whole,
 }
 
 /// The status an object starts with. For kinds with a status subresource the client's

@@ -271,7 +271,13 @@ impl Registry {
             ));
         }
         for attempt in 0.. {
-            let mut pod = (*self.get_shared(pods, namespace, name).await?).clone();
+            let current = self.get_shared(pods, namespace, name).await?;
+            let revision = current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|rv| rv.parse().ok())
+                .ok_or_else(|| Error::internal(format!("pod {name} has no resourceVersion")))?;
+            let mut pod = (*current).clone();
             if pod.pointer("/metadata/deletionTimestamp").is_some() {
                 return Err(Error::conflict(
                     &pods.rt,
@@ -312,7 +318,7 @@ impl Registry {
                        "lastTransitionTime": crate::registry::now().to_string()}),
             );
             match self
-                .update_in_mode(pods, namespace, name, pod, UpdateMode::Whole)
+                .replace_as_server(pods, namespace, name, &current, pod, revision)
                 .await
             {
                 Ok(_) => return Ok(success(201)),
