@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use super::logs::{read_log, LogWriter, Stream};
 use super::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
-    LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
+    ExecRequest, ExecSession, LogOptions, LogStream, Runtime, SandboxConfig, SandboxState,
+    SandboxStatus,
 };
 use crate::error::RuntimeError;
 
@@ -497,6 +498,42 @@ impl ProcessRuntime {
         Ok((root, cwd))
     }
 
+    /// The command of an exec in container `id`: its environment and working directory, in
+    /// its process group (so that stopping the container ends it too), ended when dropped.
+    fn exec_command(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<(tokio::process::Command, String), RuntimeError> {
+        let c = self.container(id)?;
+        let Some(pgid) = c.pgid() else {
+            return Err(RuntimeError::InvalidState(format!(
+                "container {id} is not running"
+            )));
+        };
+        let Some(program) = command.first() else {
+            return Err(RuntimeError::InvalidConfig("exec: no command given".into()));
+        };
+        let root = c.dir.join("root");
+        let cwd = lock(&c.state).cwd.clone().unwrap_or_else(|| root.clone());
+        let env = self.environment(&c, &root);
+        let path_env = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        let path = find_program(program, path_env, &cwd)?;
+        let mut cmd = tokio::process::Command::new(path);
+        cmd.arg0(program)
+            .args(&command[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cwd)
+            .process_group(pgid.as_raw_nonzero().get())
+            .kill_on_drop(true);
+        Ok((cmd, program.clone()))
+    }
+
     fn environment(&self, c: &Container, root: &Path) -> Vec<(String, String)> {
         let cfg = &c.meta.config;
         let mut env: Vec<(String, String)> = Vec::new();
@@ -962,36 +999,10 @@ impl Runtime for ProcessRuntime {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, RuntimeError> {
-        let c = self.container(id)?;
-        let Some(pgid) = c.pgid() else {
-            return Err(RuntimeError::InvalidState(format!(
-                "container {id} is not running"
-            )));
-        };
-        let Some(program) = command.first() else {
-            return Err(RuntimeError::InvalidConfig("exec: no command given".into()));
-        };
-        let root = c.dir.join("root");
-        let cwd = lock(&c.state).cwd.clone().unwrap_or_else(|| root.clone());
-        let env = self.environment(&c, &root);
-        let path_env = env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        let path = find_program(program, path_env, &cwd)?;
-        let mut cmd = tokio::process::Command::new(path);
-        cmd.arg0(program)
-            .args(&command[1..])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cwd)
-            .stdin(std::process::Stdio::null())
+        let (mut cmd, program) = self.exec_command(id, command)?;
+        cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            // In the container's group, so that stopping the container ends it too.
-            .process_group(pgid.as_raw_nonzero().get())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::piped());
         let child = cmd
             .spawn()
             .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
@@ -1010,6 +1021,59 @@ impl Runtime for ProcessRuntime {
                 .unwrap_or(255),
             stdout: out.stdout,
             stderr: out.stderr,
+        })
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, RuntimeError> {
+        if request.tty {
+            return Err(RuntimeError::Unsupported(
+                "the process runtime cannot give a command a terminal: run it without a TTY \
+                 (kubectl exec -i, without -t)"
+                    .into(),
+            ));
+        }
+        let (mut cmd, program) = self.exec_command(id, &request.command)?;
+        let stdin = if request.stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        };
+        cmd.stdin(stdin)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
+        let taken = (child.stdout.take(), child.stderr.take());
+        let (Some(stdout), Some(stderr)) = taken else {
+            return Err(RuntimeError::Other(format!(
+                "exec {program}: its output pipes are missing"
+            )));
+        };
+        let stdin = child
+            .stdin
+            .take()
+            .map(|w| -> super::ExecWriter { Box::pin(w) });
+        let exit = Box::pin(async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| RuntimeError::Other(format!("exec {program}: {e}")))?;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255))
+        });
+        Ok(ExecSession {
+            stdin,
+            stdout: Box::pin(stdout),
+            stderr: Some(Box::pin(stderr)),
+            exit,
+            resize: None,
         })
     }
 

@@ -1,0 +1,245 @@
+//! `exec` over a WebSocket: the Kubernetes channel protocols `v5.channel.k8s.io` and
+//! `v4.channel.k8s.io`.
+//!
+//! Every binary message starts with its channel: 0 standard input (client to server),
+//! 1 standard output, 2 standard error, 3 the error channel (one `Status` in JSON when the
+//! command ends: `Success`, or `Failure` with reason `NonZeroExitCode` and the exit code
+//! as the message of a cause with reason `ExitCode`), 4 terminal resize
+//! (`{"Width":w,"Height":h}`). v5 adds channel 255, a close signal: `[255, 0]` from the
+//! client ends standard input. When the command has ended and its output is sent, the
+//! server sends the error channel's `Status` and closes the WebSocket normally (1000).
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::error::RuntimeError;
+use crate::runtime::{ExecReader, ExecSession};
+
+/// The subprotocols served, most preferred first.
+pub(crate) const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// What the client asked to see.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wanted {
+    pub stdout: bool,
+    pub stderr: bool,
+    /// The client speaks v5 (close signals).
+    pub v5: bool,
+}
+
+/// The error channel's `Status` for a command that ended with `code`.
+pub(crate) fn exit_status(command: &[String], code: i32) -> Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!(
+            "command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+/// The error channel's `Status` for a command that could not run.
+pub(crate) fn failure_status(e: &RuntimeError) -> Value {
+    let (reason, code, message) = match e {
+        RuntimeError::Unsupported(m) | RuntimeError::InvalidConfig(m) => {
+            ("BadRequest", 400, m.clone())
+        }
+        other => (
+            "InternalError",
+            500,
+            format!("Internal error occurred: error executing command in container: {other}"),
+        ),
+    };
+    json!({
+        "metadata": {}, "status": "Failure", "message": message, "reason": reason,
+        "code": code,
+    })
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut m = Vec::with_capacity(1 + data.len());
+    m.push(channel);
+    m.extend_from_slice(data);
+    Message::Binary(Bytes::from(m))
+}
+
+/// Copies one output of the command to its channel (or drops it when the client did
+/// not ask for it).
+async fn pump(mut from: ExecReader, channel: Option<u8>, to: mpsc::Sender<Message>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Some(c) = channel {
+                    if to.send(frame(c, &buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one exec session on an upgraded WebSocket: `started` is the command (or why it
+/// could not start).
+pub(crate) async fn serve(
+    socket: WebSocket,
+    wanted: Wanted,
+    command: Vec<String>,
+    started: Result<ExecSession, RuntimeError>,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let session = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let status = failure_status(&e);
+            let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+            let _ = sink.send(normal_close()).await;
+            return;
+        }
+    };
+    let ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        exit,
+        resize,
+    } = session;
+
+    // Input: standard input, resizes, the close signal; pings are answered by the
+    // WebSocket layer as long as somebody reads.
+    let input = tokio::spawn(async move {
+        let mut stdin = stdin;
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(d) => d,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, rest)) = data.split_first() else {
+                continue;
+            };
+            match channel {
+                STDIN => {
+                    if let Some(w) = stdin.as_mut() {
+                        if w.write_all(rest).await.is_err() || w.flush().await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                RESIZE => {
+                    if let (Some(resize), Ok(size)) =
+                        (&resize, serde_json::from_slice::<Value>(rest))
+                    {
+                        let dim = |k: &str| {
+                            size.get(k)
+                                .and_then(Value::as_u64)
+                                .and_then(|v| u16::try_from(v).ok())
+                        };
+                        if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
+                            resize(w, h);
+                        }
+                    }
+                }
+                CLOSE if wanted.v5 && rest.first() == Some(&STDIN) => {
+                    if let Some(mut w) = stdin.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The client went away (or closed): the command's input ends.
+        if let Some(mut w) = stdin.take() {
+            let _ = w.shutdown().await;
+        }
+    });
+
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    let mut pumps = vec![tokio::spawn(pump(
+        stdout,
+        wanted.stdout.then_some(STDOUT),
+        tx.clone(),
+    ))];
+    if let Some(stderr) = stderr {
+        pumps.push(tokio::spawn(pump(
+            stderr,
+            wanted.stderr.then_some(STDERR),
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+    let mut client_gone = false;
+    while let Some(m) = rx.recv().await {
+        if sink.send(m).await.is_err() {
+            client_gone = true;
+            break;
+        }
+    }
+    if client_gone {
+        // Dropping the session ends the command.
+        input.abort();
+        for p in pumps {
+            p.abort();
+        }
+        return;
+    }
+    let status = match exit.await {
+        Ok(code) => exit_status(&command, code),
+        Err(e) => failure_status(&e),
+    };
+    let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+    let _ = sink.send(normal_close()).await;
+    input.abort();
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_zero_exit_is_a_failure_with_the_code_as_a_cause() {
+        let command = vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()];
+        let s = exit_status(&command, 3);
+        assert_eq!(s["status"], "Failure");
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        assert_eq!(exit_status(&command, 0)["status"], "Success");
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_an_internal_error() {
+        let s = failure_status(&RuntimeError::CommandNotFound("no such program".into()));
+        assert_eq!(s["code"], 500);
+        assert!(s["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("no such program")));
+        let s = failure_status(&RuntimeError::Unsupported("no terminal".into()));
+        assert_eq!(s["code"], 400);
+    }
+}
