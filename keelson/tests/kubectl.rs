@@ -1162,6 +1162,31 @@ fn kubectl_exec_and_port_forward_reach_a_pod_through_the_api_server() {
     assert!(out.status.success(), "exec -i: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\nWORLD\ndone\n");
 
+    // A terminal (`-t`): kubectl wants one of its own, which `script` gives it; the
+    // command sees a terminal of kubectl's size.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let inner = format!(
+            "stty cols 100 rows 40; /usr/bin/kubectl --kubeconfig {} exec -it web -- sh -c 'tty; stty size; exit 4'",
+            c.kubeconfig.display()
+        );
+        let out = Command::new("/usr/bin/script")
+            .args(["-qec", &inner, "/dev/null"])
+            .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script");
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert_eq!(out.status.code(), Some(4), "{text}");
+        assert!(text.starts_with("/dev/pts/"), "{text}");
+        assert!(text.contains("\n40 100\n"), "{text}");
+        assert!(
+            text.contains("command terminated with exit code 4"),
+            "{text}"
+        );
+    } else {
+        eprintln!("SKIPPED the `exec -t` check: /usr/bin/script (util-linux) is not installed");
+    }
+
     // Errors as Kubernetes words them.
     let err = c.fails(&["exec", "web", "-c", "other", "--", "true"]);
     assert!(

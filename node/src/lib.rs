@@ -106,9 +106,10 @@
 //!   `kubectl exec`, streaming, through [`Runtime::exec_stream`]. Each binary message
 //!   starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the closing `Status`, 4
 //!   resize, 255 v5's close signal). The exit code travels as Kubernetes sends it: a
-//!   `Failure` `Status` with reason `NonZeroExitCode` and a cause `ExitCode`. A terminal
-//!   (`tty=true`) is refused by [`ProcessRuntime`]; SPDY exec is refused (kubectl only
-//!   falls back to it when the WebSocket fails).
+//!   `Failure` `Status` with reason `NonZeroExitCode` and a cause `ExitCode`. With
+//!   `tty=true`, [`ProcessRuntime`] gives the command a pseudo-terminal (resized from
+//!   channel 4; no controlling terminal, so shells run without job control). SPDY exec is
+//!   refused (kubectl only falls back to it when the WebSocket fails).
 //! - `GET /portforward/{namespace}/{pod}` upgraded to a WebSocket with subprotocol
 //!   `SPDY/3.1+portforward.k8s.io` (SPDY frames carried in binary messages: what kubectl
 //!   1.31+ sends first), or `POST` with `Upgrade: SPDY/3.1` and

@@ -498,6 +498,63 @@ impl ProcessRuntime {
         Ok((root, cwd))
     }
 
+    /// An exec on a new pseudo-terminal: the command's standard streams are the terminal,
+    /// the caller reads and writes its other side. The command gets no controlling terminal
+    /// (that needs `setsid` between fork and exec, which this crate does not do without
+    /// `unsafe`): programs work, job control in shells does not.
+    fn exec_with_terminal(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<ExecSession, RuntimeError> {
+        use rustix::pty::{grantpt, ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
+        let (mut cmd, program) = self.exec_command(id, command)?;
+        let terminal = |e: std::io::Error| {
+            RuntimeError::Other(format!("exec {program}: cannot make a terminal: {e}"))
+        };
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = openpt(flags).map_err(|e| terminal(e.into()))?;
+        grantpt(&master).map_err(|e| terminal(e.into()))?;
+        unlockpt(&master).map_err(|e| terminal(e.into()))?;
+        let side = ioctl_tiocgptpeer(&master, flags).map_err(|e| terminal(e.into()))?;
+        cmd.stdin(side.try_clone().map_err(terminal)?)
+            .stdout(side.try_clone().map_err(terminal)?)
+            .stderr(side);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
+        // The command's side must be closed here, so that reads see its end.
+        drop(cmd);
+        let reader = std::fs::File::from(master.try_clone().map_err(terminal)?);
+        let writer = std::fs::File::from(master.try_clone().map_err(terminal)?);
+        let exit = Box::pin(async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| RuntimeError::Other(format!("exec {program}: {e}")))?;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255))
+        });
+        Ok(ExecSession {
+            stdin: Some(Box::pin(tokio::fs::File::from_std(writer))),
+            // A read of a terminal whose other side is closed fails (EIO): the end.
+            stdout: Box::pin(tokio::fs::File::from_std(reader)),
+            stderr: None,
+            exit,
+            resize: Some(Box::new(move |width, height| {
+                let size = rustix::termios::Winsize {
+                    ws_col: width,
+                    ws_row: height,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let _ = rustix::termios::tcsetwinsize(&master, size);
+            })),
+        })
+    }
+
     /// The command of an exec in container `id`: its environment and working directory, in
     /// its process group (so that stopping the container ends it too), ended when dropped.
     fn exec_command(
@@ -1030,11 +1087,7 @@ impl Runtime for ProcessRuntime {
         request: &ExecRequest,
     ) -> Result<ExecSession, RuntimeError> {
         if request.tty {
-            return Err(RuntimeError::Unsupported(
-                "the process runtime cannot give a command a terminal: run it without a TTY \
-                 (kubectl exec -i, without -t)"
-                    .into(),
-            ));
+            return self.exec_with_terminal(id, &request.command);
         }
         let (mut cmd, program) = self.exec_command(id, &request.command)?;
         let stdin = if request.stdin {
