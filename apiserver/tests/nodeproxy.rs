@@ -109,13 +109,17 @@ async fn upgrade(base: &str, method: &str, path: &str) -> (String, String) {
         head.push_str(&line);
     }
     if !status.contains(" 101 ") {
-        let mut body = String::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            reader.read_to_string(&mut body),
-        )
-        .await;
-        return (status, body);
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).await.expect("body");
+        return (status, String::from_utf8_lossy(&body).into_owned());
     }
     let mut first = String::new();
     reader.read_line(&mut first).await.expect("first line");
