@@ -18,6 +18,44 @@ use super::{
 };
 use crate::error::RuntimeError;
 
+/// A command's standard input whose shutdown closes the pipe (tokio's keeps it open
+/// until it is dropped), so that the command reads its end.
+struct ClosingStdin(Option<tokio::process::ChildStdin>);
+
+impl tokio::io::AsyncWrite for ClosingStdin {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            None => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(w) => std::pin::Pin::new(w).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(w) = self.0.as_mut() {
+            std::task::ready!(std::pin::Pin::new(w).poll_flush(cx))?;
+        }
+        self.0 = None;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const LOG_FILE: &str = "container.log";
 
@@ -1110,7 +1148,7 @@ impl Runtime for ProcessRuntime {
         let stdin = child
             .stdin
             .take()
-            .map(|w| -> super::ExecWriter { Box::pin(w) });
+            .map(|w| -> super::ExecWriter { Box::pin(ClosingStdin(Some(w))) });
         let exit = Box::pin(async move {
             let status = child
                 .wait()
