@@ -27,11 +27,7 @@ pub(crate) fn tunnel(socket: WebSocket) -> DuplexStream {
         let inbound = async move {
             while let Some(Ok(message)) = incoming.next().await {
                 match message {
-                    Message::Binary(data) => {
-                        if wr.write_all(&data).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(data) if wr.write_all(&data).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }
