@@ -124,8 +124,8 @@ pub(crate) async fn serve(
     } = session;
 
     // Input: standard input, resizes, the close signal; pings are answered by the
-    // WebSocket layer as long as somebody reads.
-    let input = tokio::spawn(async move {
+    // WebSocket layer as long as somebody reads. It ends when the client goes away.
+    let mut input = tokio::spawn(async move {
         let mut stdin = stdin;
         while let Some(Ok(message)) = incoming.next().await {
             let data = match message {
@@ -166,10 +166,6 @@ pub(crate) async fn serve(
                 _ => {}
             }
         }
-        // The client went away (or closed): the command's input ends.
-        if let Some(mut w) = stdin.take() {
-            let _ = w.shutdown().await;
-        }
     });
 
     let (tx, mut rx) = mpsc::channel::<Message>(16);
@@ -186,28 +182,29 @@ pub(crate) async fn serve(
         )));
     }
     drop(tx);
-    let mut client_gone = false;
-    while let Some(m) = rx.recv().await {
-        if sink.send(m).await.is_err() {
-            client_gone = true;
-            break;
+    let finish = async {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
         }
-    }
-    if client_gone {
-        // Dropping the session ends the command.
-        input.abort();
-        for p in pumps {
-            p.abort();
-        }
-        return;
-    }
-    let status = match exit.await {
-        Ok(code) => exit_status(&command, code),
-        Err(e) => failure_status(&e),
+        let status = match exit.await {
+            Ok(code) => exit_status(&command, code),
+            Err(e) => failure_status(&e),
+        };
+        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = sink.send(normal_close()).await;
     };
-    let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
-    let _ = sink.send(normal_close()).await;
+    // A client that goes away before the end ends the command: dropping `finish` drops
+    // the session.
+    tokio::select! {
+        () = finish => {}
+        _ = &mut input => {}
+    }
     input.abort();
+    for p in pumps {
+        p.abort();
+    }
 }
 
 fn normal_close() -> Message {
