@@ -129,7 +129,7 @@ pub(crate) async fn pod_stream(
             .any(|k| query.get(*k).is_some_and(|v| v == "true" || v == "1"))
         {
             return Err(Error::bad_request(
-                "you must specify at least one of stdin, stdout, stderr",
+                "you must specify at least 1 of stdin, stdout, stderr",
             ));
         }
         let container = container(&pod, name, query.get("container").map(String::as_str))?;

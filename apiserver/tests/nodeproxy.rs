@@ -268,7 +268,7 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
         (
             format!("{exec}?command=ls&container=app"),
             "400",
-            "you must specify at least one of stdin, stdout, stderr",
+            "you must specify at least 1 of stdin, stdout, stderr",
         ),
         (
             "/api/v1/namespaces/default/pods/missing/exec?command=ls&stdout=true".to_owned(),

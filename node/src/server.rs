@@ -305,6 +305,16 @@ async fn exec_stream(
             "you must specify at least 1 command".into(),
         );
     }
+    if !["stdin", "stdout", "stderr"]
+        .iter()
+        .any(|k| query_flag(&q, k))
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        );
+    }
     let Ok(upgrade) = upgrade else {
         return status(
             StatusCode::BAD_REQUEST,
