@@ -1202,36 +1202,41 @@ fn kubectl_exec_and_port_forward_reach_a_pod_through_the_api_server() {
     // port-forward: a local port to the pod's port, one connection after another.
     let served = eventually(&c, &["logs", "web"], |l| l.contains("Serving HTTP"));
     assert!(served.contains(&port.to_string()), "{served}");
-    let local = common::free_port();
-    let forward = PortForward(
-        Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(&c.kubeconfig)
-            .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
-            .args(["port-forward", "pod/web", &format!("{local}:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kubectl port-forward"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let answer = loop {
-        match http_get(local) {
-            Ok(a) if a.contains("hello-from-pod") => break a,
-            other => assert!(
-                Instant::now() < deadline,
-                "no answer through port-forward: {other:?}"
-            ),
+    // First as kubectl 1.33 does it (SPDY tunnelled in a WebSocket), then its fallback,
+    // plain SPDY/3.1 (what `KUBECTL_PORT_FORWARD_WEBSOCKETS=false` asks for).
+    for websockets in ["true", "false"] {
+        let local = common::free_port();
+        let forward = PortForward(
+            Command::new("/usr/bin/kubectl")
+                .arg("--kubeconfig")
+                .arg(&c.kubeconfig)
+                .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .args(["port-forward", "pod/web", &format!("{local}:{port}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start kubectl port-forward"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            match http_get(local) {
+                Ok(a) if a.contains("hello-from-pod") => break a,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "no answer through port-forward (websockets={websockets}): {other:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        for _ in 0..3 {
+            let again = http_get(local).expect("another connection");
+            assert!(again.contains("hello-from-pod"), "{again}");
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
-    for _ in 0..3 {
-        let again = http_get(local).expect("another connection");
-        assert!(again.contains("hello-from-pod"), "{again}");
+        drop(forward);
     }
-    drop(forward);
 }
 
 #[test]
