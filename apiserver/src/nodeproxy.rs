@@ -1,4 +1,5 @@
-//! The subresources a node agent answers: `pods/log`, `pods/exec` and `pods/portforward`,
+//! The subresources a node agent answers: `pods/log`, `pods/exec`, `pods/attach` and
+//! `pods/portforward`,
 //! proxied to the agent of the pod's node, as kube-apiserver proxies them to the kubelet.
 //!
 //! The agent publishes its endpoint in its Node: the address (`InternalIP`, else the first
@@ -9,9 +10,10 @@
 //! chunked stream with `follow`). The server checks the request against the pod first, with
 //! Kubernetes' errors; the agent's answer (its text, or its `Status` and code) is passed on.
 //!
-//! `exec` and `portforward` are upgraded connections (a WebSocket, or SPDY/3.1): the
+//! `exec`, `attach` and `portforward` are upgraded connections (a WebSocket, or SPDY/3.1): the
 //! server checks the request, sends it with its upgrade headers to the agent's
-//! `/exec/{namespace}/{pod}/{container}?..` or `/portforward/{namespace}/{pod}`, passes
+//! `/exec/{namespace}/{pod}/{container}?..` (`/attach/..` alike) or
+//! `/portforward/{namespace}/{pod}`, passes
 //! the agent's `101 Switching Protocols` on to the client and then splices the two
 //! connections byte for byte, as kube-apiserver does with the kubelet. The protocols
 //! (`v5.channel.k8s.io`, SPDY) are the agent's business.
@@ -100,7 +102,7 @@ const UPGRADED_HEADERS: &[&str] = &[
     "x-stream-protocol-version",
 ];
 
-/// `GET` or `POST` `pods/{name}/exec` or `pods/{name}/portforward`: an
+/// `GET` or `POST` `pods/{name}/exec`, `pods/{name}/attach` or `pods/{name}/portforward`: an
 /// upgraded connection to the agent of the pod's node.
 ///
 /// # Errors

@@ -310,6 +310,11 @@ pub fn builtin() -> Vec<ServedResource> {
                 )
                 .with_subresource("log", GroupVersionKind::new("", "v1", "Pod"), &["get"])
                 .with_subresource(
+                    "attach",
+                    GroupVersionKind::new("", "v1", "PodAttachOptions"),
+                    &["create", "get"],
+                )
+                .with_subresource(
                     "exec",
                     GroupVersionKind::new("", "v1", "PodExecOptions"),
                     &["create", "get"],

@@ -779,9 +779,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
         (Method::GET, Some(name), Some("log")) => {
             crate::nodeproxy::pod_log(registry, res, ns, name, &q).await
         }
-        (Method::GET | Method::POST, Some(name), Some(sub @ ("exec" | "portforward"))) => {
-            crate::nodeproxy::pod_stream(registry, res, ns, name, sub, &q, req).await
-        }
+        (
+            Method::GET | Method::POST,
+            Some(name),
+            Some(sub @ ("exec" | "attach" | "portforward")),
+        ) => crate::nodeproxy::pod_stream(registry, res, ns, name, sub, &q, req).await,
         (Method::POST, Some(name), Some("eviction")) => {
             let body = body_json(req).await?;
             let status = registry.evict(res, ns, name, &body).await?;

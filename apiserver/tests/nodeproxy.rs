@@ -49,6 +49,10 @@ async fn agent() -> u16 {
             "/exec/{ns}/{pod}/{container}",
             axum::routing::get(echo_upgrade),
         )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            axum::routing::get(echo_upgrade),
+        )
         .route("/portforward/{ns}/{pod}", axum::routing::post(echo_upgrade));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -250,6 +254,17 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
         through,
         "/exec/default/web/app?command=ls&command=-l&container=app&stdout=true\nping"
     );
+    let (status, through) = upgrade(
+        &base,
+        "GET",
+        "/api/v1/namespaces/default/pods/web/attach?container=app&stdout=true",
+    )
+    .await;
+    assert!(status.contains(" 101 "), "{status}{through}");
+    assert_eq!(
+        through,
+        "/attach/default/web/app?container=app&stdout=true\nping"
+    );
     let pf = "/api/v1/namespaces/default/pods/web/portforward";
     let (status, through) = upgrade(&base, "POST", pf).await;
     assert!(status.contains(" 101 "), "{status}{through}");
@@ -285,7 +300,12 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
         assert!(status.contains(code), "{path}: {status}{body}");
         assert!(body.contains(words), "{path}: {body}");
     }
-    assert!(discovery.contains("\"pods/exec\"") && discovery.contains("\"pods/portforward\""));
+    for sub in ["pods/exec", "pods/attach", "pods/portforward"] {
+        assert!(
+            discovery.contains(&format!("\"{sub}\"")),
+            "{sub}: {discovery}"
+        );
+    }
 
     // A node whose agent does not answer: 500, naming what failed.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")

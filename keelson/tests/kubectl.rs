@@ -1199,6 +1199,31 @@ fn kubectl_exec_and_port_forward_reach_a_pod_through_the_api_server() {
     let err = c.fails(&["exec", "web", "--", "/no/such/program"]);
     assert!(err.contains("/no/such/program"), "{err}");
 
+    // attach: the container's output from now on, until it ends; not its input.
+    c.ok(&[
+        "run",
+        "ticker",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; echo bye",
+    ]);
+    eventually(
+        &c,
+        &["get", "pod", "ticker", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Running",
+    );
+    let err = c.fails(&["attach", "-i", "ticker"]);
+    assert!(err.contains("standard input is not supported"), "{err}");
+    let attached = c.ok(&["attach", "ticker"]);
+    assert!(
+        attached.contains("tick ") && attached.ends_with("bye\n"),
+        "{attached}"
+    );
+
     // port-forward: a local port to the pod's port, one connection after another.
     let served = eventually(&c, &["logs", "web"], |l| l.contains("Serving HTTP"));
     assert!(served.contains(&port.to_string()), "{served}");

@@ -110,6 +110,10 @@
 //!   `tty=true`, [`ProcessRuntime`] gives the command a pseudo-terminal (resized from
 //!   channel 4; no controlling terminal, so shells run without job control). SPDY exec is
 //!   refused (kubectl only falls back to it when the WebSocket fails).
+//! - `GET /attach/{namespace}/{pod}/{container}?stdout=..&stderr=..`, upgraded as exec:
+//!   the container's output from now on (from its log: standard error comes on the stdout
+//!   channel) until the container ends. `stdin=true` is refused: containers run with
+//!   their standard input closed.
 //! - `GET /portforward/{namespace}/{pod}` upgraded to a WebSocket with subprotocol
 //!   `SPDY/3.1+portforward.k8s.io` (SPDY frames carried in binary messages: what kubectl
 //!   1.31+ sends first), or `POST` with `Upgrade: SPDY/3.1` and
@@ -117,7 +121,8 @@
 //!   connection is a pair of SPDY streams (`error`, `data`) that the agent connects to the
 //!   pod's address and the port asked for.
 //!
-//! The API server proxies `pods/log`, `pods/exec` and `pods/portforward` to these paths.
+//! The API server proxies `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to
+//! these paths.
 //!
 //! # Pod semantics in brief
 //!

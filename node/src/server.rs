@@ -42,6 +42,10 @@ pub(crate) async fn serve(ctx: Arc<NodeCtx>, listener: tokio::net::TcpListener) 
             get(exec_stream).post(exec),
         )
         .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach_stream).post(attach_stream),
+        )
+        .route(
             "/portforward/{namespace}/{pod}",
             get(port_forward_websocket).post(port_forward_spdy),
         )
@@ -322,12 +326,7 @@ async fn exec_stream(
             EXEC_NEEDS_WEBSOCKET.into(),
         );
     };
-    let Some(protocol) = streaming::exec::PROTOCOLS.iter().copied().find(|p| {
-        upgrade.requested_protocols().any(|r| {
-            r.to_str()
-                .is_ok_and(|r| r.split(',').any(|x| x.trim() == *p))
-        })
-    }) else {
+    let Some(protocol) = channel_protocol(&upgrade) else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -462,4 +461,67 @@ async fn port_forward_spdy(
         HeaderValue::from_static(streaming::PORT_FORWARD_PROTOCOL),
     );
     response
+}
+
+/// The channel protocol to answer a WebSocket upgrade with: the first of ours the client
+/// asked for.
+fn channel_protocol(upgrade: &WebSocketUpgrade) -> Option<&'static str> {
+    streaming::exec::PROTOCOLS.iter().copied().find(|p| {
+        upgrade.requested_protocols().any(|r| {
+            r.to_str()
+                .is_ok_and(|r| r.split(',').any(|x| x.trim() == *p))
+        })
+    })
+}
+
+/// `GET /attach/..` with a WebSocket upgrade: the container's output from now on (read
+/// from its log, standard error included, on the stdout channel) until it ends. Its
+/// standard input cannot be attached: containers run with theirs closed.
+async fn attach_stream(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let id = match running_container(&ctx, &ns, &pod, &container).await {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if query_flag(&q, "stdin") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "attaching to a container's standard input is not supported: containers run with \
+             their standard input closed (attach without -i, or exec -i)"
+                .into(),
+        );
+    }
+    if !query_flag(&q, "stdout") && !query_flag(&q, "stderr") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        );
+    }
+    let Some((upgrade, protocol)) = upgrade
+        .ok()
+        .and_then(|u| channel_protocol(&u).map(|p| (u, p)))
+    else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "attach streams only over a WebSocket (subprotocol v5.channel.k8s.io or \
+             v4.channel.k8s.io)"
+                .into(),
+        );
+    };
+    let options = LogOptions {
+        follow: true,
+        tail_lines: Some(0),
+        ..LogOptions::default()
+    };
+    let logs = ctx.runtime.logs(&id, &options).await;
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |socket| streaming::exec::serve_attach(socket, logs))
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::error::RuntimeError;
-use crate::runtime::{ExecReader, ExecSession};
+use crate::runtime::{ExecReader, ExecSession, LogStream};
 
 /// The subprotocols served, most preferred first.
 pub(crate) const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -205,6 +205,44 @@ pub(crate) async fn serve(
     for p in pumps {
         p.abort();
     }
+}
+
+/// Runs one attach session: the container's output, as `output` yields it, on the stdout
+/// channel; a `Success` status when it ends (the container ended).
+pub(crate) async fn serve_attach(socket: WebSocket, output: Result<LogStream, RuntimeError>) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut output = match output {
+        Ok(o) => o,
+        Err(e) => {
+            let status = failure_status(&e);
+            let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+            let _ = sink.send(normal_close()).await;
+            return;
+        }
+    };
+    let mut input = tokio::spawn(async move {
+        while let Some(Ok(message)) = incoming.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+    });
+    let finish = async {
+        while let Some(chunk) = output.next().await {
+            let Ok(bytes) = chunk else { break };
+            if sink.send(frame(STDOUT, &bytes)).await.is_err() {
+                return;
+            }
+        }
+        let status = json!({"metadata": {}, "status": "Success"});
+        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = sink.send(normal_close()).await;
+    };
+    tokio::select! {
+        () = finish => {}
+        _ = &mut input => {}
+    }
+    input.abort();
 }
 
 fn normal_close() -> Message {
