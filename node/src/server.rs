@@ -347,8 +347,9 @@ async fn exec_stream(
     upgrade
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
-            let started = runtime.exec_stream(&id, &request).await;
-            streaming::exec::serve(socket, wanted, command, started).await;
+            let tty = request.tty;
+            let start = async move { runtime.exec_stream(&id, &request).await };
+            streaming::exec::serve(socket, wanted, command, tty, start).await;
         })
 }
 

@@ -97,16 +97,57 @@ async fn pump(mut from: ExecReader, channel: Option<u8>, to: mpsc::Sender<Messag
     }
 }
 
-/// Runs one exec session on an upgraded WebSocket: `started` is the command (or why it
-/// could not start).
-pub(crate) async fn serve(
+/// How long a terminal session waits for the client's first size before it starts the
+/// command anyway (kubectl sends its size as soon as it is connected).
+const FIRST_SIZE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The width and height of a resize message.
+fn size_of(message: &[u8]) -> Option<(u16, u16)> {
+    let size: Value = serde_json::from_slice(message).ok()?;
+    let dim = |k: &str| {
+        size.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u16::try_from(v).ok())
+    };
+    Some((dim("Width")?, dim("Height")?))
+}
+
+/// Runs one exec session on an upgraded WebSocket: `start` starts the command. With a
+/// terminal (`tty`), the command starts once the client has sent its size (or after
+/// [`FIRST_SIZE`]), so that it starts with the right one.
+pub(crate) async fn serve<F>(
     socket: WebSocket,
     wanted: Wanted,
     command: Vec<String>,
-    started: Result<ExecSession, RuntimeError>,
-) {
+    tty: bool,
+    start: F,
+) where
+    F: std::future::Future<Output = Result<ExecSession, RuntimeError>>,
+{
     let (mut sink, mut incoming) = socket.split();
-    let session = match started {
+    // Messages read while waiting for the size, handled once the command runs.
+    let mut early: Vec<Bytes> = Vec::new();
+    let mut first_size = None;
+    if tty {
+        let deadline = tokio::time::sleep(FIRST_SIZE);
+        tokio::pin!(deadline);
+        while first_size.is_none() {
+            tokio::select! {
+                () = &mut deadline => break,
+                message = incoming.next() => match message {
+                    Some(Ok(Message::Binary(d))) => match d.split_first() {
+                        Some((&RESIZE, rest)) => first_size = size_of(rest),
+                        _ => early.push(d),
+                    },
+                    Some(Ok(Message::Close(_) | Message::Text(_))) | Some(Err(_)) | None => {
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+    let session = match start.await {
         Ok(s) => s,
         Err(e) => {
             let status = failure_status(&e);
@@ -122,12 +163,17 @@ pub(crate) async fn serve(
         exit,
         resize,
     } = session;
+    if let (Some(resize), Some((w, h))) = (&resize, first_size) {
+        resize(w, h);
+    }
 
     // Input: standard input, resizes, the close signal; pings are answered by the
     // WebSocket layer as long as somebody reads. It ends when the client goes away.
     let mut input = tokio::spawn(async move {
         let mut stdin = stdin;
-        while let Some(Ok(message)) = incoming.next().await {
+        let early = futures::stream::iter(early.into_iter().map(|d| Ok(Message::Binary(d))));
+        let mut messages = early.chain(incoming);
+        while let Some(Ok(message)) = messages.next().await {
             let data = match message {
                 Message::Binary(d) => d,
                 Message::Close(_) => break,
@@ -145,17 +191,8 @@ pub(crate) async fn serve(
                     }
                 }
                 RESIZE => {
-                    if let (Some(resize), Ok(size)) =
-                        (&resize, serde_json::from_slice::<Value>(rest))
-                    {
-                        let dim = |k: &str| {
-                            size.get(k)
-                                .and_then(Value::as_u64)
-                                .and_then(|v| u16::try_from(v).ok())
-                        };
-                        if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
-                            resize(w, h);
-                        }
+                    if let (Some(resize), Some((w, h))) = (&resize, size_of(rest)) {
+                        resize(w, h);
                     }
                 }
                 CLOSE if wanted.v5 && rest.first() == Some(&STDIN) => {
