@@ -1,5 +1,6 @@
-//! The subresources a node agent answers: `pods/log`, proxied to the agent of the pod's
-//! node, as kube-apiserver proxies it to the kubelet.
+//! The subresources a node agent answers: `pods/log`, `pods/exec`, `pods/attach` and
+//! `pods/portforward`,
+//! proxied to the agent of the pod's node, as kube-apiserver proxies them to the kubelet.
 //!
 //! The agent publishes its endpoint in its Node: the address (`InternalIP`, else the first
 //! in `status.addresses`) and `status.daemonEndpoints.kubeletEndpoint.Port`. Keelson's
@@ -8,6 +9,14 @@
 //! &sinceSeconds=..&sinceTime=..&timestamps=..&limitBytes=..`, answering `text/plain` (a
 //! chunked stream with `follow`). The server checks the request against the pod first, with
 //! Kubernetes' errors; the agent's answer (its text, or its `Status` and code) is passed on.
+//!
+//! `exec`, `attach` and `portforward` are upgraded connections (a WebSocket, or SPDY/3.1): the
+//! server checks the request, sends it with its upgrade headers to the agent's
+//! `/exec/{namespace}/{pod}/{container}?..` (`/attach/..` alike) or
+//! `/portforward/{namespace}/{pod}`, passes
+//! the agent's `101 Switching Protocols` on to the client and then splices the two
+//! connections byte for byte, as kube-apiserver does with the kubelet. The protocols
+//! (`v5.channel.k8s.io`, SPDY) are the agent's business.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -70,6 +79,152 @@ pub(crate) async fn pod_log(
         path.push_str(&serde_urlencoded::to_string(&passed).map_err(Error::internal)?);
     }
     get_from_agent(&address, port, &path).await
+}
+
+/// The request headers that make an upgrade, passed on to the agent.
+const UPGRADE_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// The agent's answer headers passed back with its `101`.
+const UPGRADED_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// `GET` or `POST` `pods/{name}/exec`, `pods/{name}/attach` or `pods/{name}/portforward`: an
+/// upgraded connection to the agent of the pod's node.
+///
+/// # Errors
+/// 404 for a missing pod; 400 for a pod with no node, a missing or unknown container, no
+/// command, no stream asked for, or a pod that has ended; 500 when the agent cannot be
+/// reached.
+pub(crate) async fn pod_stream(
+    registry: &Registry,
+    pods: &ServedResource,
+    namespace: Option<&str>,
+    name: &str,
+    subresource: &str,
+    query: &HashMap<String, String>,
+    mut req: Request<Body>,
+) -> Result<Response, Error> {
+    let pod = registry.get_shared(pods, namespace, name).await?;
+    let ns = namespace.unwrap_or_default();
+    let path = if subresource == "portforward" {
+        format!("/portforward/{ns}/{name}")
+    } else {
+        if subresource == "exec" && !query.contains_key("command") {
+            return Err(Error::bad_request("you must specify at least 1 command"));
+        }
+        if !["stdin", "stdout", "stderr"]
+            .iter()
+            .any(|k| query.get(*k).is_some_and(|v| v == "true" || v == "1"))
+        {
+            return Err(Error::bad_request(
+                "you must specify at least 1 of stdin, stdout, stderr",
+            ));
+        }
+        let container = container(&pod, name, query.get("container").map(String::as_str))?;
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return Err(Error::bad_request(format!(
+                "cannot {subresource} into a container in a completed pod; current phase is {phase}"
+            )));
+        }
+        format!("/{subresource}/{ns}/{name}/{container}")
+    };
+    let path = match req.uri().query() {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    };
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::bad_request(format!("pod {name} does not have a host assigned")))?;
+    let (address, port) = agent_endpoint(registry, node_name).await?;
+    let host = host_port(&address, port);
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::internal(format!("error dialing backend: {e}"));
+    let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(&host))
+        .await
+        .map_err(|_| unreachable(&format!("dial tcp {host}: i/o timeout")))?
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut forward = Request::builder()
+        .method(req.method().clone())
+        .uri(&path)
+        .header(header::HOST, &host);
+    for name in UPGRADE_HEADERS {
+        for value in req.headers().get_all(*name) {
+            forward = forward.header(*name, value);
+        }
+    }
+    let forward = forward.body(Body::empty()).map_err(Error::internal)?;
+    let client_side = hyper::upgrade::on(&mut req);
+    let mut answer = sender
+        .send_request(forward)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    if answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = StatusCode::from_u16(answer.status().as_u16())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let content_type = answer
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("text/plain"));
+        let mut response = (status, Body::new(answer.into_body())).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+        return Ok(response);
+    }
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    for name in UPGRADED_HEADERS {
+        for value in answer.headers().get_all(*name) {
+            response.headers_mut().append(*name, value.clone());
+        }
+    }
+    let agent_side = hyper::upgrade::on(&mut answer);
+    tokio::spawn(async move {
+        let (client, agent) = match tokio::join!(client_side, agent_side) {
+            (Ok(c), Ok(a)) => (c, a),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "an upgraded pod stream failed to start");
+                return;
+            }
+        };
+        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+    });
+    Ok(response)
+}
+
+fn host_port(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// `tailLines`, `sinceSeconds` and `limitBytes` are checked as Kubernetes checks
@@ -185,11 +340,7 @@ async fn agent_endpoint(registry: &Registry, node: &str) -> Result<(String, u16)
 /// GETs `path` from the agent and passes its answer on: the body streamed, its status code
 /// kept.
 async fn get_from_agent(address: &str, port: u16, path: &str) -> Result<Response, Error> {
-    let host = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
+    let host = host_port(address, port);
     let unreachable =
         |e: &dyn std::fmt::Display| Error::internal(format!("Get \"http://{host}{path}\": {e}"));
     let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(&host))

@@ -315,7 +315,22 @@ pub fn builtin() -> Vec<ServedResource> {
                     GroupVersionKind::new("policy", "v1", "Eviction"),
                     &["create"],
                 )
-                .with_subresource("log", GroupVersionKind::new("", "v1", "Pod"), &["get"]);
+                .with_subresource("log", GroupVersionKind::new("", "v1", "Pod"), &["get"])
+                .with_subresource(
+                    "attach",
+                    GroupVersionKind::new("", "v1", "PodAttachOptions"),
+                    &["create", "get"],
+                )
+                .with_subresource(
+                    "exec",
+                    GroupVersionKind::new("", "v1", "PodExecOptions"),
+                    &["create", "get"],
+                )
+                .with_subresource(
+                    "portforward",
+                    GroupVersionKind::new("", "v1", "PodPortForwardOptions"),
+                    &["create", "get"],
+                );
         }
     }
     served

@@ -784,6 +784,11 @@ async fn handle(s: &Arc<ApiServer>, req: Request) -> Result<Response, Error> {
             let answer = registry.create_token(res, ns, name, &body).await?;
             Ok(json_response(StatusCode::CREATED, &answer))
         }
+        (
+            Method::GET | Method::POST,
+            Some(name),
+            Some(sub @ ("exec" | "attach" | "portforward")),
+        ) => crate::nodeproxy::pod_stream(registry, res, ns, name, sub, &q, req).await,
         (Method::POST, Some(name), Some("eviction")) => {
             let body = body_json(req).await?;
             let status = registry.evict(res, ns, name, &body).await?;

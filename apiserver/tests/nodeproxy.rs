@@ -1,6 +1,6 @@
-//! `pods/log` over HTTP: checked against the pod as Kubernetes checks it, then proxied to
-//! the agent endpoint its Node publishes (a stand-in agent here; `keelson-node`'s in the
-//! end-to-end tests).
+//! `pods/log`, `pods/exec` and `pods/portforward` over HTTP: checked against the pod as
+//! Kubernetes checks them, then proxied to the agent endpoint its Node publishes (a
+//! stand-in agent here; `keelson-node`'s in the end-to-end tests).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,14 +40,97 @@ async fn agent() -> u16 {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let app = axum::Router::new().route(
-        "/containerLogs/{ns}/{pod}/{container}",
-        axum::routing::get(logs),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(logs),
+        )
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::get(echo_upgrade),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            axum::routing::get(echo_upgrade),
+        )
+        .route("/portforward/{ns}/{pod}", axum::routing::post(echo_upgrade));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     port
+}
+
+/// The stand-in agent's upgrades: `Upgrade: echo` switches protocols, sends the request's
+/// path and query as a line, then echoes what it reads.
+async fn echo_upgrade(mut req: axum::extract::Request) -> axum::response::Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if req.headers().get("upgrade").and_then(|v| v.to_str().ok()) != Some("echo") {
+        return (StatusCode::BAD_REQUEST, "upgrade to echo").into_response();
+    }
+    let line = format!("{}\n", req.uri());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let _ = io.write_all(line.as_bytes()).await;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    response
+        .headers_mut()
+        .insert("upgrade", axum::http::HeaderValue::from_static("echo"));
+    response.headers_mut().insert(
+        "connection",
+        axum::http::HeaderValue::from_static("Upgrade"),
+    );
+    response
+}
+
+/// Sends a raw upgrade request; answers the status line and, once switched, the first line
+/// the agent sends and the echo of `ping`.
+async fn upgrade(base: &str, method: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut reader = tokio::io::BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.expect("status line");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.expect("header") <= 2 {
+            break;
+        }
+        head.push_str(&line);
+    }
+    if !status.contains(" 101 ") {
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).await.expect("body");
+        return (status, String::from_utf8_lossy(&body).into_owned());
+    }
+    let mut first = String::new();
+    reader.read_line(&mut first).await.expect("first line");
+    reader.get_mut().write_all(b"ping").await.expect("ping");
+    let mut echo = [0u8; 4];
+    reader.read_exact(&mut echo).await.expect("echo");
+    (status, format!("{first}{}", String::from_utf8_lossy(&echo)))
 }
 
 async fn get(base: &str, path: &str) -> (u16, String) {
@@ -157,6 +240,72 @@ async fn pod_logs_are_checked_then_proxied_to_the_node_agent() {
     // Discovery lists the subresource.
     let (_, discovery) = get(&base, "/api/v1").await;
     assert!(discovery.contains("\"pods/log\""), "{discovery}");
+
+    // exec and port-forward: checked, then the upgraded connection is spliced to the agent.
+    let exec = "/api/v1/namespaces/default/pods/web/exec";
+    let (status, through) = upgrade(
+        &base,
+        "GET",
+        &format!("{exec}?command=ls&command=-l&container=app&stdout=true"),
+    )
+    .await;
+    assert!(status.contains(" 101 "), "{status}{through}");
+    assert_eq!(
+        through,
+        "/exec/default/web/app?command=ls&command=-l&container=app&stdout=true\nping"
+    );
+    let (status, through) = upgrade(
+        &base,
+        "GET",
+        "/api/v1/namespaces/default/pods/web/attach?container=app&stdout=true",
+    )
+    .await;
+    assert!(status.contains(" 101 "), "{status}{through}");
+    assert_eq!(
+        through,
+        "/attach/default/web/app?container=app&stdout=true\nping"
+    );
+    let pf = "/api/v1/namespaces/default/pods/web/portforward";
+    let (status, through) = upgrade(&base, "POST", pf).await;
+    assert!(status.contains(" 101 "), "{status}{through}");
+    assert_eq!(through, "/portforward/default/web\nping");
+    for (path, code, words) in [
+        (
+            format!("{exec}?command=ls&container=nope&stdout=true"),
+            "400",
+            "container nope is not valid for pod web",
+        ),
+        (
+            format!("{exec}?container=app&stdout=true"),
+            "400",
+            "you must specify at least 1 command",
+        ),
+        (
+            format!("{exec}?command=ls&container=app"),
+            "400",
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ),
+        (
+            "/api/v1/namespaces/default/pods/missing/exec?command=ls&stdout=true".to_owned(),
+            "404",
+            r#"pods \"missing\" not found"#,
+        ),
+        (
+            "/api/v1/namespaces/default/pods/waiting/portforward".to_owned(),
+            "400",
+            "pod waiting does not have a host assigned",
+        ),
+    ] {
+        let (status, body) = upgrade(&base, "GET", &path).await;
+        assert!(status.contains(code), "{path}: {status}{body}");
+        assert!(body.contains(words), "{path}: {body}");
+    }
+    for sub in ["pods/exec", "pods/attach", "pods/portforward"] {
+        assert!(
+            discovery.contains(&format!("\"{sub}\"")),
+            "{sub}: {discovery}"
+        );
+    }
 
     // A node whose agent does not answer: 500, naming what failed.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")

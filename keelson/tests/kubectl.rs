@@ -1232,3 +1232,252 @@ spec:
     ]);
     assert_eq!(ds, "1/1");
 }
+
+/// `kubectl port-forward` running in the background, stopped when dropped.
+struct PortForward(std::process::Child);
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTP/1.0 GET of `/` on 127.0.0.1:`port`: the whole answer, or why there is none.
+fn http_get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+#[test]
+fn kubectl_exec_and_port_forward_reach_a_pod_through_the_api_server() {
+    if !kubectl_available() {
+        return;
+    }
+    // HTTPS with a token: the upgrades go through TLS and authentication.
+    let c = up(false);
+    eventually(&c, &["get", "nodes"], |n| {
+        n.contains("node-1") && n.contains("Ready")
+    });
+    let port = common::free_port();
+    c.ok(&[
+        "run",
+        "web",
+        "--image=python",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo hello-from-pod > index.html; exec python3 -u -m http.server {port} --bind \"$POD_IP\""),
+    ]);
+    eventually(
+        &c,
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Running",
+    );
+
+    // Output on both streams, kept apart; the pod's environment and working directory.
+    let out = c.kubectl(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; cat index.html; echo \"$POD_IP\"",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exec: {stdout}{stderr}");
+    assert!(stdout.starts_with("out\nhello-from-pod\n127."), "{stdout}");
+    assert_eq!(stderr, "err\n");
+
+    // The exit code comes back as kubectl's own.
+    let out = c.kubectl(&["exec", "web", "--", "sh", "-c", "echo partial; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "partial\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command terminated with exit code 3"),
+        "{out:?}"
+    );
+
+    // Standard input, to its end.
+    let out = c.kubectl_stdin(
+        &[
+            "exec",
+            "-i",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ],
+        Some("hello\nworld\n"),
+    );
+    assert!(out.status.success(), "exec -i: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\nWORLD\ndone\n");
+
+    // A terminal (`-t`): kubectl wants one of its own, which `script` gives it; the
+    // command sees a terminal of kubectl's size.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let inner = format!(
+            "stty cols 100 rows 40; /usr/bin/kubectl --kubeconfig {} exec -it web -- sh -c 'tty; stty size; exit 4'",
+            c.kubeconfig.display()
+        );
+        let out = Command::new("/usr/bin/script")
+            .args(["-qec", &inner, "/dev/null"])
+            .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script");
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert_eq!(out.status.code(), Some(4), "{text}");
+        // (script may pass on an end-of-input byte of its own, which the terminal echoes.)
+        assert!(text.contains("/dev/pts/"), "{text}");
+        assert!(text.contains("40 100\n"), "{text}");
+        assert!(
+            text.contains("command terminated with exit code 4"),
+            "{text}"
+        );
+    } else {
+        eprintln!("SKIPPED the `exec -t` check: /usr/bin/script (util-linux) is not installed");
+    }
+
+    // Errors as Kubernetes words them.
+    let err = c.fails(&["exec", "web", "-c", "other", "--", "true"]);
+    assert!(
+        err.contains("container other is not valid for pod web"),
+        "{err}"
+    );
+    let err = c.fails(&["exec", "missing", "--", "true"]);
+    assert!(err.contains(r#"pods "missing" not found"#), "{err}");
+    let err = c.fails(&["exec", "web", "--", "/no/such/program"]);
+    assert!(err.contains("/no/such/program"), "{err}");
+
+    // attach: the container's output from now on, until it ends; not its input.
+    c.ok(&[
+        "run",
+        "ticker",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; echo bye",
+    ]);
+    eventually(
+        &c,
+        &["get", "pod", "ticker", "-o", "jsonpath={.status.phase}"],
+        |p| p == "Running",
+    );
+    let err = c.fails(&["attach", "-i", "ticker"]);
+    assert!(err.contains("standard input is not supported"), "{err}");
+    let attached = c.ok(&["attach", "ticker"]);
+    assert!(
+        attached.contains("tick ") && attached.ends_with("bye\n"),
+        "{attached}"
+    );
+
+    // port-forward: a local port to the pod's port, one connection after another.
+    let served = eventually(&c, &["logs", "web"], |l| l.contains("Serving HTTP"));
+    assert!(served.contains(&port.to_string()), "{served}");
+    // First as kubectl 1.33 does it (SPDY tunnelled in a WebSocket), then its fallback,
+    // plain SPDY/3.1 (what `KUBECTL_PORT_FORWARD_WEBSOCKETS=false` asks for).
+    for websockets in ["true", "false"] {
+        let local = common::free_port();
+        let forward = PortForward(
+            Command::new("/usr/bin/kubectl")
+                .arg("--kubeconfig")
+                .arg(&c.kubeconfig)
+                .env("KUBECACHEDIR", c._dir.path().join("kube-cache"))
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .args(["port-forward", "pod/web", &format!("{local}:{port}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start kubectl port-forward"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            match http_get(local) {
+                Ok(a) if a.contains("hello-from-pod") => break a,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "no answer through port-forward (websockets={websockets}): {other:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        for _ in 0..3 {
+            let again = http_get(local).expect("another connection");
+            assert!(again.contains("hello-from-pod"), "{again}");
+        }
+        drop(forward);
+    }
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_and_a_static_pod_shows_as_its_mirror() {
+    if !kubectl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("manifest dir");
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\n  namespace: default\nspec:\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, \"3600\"]\n",
+    )
+    .expect("manifest");
+    let c = up_with(dir, true, &["--manifests".as_ref(), manifests.as_os_str()]);
+
+    // The static pod runs on node-1 and its mirror pod is in the API.
+    let pods = eventually(&c, &["get", "pods"], |p| {
+        p.lines()
+            .any(|l| l.starts_with("static-web-node-1 ") && l.contains("Running"))
+    });
+    assert!(pods.contains("1/1"), "{pods}");
+    let mirror = c.ok(&[
+        "get",
+        "pod",
+        "static-web-node-1",
+        "-o",
+        "jsonpath={.metadata.annotations.kubernetes\\.io/config\\.mirror}",
+    ]);
+    assert!(!mirror.is_empty(), "a mirror pod: {pods}");
+
+    // A container whose liveness probe fails is restarted.
+    let probed = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"sick"},
+      "spec":{"containers":[{"name":"main","image":"busybox","command":["sleep","3600"],
+        "livenessProbe":{"exec":{"command":["sh","-c","exit 1"]},
+          "periodSeconds":1,"failureThreshold":1}}]}}"#;
+    let created = c.kubectl_stdin(&["create", "-f", "-"], Some(probed));
+    assert!(created.status.success(), "{created:?}");
+    eventually(
+        &c,
+        &[
+            "get",
+            "pod",
+            "sick",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ],
+        |n| n.parse::<u32>().is_ok_and(|n| n >= 1),
+    );
+    let row = c.ok(&["get", "pod", "sick", "--no-headers"]);
+    let restarts = row.split_whitespace().nth(3).unwrap_or_default();
+    assert!(
+        restarts.parse::<u32>().is_ok_and(|n| n >= 1),
+        "the RESTARTS column: {row}"
+    );
+}

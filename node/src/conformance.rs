@@ -23,8 +23,8 @@ use futures::StreamExt;
 use crate::error::RuntimeError;
 use crate::runtime::sim::SIM_ANNOTATION;
 use crate::runtime::{
-    ContainerConfig, ContainerFilter, ContainerState, LogOptions, Runtime, SandboxConfig,
-    SandboxState, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_UID,
+    ContainerConfig, ContainerFilter, ContainerState, ExecRequest, LogOptions, Runtime,
+    SandboxConfig, SandboxState, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_UID,
 };
 
 /// How to make containers with a given behaviour on the runtime under test.
@@ -164,6 +164,8 @@ impl Suite {
         Self::removing_a_sandbox_removes_its_containers(make().as_ref(), fixture).await;
         Self::a_missing_program_fails_the_start(make().as_ref(), fixture).await;
         Self::logs_exec_and_stats_work_on_running_containers(make().as_ref(), fixture).await;
+        Self::exec_streams_input_and_output_and_reports_the_exit_code(make().as_ref(), fixture)
+            .await;
         Self::filters_select_by_sandbox_state_and_labels(make().as_ref(), fixture).await;
     }
 
@@ -425,6 +427,64 @@ impl Suite {
             .await
             .err()
             .is_some_and(|e| e.is_not_found()));
+        rt.remove_sandbox(&sb).await.expect("remove sandbox");
+    }
+
+    /// `exec_stream` (unless the runtime says [`RuntimeError::Unsupported`]): the command
+    /// reads the input it is given to its end, its output comes back (on runtimes whose
+    /// containers really print, see [`Fixture::prints`]), its exit code is reported; a
+    /// removed container is NotFound.
+    pub async fn exec_streams_input_and_output_and_reports_the_exit_code(
+        rt: &dyn Runtime,
+        f: &dyn Fixture,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sb = rt.run_sandbox(&sandbox("u1")).await.expect("sandbox");
+        let id = rt
+            .create_container(&sb, &named(f.long_running(), "main", "u1"))
+            .await
+            .expect("create");
+        rt.start_container(&id).await.expect("start");
+        wait_state(rt, &id, ContainerState::Running).await;
+        let request = ExecRequest {
+            command: vec!["sh".into(), "-c".into(), "cat; exit 0".into()],
+            stdin: true,
+            tty: false,
+        };
+        let supported = match rt.exec_stream(&id, &request).await {
+            Err(RuntimeError::Unsupported(_)) => false,
+            Err(e) => panic!("exec_stream: {e}"),
+            Ok(mut session) => {
+                let mut stdin = session.stdin.take().expect("stdin was asked for");
+                stdin.write_all(b"ping\n").await.expect("write stdin");
+                stdin.shutdown().await.expect("close stdin");
+                let mut out = Vec::new();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    session.stdout.read_to_end(&mut out),
+                )
+                .await
+                .expect("the output ends once the input has")
+                .expect("read stdout");
+                let code = tokio::time::timeout(Duration::from_secs(10), session.exit)
+                    .await
+                    .expect("the command ends")
+                    .expect("exit code");
+                assert_eq!(code, 0);
+                if f.prints("x").is_some() {
+                    assert_eq!(out, b"ping\n", "the input comes back");
+                }
+                true
+            }
+        };
+        rt.remove_container(&id).await.expect("remove");
+        if supported {
+            assert!(rt
+                .exec_stream(&id, &request)
+                .await
+                .expect_err("gone")
+                .is_not_found());
+        }
         rt.remove_sandbox(&sb).await.expect("remove sandbox");
     }
 

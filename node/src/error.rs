@@ -42,6 +42,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The runtime does not do this (a terminal, streaming exec in a simulated runtime).
+    #[error("{0}")]
+    Unsupported(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -100,9 +100,29 @@
 //!   unknown pod or container, 400 for bad parameters.
 //! - `POST /exec/{namespace}/{pod}/{container}?command=a&command=b[&timeoutSeconds=N]`
 //!   runs a command non-interactively in the container's environment and answers JSON
-//!   `{"exitCode": n, "stdout": "...", "stderr": "..."}` (no streaming, no stdin yet).
+//!   `{"exitCode": n, "stdout": "...", "stderr": "..."}`.
+//! - `GET /exec/{namespace}/{pod}/{container}?command=..&stdin=..&stdout=..&stderr=..&tty=..`
+//!   upgraded to a WebSocket with subprotocol `v5.channel.k8s.io` (or `v4.channel.k8s.io`):
+//!   `kubectl exec`, streaming, through [`Runtime::exec_stream`]. Each binary message
+//!   starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the closing `Status`, 4
+//!   resize, 255 v5's close signal). The exit code travels as Kubernetes sends it: a
+//!   `Failure` `Status` with reason `NonZeroExitCode` and a cause `ExitCode`. With
+//!   `tty=true`, [`ProcessRuntime`] gives the command a pseudo-terminal (resized from
+//!   channel 4; no controlling terminal, so shells run without job control). SPDY exec is
+//!   refused (kubectl only falls back to it when the WebSocket fails).
+//! - `GET /attach/{namespace}/{pod}/{container}?stdout=..&stderr=..`, upgraded as exec:
+//!   the container's output from now on (from its log: standard error comes on the stdout
+//!   channel) until the container ends. `stdin=true` is refused: containers run with
+//!   their standard input closed.
+//! - `GET /portforward/{namespace}/{pod}` upgraded to a WebSocket with subprotocol
+//!   `SPDY/3.1+portforward.k8s.io` (SPDY frames carried in binary messages: what kubectl
+//!   1.31+ sends first), or `POST` with `Upgrade: SPDY/3.1` and
+//!   `X-Stream-Protocol-Version: portforward.k8s.io` (its fallback): each forwarded
+//!   connection is a pair of SPDY streams (`error`, `data`) that the agent connects to the
+//!   pod's address and the port asked for.
 //!
-//! The API server proxies `pods/log` (and later `pods/exec`) to these paths.
+//! The API server proxies `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to
+//! these paths.
 //!
 //! # Pod semantics in brief
 //!
@@ -129,6 +149,7 @@ mod runtime;
 mod server;
 mod sim_fleet;
 mod static_pods;
+mod streaming;
 
 pub use agent::{Agent, AgentBuilder, AgentConfig, NodeResources};
 pub use error::{Error, RuntimeError};
@@ -137,9 +158,9 @@ pub use runtime::process::ProcessRuntime;
 pub use runtime::sim::{SimBehaviour, SimProfile, SimRuntime};
 pub use runtime::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
-    LogOptions, LogStream, Mount, ResourceLimits, Runtime, SandboxConfig, SandboxState,
-    SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE,
-    LABEL_POD_UID,
+    ExecReader, ExecRequest, ExecSession, ExecWriter, LogOptions, LogStream, Mount, ResourceLimits,
+    Runtime, SandboxConfig, SandboxState, SandboxStatus, LABEL_ATTEMPT, LABEL_CONTAINER_NAME,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 pub use sim_fleet::{SimFleet, SimFleetBuilder, SimFleetStats};
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use serde_json::json;
@@ -16,7 +17,8 @@ use serde_json::json;
 use crate::agent::{lock, NodeCtx};
 use crate::error::Error;
 use crate::runtime::logs::from_timestamp;
-use crate::runtime::LogOptions;
+use crate::runtime::{ContainerState, ExecRequest, LogOptions};
+use crate::streaming;
 
 pub(crate) async fn bind(port: u16) -> Result<(tokio::net::TcpListener, u16), Error> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -35,7 +37,18 @@ pub(crate) async fn serve(ctx: Arc<NodeCtx>, listener: tokio::net::TcpListener) 
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
-        .route("/exec/{namespace}/{pod}/{container}", post(exec))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(exec_stream).post(exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach_stream).post(attach_stream),
+        )
+        .route(
+            "/portforward/{namespace}/{pod}",
+            get(port_forward_websocket).post(port_forward_spdy),
+        )
         .with_state(ctx);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "the node endpoint stopped");
@@ -181,15 +194,27 @@ async fn logs(
     }
 }
 
+/// What a client that asks for an exec over SPDY (kubectl's fallback) is told.
+const EXEC_NEEDS_WEBSOCKET: &str = "exec streams only over a WebSocket (subprotocol \
+    v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported";
+
 async fn exec(
     State(ctx): State<Arc<NodeCtx>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
 ) -> Response {
     let id = match container_id(&ctx, &ns, &pod, &container, false) {
         Ok(id) => id,
         Err(r) => return *r,
     };
+    if headers.contains_key(header::UPGRADE) {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            EXEC_NEEDS_WEBSOCKET.into(),
+        );
+    }
     let command: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")
@@ -230,4 +255,274 @@ async fn exec(
             e.to_string(),
         ),
     }
+}
+
+fn query_flag(q: &[(String, String)], k: &str) -> bool {
+    q.iter()
+        .any(|(key, v)| key == k && (v.is_empty() || v == "true" || v == "1"))
+}
+
+/// The running container `container` of a pod, or the error to answer.
+async fn running_container(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, Box<Response>> {
+    let id = container_id(ctx, ns, pod, container, false)?;
+    match ctx.runtime.container_status(&id).await {
+        Ok(s) if s.state == ContainerState::Running => Ok(id),
+        Ok(_) => Err(Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("container \"{container}\" in pod \"{pod}\" is not running"),
+        ))),
+        Err(e) => Err(Box::new(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            e.to_string(),
+        ))),
+    }
+}
+
+/// `GET /exec/..` with a WebSocket upgrade: the command runs with its standard streams on
+/// the channels of `v5.channel.k8s.io` (or v4).
+async fn exec_stream(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let id = match running_container(&ctx, &ns, &pod, &container).await {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let command: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 command".into(),
+        );
+    }
+    if !["stdin", "stdout", "stderr"]
+        .iter()
+        .any(|k| query_flag(&q, k))
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        );
+    }
+    let Ok(upgrade) = upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            EXEC_NEEDS_WEBSOCKET.into(),
+        );
+    };
+    let Some(protocol) = channel_protocol(&upgrade) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            EXEC_NEEDS_WEBSOCKET.into(),
+        );
+    };
+    let wanted = streaming::exec::Wanted {
+        stdout: query_flag(&q, "stdout"),
+        stderr: query_flag(&q, "stderr"),
+        v5: protocol == streaming::exec::PROTOCOLS[0],
+    };
+    let request = ExecRequest {
+        command: command.clone(),
+        stdin: query_flag(&q, "stdin"),
+        tty: query_flag(&q, "tty"),
+    };
+    let runtime = ctx.runtime.clone();
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |socket| async move {
+            let tty = request.tty;
+            let start = async move { runtime.exec_stream(&id, &request).await };
+            streaming::exec::serve(socket, wanted, command, tty, start).await;
+        })
+}
+
+/// The address of a pod on this node, or the error to answer.
+fn pod_ip(ctx: &NodeCtx, ns: &str, pod: &str) -> Result<std::net::IpAddr, Box<Response>> {
+    let Some(info) = ctx.find(ns, pod) else {
+        return Err(Box::new(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pod \"{pod}\" not found on this node"),
+        )));
+    };
+    let ip = lock(&info)
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .and_then(|ip| ip.parse().ok());
+    ip.ok_or_else(|| {
+        Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("pod \"{pod}\" has no IP address yet"),
+        ))
+    })
+}
+
+/// `GET /portforward/..` with a WebSocket upgrade: SPDY tunnelled in binary messages.
+async fn port_forward_websocket(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod)): Path<(String, String)>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ip = match pod_ip(&ctx, &ns, &pod) {
+        Ok(ip) => ip,
+        Err(r) => return *r,
+    };
+    let refuse = || {
+        status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "port-forward needs a WebSocket with subprotocol {} or an upgrade to SPDY/3.1",
+                streaming::SPDY_TUNNEL_PROTOCOL
+            ),
+        )
+    };
+    let Ok(upgrade) = upgrade else {
+        return refuse();
+    };
+    let upgrade = upgrade.protocols([streaming::SPDY_TUNNEL_PROTOCOL]);
+    if upgrade.selected_protocol().is_none() {
+        return refuse();
+    }
+    let name = format!("{ns}/{pod}");
+    upgrade.on_upgrade(move |socket| async move {
+        let io = streaming::tunnel(socket);
+        streaming::spdy::serve_port_forward(io, ip, name).await;
+    })
+}
+
+/// `POST /portforward/..` with `Upgrade: SPDY/3.1` and `X-Stream-Protocol-Version:
+/// portforward.k8s.io`.
+async fn port_forward_spdy(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod)): Path<(String, String)>,
+    mut req: Request,
+) -> Response {
+    let ip = match pod_ip(&ctx, &ns, &pod) {
+        Ok(ip) => ip,
+        Err(r) => return *r,
+    };
+    let headers = req.headers();
+    let spdy = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    let protocol = headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == streaming::PORT_FORWARD_PROTOCOL);
+    if !spdy || !protocol {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "port-forward needs Upgrade: SPDY/3.1 with X-Stream-Protocol-Version: {}",
+                streaming::PORT_FORWARD_PROTOCOL
+            ),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let name = format!("{ns}/{pod}");
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                streaming::spdy::serve_port_forward(io, ip, name).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "the SPDY upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(
+        "x-stream-protocol-version",
+        HeaderValue::from_static(streaming::PORT_FORWARD_PROTOCOL),
+    );
+    response
+}
+
+/// The channel protocol to answer a WebSocket upgrade with: the first of ours the client
+/// asked for.
+fn channel_protocol(upgrade: &WebSocketUpgrade) -> Option<&'static str> {
+    streaming::exec::PROTOCOLS.iter().copied().find(|p| {
+        upgrade.requested_protocols().any(|r| {
+            r.to_str()
+                .is_ok_and(|r| r.split(',').any(|x| x.trim() == *p))
+        })
+    })
+}
+
+/// `GET /attach/..` with a WebSocket upgrade: the container's output from now on (read
+/// from its log, standard error included, on the stdout channel) until it ends. Its
+/// standard input cannot be attached: containers run with theirs closed.
+async fn attach_stream(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let id = match running_container(&ctx, &ns, &pod, &container).await {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if query_flag(&q, "stdin") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "attaching to a container's standard input is not supported: containers run with \
+             their standard input closed (attach without -i, or exec -i)"
+                .into(),
+        );
+    }
+    if !query_flag(&q, "stdout") && !query_flag(&q, "stderr") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        );
+    }
+    let Some((upgrade, protocol)) = upgrade
+        .ok()
+        .and_then(|u| channel_protocol(&u).map(|p| (u, p)))
+    else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "attach streams only over a WebSocket (subprotocol v5.channel.k8s.io or \
+             v4.channel.k8s.io)"
+                .into(),
+        );
+    };
+    let options = LogOptions {
+        follow: true,
+        tail_lines: Some(0),
+        ..LogOptions::default()
+    };
+    let logs = ctx.runtime.logs(&id, &options).await;
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |socket| streaming::exec::serve_attach(socket, logs))
 }

@@ -182,6 +182,23 @@ async fn a_pod_runs_with_its_address_environment_volumes_and_logs_and_stops_when
     let out: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(out["stdout"], "fast\n");
     assert_eq!(out["exitCode"], 0);
+    // The streaming endpoints want their upgrades (kubectl's, through the API server, in
+    // keelson's kubectl tests) and say so.
+    let (code, body) = node
+        .get(&format!("/exec/{NS}/web/main?command=true&stdout=true"))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("v5.channel.k8s.io"), "{body}");
+    let (code, body) = node.get(&format!("/exec/{NS}/web/main?stdout=true")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at least 1 command"), "{body}");
+    let (code, body) = node
+        .request("POST", &format!("/portforward/{NS}/web"))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("SPDY/3.1"), "{body}");
+    let (code, _) = node.get(&format!("/portforward/{NS}/nope")).await;
+    assert_eq!(code, 404);
     let pids = node.runtime.running_pids();
     assert_eq!(pids.len(), 1);
     pods.delete("web", &DeleteOptions::default())

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -234,6 +235,49 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// What [`Runtime::exec_stream`] runs: CRI's `ExecRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Whether the caller sends standard input (otherwise it reads as empty).
+    pub stdin: bool,
+    /// Whether the command wants a terminal (standard error then goes to standard output).
+    pub tty: bool,
+}
+
+/// A byte source of a streaming exec.
+pub type ExecReader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+/// A byte sink of a streaming exec.
+pub type ExecWriter = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// A running [`Runtime::exec_stream`] command: its standard streams and its end.
+///
+/// Dropping the session (the caller went away) ends the command.
+pub struct ExecSession {
+    /// Its standard input (`None` unless [`ExecRequest::stdin`]); shutting it down closes
+    /// the command's input.
+    pub stdin: Option<ExecWriter>,
+    /// Its standard output.
+    pub stdout: ExecReader,
+    /// Its standard error (`None` with a terminal: it goes to `stdout`).
+    pub stderr: Option<ExecReader>,
+    /// Resolves to the exit code (128 + signal when a signal ended it).
+    pub exit: BoxFuture<'static, Result<i32, RuntimeError>>,
+    /// Sets the terminal's size (columns, rows); `None` without a terminal.
+    pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("tty", &self.resize.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A container's resource usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerStats {
@@ -320,6 +364,28 @@ pub trait Runtime: Send + Sync + 'static {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Starts a command in a running container's environment and hands back its standard
+    /// streams, as CRI's `Exec` does through its streaming server (`kubectl exec`).
+    ///
+    /// The default refuses: a runtime that cannot stream says so with
+    /// [`RuntimeError::Unsupported`].
+    ///
+    /// # Errors
+    /// [`RuntimeError::NotFound`] for an unknown container, [`RuntimeError::InvalidState`]
+    /// when it is not running, [`RuntimeError::CommandNotFound`] for a program that is not
+    /// there, [`RuntimeError::Unsupported`] for what the runtime cannot do (a terminal).
+    async fn exec_stream(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, RuntimeError> {
+        let _ = (id, request);
+        Err(RuntimeError::Unsupported(format!(
+            "streaming exec is not supported by the {} runtime",
+            self.version()
+        )))
+    }
 
     /// A container's resource usage.
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;

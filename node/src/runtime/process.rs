@@ -13,9 +13,48 @@ use tokio::sync::watch;
 use super::logs::{read_log, LogWriter, Stream};
 use super::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStats, ContainerStatus, ExecOutput,
-    LogOptions, LogStream, Runtime, SandboxConfig, SandboxState, SandboxStatus,
+    ExecRequest, ExecSession, LogOptions, LogStream, Runtime, SandboxConfig, SandboxState,
+    SandboxStatus,
 };
 use crate::error::RuntimeError;
+
+/// A command's standard input whose shutdown closes the pipe (tokio's keeps it open
+/// until it is dropped), so that the command reads its end.
+struct ClosingStdin(Option<tokio::process::ChildStdin>);
+
+impl tokio::io::AsyncWrite for ClosingStdin {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            None => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(w) => std::pin::Pin::new(w).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(w) = self.0.as_mut() {
+            std::task::ready!(std::pin::Pin::new(w).poll_flush(cx))?;
+        }
+        self.0 = None;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const LOG_FILE: &str = "container.log";
@@ -497,6 +536,99 @@ impl ProcessRuntime {
         Ok((root, cwd))
     }
 
+    /// An exec on a new pseudo-terminal: the command's standard streams are the terminal,
+    /// the caller reads and writes its other side. The command gets no controlling terminal
+    /// (that needs `setsid` between fork and exec, which this crate does not do without
+    /// `unsafe`): programs work, job control in shells does not.
+    fn exec_with_terminal(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<ExecSession, RuntimeError> {
+        use rustix::pty::{grantpt, ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
+        let (mut cmd, program) = self.exec_command(id, command)?;
+        let terminal = |e: std::io::Error| {
+            RuntimeError::Other(format!("exec {program}: cannot make a terminal: {e}"))
+        };
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = openpt(flags).map_err(|e| terminal(e.into()))?;
+        grantpt(&master).map_err(|e| terminal(e.into()))?;
+        unlockpt(&master).map_err(|e| terminal(e.into()))?;
+        let side = ioctl_tiocgptpeer(&master, flags).map_err(|e| terminal(e.into()))?;
+        cmd.stdin(side.try_clone().map_err(terminal)?)
+            .stdout(side.try_clone().map_err(terminal)?)
+            .stderr(side);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
+        // The command's side must be closed here, so that reads see its end.
+        drop(cmd);
+        let reader = std::fs::File::from(master.try_clone().map_err(terminal)?);
+        let writer = std::fs::File::from(master.try_clone().map_err(terminal)?);
+        let exit = Box::pin(async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| RuntimeError::Other(format!("exec {program}: {e}")))?;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255))
+        });
+        Ok(ExecSession {
+            stdin: Some(Box::pin(tokio::fs::File::from_std(writer))),
+            // A read of a terminal whose other side is closed fails (EIO): the end.
+            stdout: Box::pin(tokio::fs::File::from_std(reader)),
+            stderr: None,
+            exit,
+            resize: Some(Box::new(move |width, height| {
+                let size = rustix::termios::Winsize {
+                    ws_col: width,
+                    ws_row: height,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let _ = rustix::termios::tcsetwinsize(&master, size);
+            })),
+        })
+    }
+
+    /// The command of an exec in container `id`: its environment and working directory, in
+    /// its process group (so that stopping the container ends it too), ended when dropped.
+    fn exec_command(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<(tokio::process::Command, String), RuntimeError> {
+        let c = self.container(id)?;
+        let Some(pgid) = c.pgid() else {
+            return Err(RuntimeError::InvalidState(format!(
+                "container {id} is not running"
+            )));
+        };
+        let Some(program) = command.first() else {
+            return Err(RuntimeError::InvalidConfig("exec: no command given".into()));
+        };
+        let root = c.dir.join("root");
+        let cwd = lock(&c.state).cwd.clone().unwrap_or_else(|| root.clone());
+        let env = self.environment(&c, &root);
+        let path_env = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        let path = find_program(program, path_env, &cwd)?;
+        let mut cmd = tokio::process::Command::new(path);
+        cmd.arg0(program)
+            .args(&command[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cwd)
+            .process_group(pgid.as_raw_nonzero().get())
+            .kill_on_drop(true);
+        Ok((cmd, program.clone()))
+    }
+
     fn environment(&self, c: &Container, root: &Path) -> Vec<(String, String)> {
         let cfg = &c.meta.config;
         let mut env: Vec<(String, String)> = Vec::new();
@@ -962,36 +1094,10 @@ impl Runtime for ProcessRuntime {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, RuntimeError> {
-        let c = self.container(id)?;
-        let Some(pgid) = c.pgid() else {
-            return Err(RuntimeError::InvalidState(format!(
-                "container {id} is not running"
-            )));
-        };
-        let Some(program) = command.first() else {
-            return Err(RuntimeError::InvalidConfig("exec: no command given".into()));
-        };
-        let root = c.dir.join("root");
-        let cwd = lock(&c.state).cwd.clone().unwrap_or_else(|| root.clone());
-        let env = self.environment(&c, &root);
-        let path_env = env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        let path = find_program(program, path_env, &cwd)?;
-        let mut cmd = tokio::process::Command::new(path);
-        cmd.arg0(program)
-            .args(&command[1..])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cwd)
-            .stdin(std::process::Stdio::null())
+        let (mut cmd, program) = self.exec_command(id, command)?;
+        cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            // In the container's group, so that stopping the container ends it too.
-            .process_group(pgid.as_raw_nonzero().get())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::piped());
         let child = cmd
             .spawn()
             .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
@@ -1010,6 +1116,55 @@ impl Runtime for ProcessRuntime {
                 .unwrap_or(255),
             stdout: out.stdout,
             stderr: out.stderr,
+        })
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, RuntimeError> {
+        if request.tty {
+            return self.exec_with_terminal(id, &request.command);
+        }
+        let (mut cmd, program) = self.exec_command(id, &request.command)?;
+        let stdin = if request.stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        };
+        cmd.stdin(stdin)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::StartFailed(format!("exec {program}: {e}")))?;
+        let taken = (child.stdout.take(), child.stderr.take());
+        let (Some(stdout), Some(stderr)) = taken else {
+            return Err(RuntimeError::Other(format!(
+                "exec {program}: its output pipes are missing"
+            )));
+        };
+        let stdin = child
+            .stdin
+            .take()
+            .map(|w| -> super::ExecWriter { Box::pin(ClosingStdin(Some(w))) });
+        let exit = Box::pin(async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| RuntimeError::Other(format!("exec {program}: {e}")))?;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255))
+        });
+        Ok(ExecSession {
+            stdin,
+            stdout: Box::pin(stdout),
+            stderr: Some(Box::pin(stderr)),
+            exit,
+            resize: None,
         })
     }
 

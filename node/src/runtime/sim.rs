@@ -494,6 +494,25 @@ impl Runtime for SimRuntime {
         })
     }
 
+    /// Runs nothing, as [`Runtime::exec`] here: no output, standard input read and
+    /// dropped, and the exit code of the container's [`SimBehaviour`] (`exec-exit=N`).
+    async fn exec_stream(
+        &self,
+        id: &str,
+        request: &super::ExecRequest,
+    ) -> Result<super::ExecSession, RuntimeError> {
+        let out = self.exec(id, &request.command, None).await?;
+        Ok(super::ExecSession {
+            stdin: request
+                .stdin
+                .then(|| -> super::ExecWriter { Box::pin(tokio::io::sink()) }),
+            stdout: Box::pin(tokio::io::empty()),
+            stderr: (!request.tty).then(|| -> super::ExecReader { Box::pin(tokio::io::empty()) }),
+            exit: Box::pin(std::future::ready(Ok(out.exit_code))),
+            resize: None,
+        })
+    }
+
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         let (running, mem) = self.with_container(id, |c| {
             (
