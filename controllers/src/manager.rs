@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::builtin::deployment::DeploymentController;
 use crate::builtin::gc::{self, GarbageCollector};
 use crate::builtin::namespace::{self, NamespaceController};
+use crate::builtin::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::serviceaccount::ServiceAccountController;
 use crate::informer::InformerFactory;
@@ -17,12 +18,13 @@ use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 5] = [
+pub const CONTROLLERS: [&str; 6] = [
     "deployment",
     "replicaset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
+    "nodelifecycle",
 ];
 
 /// What a [`ControllerManager`] runs and how.
@@ -38,6 +40,8 @@ pub struct ControllerManagerConfig {
     pub replicaset_workers: usize,
     /// Concurrent reconciles of the Namespace controller (10).
     pub namespace_workers: usize,
+    /// The node lifecycle controller's grace periods.
+    pub node_lifecycle: NodeLifecycleConfig,
 }
 
 impl Default for ControllerManagerConfig {
@@ -48,6 +52,7 @@ impl Default for ControllerManagerConfig {
             deployment_workers: 5,
             replicaset_workers: 5,
             namespace_workers: 10,
+            node_lifecycle: NodeLifecycleConfig::default(),
         }
     }
 }
@@ -225,6 +230,14 @@ impl ControllerManager {
         if cfg.on("garbagecollector") {
             let gc = GarbageCollector::new(&client, &factory, gc::default_kinds()).await;
             tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        if cfg.on("nodelifecycle") {
+            let (c, r) =
+                NodeLifecycleController::controller(&client, &factory, cfg.node_lifecycle.clone());
+            let c = c
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
         }
         shutdown.await;
         let _ = stop_tx.send(true);

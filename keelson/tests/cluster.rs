@@ -504,3 +504,233 @@ async fn a_deposed_leader_cannot_write() {
     b_task.abort();
     cluster.shutdown().await;
 }
+
+fn taints(node: &Node) -> Vec<(String, String)> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| {
+            t.iter()
+                .map(|t| (t.key.clone(), t.effect.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn node_ready(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_stops_heartbeating_is_tainted_and_its_pods_are_replaced_elsewhere() {
+    let cluster = Cluster::builder()
+        .sim_nodes(3)
+        .build()
+        .await
+        .expect("cluster");
+    let client = cluster.client();
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {
+            "replicas": 6,
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "app", "image": "api:1"}]},
+            },
+        },
+    }))
+    .expect("replica set");
+    sets.create(&rs).await.expect("create");
+    let ready_pods = |pods_api: Api<Pod>| async move {
+        pods_api
+            .list(&ListParams::default().labels("app=api").expect("selector"))
+            .await
+            .expect("pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .collect::<Vec<_>>()
+    };
+    let running = eventually("six ready pods", Duration::from_secs(60), || {
+        let api = pods_api.clone();
+        async move { Some(ready_pods(api).await).filter(|p| p.len() == 6) }
+    })
+    .await;
+    // The admission gave every pod five minutes' tolerance of a lost node.
+    let tolerations = running[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    assert!(
+        tolerations.iter().any(
+            |t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")
+                && t.toleration_seconds == Some(300)
+        ),
+        "{tolerations:?}"
+    );
+    let victim = node_of(&running[0]).to_owned();
+    let doomed: HashSet<String> = running
+        .iter()
+        .filter(|p| node_of(p) == victim)
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(!doomed.is_empty());
+
+    cluster.stop_node(&victim).await.expect("stop the node");
+    let stopped = tokio::time::Instant::now();
+    let tainted = eventually(
+        "the silent node is tainted",
+        Duration::from_secs(120),
+        || {
+            let nodes = nodes.clone();
+            let victim = victim.clone();
+            async move {
+                let n = nodes.get(&victim).await.ok()?;
+                let t = taints(&n);
+                (node_ready(&n).as_deref() == Some("Unknown")
+                    && t.contains(&("node.kubernetes.io/unreachable".into(), "NoExecute".into()))
+                    && t.contains(&("node.kubernetes.io/unreachable".into(), "NoSchedule".into())))
+                .then_some(n)
+            }
+        },
+    )
+    .await;
+    let silent_for = stopped.elapsed();
+    // The last renewal was at most one lease interval (10 s) before the stop; the grace
+    // period is 40 s, checked at least every 5 s.
+    assert!(
+        silent_for >= Duration::from_secs(30) && silent_for <= Duration::from_secs(46),
+        "tainted {silent_for:?} after the node stopped"
+    );
+    let ready = tainted
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+        .expect("a Ready condition");
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(
+        ready.message.as_deref(),
+        Some("Kubelet stopped posting node status.")
+    );
+    // The other nodes are untouched.
+    for n in nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+    {
+        if n.metadata.name.as_deref() != Some(victim.as_str()) {
+            assert!(taints(&n).is_empty(), "{:?}", n.metadata.name);
+            assert_eq!(node_ready(&n).as_deref(), Some("True"));
+        }
+    }
+    // Its pods are marked not ready, but stay for their tolerationSeconds.
+    let on_victim = pods_api
+        .list(&ListParams::default().labels("app=api").expect("selector"))
+        .await
+        .expect("pods")
+        .items;
+    for p in on_victim
+        .iter()
+        .filter(|p| doomed.contains(p.metadata.name.as_deref().unwrap_or_default()))
+    {
+        assert!(p.metadata.deletion_timestamp.is_none(), "evicted early");
+    }
+    eventually(
+        "the lost pods are marked not ready",
+        Duration::from_secs(10),
+        || {
+            let api = pods_api.clone();
+            let doomed = doomed.clone();
+            async move {
+                let all = api.list(&ListParams::default()).await.ok()?.items;
+                all.iter()
+                    .filter(|p| doomed.contains(p.metadata.name.as_deref().unwrap_or_default()))
+                    .all(|p| !is_ready(p))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let taint_seen = tokio::time::Instant::now();
+    eventually(
+        "the lost pods are evicted",
+        Duration::from_secs(400),
+        || {
+            let api = pods_api.clone();
+            let doomed = doomed.clone();
+            async move {
+                let all = api.list(&ListParams::default()).await.ok()?.items;
+                all.iter()
+                    .filter(|p| doomed.contains(p.metadata.name.as_deref().unwrap_or_default()))
+                    .all(|p| p.metadata.deletion_timestamp.is_some())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let evicted_after = taint_seen.elapsed();
+    assert!(
+        evicted_after >= Duration::from_secs(285) && evicted_after <= Duration::from_secs(306),
+        "evicted {evicted_after:?} after the taint"
+    );
+    // The ReplicaSet replaced them on the other nodes.
+    let replaced = eventually("six ready pods again", Duration::from_secs(60), || {
+        let api = pods_api.clone();
+        async move { Some(ready_pods(api).await).filter(|p| p.len() == 6) }
+    })
+    .await;
+    assert!(
+        replaced.iter().all(|p| node_of(p) != victim),
+        "a pod went to the lost node: {:?}",
+        replaced
+            .iter()
+            .map(|p| node_of(p).to_owned())
+            .collect::<Vec<_>>()
+    );
+
+    // The node comes back: Ready again, untainted, and it finishes its deleted pods.
+    cluster.start_node(&victim).expect("start the node");
+    eventually(
+        "the node is back and untainted",
+        Duration::from_secs(60),
+        || {
+            let nodes = nodes.clone();
+            let victim = victim.clone();
+            async move {
+                let n = nodes.get(&victim).await.ok()?;
+                (node_ready(&n).as_deref() == Some("True") && taints(&n).is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the evicted pods are gone",
+        Duration::from_secs(120),
+        || {
+            let api = pods_api.clone();
+            let doomed = doomed.clone();
+            async move {
+                let all = api.list(&ListParams::default()).await.ok()?.items;
+                (!all
+                    .iter()
+                    .any(|p| doomed.contains(p.metadata.name.as_deref().unwrap_or_default())))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    cluster.shutdown().await;
+}

@@ -8,5 +8,6 @@ pub mod common;
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
