@@ -38,7 +38,7 @@ fn controllers_are_chosen_as_kube_controller_manager_chooses_them() {
         .controllers(&["*", "-namespace"])
         .unwrap();
     assert!(!c.enabled.contains(&"namespace".to_owned()));
-    assert_eq!(c.enabled.len(), 4);
+    assert_eq!(c.enabled.len(), keelson_controllers::CONTROLLERS.len() - 1);
     let c = ControllerManagerConfig::default()
         .controllers(&["deployment"])
         .unwrap();
