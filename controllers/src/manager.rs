@@ -11,6 +11,7 @@ use crate::builtin::deployment::DeploymentController;
 use crate::builtin::gc::{self, GarbageCollector};
 use crate::builtin::namespace::{self, NamespaceController};
 use crate::builtin::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
+use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::serviceaccount::ServiceAccountController;
 use crate::informer::InformerFactory;
@@ -18,13 +19,14 @@ use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 6] = [
+pub const CONTROLLERS: [&str; 7] = [
     "deployment",
     "replicaset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
     "nodelifecycle",
+    "podgc",
 ];
 
 /// What a [`ControllerManager`] runs and how.
@@ -42,6 +44,8 @@ pub struct ControllerManagerConfig {
     pub namespace_workers: usize,
     /// The node lifecycle controller's grace periods.
     pub node_lifecycle: NodeLifecycleConfig,
+    /// The pod garbage collector's threshold and periods.
+    pub pod_gc: PodGcConfig,
 }
 
 impl Default for ControllerManagerConfig {
@@ -53,6 +57,7 @@ impl Default for ControllerManagerConfig {
             replicaset_workers: 5,
             namespace_workers: 10,
             node_lifecycle: NodeLifecycleConfig::default(),
+            pod_gc: PodGcConfig::default(),
         }
     }
 }
@@ -238,6 +243,10 @@ impl ControllerManager {
                 .metrics(&self.metrics)
                 .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("podgc") {
+            let gc = PodGarbageCollector::new(&client, &factory, cfg.pod_gc.clone());
+            tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
         }
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -9,5 +9,6 @@ pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
