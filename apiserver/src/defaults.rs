@@ -266,14 +266,20 @@ mod tests {
             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
         ]}});
         on_create("", "Pod", &mut pod);
-        let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
+        let tolerations = pod["spec"]["tolerations"].as_array().expect("tolerations");
         assert_eq!(tolerations.len(), 2);
         assert_eq!(tolerations[0]["tolerationSeconds"], json!(5));
         assert_eq!(tolerations[1]["key"], json!("node.kubernetes.io/not-ready"));
         // A pod tolerating every taint gets nothing more; other kinds are left alone.
         let mut pod = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
         on_create("", "Pod", &mut pod);
-        assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            pod["spec"]["tolerations"]
+                .as_array()
+                .expect("tolerations")
+                .len(),
+            1
+        );
         let mut rs = json!({"spec": {}});
         on_create("apps", "ReplicaSet", &mut rs);
         assert_eq!(rs, json!({"spec": {}}));

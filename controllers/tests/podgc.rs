@@ -1,5 +1,7 @@
 //! The pod garbage collector against an in-process API server, under paused time.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -100,7 +100,7 @@ pub enum ClusterError {
         what: String,
         /// Why.
         #[source]
-        source: keelson_core::Error,
+        source: Box<keelson_core::Error>,
     },
     /// The scheduler's configuration is invalid.
     #[error("failed to configure the scheduler: {0}")]
@@ -135,7 +135,7 @@ impl From<keelson_core::Error> for ClusterError {
     fn from(source: keelson_core::Error) -> Self {
         ClusterError::Api {
             what: "call the API server".into(),
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -499,7 +499,7 @@ async fn create_namespaces(server: &Arc<ApiServer>) -> Result<(), ClusterError> 
             Err(source) => {
                 return Err(ClusterError::Api {
                     what: format!("create namespace {ns}"),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }

@@ -530,12 +530,13 @@ mod tests {
     }
 
     fn pod(tolerations: Vec<Toleration>) -> Pod {
-        let mut p = Pod::default();
-        p.spec = Some(keelson_core::k8s_openapi::api::core::v1::PodSpec {
-            tolerations: Some(tolerations),
-            ..Default::default()
-        });
-        p
+        Pod {
+            spec: Some(keelson_core::k8s_openapi::api::core::v1::PodSpec {
+                tolerations: Some(tolerations),
+                ..Default::default()
+            }),
+            ..Pod::default()
+        }
     }
 
     #[test]
