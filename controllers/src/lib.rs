@@ -72,7 +72,10 @@
 //! # Built-in controllers
 //!
 //! [`builtin`] holds Kubernetes' controllers with Kubernetes' semantics and status fields:
-//! ReplicaSet, Deployment, the garbage collector, Namespace and ServiceAccount.
+//! ReplicaSet, Deployment, the garbage collector, Namespace and ServiceAccount; node
+//! lifecycle ([`builtin::nodelifecycle`]: nodes whose Lease goes stale become `Unknown`,
+//! are tainted `unreachable`, and lose the pods that do not tolerate that for long) and
+//! the pod garbage collector ([`builtin::podgc`]).
 //! [`ControllerManager`] runs them all in one process, optionally under leader election.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]

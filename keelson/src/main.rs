@@ -3,10 +3,11 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the controllers (Deployment, ReplicaSet, garbage collector, Namespace,
-//!   ServiceAccount), the scheduler (default profile, or the profiles of
-//!   `--scheduler-config`) and node agents on the in-process client: `--nodes N` local nodes running real processes
-//!   (default 1), `--sim-nodes N` simulated ones, static pods from `--manifests DIR`.
+//!   runs the controllers (every one of `keelson_controllers::CONTROLLERS`), the scheduler
+//!   (default profile, or the profiles of `--scheduler-config`) and node agents on the
+//!   in-process client: `--nodes N` local nodes running real processes (default 1),
+//!   `--sim-nodes N` simulated ones (a `SimFleet`), static pods from `--manifests DIR`.
+//!   All of it is assembled by [`keelson::Cluster`], as tests assemble their clusters.
 //!   Stopping it (Ctrl-C, SIGTERM) stops the pods' processes; after a crash they keep
 //!   running and the next start adopts them.
 
