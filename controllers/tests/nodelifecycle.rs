@@ -128,6 +128,19 @@ async fn a_not_ready_node_is_tainted_and_evicts_pods_by_their_toleration_seconds
             && c.reason.as_deref() == Some("DeletionByTaintManager")),
         "{conditions:?}"
     );
+    let events =
+        Api::<keelson_core::k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "ns")
+            .list(&Default::default())
+            .await
+            .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TaintManagerEviction")
+                && e.involved_object.name.as_deref() == Some("short")),
+        "no eviction event"
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!deleting("forever").await, "tolerates forever");
     assert!(!deleting("defaulted").await, "tolerates for 300 s");

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::clock;
 use crate::controller::{Action, Context, Controller, Reconciler};
+use crate::events::{object_reference, EventType, Recorder};
 use crate::informer::InformerFactory;
 use crate::object::ObjectRef;
 use crate::reflector::{node_name_index, Reader, NODE_NAME_INDEX};
@@ -97,6 +98,7 @@ pub struct NodeLifecycleController {
     leases: Reader<Lease>,
     pods: Reader<Pod>,
     health: Mutex<HashMap<String, Health>>,
+    recorder: Recorder,
     /// Per node: when each pod (by uid) was first seen under its `NoExecute` taints.
     tainted_since: Mutex<HashMap<String, HashMap<String, Instant>>>,
 }
@@ -243,6 +245,7 @@ impl NodeLifecycleController {
                 leases,
                 pods,
                 health: Mutex::new(HashMap::new()),
+                recorder: Recorder::new(client.clone(), "node-controller", "keelson"),
                 tainted_since: Mutex::new(HashMap::new()),
             }),
         )
@@ -316,9 +319,18 @@ impl NodeLifecycleController {
             }
         }
         tracing::info!(node = %name, "node stopped posting status: conditions Unknown");
-        Api::<Node>::all(self.client.clone())
+        let written = Api::<Node>::all(self.client.clone())
             .replace_status(name, &updated)
-            .await
+            .await?;
+        self.recorder
+            .emit(
+                &object_reference(node),
+                EventType::Normal,
+                "NodeNotReady",
+                &format!("Node {name} status is now: NodeNotReady"),
+            )
+            .await;
+        Ok(written)
     }
 
     /// Puts the taints for the node's Ready condition on it and takes the others off.
@@ -464,7 +476,16 @@ impl NodeLifecycleController {
                 ..DeleteOptions::default()
             };
             match api.delete(pod_name, &options).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    self.recorder
+                        .emit(
+                            &object_reference(pod.as_ref()),
+                            EventType::Normal,
+                            "TaintManagerEviction",
+                            &format!("Marking for deletion Pod {ns}/{pod_name}"),
+                        )
+                        .await;
+                }
                 Err(e) if e.is_not_found() || e.is_conflict() => {}
                 Err(e) => return Err(e),
             }
