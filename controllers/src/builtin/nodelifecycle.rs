@@ -97,6 +97,7 @@ pub struct NodeLifecycleController {
     config: NodeLifecycleConfig,
     leases: Reader<Lease>,
     pods: Reader<Pod>,
+    nodes: Reader<Node>,
     health: Mutex<HashMap<String, Health>>,
     recorder: Recorder,
     /// Per node: when each pod (by uid) was first seen under its `NoExecute` taints.
@@ -219,6 +220,7 @@ impl NodeLifecycleController {
         let controller = Controller::with_factory(factory, Api::<Node>::all(client.clone()), cfg())
             .name("nodelifecycle");
         let nodes = controller.store();
+        let node_reader = nodes.clone();
         let controller = controller
             .watches(lease_api, cfg(), |lease: &Lease| {
                 vec![ObjectRef::new(
@@ -244,11 +246,28 @@ impl NodeLifecycleController {
                 config,
                 leases,
                 pods,
+                nodes: node_reader,
                 health: Mutex::new(HashMap::new()),
                 recorder: Recorder::new(client.clone(), "node-controller", "keelson"),
                 tainted_since: Mutex::new(HashMap::new()),
             }),
         )
+    }
+
+    /// Drops what is remembered of nodes that no longer exist (now and then: when the
+    /// memory holds noticeably more nodes than the cache).
+    fn forget_deleted_nodes(&self) {
+        let known = self.nodes.len();
+        let exists = |n: &String| self.nodes.get(&ObjectRef::new(None, n)).is_some();
+        let mut health = self.health.lock();
+        if health.len() > known + 16 {
+            health.retain(|n, _| exists(n));
+        }
+        drop(health);
+        let mut tainted = self.tainted_since.lock();
+        if tainted.len() > known + 16 {
+            tainted.retain(|n, _| exists(n));
+        }
     }
 
     /// Notes the node's heartbeats; returns how long it has been silent.
@@ -524,6 +543,7 @@ impl Reconciler<Node> for NodeLifecycleController {
         if let Some(due) = self.evict(&node, &name).await? {
             next = next.min(due);
         }
+        self.forget_deleted_nodes();
         Ok(Action::requeue(next))
     }
 }
