@@ -770,3 +770,38 @@ async fn a_durable_store_works_under_paused_time() {
     println!("20 durable writes took {jumped:?} of paused time");
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn controllers_under_leader_election_run_once_they_lead() {
+    use keelson::controllers::ControllerManagerConfig;
+    use keelson::core::k8s_openapi::api::coordination::v1::Lease;
+    let config = ControllerManagerConfig {
+        leader_election: Some(LeaderElectionConfig::new(
+            "kube-system",
+            "kube-controller-manager",
+            "cm-a",
+        )),
+        ..ControllerManagerConfig::default()
+    };
+    let cluster = Cluster::builder()
+        .controllers(config)
+        .sim_nodes(1)
+        .build()
+        .await
+        .expect("cluster");
+    let client = cluster.client();
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&deployment("led", 2, "led:1", 1, 0))
+        .await
+        .expect("create");
+    rolled_out(&client, "led").await;
+    let lease = Api::<Lease>::namespaced(client.clone(), "kube-system")
+        .get("kube-controller-manager")
+        .await
+        .expect("the election's lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("cm-a")
+    );
+    cluster.shutdown().await;
+}
