@@ -6,6 +6,7 @@
 //! cargo bench -p keelson-apiserver --bench inprocess              # 3 rounds of 5 s
 //! cargo bench -p keelson-apiserver --bench inprocess -- --quick   # 1 round of 2 s
 //! cargo bench -p keelson-apiserver --bench inprocess -- --tasks 64
+//! cargo bench -p keelson-apiserver --bench inprocess -- --dir /dev/shm   # no disk wait
 //! ```
 //!
 //! `--tasks` concurrent tasks (default 256) each create typed pods with `generateName`
@@ -60,7 +61,7 @@ fn main() {
     runtime.block_on(async move {
         let dir = tempfile::Builder::new()
             .prefix("keelson-inprocess-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(arg("--dir").unwrap_or_else(|| "/var/tmp".into()))
             .expect("tempdir");
         let store = MemStore::open(dir.path()).expect("open the store");
         let server = ApiServer::new(Registry::new(Arc::new(store)), resources::builtin());

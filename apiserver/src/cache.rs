@@ -39,6 +39,10 @@ use crate::registry::{decode_stored, WatchEventType};
 /// How many recent events each cache keeps for watchers that resume.
 pub const HISTORY: usize = 10_000;
 
+/// How long [`Cache::backfill`] waits for the store's next old event before taking it
+/// that there are no more.
+const BACKFILL_QUIET: Duration = Duration::from_millis(50);
+
 /// One change, as the cache keeps and hands it out.
 #[derive(Debug)]
 pub struct CachedEvent {
@@ -150,6 +154,9 @@ struct State {
     history: VecDeque<Arc<CachedEvent>>,
     /// The revision the history starts after: events after it are all in `history`.
     history_start: Revision,
+    /// Whether `history_start` is where the cache's list was taken (nothing dropped since),
+    /// so older events may still be had from the store (see [`Cache::backfill`]).
+    starts_at_list: bool,
     ready: bool,
 }
 
@@ -245,6 +252,7 @@ impl Cache {
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
                 history_start: 0,
+                starts_at_list: false,
                 ready: false,
             }),
             tx,
@@ -275,6 +283,7 @@ impl Cache {
     fn reset(&self) {
         let mut state = self.state.write();
         state.ready = false;
+        state.starts_at_list = false;
         state.history.clear();
         let _ = self.tx.send(Delivery::Reset);
     }
@@ -312,11 +321,25 @@ impl Cache {
             state.revision = revision;
             state.history.clear();
             state.history_start = revision;
+            state.starts_at_list = true;
             state.ready = true;
         }
         self.progress.send_replace(revision);
-        while let Some(item) = watch.next().await {
-            let e = item?;
+        // The last change this cache has taken in: a watch that falls behind the store's
+        // ring resumes from here (the store still has the history) rather than re-listing.
+        let mut last = revision;
+        loop {
+            let e = match watch.next().await {
+                Some(Ok(e)) => e,
+                Some(Err(StoreError::WatchLagged { .. })) => {
+                    tracing::debug!(resource = %self.rt.plural, after = last, "watch cache fell behind; resuming");
+                    watch = store.watch(&self.prefix, last).await?;
+                    continue;
+                }
+                Some(Err(e)) => return Err(e),
+                None => break,
+            };
+            last = e.revision();
             if e.kind == EventKind::Put
                 && self.tx.receiver_count() > 0
                 && !self.hints.lock().contains_key(&e.revision())
@@ -356,6 +379,7 @@ impl Cache {
             if state.history.len() == HISTORY {
                 if let Some(old) = state.history.pop_front() {
                     state.history_start = old.revision;
+                    state.starts_at_list = false;
                 }
             }
             state.history.push_back(event.clone());
@@ -484,6 +508,79 @@ impl Cache {
             stored,
             rt: self.rt.clone(),
         }
+    }
+
+    /// Extends the history back to just after `revision` with the store's own history,
+    /// when the cache started (listed) after `revision` and has dropped nothing since: a
+    /// client that listed before this cache existed (a paged list is served by the store)
+    /// can then still watch from its list's version. Returns whether the history now
+    /// reaches back to `revision`.
+    ///
+    /// # Errors
+    /// 410 when the store has compacted `revision` away; the store's other errors.
+    pub async fn backfill(
+        &self,
+        store: &Arc<dyn Store>,
+        revision: Revision,
+    ) -> Result<bool, Error> {
+        let start = {
+            let state = self.state.read();
+            if !state.ready || revision >= state.history_start {
+                return Ok(true);
+            }
+            if !state.starts_at_list {
+                return Ok(false);
+            }
+            state.history_start
+        };
+        let mut changes = store
+            .watch(&self.prefix, revision)
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted {
+                    requested,
+                    compacted,
+                } => Error::too_old_resource_version(requested, compacted),
+                other => Error::internal(other),
+            })?;
+        let mut older = Vec::new();
+        // The events up to `start` are history in the store, delivered at once; a quiet
+        // watch means there are no more of them.
+        while let Ok(Some(item)) = tokio::time::timeout(BACKFILL_QUIET, changes.next()).await {
+            let e = item.map_err(Error::internal)?;
+            if e.revision() > start {
+                break;
+            }
+            if older.len() == HISTORY {
+                return Ok(false);
+            }
+            let kind = match (e.kind, &e.prev) {
+                (EventKind::Delete, _) => WatchEventType::Deleted,
+                (EventKind::Put, None) => WatchEventType::Added,
+                (EventKind::Put, Some(_)) => WatchEventType::Modified,
+            };
+            older.push(Arc::new(CachedEvent {
+                revision: e.revision(),
+                kind,
+                rt: self.rt.clone(),
+                object: Stored::of(&e.kv),
+                decoded: OnceLock::new(),
+                prev: e.prev.as_ref().map(Stored::of),
+            }));
+        }
+        let mut state = self.state.write();
+        // A reset, or history dropped meanwhile, makes the events found useless.
+        if !(state.ready && state.starts_at_list && state.history_start == start) {
+            return Ok(false);
+        }
+        if state.history.len() + older.len() > HISTORY {
+            return Ok(false);
+        }
+        for e in older.into_iter().rev() {
+            state.history.push_front(e);
+        }
+        state.history_start = revision;
+        Ok(true)
     }
 
     /// Subscribes to the changes after `revision`.

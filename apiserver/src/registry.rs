@@ -1466,7 +1466,13 @@ impl Registry {
         } else {
             let cache = self.cache_at(res, rv).await?;
             let after = parse_rv(rv.unwrap_or("0"))?;
-            match cache.subscribe(after) {
+            // A cache started after `after` (the client listed pages from the store before
+            // anyone watched this kind) takes the missing events from the store's history.
+            let subscribed = match cache.backfill(&self.store, after).await {
+                Ok(_) => cache.subscribe(after),
+                Err(e) => Err(e),
+            };
+            match subscribed {
                 Ok(sub) => sub,
                 Err(e) if e.is_expired() => {
                     let events = vec![error_event(&e)];

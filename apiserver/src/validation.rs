@@ -261,7 +261,7 @@ struct Node {
     /// `metadata` (k8s-openapi marks it required; Kubernetes does not).
     required: Vec<String>,
     /// Properties, from every branch (the first branch naming a property wins).
-    properties: std::collections::HashMap<String, usize>,
+    properties: std::collections::HashMap<String, usize, foldhash::fast::RandomState>,
     /// `additionalProperties`, when some branch gives it.
     additional: Option<Additional>,
     /// Whether some branch has `properties` or `additionalProperties` at all; if none

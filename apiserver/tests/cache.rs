@@ -135,7 +135,8 @@ async fn many_watchers_and_lists_cost_one_store_watch_and_one_list() {
 
 #[tokio::test]
 async fn a_watch_resumes_from_a_version_and_a_compacted_one_is_expired_in_stream() {
-    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let store = Arc::new(MemStore::ephemeral());
+    let registry = Registry::new(store.clone());
     let namespaces = ServedResource::of::<Namespace>();
     let configmaps = ServedResource::of::<ConfigMap>();
     registry
@@ -178,15 +179,16 @@ async fn a_watch_resumes_from_a_version_and_a_compacted_one_is_expired_in_stream
         (e.kind, e.object["metadata"]["name"].as_str()),
         (WatchEventType::Added, Some("b"))
     );
-    // The namespaces' cache starts now, after revision 1: older history is not in it.
-    registry
+    // A version the store has compacted away is gone for good: 410 in the stream.
+    let other = registry
         .create(&namespaces, None, json!({"metadata": {"name": "other"}}))
         .await
         .expect("namespace");
-    registry
-        .list(&namespaces, &ListParams::default())
-        .await
-        .expect("warm");
+    let compact_to = other["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .expect("rv");
+    store.compact(compact_to).await.expect("compact");
     let mut old = Box::pin(
         registry
             .watch(&namespaces, Selection::default(), Some("1"), false)
@@ -200,6 +202,74 @@ async fn a_watch_resumes_from_a_version_and_a_compacted_one_is_expired_in_stream
         (Some(410), Some("Expired"))
     );
     assert!(old.next().await.is_none());
+}
+
+/// A paged list is served by the store, so a client can list a kind before its watch
+/// cache exists; a watch from that list's version must not be refused because the cache
+/// started later (it takes the missing events from the store's history).
+#[tokio::test]
+async fn a_watch_from_a_paged_list_taken_before_the_cache_started_misses_nothing() {
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let namespaces = ServedResource::of::<Namespace>();
+    let configmaps = ServedResource::of::<ConfigMap>();
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
+    let create = |name: &'static str| {
+        registry.create(
+            &configmaps,
+            Some("default"),
+            json!({"metadata": {"name": name}}),
+        )
+    };
+    create("a").await.expect("a");
+    create("b").await.expect("b");
+    let page = registry
+        .list(
+            &configmaps,
+            &ListParams {
+                limit: 1,
+                ..ListParams::default()
+            },
+        )
+        .await
+        .expect("first page");
+    let rv = page.resource_version.clone();
+    // Changes after the list, before anyone watches configmaps.
+    create("c").await.expect("c");
+    registry
+        .delete(&configmaps, Some("default"), "a", &Default::default())
+        .await
+        .expect("delete a");
+    let mut w = Box::pin(
+        registry
+            .watch(&configmaps, Selection::default(), Some(&rv), false)
+            .await
+            .expect("watch"),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let e = w.next().await.expect("event");
+        seen.push((
+            e.kind,
+            e.object["metadata"]["name"].as_str().map(str::to_owned),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (WatchEventType::Added, Some("c".to_owned())),
+            (WatchEventType::Deleted, Some("a".to_owned())),
+        ]
+    );
+    // And then live changes.
+    create("d").await.expect("d");
+    let e = w.next().await.expect("event");
+    assert_eq!(
+        (e.kind, e.object["metadata"]["name"].as_str()),
+        (WatchEventType::Added, Some("d"))
+    );
 }
 
 #[tokio::test]
@@ -480,4 +550,48 @@ async fn the_compactor_keeps_one_interval_of_history() {
         "one interval kept"
     );
     compactor.abort();
+}
+
+/// When the cache's own store watch falls a whole ring behind (the store's watchers get
+/// `WatchLagged`), the cache resumes from the last change it took in: its watchers see
+/// every change and no 410.
+#[tokio::test]
+async fn a_cache_that_falls_behind_the_store_resumes_without_a_reset() {
+    let store = MemStore::ephemeral_with(keelson_store::MemStoreOptions {
+        watch_buffer: 16,
+        ..Default::default()
+    });
+    let registry = Registry::new(Arc::new(store));
+    let namespaces = ServedResource::of::<Namespace>();
+    let configmaps = ServedResource::of::<ConfigMap>();
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
+    let mut w = Box::pin(
+        registry
+            .watch(&configmaps, Selection::default(), None, false)
+            .await
+            .expect("watch"),
+    );
+    // On this single-threaded runtime the cache's task does not run while these writes
+    // complete one after another, so the store's ring (16 groups) overflows under it.
+    for i in 0..100 {
+        registry
+            .create(
+                &configmaps,
+                Some("default"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .await
+            .expect("create");
+    }
+    for i in 0..100 {
+        let e = w.next().await.expect("event");
+        assert_eq!(
+            (e.kind, e.object["metadata"]["name"].as_str()),
+            (WatchEventType::Added, Some(format!("c{i}").as_str())),
+            "event {i}"
+        );
+    }
 }

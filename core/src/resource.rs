@@ -252,7 +252,13 @@ impl ResourceType {
     /// [`Error::BadRequest`] when a cluster-scoped kind gets a namespace or the namespace
     /// is not a valid path segment.
     pub fn prefix(&self, namespace: Option<&str>) -> Result<String, Error> {
-        let mut prefix = format!("{KEY_ROOT}/{}/{}/", self.group_segment(), self.plural);
+        let group = self.group_segment();
+        // Room for a namespace and a name: `key` appends to this without growing it.
+        let mut prefix =
+            String::with_capacity(KEY_ROOT.len() + group.len() + self.plural.len() + 3 + 128);
+        for part in [KEY_ROOT, "/", group, "/", &self.plural, "/"] {
+            prefix.push_str(part);
+        }
         match namespace.filter(|ns| !ns.is_empty()) {
             None => {}
             Some(ns) if !self.is_namespaced() => {
@@ -346,6 +352,9 @@ fn segment_problems(segment: &str) -> Vec<String> {
 fn check_segment(what: &str, segment: &str) -> Result<(), Error> {
     if segment.is_empty() {
         return Err(Error::bad_request(format!("{what} parameter required.")));
+    }
+    if !matches!(segment, "." | "..") && !segment.contains(['/', '%']) {
+        return Ok(());
     }
     let problems = segment_problems(segment);
     if problems.is_empty() {

@@ -4,12 +4,14 @@
 //! The whole multi-version state lives in memory ([`state`]): a sorted map from key to that
 //! key's retained versions. Reads take a read lock and never touch the disk. Writes go to
 //! one committer thread, which takes every write waiting in its queue as one group: it
-//! checks each against the state plus the group's earlier writes, gives it the next
-//! revision, appends the group to the write-ahead log as one checksummed record, calls
-//! `fdatasync` once, and only then applies the group to the state, publishes the events to
-//! the watchers and answers the writers. So a write is acknowledged only once it is on disk,
-//! one `fdatasync` serves every write in the group, and no reader ever sees a write that a
-//! crash could take back.
+//! checks each against the state plus the writes still on their way to it, gives it the
+//! next revision, and appends the group to the write-ahead log as one checksummed record.
+//! A second thread, the syncer, takes every group written so far, calls `fdatasync` once
+//! for all of them, and only then applies them to the state, publishes the events to the
+//! watchers and answers the writers. The committer does not wait for the disk: while one
+//! sync runs it checks and writes the next groups, which the next sync covers. So a write
+//! is acknowledged only once it is on disk, one `fdatasync` serves every write that arrived
+//! while the last one ran, and no reader ever sees a write that a crash could take back.
 //!
 //! When the log has grown past a threshold since the last snapshot, a snapshot of the
 //! state is written in the background and the log segments it covers are removed.
@@ -253,8 +255,19 @@ impl MemStore {
             .name("keelson-store-publish".into())
             .spawn(move || publisher(published, events))
             .map_err(|e| StoreError::io("starting the publish thread", e))?;
-        let committer = Committer {
+        let progress = Arc::new(Progress::default());
+        let (written, to_sync) = std::sync::mpsc::sync_channel(MAX_IN_FLIGHT);
+        let syncer = Syncer {
+            rx: to_sync,
+            shared: shared.clone(),
+            progress: progress.clone(),
             publish,
+        };
+        let syncer = std::thread::Builder::new()
+            .name("keelson-store-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(|e| StoreError::io("starting the sync thread", e))?;
+        let committer = Committer {
             rx,
             shared: shared.clone(),
             dir,
@@ -264,6 +277,12 @@ impl MemStore {
             last_snapshot_bytes: Arc::new(AtomicU64::new(0)),
             since_snapshot: report.log_bytes,
             snapshotter: None,
+            pending: Overlay::new(),
+            revision: report.revision,
+            written: Some(written),
+            sent: 0,
+            progress,
+            syncer: Some(syncer),
         };
         let handle = std::thread::Builder::new()
             .name("keelson-store-commit".into())
@@ -522,7 +541,10 @@ fn recover(dir: &Path) -> Result<(State, Segment, RecoveryReport)> {
     Ok((state, segment, report))
 }
 
-/// The thread that commits groups of writes to the log and applies them.
+/// The thread that checks groups of writes and appends them to the log. It does not wait
+/// for the disk: each written group goes to the [`Syncer`], and the committer goes on with
+/// the next one, checking it against the state plus `pending` (what is written but not
+/// yet applied).
 struct Committer {
     rx: mpsc::UnboundedReceiver<Request>,
     shared: Arc<Shared>,
@@ -535,8 +557,109 @@ struct Committer {
     /// Log bytes written since the last snapshot.
     since_snapshot: u64,
     snapshotter: Option<JoinHandle<()>>,
+    /// The latest version of each key written by a group the syncer has not applied yet.
+    pending: Overlay,
+    /// The last revision given to a write (the state's, once every group is applied).
+    revision: Revision,
+    /// Written groups, to the syncer; bounded, so a slow disk holds the committer back.
+    written: Option<std::sync::mpsc::SyncSender<Written>>,
+    /// How many groups have gone to the syncer.
+    sent: u64,
+    progress: Arc<Progress>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// A group appended to the log, waiting for `fdatasync`.
+struct Written {
+    group: Vec<Prepared>,
+    replies: Vec<Reply>,
+    compact_to: Option<Revision>,
+    /// The segment holding the group's record and its path; `None` when the group wrote
+    /// nothing (only refusals), which still waits for the groups before it.
+    file: Option<(Arc<File>, Arc<Path>)>,
+}
+
+/// How many groups the syncer has finished, for the committer to wait on.
+#[derive(Default)]
+struct Progress {
+    finished: Mutex<u64>,
+    changed: parking_lot::Condvar,
+}
+
+/// The thread that makes written groups durable: it takes every group waiting, calls
+/// `fdatasync` once for all of them, then applies them to the state in order, answers
+/// their writers and hands their events to the publisher. While it waits for the disk, the
+/// committer writes the next groups, so one sync serves every group written meanwhile.
+struct Syncer {
+    rx: std::sync::mpsc::Receiver<Written>,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
     /// Committed groups' events, to the publisher thread.
     publish: std::sync::mpsc::Sender<Vec<Event>>,
+}
+
+/// The most written groups waiting for the syncer.
+const MAX_IN_FLIGHT: usize = 64;
+
+impl Syncer {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = self.rx.try_recv() {
+                batch.push(more);
+            }
+            let n = batch.len() as u64;
+            self.finish(batch);
+            *self.progress.finished.lock() += n;
+            self.progress.changed.notify_all();
+        }
+    }
+
+    fn finish(&self, batch: Vec<Written>) {
+        let mut synced: Option<&Arc<File>> = None;
+        let mut outcome = self.shared.check_failed();
+        for (file, path) in batch.iter().filter_map(|w| w.file.as_ref()) {
+            if outcome.is_err() {
+                break;
+            }
+            // Every group of a batch is in one segment (the committer drains before it
+            // starts another), so this syncs once.
+            if synced.is_some_and(|f| Arc::ptr_eq(f, file)) {
+                continue;
+            }
+            if let Err(AppendError::Fatal(e) | AppendError::Retryable(e)) = wal::sync(file, path) {
+                // The kernel may still write the data: the outcome is unknown.
+                self.shared.fail(e.to_string());
+                outcome = self.shared.check_failed();
+            }
+            synced = Some(file);
+        }
+        if let Err(e) = outcome {
+            for reply in batch.into_iter().flat_map(|w| w.replies) {
+                reply.refuse(StoreError::unavailable(format!("the log failed: {e}")));
+            }
+            return;
+        }
+        {
+            let mut state = self.shared.state.write();
+            for w in &batch {
+                Shared::apply(&mut state, &w.group, w.compact_to);
+            }
+        }
+        let mut events = Vec::new();
+        for w in batch {
+            for reply in w.replies {
+                reply.send();
+            }
+            if let Some(e) = self.shared.events_of(&w.group) {
+                events.extend(e);
+            }
+        }
+        // Waking every watcher is the publisher's job, off the path of the next group.
+        if !events.is_empty() {
+            let _ = self.publish.send(events);
+        }
+    }
 }
 
 /// The publisher thread: hands committed events to the watch ring, merging every group
@@ -615,15 +738,31 @@ impl Committer {
                 self.maybe_snapshot();
             }
         }
+        // Closing the syncer's queue lets it finish every written group and stop.
+        self.written = None;
+        if let Some(handle) = self.syncer.take() {
+            let _ = handle.join();
+        }
         if let Some(handle) = self.snapshotter.take() {
             let _ = handle.join();
         }
     }
 
-    /// Checks, logs, syncs and applies one group taken from the front of `requests` (all of
-    /// them, unless their values together pass [`MAX_GROUP_BYTES`]). Every answer, refusals
-    /// included, waits until the group is durable and applied: a refusal may rest on an
-    /// earlier write of the same group.
+    /// Waits until the syncer has finished every group sent to it, so the state holds every
+    /// write the committer has accepted.
+    fn drain(&mut self) {
+        let mut finished = self.progress.finished.lock();
+        while *finished < self.sent {
+            self.progress.changed.wait(&mut finished);
+        }
+        drop(finished);
+        self.pending.clear();
+    }
+
+    /// Checks and logs one group taken from the front of `requests` (all of them, unless
+    /// their values together pass [`MAX_GROUP_BYTES`]) and hands it to the syncer. Every
+    /// answer, refusals included, waits until the group is durable and applied: a refusal
+    /// may rest on an earlier write not yet durable.
     fn commit(&mut self, requests: &mut VecDeque<Request>) {
         if let Err(e) = self.shared.check_failed() {
             for r in requests.drain(..) {
@@ -637,15 +776,19 @@ impl Committer {
         self.record.clear();
         {
             let state = self.shared.state.read();
-            let mut overlay = Overlay::new();
-            let mut revision = state.revision;
+            // What the state now shows needs no overlay.
+            if state.revision == self.revision {
+                self.pending.clear();
+            } else {
+                self.pending.retain(|_, v| v.mod_revision > state.revision);
+            }
             while self.record.len() < MAX_GROUP_BYTES {
                 let Some(r) = requests.pop_front() else { break };
                 match r {
                     Request::Write(op, tx) => {
-                        match state.prepare(&mut overlay, &op, revision + 1) {
+                        match state.prepare(&mut self.pending, &op, self.revision + 1) {
                             Ok(p) => {
-                                revision += 1;
+                                self.revision += 1;
                                 codec::encode_write(self.record.body(), &p.key, &p.new);
                                 group.push(p.clone());
                                 replies.push(Reply::Write(tx, Ok(p)));
@@ -654,10 +797,10 @@ impl Committer {
                         }
                     }
                     Request::Compact(rev, tx) => {
-                        if rev > revision {
+                        if rev > self.revision {
                             let e = StoreError::FutureRevision {
                                 requested: rev,
-                                current: revision,
+                                current: self.revision,
                             };
                             replies.push(Reply::Compact(tx, Err(e)));
                         } else {
@@ -673,11 +816,12 @@ impl Committer {
         if let Some(c) = compact_to {
             codec::encode_compact(self.record.body(), c);
         }
+        let mut file = None;
         if !self.record.is_empty() {
             let appended = match self.record.finish() {
                 Ok(bytes) => {
                     self.since_snapshot += bytes.len() as u64;
-                    self.segment.append(bytes)
+                    self.segment.write(bytes)
                 }
                 Err(e) => Err(AppendError::Retryable(e)),
             };
@@ -686,6 +830,10 @@ impl Committer {
                 let (reason, fatal) = match err {
                     AppendError::Retryable(e) => {
                         tracing::warn!(error = %e, "log write failed; the group is refused");
+                        // Forget the group's writes: once the groups before it are applied,
+                        // the state is exactly what was accepted.
+                        self.drain();
+                        self.revision = self.shared.state.read().revision;
                         (e.to_string(), false)
                     }
                     AppendError::Fatal(e) => {
@@ -706,23 +854,36 @@ impl Committer {
                 }
                 return;
             }
+            let path: Arc<Path> = Arc::from(self.segment.path.as_path());
+            file = Some((self.segment.syncer().clone(), path));
         }
-        {
-            let mut state = self.shared.state.write();
-            Shared::apply(&mut state, &group, compact_to);
-        }
-        for reply in replies {
-            reply.send();
-        }
-        // Waking every watcher is the publisher's job, off the path of the next group.
-        if let Some(events) = self.shared.events_of(&group) {
-            let _ = self.publish.send(events);
+        let written = Written {
+            group,
+            replies,
+            compact_to,
+            file,
+        };
+        match &self.written {
+            Some(tx) => match tx.send(written) {
+                Ok(()) => self.sent += 1,
+                Err(std::sync::mpsc::SendError(w)) => {
+                    for reply in w.replies {
+                        reply.refuse(closed());
+                    }
+                }
+            },
+            None => {
+                for reply in written.replies {
+                    reply.refuse(closed());
+                }
+            }
         }
     }
 
-    /// Starts a snapshot when the log has grown enough since the last one.
     /// Starts a snapshot when the log has grown enough since the last one, and a new
-    /// segment when the current one is full.
+    /// segment when the current one is full. Both first wait for every written group to be
+    /// applied, so a new segment starts right after the state's revision, and a snapshot
+    /// holds everything the segments before it do.
     fn maybe_snapshot(&mut self) {
         if self.shared.is_failed.load(Ordering::Acquire) {
             return;
@@ -735,6 +896,7 @@ impl Committer {
         let writing = self.snapshotter.as_ref().is_some_and(|h| !h.is_finished());
         if self.since_snapshot < threshold || writing {
             if self.segment.len >= self.options.segment_bytes {
+                self.drain();
                 let revision = self.shared.state.read().revision;
                 match Segment::create(&self.dir, revision + 1) {
                     Ok(next) => self.segment = next,
@@ -746,6 +908,7 @@ impl Committer {
         if let Some(handle) = self.snapshotter.take() {
             let _ = handle.join();
         }
+        self.drain();
         let frozen = self.shared.state.read().freeze();
         let revision = frozen.revision;
         // The snapshot covers every segment before this new one, which can then go.

@@ -169,6 +169,8 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<Revision> {
 /// The segment being appended to.
 pub(crate) struct Segment {
     file: File,
+    /// A second handle on `file`, shared with the thread that syncs it.
+    sync: std::sync::Arc<File>,
     pub path: PathBuf,
     pub len: u64,
 }
@@ -184,7 +186,7 @@ impl Segment {
             .open(&path)
             .map_err(|e| StoreError::io(format!("creating log segment {}", path.display()), e))?;
         sync_dir(dir)?;
-        Ok(Segment { file, path, len: 0 })
+        Segment::new(file, path, 0)
     }
 
     /// Opens an existing segment for appending, cutting it to `len` bytes (its whole records).
@@ -201,9 +203,22 @@ impl Segment {
                     StoreError::io(format!("truncating log segment {}", path.display()), e)
                 })?;
         }
-        let mut seg = Segment { file, path, len };
+        let mut seg = Segment::new(file, path, len)?;
         seg.seek_end()?;
         Ok(seg)
+    }
+
+    fn new(file: File, path: PathBuf, len: u64) -> Result<Segment> {
+        let sync = file
+            .try_clone()
+            .map(std::sync::Arc::new)
+            .map_err(|e| StoreError::io(format!("opening log segment {}", path.display()), e))?;
+        Ok(Segment {
+            file,
+            sync,
+            path,
+            len,
+        })
     }
 
     fn seek_end(&mut self) -> Result<()> {
@@ -216,11 +231,11 @@ impl Segment {
             })
     }
 
-    /// Appends a record and makes it durable. On a write error the segment is cut back to
-    /// its previous length, so it still ends with a whole record; the caller may go on. An
-    /// error from `fdatasync` itself is returned as `Fatal`: the kernel may have dropped the
-    /// data, so the caller must stop accepting writes.
-    pub fn append(&mut self, record: &[u8]) -> std::result::Result<(), AppendError> {
+    /// Appends a record, without waiting for the disk: [`Segment::syncer`]'s handle makes it
+    /// durable. On a write error the segment is cut back to its previous length, so it still
+    /// ends with a whole record, and the caller may go on; when that cut itself fails the
+    /// error is `Fatal`: the log's end is unknown, so the caller must stop accepting writes.
+    pub fn write(&mut self, record: &[u8]) -> std::result::Result<(), AppendError> {
         if let Err(e) = self.file.write_all(record) {
             let restored = self.file.set_len(self.len).is_ok()
                 && self.file.sync_data().is_ok()
@@ -232,15 +247,26 @@ impl Segment {
                 AppendError::Fatal(err)
             });
         }
-        if let Err(e) = self.file.sync_data() {
-            return Err(AppendError::Fatal(StoreError::io(
-                format!("syncing log segment {}", self.path.display()),
-                e,
-            )));
-        }
         self.len += record.len() as u64;
         Ok(())
     }
+
+    /// A handle on this segment's file for `fdatasync`, which may run on another thread
+    /// while later records are written.
+    pub fn syncer(&self) -> &std::sync::Arc<File> {
+        &self.sync
+    }
+}
+
+/// `fdatasync` on a segment, with the error the committer reports: a failed sync is
+/// `Fatal` (the kernel may have dropped the data).
+pub(crate) fn sync(file: &File, path: &Path) -> std::result::Result<(), AppendError> {
+    file.sync_data().map_err(|e| {
+        AppendError::Fatal(StoreError::io(
+            format!("syncing log segment {}", path.display()),
+            e,
+        ))
+    })
 }
 
 /// Why an append failed.
