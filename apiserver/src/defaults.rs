@@ -11,6 +11,12 @@
 //! `progressDeadlineSeconds: 600`. ReplicaSets, StatefulSets, DaemonSets and Jobs: their
 //! counters and strategies. Services: `type: ClusterIP`, `sessionAffinity: None`, port
 //! protocols and `targetPort`.
+//!
+//! On create only, pods also get what Kubernetes' DefaultTolerationSeconds admission
+//! adds ([`on_create`]): tolerations of the `node.kubernetes.io/not-ready` and
+//! `node.kubernetes.io/unreachable` `NoExecute` taints for 300 s, unless the pod already
+//! tolerates them — so its pods leave a lost node five minutes after the node lifecycle
+//! controller taints it.
 
 use serde_json::{json, Map, Value};
 
@@ -165,6 +171,48 @@ pub fn job_selector(object: &mut Value) {
     }
 }
 
+/// How long pods tolerate a not-ready or unreachable node by default
+/// (`--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// What only a create defaults: the DefaultTolerationSeconds tolerations of pods.
+pub fn on_create(group: &str, kind: &str, object: &mut Value) {
+    if (group, kind) != ("", "Pod") {
+        return;
+    }
+    let Some(spec) = obj(object).and_then(|root| child(root, "spec")) else {
+        return;
+    };
+    if !spec.get("tolerations").is_some_and(Value::is_array) {
+        spec.insert("tolerations".into(), json!([]));
+    }
+    let Some(tolerations) = spec.get_mut("tolerations").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        // Tolerated already when a toleration matches the key (or every key) with the
+        // NoExecute effect (or every effect).
+        let tolerated = tolerations.iter().any(|t| {
+            let t_key = t.get("key").and_then(Value::as_str).unwrap_or_default();
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (t_key == key || (t_key.is_empty() && exists))
+                && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            tolerations.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+            }));
+        }
+    }
+}
+
 fn job_spec(spec: &mut Map<String, Value>) {
     default(spec, "parallelism", json!(1));
     default(spec, "backoffLimit", json!(6));
@@ -242,6 +290,41 @@ fn service_spec(spec: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_pod_tolerates_not_ready_and_unreachable_nodes_for_five_minutes() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}]}});
+        on_create("", "Pod", &mut pod);
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ])
+        );
+        // Its own tolerations of those taints are kept as they are.
+        let mut pod = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
+        ]}});
+        on_create("", "Pod", &mut pod);
+        let tolerations = pod["spec"]["tolerations"].as_array().expect("tolerations");
+        assert_eq!(tolerations.len(), 2);
+        assert_eq!(tolerations[0]["tolerationSeconds"], json!(5));
+        assert_eq!(tolerations[1]["key"], json!("node.kubernetes.io/not-ready"));
+        // A pod tolerating every taint gets nothing more; other kinds are left alone.
+        let mut pod = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        on_create("", "Pod", &mut pod);
+        assert_eq!(
+            pod["spec"]["tolerations"]
+                .as_array()
+                .expect("tolerations")
+                .len(),
+            1
+        );
+        let mut rs = json!({"spec": {}});
+        on_create("apps", "ReplicaSet", &mut rs);
+        assert_eq!(rs, json!({"spec": {}}));
+    }
 
     #[test]
     fn a_bare_pod_gets_kubernetes_defaults() {

@@ -531,6 +531,7 @@ impl Registry {
         let rt = &res.rt;
         check_type(rt, &mut obj)?;
         crate::defaults::apply(&rt.group, &rt.kind, &mut obj);
+        crate::defaults::on_create(&rt.group, &rt.kind, &mut obj);
         if is_namespace(&obj) {
             add_namespace_finalizer(&mut obj);
         }

@@ -73,9 +73,12 @@
 //!
 //! [`builtin`] holds Kubernetes' controllers with Kubernetes' semantics and status fields:
 //! ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob, EndpointSlice,
-//! Endpoints, the garbage collector, Namespace and ServiceAccount. [`ControllerManager`] runs them all in one process,
-//! optionally under leader election. Each controller's module says what it does and
-//! what it leaves out: notably StatefulSets ignore `volumeClaimTemplates`, Jobs count
+//! Endpoints, the garbage collector, Namespace and ServiceAccount; node lifecycle
+//! ([`builtin::nodelifecycle`]: nodes whose Lease goes stale become `Unknown`, are tainted
+//! `unreachable`, and lose the pods that do not tolerate that for long) and the pod
+//! garbage collector ([`builtin::podgc`]). [`ControllerManager`] runs them all in one
+//! process, optionally under leader election. Each controller's module says what it does
+//! and what it leaves out: notably StatefulSets ignore `volumeClaimTemplates`, Jobs count
 //! pods without the `batch.kubernetes.io/job-tracking` finalizer, and the Job controller
 //! also does the TTL-after-finished controller's work. CronJob schedules are parsed by
 //! [`builtin::cron`] and evaluated in their `timeZone` with `jiff` (system tz database,

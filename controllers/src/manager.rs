@@ -15,6 +15,8 @@ use crate::builtin::endpointslice::EndpointSliceController;
 use crate::builtin::gc::{self, GarbageCollector};
 use crate::builtin::job::JobController;
 use crate::builtin::namespace::{self, NamespaceController};
+use crate::builtin::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
+use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::serviceaccount::ServiceAccountController;
 use crate::builtin::statefulset::StatefulSetController;
@@ -23,7 +25,7 @@ use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 11] = [
+pub const CONTROLLERS: [&str; 13] = [
     "deployment",
     "replicaset",
     "statefulset",
@@ -35,6 +37,8 @@ pub const CONTROLLERS: [&str; 11] = [
     "garbagecollector",
     "namespace",
     "serviceaccount",
+    "nodelifecycle",
+    "podgc",
 ];
 
 /// What a [`ControllerManager`] runs and how.
@@ -58,6 +62,10 @@ pub struct ControllerManagerConfig {
     pub job_workers: usize,
     /// Concurrent reconciles of the CronJob controller (5).
     pub cronjob_workers: usize,
+    /// The node lifecycle controller's grace periods.
+    pub node_lifecycle: NodeLifecycleConfig,
+    /// The pod garbage collector's threshold and periods.
+    pub pod_gc: PodGcConfig,
 }
 
 impl Default for ControllerManagerConfig {
@@ -72,6 +80,8 @@ impl Default for ControllerManagerConfig {
             daemonset_workers: 2,
             job_workers: 5,
             cronjob_workers: 5,
+            node_lifecycle: NodeLifecycleConfig::default(),
+            pod_gc: PodGcConfig::default(),
         }
     }
 }
@@ -296,6 +306,18 @@ impl ControllerManager {
         }
         if cfg.on("garbagecollector") {
             let gc = GarbageCollector::new(&client, &factory, gc::default_kinds()).await;
+            tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        if cfg.on("nodelifecycle") {
+            let (c, r) =
+                NodeLifecycleController::controller(&client, &factory, cfg.node_lifecycle.clone());
+            let c = c
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("podgc") {
+            let gc = PodGarbageCollector::new(&client, &factory, cfg.pod_gc.clone());
             tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
         }
         shutdown.await;

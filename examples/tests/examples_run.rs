@@ -103,3 +103,24 @@ fn custom_scheduler_example_places_pods_by_its_own_plugin() {
         "{stdout}"
     );
 }
+
+#[test]
+fn cluster_controller_example_tests_a_controller_on_a_whole_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cluster_controller"))
+        .output()
+        .expect("run cluster_controller");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cluster_controller failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "cluster up with 3 nodes",
+        "web: 3 ready pods counted",
+        "web: scaled, 5 ready pods counted",
+        "web: scaled to zero, 0 ready pods counted",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+}

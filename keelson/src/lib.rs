@@ -5,6 +5,19 @@
 //! ([`scheduler`]), the controller runtime and built-in controllers ([`controllers`]) and
 //! the node agent with its runtimes ([`node`]); the proxy and add-ons join as they are
 //! built.
+//!
+//! [`Cluster`] assembles them into a whole cluster in one process — store, API server,
+//! scheduler, controller manager and nodes — in one call, for tests (under paused tokio
+//! time too), examples and `keelson up`:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keelson::ClusterError> {
+//! let cluster = keelson::Cluster::builder().sim_nodes(3).build().await?;
+//! let client = cluster.client();
+//! # let _ = client;
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 pub use keelson_apiserver as apiserver;
 pub use keelson_controllers as controllers;
@@ -12,3 +25,7 @@ pub use keelson_core as core;
 pub use keelson_node as node;
 pub use keelson_scheduler as scheduler;
 pub use keelson_store as store;
+
+mod cluster;
+
+pub use cluster::{Cluster, ClusterBuilder, ClusterError, SYSTEM_NAMESPACES};

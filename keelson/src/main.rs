@@ -3,10 +3,11 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the controllers (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob,
-//!   EndpointSlice, Endpoints, garbage collector, Namespace, ServiceAccount), the scheduler (default profile, or the profiles of
-//!   `--scheduler-config`) and node agents on the in-process client: `--nodes N` local nodes running real processes
-//!   (default 1), `--sim-nodes N` simulated ones, static pods from `--manifests DIR`.
+//!   runs the controllers (every one of `keelson_controllers::CONTROLLERS`), the scheduler
+//!   (default profile, or the profiles of `--scheduler-config`) and node agents on the
+//!   in-process client: `--nodes N` local nodes running real processes (default 1),
+//!   `--sim-nodes N` simulated ones (a `SimFleet`), static pods from `--manifests DIR`.
+//!   All of it is assembled by [`keelson::Cluster`], as tests assemble their clusters.
 //!   Stopping it (Ctrl-C, SIGTERM) stops the pods' processes; after a crash they keep
 //!   running and the next start adopts them.
 
@@ -16,10 +17,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keelson::Cluster;
 use keelson_apiserver::auth::Authenticator;
 use keelson_apiserver::tls::{self, Pki};
-use keelson_apiserver::{resources, ApiServer, Registry};
-use keelson_store::{MemStore, Store};
 
 #[derive(Parser)]
 #[command(
@@ -111,9 +111,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The namespaces every cluster has.
-const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
-
 async fn up(
     data_dir: PathBuf,
     listen: SocketAddr,
@@ -122,14 +119,36 @@ async fn up(
     scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
     nodes: Nodes,
 ) -> anyhow::Result<()> {
-    let store_dir = data_dir.join("store");
-    let store = MemStore::open(&store_dir)
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-    let revision = store.current_revision().await?;
-    if let Some(report) = store.recovery_report() {
+    // The same assembly as every in-process cluster (tests, examples): keelson::Cluster.
+    let mut builder = Cluster::builder()
+        .data_dir(&data_dir)
+        .process_nodes(nodes.local)
+        .sim_fleet(nodes.simulated, "sim-")
+        // Nodes come up while the API is served; the command does not wait for them.
+        .ready_timeout(None);
+    if let Some(config) = scheduler_config {
+        builder = builder.scheduler_config(config);
+    }
+    if let Some(dir) = nodes.manifests {
+        builder = builder.manifests(dir);
+    }
+    if insecure_http {
+        builder = builder.http(listen);
+    }
+    let cluster = builder
+        .build()
+        .await
+        .with_context(|| format!("starting the cluster in {}", data_dir.display()))?;
+    if let Some(report) = cluster.recovery_report() {
+        let revision = cluster
+            .server()
+            .registry()
+            .store()
+            .current_revision()
+            .await?;
         println!(
             "keelson: store open in {} at revision {revision} ({} log records replayed in {:?}{})",
-            store_dir.display(),
+            data_dir.join("store").display(),
             report.records,
             report.duration,
             if report.torn_tail.is_some() {
@@ -139,38 +158,15 @@ async fn up(
             }
         );
     }
-    // Service account tokens stay valid across restarts: their key is kept with the data.
-    let sa_key = data_dir.join("pki").join("service-account.key");
-    if let Some(dir) = sa_key.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let sa_tokens = keelson_apiserver::satoken::ServiceAccountTokens::load_or_create(&sa_key)
-        .context("loading the service account signing key")?;
-    let registry = Registry::new(Arc::new(store)).with_service_account_tokens(Arc::new(sa_tokens));
-    // Keep five minutes of history, as Kubernetes' apiserver compacts etcd.
-    let _compactor = registry.start_compactor(std::time::Duration::from_secs(300));
-    let server = ApiServer::new(registry, resources::builtin());
-    let namespaces = server
-        .served()
-        .iter()
-        .find(|s| s.rt.plural == "namespaces")
-        .cloned()
-        .context("namespaces are served")?;
-    for ns in SYSTEM_NAMESPACES {
-        match server
-            .registry()
-            .create(
-                &namespaces,
-                None,
-                serde_json::json!({ "metadata": { "name": ns } }),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(anyhow::anyhow!("creating namespace {ns}: {e}")),
-        }
-    }
+    println!(
+        "keelson: scheduler running (profiles: {})",
+        cluster.scheduler_names().join(", ")
+    );
+    println!(
+        "keelson: {} local node(s) running processes, {} simulated",
+        nodes.local, nodes.simulated
+    );
+    println!("keelson: controllers running");
     // One stop signal for every component.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -183,59 +179,37 @@ async fn up(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let mut scheduler = keelson_scheduler::Scheduler::builder(server.client());
-    if let Some(config) = scheduler_config {
-        scheduler = scheduler.config(config);
-    }
-    let scheduler = scheduler.build().context("configuring the scheduler")?;
-    let names = scheduler.scheduler_names().join(", ");
-    let scheduling = tokio::spawn(scheduler.run(until_stopped()));
-    println!("keelson: scheduler running (profiles: {names})");
-    let running = start_nodes(&server, &data_dir, nodes, &until_stopped)?;
-    let controllers = tokio::spawn(
-        keelson_controllers::ControllerManager::new(server.client()).run(until_stopped()),
-    );
-    println!("keelson: controllers running");
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let sa_registry = server.registry().clone();
-    let router = keelson_apiserver::router(server);
-    if insecure_http {
+    if let Some(addr) = cluster.http_addr() {
         write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
         announce("http", addr, &kubeconfig);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(until_stopped())
-            .await
-            .context("serving the API")?;
+        until_stopped().await;
     } else {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
         let pki = Pki::load_or_create(&data_dir.join("pki"))
             .context("making the cluster's certificates")?;
         let tokens = data_dir.join("tokens.csv");
         let token = admin_token(&tokens)?;
         let auth = Authenticator::from_token_file(&tokens)
             .with_context(|| format!("reading {}", tokens.display()))?
-            .with_service_accounts(sa_registry);
+            .with_service_accounts(cluster.server().registry().clone());
         write_kubeconfig(
             &kubeconfig,
             &format!("https://{addr}"),
             Some((&pki.ca_cert, &token)),
         )?;
-        let router = router.layer(axum::middleware::from_fn_with_state(
-            Arc::new(auth),
-            keelson_apiserver::auth::middleware,
-        ));
+        let router = keelson_apiserver::router(cluster.server().clone()).layer(
+            axum::middleware::from_fn_with_state(
+                Arc::new(auth),
+                keelson_apiserver::auth::middleware,
+            ),
+        );
         announce("https", addr, &kubeconfig);
         tls::serve(listener, pki.server_config()?, router, until_stopped()).await;
     }
-    match scheduling.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("keelson: the scheduler stopped with an error: {e}"),
-        Err(e) => eprintln!("keelson: the scheduler task failed: {e}"),
-    }
-    let _ = controllers.await;
-    running.stop().await;
+    cluster.shutdown().await;
     println!("keelson: stopped");
     Ok(())
 }
@@ -245,90 +219,6 @@ struct Nodes {
     local: u8,
     simulated: usize,
     manifests: Option<PathBuf>,
-}
-
-/// The node agents running, and the runtimes whose processes stop with the cluster.
-struct RunningNodes {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    runtimes: Vec<Arc<keelson_node::ProcessRuntime>>,
-}
-
-impl RunningNodes {
-    /// Waits for the agents to stop (the stop signal has been given), then stops the
-    /// pods' processes.
-    async fn stop(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        for runtime in self.runtimes {
-            runtime.kill_all();
-        }
-    }
-}
-
-/// Starts the local node agents (real processes, each with its state under
-/// `DATA_DIR/nodes/NAME` and its endpoint on a free loopback port) and the simulated fleet.
-fn start_nodes<F, Fut>(
-    server: &Arc<ApiServer>,
-    data_dir: &Path,
-    nodes: Nodes,
-    until_stopped: &F,
-) -> anyhow::Result<RunningNodes>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut running = RunningNodes {
-        tasks: Vec::new(),
-        runtimes: Vec::new(),
-    };
-    for i in 1..=nodes.local {
-        let name = format!("node-{i}");
-        let state = data_dir.join("nodes").join(&name);
-        let runtime = Arc::new(
-            keelson_node::ProcessRuntime::open(state.join("runtime"))
-                .with_context(|| format!("opening {name}'s runtime"))?,
-        );
-        let network = Arc::new(
-            keelson_node::LoopbackNetwork::open(state.join("network"), i)
-                .with_context(|| format!("opening {name}'s network"))?,
-        );
-        let mut agent = keelson_node::Agent::builder(server.client(), name.clone())
-            .runtime(runtime.clone())
-            .network(network)
-            .state_dir(&state)
-            .serve(0);
-        if let (1, Some(dir)) = (i, &nodes.manifests) {
-            agent = agent.manifests(dir);
-        }
-        let agent = agent
-            .build()
-            .with_context(|| format!("configuring {name}"))?;
-        let stop = until_stopped();
-        running.tasks.push(tokio::spawn(async move {
-            if let Err(e) = agent.run(stop).await {
-                eprintln!("keelson: the agent of {name} stopped: {e}");
-            }
-        }));
-        running.runtimes.push(runtime);
-    }
-    if nodes.simulated > 0 {
-        let fleet = keelson_node::SimFleet::builder(server.client())
-            .nodes(nodes.simulated)
-            .prefix("sim-")
-            .build();
-        let stop = until_stopped();
-        running.tasks.push(tokio::spawn(async move {
-            if let Err(e) = fleet.run(stop).await {
-                eprintln!("keelson: the simulated nodes stopped: {e}");
-            }
-        }));
-    }
-    println!(
-        "keelson: {} local node(s) running processes, {} simulated",
-        nodes.local, nodes.simulated
-    );
-    Ok(running)
 }
 
 fn announce(scheme: &str, addr: SocketAddr, kubeconfig: &Path) {

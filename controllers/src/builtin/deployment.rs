@@ -1232,10 +1232,14 @@ impl DeploymentController {
             self.scale_rs(&mut old[i], size, d).await?;
             cleaned += n;
         }
-        // Then healthy ones, keeping minAvailable.
+        // Then healthy ones, keeping minAvailable. A set's pods beyond its replicas are
+        // on their way out (its status may still count them just after a scale-down),
+        // so no set counts as more available than its replicas: Kubernetes sums the
+        // statuses as they are, and a status that lags a scale-down lets it take one
+        // step too many below minAvailable.
         let mut all: Vec<&ReplicaSet> = old.iter().collect();
         all.push(new);
-        let available = sum(&all, available_of);
+        let available = sum(&all, |rs| available_of(rs).min(replicas_of(rs)));
         let mut scaled = 0;
         if available > min_available {
             let total = available - min_available;

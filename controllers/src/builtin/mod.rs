@@ -15,6 +15,8 @@ pub mod gc;
 pub mod history;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
