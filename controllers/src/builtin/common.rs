@@ -13,6 +13,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::controller::Action;
+use crate::events::{object_reference, EventType, Recorder};
 use crate::object::{controller_of, ObjectRef};
 
 /// Whether a pod counts towards its controller's replicas: not finished, not being
@@ -337,4 +339,36 @@ pub fn status_merge_patch<S: serde::Serialize>(old: Option<&S>, new: &S) -> serd
         }
     }
     json!({ "status": fields })
+}
+
+/// A workload's selector, which must parse and select something. Otherwise records a
+/// Warning event on `owner` — `SelectingAll` ("This `what` is selecting all pods. A
+/// non-empty selector is required.", Kubernetes' words) or `InvalidSelector` with the parse
+/// error — and gives back the reconcile's answer: wait until the object changes.
+///
+/// # Errors
+/// The [`Action`] to return when there is no usable selector.
+pub async fn workload_selector<K: Resource>(
+    recorder: &Recorder,
+    owner: &K,
+    selector: Option<&keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    what: &str,
+) -> Result<LabelSelector, Action> {
+    let (reason, message) = match selector.map(LabelSelector::from_k8s) {
+        Some(Ok(s)) if !s.is_empty() => return Ok(s),
+        Some(Err(e)) => ("InvalidSelector", e.to_string()),
+        None | Some(Ok(_)) => (
+            "SelectingAll",
+            format!("This {what} is selecting all pods. A non-empty selector is required."),
+        ),
+    };
+    recorder
+        .emit(
+            &object_reference(owner),
+            EventType::Warning,
+            reason,
+            &message,
+        )
+        .await;
+    Err(Action::await_change())
 }

@@ -46,7 +46,7 @@ use serde_json::json;
 
 use super::common::{
     claim, claim_candidates, controller_ref, is_pod_available, is_pod_ready, orphan_index,
-    pod_available_in, status_merge_patch, Expectations, ORPHAN_INDEX,
+    pod_available_in, status_merge_patch, workload_selector, Expectations, ORPHAN_INDEX,
 };
 use super::history::{self, SyncError, REVISION_LABEL};
 use crate::controller::{Action, Context, Controller, Reconciler};
@@ -790,23 +790,16 @@ impl Reconciler<DaemonSet> for DaemonSetController {
         let key = &ctx.key;
         let ns = key.ns().unwrap_or_default();
         let spec = ds.spec.clone().unwrap_or_default();
-        let selector = match LabelSelector::from_k8s(&spec.selector) {
-            Ok(s) if !s.is_empty() => s,
-            Ok(_) => {
-                self.event(
-                    &ds,
-                    EventType::Warning,
-                    "SelectingAll",
-                    "This daemon set is selecting all pods. A non-empty selector is required.",
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
-            Err(e) => {
-                self.event(&ds, EventType::Warning, "InvalidSelector", &e.to_string())
-                    .await;
-                return Ok(Action::await_change());
-            }
+        let selector = match workload_selector(
+            &self.recorder,
+            ds.as_ref(),
+            Some(&spec.selector),
+            "daemon set",
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(action) => return Ok(action),
         };
         let uid = ds.metadata.uid.clone().unwrap_or_default();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);

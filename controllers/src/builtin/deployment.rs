@@ -41,7 +41,8 @@ use keelson_core::LabelSelector;
 use serde_json::json;
 
 use super::common::{
-    claim, claim_candidates, controller_ref, orphan_index, status_merge_patch, ORPHAN_INDEX,
+    claim, claim_candidates, controller_ref, orphan_index, status_merge_patch, workload_selector,
+    ORPHAN_INDEX,
 };
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
@@ -1325,24 +1326,11 @@ impl Reconciler<Deployment> for DeploymentController {
         let mut d = (*obj).clone();
         let ns = ctx.key.ns().unwrap_or_default().to_owned();
         let spec = d.spec.clone().unwrap_or_default();
-        let selector = match LabelSelector::from_k8s(&spec.selector) {
-            Ok(s) if !s.is_empty() => s,
-            Ok(_) => {
-                self.event(
-                    &d,
-                    EventType::Warning,
-                    "SelectingAll",
-                    "This deployment is selecting all pods. A non-empty selector is required.",
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
-            Err(e) => {
-                self.event(&d, EventType::Warning, "InvalidSelector", &e.to_string())
-                    .await;
-                return Ok(Action::await_change());
-            }
-        };
+        let selector =
+            match workload_selector(&self.recorder, &d, Some(&spec.selector), "deployment").await {
+                Ok(s) => s,
+                Err(action) => return Ok(action),
+            };
         let uid = d.metadata.uid.clone().unwrap_or_default();
         let candidates = claim_candidates(&self.sets, &ns, &uid);
         let owned = claim(&self.rs_api(&ns), &d, &selector, candidates)

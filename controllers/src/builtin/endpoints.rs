@@ -21,12 +21,10 @@ use keelson_core::k8s_openapi::api::core::v1::{
 use keelson_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::common::{controller_ref, is_pod_ready};
-use super::endpointslice::selects;
+use super::endpointslice::{selects, service_controller};
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::informer::InformerFactory;
-use crate::object::ObjectRef;
-use crate::reflector::{Change, Reader};
-use crate::watcher;
+use crate::reflector::Reader;
 
 /// The label that keeps the EndpointSlice mirroring controller away.
 pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
@@ -165,32 +163,7 @@ impl EndpointsController {
         client: &Client,
         factory: &InformerFactory,
     ) -> (Controller<Service>, Arc<Self>) {
-        let cfg = watcher::Config::default;
-        let pods_api = Api::<Pod>::all(client.clone());
-        let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
-        let ep_api = Api::<Endpoints>::all(client.clone());
-        let endpoints = factory.informer(ep_api.clone(), cfg()).reader();
-        let controller =
-            Controller::with_factory(factory, Api::<Service>::all(client.clone()), cfg())
-                .name("endpoints");
-        let services = controller.store();
-        let controller = controller.owns(ep_api, cfg()).watches_changes(
-            pods_api,
-            cfg().compact(),
-            move |change: &Change<Pod>| {
-                let (old, new) = match change {
-                    Change::Applied { old, new } => (old.as_deref(), new.as_ref()),
-                    Change::Deleted(p) => (None, p.as_ref()),
-                };
-                let ns = new.metadata.namespace.as_deref().unwrap_or_default();
-                services
-                    .list_namespace(ns)
-                    .iter()
-                    .filter(|s| selects(s, new) || old.is_some_and(|o| selects(s, o)))
-                    .map(|s| ObjectRef::from_meta(&s.metadata))
-                    .collect()
-            },
-        );
+        let (controller, pods, endpoints) = service_controller(client, factory, "endpoints");
         let reconciler = Arc::new(EndpointsController {
             client: client.clone(),
             pods,

@@ -234,6 +234,42 @@ fn slice_labels(service: &Service) -> BTreeMap<String, String> {
     labels
 }
 
+/// A controller of Services that keeps `C` objects (slices, Endpoints) for the pods they
+/// select: reconciles a Service when it, a `C` it owns, or a pod it selects (before or
+/// after the change) changes. Returns the controller and readers of the pods and of `C`.
+pub(crate) fn service_controller<C: crate::object::Object + keelson_core::Resource>(
+    client: &Client,
+    factory: &InformerFactory,
+    name: &str,
+) -> (Controller<Service>, Reader<Pod>, Reader<C>) {
+    let cfg = watcher::Config::default;
+    let pods_api = Api::<Pod>::all(client.clone());
+    let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
+    let owned_api = Api::<C>::all(client.clone());
+    let owned = factory.informer(owned_api.clone(), cfg()).reader();
+    let controller =
+        Controller::with_factory(factory, Api::<Service>::all(client.clone()), cfg()).name(name);
+    let services = controller.store();
+    let controller = controller.owns(owned_api, cfg()).watches_changes(
+        pods_api,
+        cfg().compact(),
+        move |change: &Change<Pod>| {
+            let (old, new) = match change {
+                Change::Applied { old, new } => (old.as_deref(), new.as_ref()),
+                Change::Deleted(p) => (None, p.as_ref()),
+            };
+            let ns = new.metadata.namespace.as_deref().unwrap_or_default();
+            services
+                .list_namespace(ns)
+                .iter()
+                .filter(|s| selects(s, new) || old.is_some_and(|o| selects(s, o)))
+                .map(|s| ObjectRef::from_meta(&s.metadata))
+                .collect()
+        },
+    );
+    (controller, pods, owned)
+}
+
 impl EndpointSliceController {
     /// Builds the controller on `factory`'s informers.
     ///
@@ -243,32 +279,7 @@ impl EndpointSliceController {
         client: &Client,
         factory: &InformerFactory,
     ) -> (Controller<Service>, Arc<Self>) {
-        let cfg = watcher::Config::default;
-        let pods_api = Api::<Pod>::all(client.clone());
-        let pods = factory.informer(pods_api.clone(), cfg().compact()).reader();
-        let slices_api = Api::<EndpointSlice>::all(client.clone());
-        let slices = factory.informer(slices_api.clone(), cfg()).reader();
-        let controller =
-            Controller::with_factory(factory, Api::<Service>::all(client.clone()), cfg())
-                .name("endpointslice");
-        let services = controller.store();
-        let controller = controller.owns(slices_api, cfg()).watches_changes(
-            pods_api,
-            cfg().compact(),
-            move |change: &Change<Pod>| {
-                let (old, new) = match change {
-                    Change::Applied { old, new } => (old.as_deref(), new.as_ref()),
-                    Change::Deleted(p) => (None, p.as_ref()),
-                };
-                let ns = new.metadata.namespace.as_deref().unwrap_or_default();
-                services
-                    .list_namespace(ns)
-                    .iter()
-                    .filter(|s| selects(s, new) || old.is_some_and(|o| selects(s, o)))
-                    .map(|s| ObjectRef::from_meta(&s.metadata))
-                    .collect()
-            },
-        );
+        let (controller, pods, slices) = service_controller(client, factory, "endpointslice");
         let reconciler = Arc::new(EndpointSliceController {
             client: client.clone(),
             pods,

@@ -43,11 +43,10 @@ use keelson_core::client::{Api, Client, DeleteOptions, Patch, PropagationPolicy}
 use keelson_core::k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use keelson_core::k8s_openapi::api::core::v1::{EnvVar, Pod};
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use keelson_core::LabelSelector;
 
 use super::common::{
     claim, claim_candidates, controller_ref, is_pod_ready, orphan_index, status_merge_patch,
-    Expectations, ORPHAN_INDEX,
+    workload_selector, Expectations, ORPHAN_INDEX,
 };
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
@@ -534,29 +533,13 @@ impl Reconciler<Job> for JobController {
         let key = &ctx.key;
         let ns = key.ns().unwrap_or_default();
         let spec = job.spec.clone().unwrap_or_default();
-        let selector = match spec
-            .selector
-            .as_ref()
-            .map(LabelSelector::from_k8s)
-            .transpose()
-        {
-            Ok(Some(s)) if !s.is_empty() => s,
-            Ok(_) => {
-                self.event(
-                    &job,
-                    EventType::Warning,
-                    "InvalidSelector",
-                    "the Job has no selector",
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
-            Err(e) => {
-                self.event(&job, EventType::Warning, "InvalidSelector", &e.to_string())
-                    .await;
-                return Ok(Action::await_change());
-            }
-        };
+        let selector =
+            match workload_selector(&self.recorder, job.as_ref(), spec.selector.as_ref(), "job")
+                .await
+            {
+                Ok(s) => s,
+                Err(action) => return Ok(action),
+            };
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let pods = claim(

@@ -43,7 +43,7 @@ use keelson_core::LabelSelector;
 
 use super::common::{
     claim, claim_candidates, controller_ref, is_pod_available, is_pod_ready, orphan_index,
-    pod_available_in, status_merge_patch, ORPHAN_INDEX,
+    pod_available_in, status_merge_patch, workload_selector, ORPHAN_INDEX,
 };
 use super::history::{self, SyncError, REVISION_LABEL};
 use crate::controller::{Action, Context, Controller, Reconciler};
@@ -453,28 +453,16 @@ impl Reconciler<StatefulSet> for StatefulSetController {
         let key = &ctx.key;
         let ns = key.ns().unwrap_or_default();
         let spec = set.spec.clone().unwrap_or_default();
-        let selector = match LabelSelector::from_k8s(&spec.selector) {
-            Ok(s) if !s.is_empty() => s,
-            Ok(_) => {
-                self.event(
-                    &set,
-                    EventType::Warning,
-                    "SelectorParseError",
-                    "empty selector is not allowed",
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
-            Err(e) => {
-                self.event(
-                    &set,
-                    EventType::Warning,
-                    "SelectorParseError",
-                    &e.to_string(),
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
+        let selector = match workload_selector(
+            &self.recorder,
+            set.as_ref(),
+            Some(&spec.selector),
+            "stateful set",
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(action) => return Ok(action),
         };
         let uid = set.metadata.uid.clone().unwrap_or_default();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
