@@ -774,7 +774,8 @@ fn keelson_up_comes_back_with_the_same_objects_after_a_kill() {
 
 /// Polls `kubectl args` until its output satisfies `done` (at most 20 s).
 fn eventually(c: &Cluster, args: &[&str], done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: this file's tests each run a whole cluster, all at once on a 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = c.kubectl(args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1406,7 +1407,7 @@ fn kubectl_exec_and_port_forward_reach_a_pod_through_the_api_server() {
                 .spawn()
                 .expect("start kubectl port-forward"),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let answer = loop {
             match http_get(local) {
                 Ok(a) if a.contains("hello-from-pod") => break a,
