@@ -357,3 +357,64 @@ async fn limits_are_written_to_the_containers_cgroup_and_reported_as_enforced() 
         "no cgroup: not enforced, and said so"
     );
 }
+
+/// The first half of the test below, run in a child process (this test binary again): a
+/// runtime starts a container that ends with code 7 a little later, and the process exits
+/// leaving it running, as an agent that stops or crashes does.
+#[tokio::test]
+#[ignore = "run by a_container_that_ends_after_its_runtime_is_gone_reports_its_exit_code"]
+async fn child_starts_a_container_and_exits() {
+    let Some(dir) = std::env::var_os("KEELSON_ADOPT_DIR") else {
+        return;
+    };
+    let rt = ProcessRuntime::open(&dir).expect("open");
+    let sb = sandbox(&rt).await;
+    let id = rt
+        .create_container(&sb, &sh("sleep 1; exit 7"))
+        .await
+        .expect("create");
+    rt.start_container(&id).await.expect("start");
+    println!("CONTAINER {id}");
+}
+
+/// A container whose runtime process is gone is not the next runtime's child, so that one
+/// cannot wait for it: its exit code still comes through (recorded by the shell it runs
+/// under), not 255.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_ends_after_its_runtime_is_gone_reports_its_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_starts_a_container_and_exits",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KEELSON_ADOPT_DIR", dir.path())
+        .output()
+        .expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child: {text}");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CONTAINER "))
+        .expect("the child started a container")
+        .trim()
+        .to_owned();
+    let rt = std::sync::Arc::new(ProcessRuntime::open(dir.path()).expect("reopen"));
+    let _killer = Killer(vec![rt.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = rt.container_status(&id).await.expect("status");
+        if s.state == ContainerState::Exited {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never ended: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.exit_code, Some(7), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("Error"), "{status:?}");
+}

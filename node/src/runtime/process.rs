@@ -83,8 +83,11 @@ const LOG_FILE: &str = "container.log";
 /// - **Restart of the agent.** Metadata, pid and process start time live under the state
 ///   directory; [`ProcessRuntime::open`] on the same directory adopts the processes still
 ///   running (matched by pid *and* start time, so a reused pid is never taken for them).
-///   An adopted process is not this process's child: if it ends while the runtime that
-///   started it is gone, its exit code is unknown (reported as 255, reason `Unknown`).
+///   An adopted process is not this process's child, so it cannot be waited for: each
+///   container's command runs under a `/bin/sh` that writes the command's exit code into
+///   the container's directory when it ends, and the adopting runtime reads it there. Only
+///   a group killed outright (SIGKILL) while no runtime was its parent ends with its code
+///   unknown (reported as 255, reason `Unknown`).
 /// - **Limits.** With a writable cgroup v2 hierarchy (see
 ///   [`ProcessRuntime::with_cgroup_parent`]; by default `/sys/fs/cgroup` is used when it
 ///   is cgroup v2 and writable), each container gets a cgroup with `cpu.max` and
@@ -737,6 +740,16 @@ async fn copy_logs(
     c.logs_done.send_replace(true);
 }
 
+/// The shell a container's process runs under, when the host has it.
+const RECORDER: Option<&str> = Some("/bin/sh");
+
+/// Runs the command (`"$@"`) and writes its exit code (128 + the signal when a signal
+/// ended it) to the file named by `$0`. The shell defers a TERM, INT or HUP sent to the
+/// process group until the command has ended (the command gets the signal itself), so the
+/// code it records is the command's.
+const RECORD_EXIT: &str =
+    r#"trap : TERM INT HUP; "$@"; code=$?; echo "$code" > "$0"; exit "$code""#;
+
 /// Waits for our own child, records its exit and kills what is left of its group.
 async fn reap(c: Arc<Container>, mut child: tokio::process::Child, pgid: Pid) {
     let status = child.wait().await;
@@ -972,10 +985,26 @@ impl Runtime for ProcessRuntime {
         };
         let stdout = open_rw(&out_fifo).map_err(fail)?;
         let stderr = open_rw(&err_fifo).map_err(fail)?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
+        let mut cmd = match RECORDER.filter(|sh| Path::new(sh).exists()) {
+            // Under a `sh` that records the exit code in the container's directory, so a
+            // runtime that adopts the process after a restart (not its parent, so unable
+            // to wait for it) still learns how it ended.
+            Some(sh) => {
+                let mut cmd = tokio::process::Command::new(sh);
+                cmd.arg("-c")
+                    .arg(RECORD_EXIT)
+                    .arg(c.dir.join("exit"))
+                    .arg(&program)
+                    .args(&argv[1..]);
+                cmd
+            }
+            None => {
+                let mut cmd = tokio::process::Command::new(&program);
+                cmd.arg0(&argv[0]).args(&argv[1..]);
+                cmd
+            }
+        };
+        cmd.env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&cwd)
             .stdin(std::process::Stdio::null())
