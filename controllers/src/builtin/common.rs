@@ -279,7 +279,7 @@ pub async fn served_kinds(
         match client.transport().list(&rt, &params).await {
             Ok(_) => Some(rt),
             Err(e) => {
-                tracing::info!(resource = %rt, error = %e, "resource not served; skipping it");
+                tracing::debug!(resource = %rt, error = %e, "resource not served; skipping it");
                 None
             }
         }
