@@ -372,3 +372,29 @@ pub async fn workload_selector<K: Resource>(
         .await;
     Err(Action::await_change())
 }
+
+/// A reconcile of a built-in controller failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{action} failed: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: keelson_core::Error,
+    },
+    /// The new ReplicaSet's name is taken by one with another template (Deployment).
+    #[error("hash collision on ReplicaSet {0}; collisionCount raised")]
+    Collision(String),
+    /// The revision history could not be synced (StatefulSet, DaemonSet).
+    #[error(transparent)]
+    History(#[from] super::history::SyncError),
+}
+
+/// Maps a failed API call to [`Error::Api`], naming what was being done.
+pub fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Api { action, source }
+}

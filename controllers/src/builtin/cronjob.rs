@@ -50,24 +50,8 @@ pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-tim
 /// More missed times than this raise a warning.
 const MAX_MISSED: usize = 100;
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The CronJob reconciler.
 pub struct CronJobController {

@@ -59,27 +59,8 @@ use crate::watcher;
 /// The (deprecated, still set) pod label holding the DaemonSet's generation.
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-    /// The revision history could not be synced.
-    #[error(transparent)]
-    History(#[from] SyncError),
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The DaemonSet reconciler.
 pub struct DaemonSetController {

@@ -64,27 +64,8 @@ pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-    /// The new ReplicaSet's name is taken by one with another template.
-    #[error("hash collision on ReplicaSet {0}; collisionCount raised")]
-    Collision(String),
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The Deployment reconciler.
 pub struct DeploymentController {

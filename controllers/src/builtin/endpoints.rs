@@ -29,19 +29,7 @@ use crate::reflector::Reader;
 /// The label that keeps the EndpointSlice mirroring controller away.
 pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-}
+pub use super::common::Error;
 
 /// The Endpoints reconciler.
 pub struct EndpointsController {

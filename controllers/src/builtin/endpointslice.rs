@@ -50,24 +50,8 @@ pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The EndpointSlice reconciler.
 pub struct EndpointSliceController {

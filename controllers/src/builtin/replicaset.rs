@@ -42,24 +42,8 @@ use crate::{clock, watcher};
 /// The most pods one reconcile creates or deletes (Kubernetes' `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The ReplicaSet reconciler.
 pub struct ReplicaSetController {

@@ -58,27 +58,8 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// The pod label holding the pod's ordinal.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
-/// A reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action} failed: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: keelson_core::Error,
-    },
-    /// The revision history could not be synced.
-    #[error(transparent)]
-    History(#[from] SyncError),
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(keelson_core::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Api { action, source }
-}
+use super::common::api_err;
+pub use super::common::Error;
 
 /// The StatefulSet reconciler.
 pub struct StatefulSetController {
