@@ -39,6 +39,15 @@ use crate::registry::{decode_stored, WatchEventType};
 /// How many recent events each cache keeps for watchers that resume.
 pub const HISTORY: usize = 10_000;
 
+/// The watch event a store change is: a put of a key that `existed` before is MODIFIED.
+fn watch_type(kind: EventKind, existed: bool) -> WatchEventType {
+    match (kind, existed) {
+        (EventKind::Delete, _) => WatchEventType::Deleted,
+        (EventKind::Put, false) => WatchEventType::Added,
+        (EventKind::Put, true) => WatchEventType::Modified,
+    }
+}
+
 /// How long [`Cache::backfill`] waits for the store's next old event before taking it
 /// that there are no more.
 const BACKFILL_QUIET: Duration = Duration::from_millis(50);
@@ -362,11 +371,7 @@ impl Cache {
                 EventKind::Put => state.objects.insert(stored.key.clone(), stored),
                 EventKind::Delete => state.objects.remove(&stored.key),
             };
-            let kind = match (e.kind, &prev) {
-                (EventKind::Delete, _) => WatchEventType::Deleted,
-                (EventKind::Put, None) => WatchEventType::Added,
-                (EventKind::Put, Some(_)) => WatchEventType::Modified,
-            };
+            let kind = watch_type(e.kind, prev.is_some());
             let event = Arc::new(CachedEvent {
                 revision: e.revision(),
                 kind,
@@ -554,11 +559,7 @@ impl Cache {
             if older.len() == HISTORY {
                 return Ok(false);
             }
-            let kind = match (e.kind, &e.prev) {
-                (EventKind::Delete, _) => WatchEventType::Deleted,
-                (EventKind::Put, None) => WatchEventType::Added,
-                (EventKind::Put, Some(_)) => WatchEventType::Modified,
-            };
+            let kind = watch_type(e.kind, e.prev.is_some());
             older.push(Arc::new(CachedEvent {
                 revision: e.revision(),
                 kind,
