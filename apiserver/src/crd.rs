@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use keelson_core::{Error, FieldError, PrinterColumn, ResourceType, Scope};
+use keelson_core::{Error, FieldError, ResourceType};
 use serde_json::{json, Value};
 
 use keelson_core::client::error_from_status_json;
@@ -63,62 +63,8 @@ fn pointer_of(json_path: &str) -> String {
 
 /// The resources a CRD serves, one per served version.
 pub fn served_resources(crd: &Value) -> Vec<ServedResource> {
-    let group = text(crd, "/spec/group");
-    let kind = text(crd, "/spec/names/kind");
-    let plural = text(crd, "/spec/names/plural");
-    let scope = match text(crd, "/spec/scope") {
-        "Cluster" => Scope::Cluster,
-        _ => Scope::Namespaced,
-    };
     let mut out = Vec::new();
-    for v in crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if v.get("served").and_then(Value::as_bool) != Some(true) {
-            continue;
-        }
-        let version = text(v, "/name");
-        let mut rt = ResourceType::new(
-            group.to_owned(),
-            version.to_owned(),
-            kind.to_owned(),
-            plural.to_owned(),
-            scope,
-        )
-        .with_short_names(strings(crd, "/spec/names/shortNames"))
-        .with_categories(strings(crd, "/spec/names/categories"))
-        .with_selectable_fields(
-            v.get("selectableFields")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|f| f.get("jsonPath").and_then(Value::as_str))
-                .map(|p| p.trim_start_matches('.').to_owned()),
-        );
-        let singular = text(crd, "/spec/names/singular");
-        if !singular.is_empty() {
-            rt.singular = singular.to_owned().into();
-        }
-        let columns: Vec<PrinterColumn> = v
-            .get("additionalPrinterColumns")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|c| PrinterColumn {
-                name: text(c, "/name").to_owned(),
-                type_: text(c, "/type").to_owned(),
-                format: text(c, "/format").to_owned(),
-                description: text(c, "/description").to_owned(),
-                priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0) as i32,
-                json_path: text(c, "/jsonPath").to_owned(),
-            })
-            .collect();
-        if !columns.is_empty() {
-            rt = rt.with_printer_columns(columns);
-        }
+    for (rt, v) in ResourceType::served_by_crd(crd) {
         let schema = v
             .pointer("/schema/openAPIV3Schema")
             .cloned()

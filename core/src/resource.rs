@@ -186,6 +186,80 @@ impl ResourceType {
         self
     }
 
+    /// The kinds a CustomResourceDefinition (as JSON) serves: one per served version,
+    /// with its names, scope, selectable fields and printer columns, each paired with
+    /// the version's own JSON (its schema and subresources). The API server installs
+    /// them; controllers (the garbage collector) watch them.
+    pub fn served_by_crd(crd: &serde_json::Value) -> Vec<(ResourceType, &serde_json::Value)> {
+        use serde_json::Value;
+        let text = |v: &Value, pointer: &str| -> String {
+            v.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let strings = |pointer: &str| -> Vec<String> {
+            crd.pointer(pointer)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        };
+        let scope = match crd.pointer("/spec/scope").and_then(Value::as_str) {
+            Some("Cluster") => Scope::Cluster,
+            _ => Scope::Namespaced,
+        };
+        let singular = text(crd, "/spec/names/singular");
+        let versions = crd.pointer("/spec/versions").and_then(Value::as_array);
+        versions
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("served").and_then(Value::as_bool) == Some(true))
+            .map(|v| {
+                let mut rt = ResourceType::new(
+                    text(crd, "/spec/group"),
+                    text(v, "/name"),
+                    text(crd, "/spec/names/kind"),
+                    text(crd, "/spec/names/plural"),
+                    scope,
+                )
+                .with_short_names(strings("/spec/names/shortNames"))
+                .with_categories(strings("/spec/names/categories"))
+                .with_selectable_fields(
+                    v.get("selectableFields")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.get("jsonPath").and_then(Value::as_str))
+                        .map(|p| p.trim_start_matches('.').to_owned()),
+                );
+                if !singular.is_empty() {
+                    rt.singular = singular.clone().into();
+                }
+                let columns: Vec<PrinterColumn> = v
+                    .get("additionalPrinterColumns")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| PrinterColumn {
+                        name: text(c, "/name"),
+                        type_: text(c, "/type"),
+                        format: text(c, "/format"),
+                        description: text(c, "/description"),
+                        priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0) as i32,
+                        json_path: text(c, "/jsonPath"),
+                    })
+                    .collect();
+                if !columns.is_empty() {
+                    rt = rt.with_printer_columns(columns);
+                }
+                (rt, v)
+            })
+            .collect()
+    }
+
     /// The `apiVersion`: `v1` for the core group, `apps/v1` otherwise.
     pub fn api_version(&self) -> String {
         join_api_version(&self.group, &self.version)
