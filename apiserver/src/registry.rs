@@ -291,6 +291,33 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
     differs(old, new) || differs(new, old)
 }
 
+/// Whether an update leaves the object as it was, but for its resourceVersion and the
+/// managedFields' timestamps: Kubernetes then writes nothing, keeps the version and sends
+/// no watch event, so controllers that re-apply what is there do not wake each other up.
+fn unchanged(old: &Value, new: &Value) -> bool {
+    const VOLATILE: [&str; 2] = ["resourceVersion", "managedFields"];
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return old == new;
+    };
+    let same_meta = |a: &Value, b: &Value| match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let differs = |x: &Map<String, Value>, y: &Map<String, Value>| {
+                x.iter()
+                    .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+                    .any(|(k, v)| y.get(k) != Some(v))
+            };
+            !differs(a, b) && !differs(b, a)
+        }
+        _ => a == b,
+    };
+    old.len() == new.len()
+        && old.iter().all(|(k, v)| match new.get(k) {
+            Some(w) if k == "metadata" => same_meta(v, w),
+            Some(w) => v == w,
+            None => false,
+        })
+}
+
 fn has_status(res: &ServedResource) -> bool {
     res.subresources.iter().any(|s| s.name == "status")
 }
@@ -981,6 +1008,11 @@ impl Registry {
         if self.dry_run {
             set_resource_version(&mut next, current_kv.mod_revision);
             return Ok(Arc::new(next));
+        }
+        if unchanged(&current, &next) {
+            let mut current = current;
+            set_resource_version(&mut current, current_kv.mod_revision);
+            return Ok(Arc::new(current));
         }
         let kv = self
             .store

@@ -200,6 +200,56 @@ async fn a_stale_update_is_a_conflict_and_generation_follows_the_spec() {
 }
 
 #[tokio::test]
+async fn an_update_that_changes_nothing_writes_nothing() {
+    let f = fixture().await;
+    let v1 = f
+        .registry
+        .create(&f.configmaps, Some("default"), cm("same", json!({"a": "b"})))
+        .await
+        .expect("create");
+    let since = rv(&v1).to_string();
+    let mut events = Box::pin(
+        f.registry
+            .watch(&f.configmaps, Selection::default(), Some(&since), false)
+            .await
+            .expect("watch"),
+    );
+    let again = f
+        .registry
+        .update(&f.configmaps, Some("default"), "same", (*v1).clone(), false)
+        .await
+        .expect("no-op update");
+    assert_eq!(rv(&again), rv(&v1), "no new version for no change");
+    assert_eq!(again["data"], v1["data"]);
+    // Without a resourceVersion in the body, too.
+    let mut unversioned = (*v1).clone();
+    unversioned["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("resourceVersion");
+    let again = f
+        .registry
+        .update(&f.configmaps, Some("default"), "same", unversioned, false)
+        .await
+        .expect("no-op update");
+    assert_eq!(rv(&again), rv(&v1));
+    // A real change is written, and is the first event the watch sees.
+    let mut change = (*v1).clone();
+    change["data"]["k"] = json!("changed");
+    let v2 = f
+        .registry
+        .update(&f.configmaps, Some("default"), "same", change, false)
+        .await
+        .expect("update");
+    assert!(rv(&v2) > rv(&v1));
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+        .await
+        .expect("an event")
+        .expect("the stream goes on");
+    assert_eq!(rv(&first.object), rv(&v2), "the no-op updates sent no event");
+}
+
+#[tokio::test]
 async fn status_and_spec_are_kept_apart() {
     let f = fixture().await;
     let pod =

@@ -156,6 +156,12 @@ impl<K: Object> Informer<K> {
         self.handle.reader.add_index(name, f);
     }
 
+    /// Whether [`Informer::stop`] was called (a factory then starts a new informer for
+    /// the next request).
+    pub fn is_stopped(&self) -> bool {
+        self.handle.stop.lock().is_none()
+    }
+
     /// Stops the watch; the cache keeps its last content and subscriptions end.
     pub fn stop(&self) {
         if let Some(stop) = self.handle.stop.lock().take() {
@@ -214,8 +220,8 @@ impl InformerFactory {
         InformerFactory::default()
     }
 
-    /// The informer for `source` and `config`'s selectors, started on first request.
-    /// Other settings of `config` (page size, ...) are the first requester's.
+    /// The informer for `source` and `config`'s selectors, started on first request (and
+    /// again after it was stopped). Other settings of `config` (page size, ...) are the first requester's.
     ///
     /// # Panics
     /// Outside a tokio runtime, when the informer has to be started.
@@ -234,6 +240,7 @@ impl InformerFactory {
         if let Some(existing) = informers
             .get(&key)
             .and_then(|b| b.downcast_ref::<Informer<K>>())
+            .filter(|i| !i.is_stopped())
         {
             return existing.clone();
         }

@@ -2,34 +2,55 @@
 //! foreground and orphan deletion.
 //!
 //! It caches the metadata of every object of every kind it is given (one
-//! [`MetadataApi`] informer per kind, indexed by owner uid and by uid) and works on a
-//! queue of objects, with Kubernetes' rules:
+//! [`MetadataApi`] informer per kind, indexed by owner uid and by uid), and of every kind
+//! CustomResourceDefinitions add while it runs: it watches the CRDs, starts an informer
+//! for each kind once its CRD is established and stops it when the CRD is gone. It works
+//! on a queue of objects, with Kubernetes' rules:
 //!
 //! - **Background**: an object none of whose owners exists any more (each absent owner is
 //!   confirmed with a live read, so a lagging cache never deletes anything) is deleted,
 //!   with the propagation its own finalizers ask for. Owner references to owners that
 //!   are gone are removed from objects that still have a live owner.
 //! - **Foreground**: an owner being deleted with the `foregroundDeletion` finalizer has
-//!   all its dependents deleted (in foreground themselves when they have dependents, so
-//!   whole chains go bottom-up); once no dependent that references it with
+//!   its dependents looked at again: each one with no other live owner is deleted (in
+//!   the foreground itself when it has dependents, so whole chains go bottom-up), one
+//!   with another live owner stops blocking it. Once no dependent that references it with
 //!   `blockOwnerDeletion: true` is left, the finalizer is removed and the owner goes.
 //! - **Orphan**: an owner being deleted with the `orphan` finalizer has its reference
 //!   removed from every dependent, then the finalizer removed.
 //!
+//! And with Kubernetes' answers to bad references:
+//!
+//! - **Cycles**: a dependent about to be deleted in the foreground whose own dependents
+//!   are waiting for theirs (A owns B owns A) stops blocking its owners first, so the
+//!   cycle unwinds instead of waiting forever; it gets a Warning event `OwnerRefCycle`.
+//! - **Namespaces**: an owner is looked for in its dependent's namespace. A reference to
+//!   an owner in another namespace counts as absent, and a cluster-scoped object owned by
+//!   a namespaced kind is never collected on that reference's account; both get a
+//!   Warning event `OwnerRefInvalidNamespace` on the dependent.
+//! - **Unknown kinds**: an owner of a kind the server does not serve is never taken as
+//!   absent (it may be a CRD not yet created); the dependent is looked at again when a
+//!   kind is added. An owner of a kind whose CRD was deleted is absent (its objects went
+//!   with the CRD).
+//!
 //! Every delete carries the object's uid as a precondition; every ownerReferences edit is
 //! a JSON patch guarded by a `test`, so a concurrent change makes it fail and retry.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use keelson_core::client::{Client, DeleteOptions, Patch, PropagationPolicy};
+use keelson_core::client::{Api, Client, DeleteOptions, Patch, PropagationPolicy};
+use keelson_core::k8s_openapi::api::core::v1::ObjectReference;
+use keelson_core::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keelson_core::{builtin_resource_types, GroupVersionKind, ResourceType};
+use parking_lot::RwLock;
 use serde_json::json;
 
-use crate::informer::InformerFactory;
+use crate::events::{EventType, Recorder};
+use crate::informer::{Informer, InformerFactory};
 use crate::object::{MetadataApi, ObjectRef, PartialObjectMeta};
 use crate::reflector::{Change, Reader};
 use crate::watcher;
@@ -52,7 +73,8 @@ pub struct Error {
 }
 
 /// The kinds the collector watches by default: every built-in kind but Events (which
-/// nothing owns; they expire on their own).
+/// nothing owns; they expire on their own). Kinds of CustomResourceDefinitions are added
+/// as they come.
 pub fn default_kinds() -> Vec<ResourceType> {
     builtin_resource_types()
         .into_iter()
@@ -66,49 +88,274 @@ struct Item {
     key: ObjectRef,
 }
 
-struct Kinds {
-    types: Vec<ResourceType>,
-    readers: Vec<Reader<PartialObjectMeta>>,
-    by_gvk: HashMap<(String, String), usize>,
+/// One watched kind. Kinds are only ever appended, so an [`Item`]'s index stays valid;
+/// a kind whose CRD is deleted is marked gone and its informer stopped.
+struct Kind {
+    rt: Arc<ResourceType>,
+    reader: Reader<PartialObjectMeta>,
+    informer: Informer<PartialObjectMeta>,
+    gone: bool,
 }
 
-impl Kinds {
-    fn of_ref(&self, r: &OwnerReference) -> Option<usize> {
-        let gvk = GroupVersionKind::from_api_version(&r.api_version, r.kind.clone());
-        self.by_gvk.get(&(gvk.group, gvk.kind)).copied()
+#[derive(Default)]
+struct Table {
+    kinds: Vec<Kind>,
+    /// Live kinds by group and kind.
+    by_gk: HashMap<(String, String), usize>,
+    /// Group and kind of kinds whose CRD was deleted.
+    removed: HashSet<(String, String)>,
+}
+
+fn group_kind(r: &OwnerReference) -> (String, String) {
+    let gvk = GroupVersionKind::from_api_version(&r.api_version, r.kind.clone());
+    (gvk.group, gvk.kind)
+}
+
+/// What the collector shares with its workers and its informers' subscribers.
+struct Shared {
+    client: Client,
+    factory: InformerFactory,
+    queue: WorkQueue<Item>,
+    table: RwLock<Table>,
+    recorder: Recorder,
+}
+
+/// Where a reference's kind stands.
+enum KindOf {
+    Known(usize, Arc<ResourceType>),
+    /// Its CRD was deleted, and every object of it with it.
+    Removed,
+    /// Not served (perhaps not yet).
+    Unknown,
+}
+
+impl Shared {
+    fn kind_of(&self, r: &OwnerReference) -> KindOf {
+        let gk = group_kind(r);
+        let table = self.table.read();
+        match table.by_gk.get(&gk) {
+            Some(&i) => KindOf::Known(i, table.kinds[i].rt.clone()),
+            None if table.removed.contains(&gk) => KindOf::Removed,
+            None => KindOf::Unknown,
+        }
+    }
+
+    fn rt(&self, kind: usize) -> Arc<ResourceType> {
+        self.table.read().kinds[kind].rt.clone()
+    }
+
+    /// The cache of a kind still watched.
+    fn reader(&self, kind: usize) -> Option<Reader<PartialObjectMeta>> {
+        let table = self.table.read();
+        let k = &table.kinds[kind];
+        (!k.gone).then(|| k.reader.clone())
+    }
+
+    fn live_readers(&self) -> Vec<(usize, Reader<PartialObjectMeta>)> {
+        let table = self.table.read();
+        table
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !k.gone)
+            .map(|(i, k)| (i, k.reader.clone()))
+            .collect()
     }
 
     /// Every cached object that lists `uid` among its owners.
     fn dependents(&self, uid: &str) -> Vec<(usize, Arc<PartialObjectMeta>)> {
-        self.readers
-            .iter()
-            .enumerate()
+        self.live_readers()
+            .into_iter()
             .flat_map(|(i, r)| r.owned_by(uid).into_iter().map(move |o| (i, o)))
             .collect()
     }
 
     fn find_uid(&self, kind: usize, uid: &str) -> Option<Arc<PartialObjectMeta>> {
-        self.readers[kind]
+        self.reader(kind)?
             .by_index(UID_INDEX, uid)
             .into_iter()
             .next()
+    }
+
+    /// Starts watching `rt` unless its group and kind are watched already at the same
+    /// version; when the version differs the old informer makes way. Objects that
+    /// reference the kind as an owner are looked at again.
+    fn add_kind(self: &Arc<Self>, rt: ResourceType) {
+        let gk = (rt.group.to_string(), rt.kind.to_string());
+        {
+            let table = self.table.read();
+            if let Some(&i) = table.by_gk.get(&gk) {
+                if table.kinds[i].rt.version == rt.version {
+                    return;
+                }
+            }
+        }
+        let informer = self.factory.informer(
+            MetadataApi::new(self.client.clone(), rt.clone(), None),
+            watcher::Config::default(),
+        );
+        informer.add_index(
+            UID_INDEX,
+            Arc::new(|m: &PartialObjectMeta| m.metadata.uid.clone().into_iter().collect()),
+        );
+        let reader = informer.reader();
+        let mut sub = informer.subscribe();
+        let index = {
+            let mut table = self.table.write();
+            if let Some(old) = table.by_gk.remove(&gk) {
+                table.kinds[old].gone = true;
+                table.kinds[old].informer.stop();
+            }
+            table.removed.remove(&gk);
+            let index = table.kinds.len();
+            table.kinds.push(Kind {
+                rt: Arc::new(rt),
+                reader,
+                informer,
+                gone: false,
+            });
+            table.by_gk.insert(gk.clone(), index);
+            index
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(change) = sub.next().await {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.on_change(index, &change);
+            }
+        });
+        // Dependents that waited for this kind to be known.
+        for (i, reader) in self.live_readers() {
+            for obj in reader.list() {
+                let refs = obj.metadata.owner_references.as_deref().unwrap_or_default();
+                if refs.iter().any(|r| group_kind(r) == gk) {
+                    self.queue.add(Item {
+                        kind: i,
+                        key: ObjectRef::from_meta(&obj.metadata),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops watching a kind whose CRD is gone; its dependents are looked at again (their
+    /// owners of that kind are gone too).
+    fn remove_kind(&self, gk: (String, String)) {
+        let dependents: Vec<Arc<PartialObjectMeta>> = {
+            let mut table = self.table.write();
+            let Some(i) = table.by_gk.remove(&gk) else {
+                return;
+            };
+            table.removed.insert(gk.clone());
+            let kind = &mut table.kinds[i];
+            kind.gone = true;
+            kind.informer.stop();
+            kind.reader.list()
+        };
+        tracing::debug!(group = %gk.0, kind = %gk.1, "kind gone; no longer watched");
+        for obj in dependents {
+            if let Some(uid) = &obj.metadata.uid {
+                for (k, dep) in self.dependents(uid) {
+                    self.queue.add(Item {
+                        kind: k,
+                        key: ObjectRef::from_meta(&dep.metadata),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Follows a CRD: its kind is watched while it is established.
+    fn on_crd(self: &Arc<Self>, change: &Change<CustomResourceDefinition>) {
+        match change {
+            Change::Applied { new, .. } => {
+                let established = new
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                if !established {
+                    return;
+                }
+                let Ok(value) = serde_json::to_value(&**new) else {
+                    return;
+                };
+                let served = ResourceType::served_by_crd(&value);
+                let storage = new.spec.versions.iter().find(|v| v.storage).map(|v| &v.name);
+                let chosen = served
+                    .iter()
+                    .find(|(rt, _)| Some(&rt.version.to_string()) == storage)
+                    .or(served.first());
+                if let Some((rt, _)) = chosen {
+                    self.add_kind(rt.clone());
+                }
+            }
+            Change::Deleted(crd) => {
+                self.remove_kind((crd.spec.group.clone(), crd.spec.names.kind.clone()));
+            }
+        }
+    }
+
+    /// Maps a cache change to the items to process.
+    fn on_change(&self, kind: usize, change: &Change<PartialObjectMeta>) {
+        let (obj, gone, newly_deleting) = match change {
+            Change::Applied { old, new } => (
+                new,
+                false,
+                new.metadata.deletion_timestamp.is_some()
+                    && old
+                        .as_ref()
+                        .is_none_or(|o| o.metadata.deletion_timestamp.is_none()),
+            ),
+            Change::Deleted(o) => (o, true, false),
+        };
+        let key = ObjectRef::from_meta(&obj.metadata);
+        if !gone {
+            self.queue.add(Item {
+                kind,
+                key: key.clone(),
+            });
+        }
+        // Its dependents must look at their owners again when it goes.
+        if gone || newly_deleting || obj.metadata.deletion_timestamp.is_some() {
+            if let Some(uid) = &obj.metadata.uid {
+                for (k, dep) in self.dependents(uid) {
+                    self.queue.add(Item {
+                        kind: k,
+                        key: ObjectRef::from_meta(&dep.metadata),
+                    });
+                }
+            }
+        }
+        // Owners deleting in the foreground wait for their dependents to go.
+        if gone || newly_deleting {
+            for r in obj.metadata.owner_references.as_deref().unwrap_or_default() {
+                if let KindOf::Known(k, _) = self.kind_of(r) {
+                    if let Some(owner) = self.find_uid(k, &r.uid) {
+                        self.queue.add(Item {
+                            kind: k,
+                            key: ObjectRef::from_meta(&owner.metadata),
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 
 /// The garbage collector.
 pub struct GarbageCollector {
-    client: Client,
-    kinds: Arc<Kinds>,
-    queue: WorkQueue<Item>,
+    shared: Arc<Shared>,
     workers: usize,
-    /// Keeps the watches running.
-    _informers: Vec<crate::Informer<PartialObjectMeta>>,
 }
 
 impl std::fmt::Debug for GarbageCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GarbageCollector")
-            .field("kinds", &self.kinds.types.len())
+            .field("kinds", &self.shared.table.read().by_gk.len())
             .finish_non_exhaustive()
     }
 }
@@ -129,9 +376,27 @@ fn has_finalizer(m: &PartialObjectMeta, f: &str) -> bool {
         .any(|x| x == f)
 }
 
+/// Being deleted in the foreground: waiting for its dependents.
+fn deleting_dependents(m: &PartialObjectMeta) -> bool {
+    m.metadata.deletion_timestamp.is_some() && has_finalizer(m, FOREGROUND)
+}
+
+fn reference(rt: &ResourceType, m: &PartialObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(rt.api_version()),
+        kind: Some(rt.kind.to_string()),
+        name: m.metadata.name.clone(),
+        namespace: m.metadata.namespace.clone(),
+        uid: m.metadata.uid.clone(),
+        resource_version: m.metadata.resource_version.clone(),
+        field_path: None,
+    }
+}
+
 impl GarbageCollector {
     /// A collector over those of `kinds` (see [`default_kinds`]) the server serves, its
-    /// informers from `factory`.
+    /// informers from `factory`; when the server serves CustomResourceDefinitions, the
+    /// kinds they add are watched as well.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -141,56 +406,48 @@ impl GarbageCollector {
         kinds: Vec<ResourceType>,
     ) -> GarbageCollector {
         let kinds = super::common::served_kinds(client, kinds).await;
-        let mut readers = Vec::new();
-        let mut by_gvk = HashMap::new();
-        let mut informers = Vec::new();
-        for (i, rt) in kinds.iter().enumerate() {
-            let informer = factory.informer(
-                MetadataApi::new(client.clone(), rt.clone(), None),
+        let crds_served = kinds
+            .iter()
+            .any(|rt| rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition");
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            factory: factory.clone(),
+            queue: WorkQueue::new(),
+            table: RwLock::new(Table::default()),
+            recorder: Recorder::new(client.clone(), "garbage-collector-controller", "keelson"),
+        });
+        for rt in kinds {
+            shared.add_kind(rt);
+        }
+        if crds_served {
+            let crds = factory.informer(
+                Api::<CustomResourceDefinition>::all(client.clone()),
                 watcher::Config::default(),
             );
-            informer.add_index(
-                UID_INDEX,
-                Arc::new(|m: &PartialObjectMeta| m.metadata.uid.clone().into_iter().collect()),
-            );
-            readers.push(informer.reader());
-            informers.push(informer);
-            by_gvk.insert((rt.group.to_string(), rt.kind.to_string()), i);
-        }
-        let kinds = Arc::new(Kinds {
-            types: kinds,
-            readers,
-            by_gvk,
-        });
-        let queue = WorkQueue::new();
-        for (i, informer) in informers.iter().enumerate() {
-            let mut sub = informer.subscribe();
-            let (queue, kinds) = (queue.clone(), kinds.clone());
+            let mut sub = crds.subscribe();
+            let weak: Weak<Shared> = Arc::downgrade(&shared);
             tokio::spawn(async move {
+                // Holds the CRD informer as long as the collector lives.
+                let _crds = crds;
                 while let Some(change) = sub.next().await {
-                    on_change(&kinds, &queue, i, &change);
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.on_crd(&change);
                 }
             });
         }
-        GarbageCollector {
-            client: client.clone(),
-            kinds,
-            queue,
-            workers: 4,
-            _informers: informers,
-        }
+        GarbageCollector { shared, workers: 4 }
     }
 
     /// Runs until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        for r in &self.kinds.readers {
+        for (_, r) in self.shared.live_readers() {
             if r.wait_until_ready().await.is_err() {
                 tracing::error!("a garbage collector cache stopped before it was ready");
                 return;
             }
         }
         tracing::info!(
-            kinds = self.kinds.types.len(),
+            kinds = self.shared.table.read().by_gk.len(),
             "garbage collector caches ready"
         );
         let this = Arc::new(self);
@@ -198,27 +455,28 @@ impl GarbageCollector {
         for _ in 0..this.workers {
             let this = this.clone();
             workers.push(tokio::spawn(async move {
-                while let Some(item) = this.queue.get().await {
+                let queue = &this.shared.queue;
+                while let Some(item) = queue.get().await {
                     match this.process(&item).await {
-                        Ok(()) => this.queue.forget(&item),
+                        Ok(()) => queue.forget(&item),
                         Err(e) => {
                             tracing::debug!(error = %e, "garbage collection step failed; retrying");
-                            this.queue.add_rate_limited(item.clone());
+                            queue.add_rate_limited(item.clone());
                         }
                     }
-                    this.queue.done(&item);
+                    queue.done(&item);
                 }
             }));
         }
         shutdown.await;
-        this.queue.shut_down();
+        this.shared.queue.shut_down();
         for w in workers {
             let _ = w.await;
         }
     }
 
     fn err(&self, action: &'static str, item: &Item) -> impl FnOnce(keelson_core::Error) -> Error {
-        let object = format!("{} {}", self.kinds.types[item.kind].kind, item.key);
+        let object = format!("{} {}", self.shared.rt(item.kind).kind, item.key);
         move |source| Error {
             action,
             object,
@@ -232,7 +490,7 @@ impl GarbageCollector {
         uid: Option<&str>,
         policy: PropagationPolicy,
     ) -> Result<(), Error> {
-        let rt = &self.kinds.types[item.kind];
+        let rt = self.shared.rt(item.kind);
         let opts = DeleteOptions {
             uid: uid.map(str::to_owned),
             propagation_policy: Some(policy),
@@ -240,9 +498,10 @@ impl GarbageCollector {
         };
         tracing::debug!(kind = %rt.kind, object = %item.key, policy = policy.as_str(), "garbage collecting");
         match self
+            .shared
             .client
             .transport()
-            .delete(rt, item.key.ns(), &item.key.name, &opts)
+            .delete(&rt, item.key.ns(), &item.key.name, &opts)
             .await
         {
             Ok(_) => Ok(()),
@@ -252,11 +511,12 @@ impl GarbageCollector {
     }
 
     async fn patch(&self, item: &Item, ops: serde_json::Value) -> Result<(), Error> {
-        let rt = &self.kinds.types[item.kind];
+        let rt = self.shared.rt(item.kind);
         match self
+            .shared
             .client
             .transport()
-            .patch(rt, item.key.ns(), &item.key.name, None, &Patch::Json(ops))
+            .patch(&rt, item.key.ns(), &item.key.name, None, &Patch::Json(ops))
             .await
         {
             Ok(_) => Ok(()),
@@ -283,29 +543,64 @@ impl GarbageCollector {
         .await
     }
 
-    /// Whether the owner a reference names exists (confirmed live when the cache says no).
+    async fn warn(&self, item: &Item, obj: &PartialObjectMeta, reason: &str, message: &str) {
+        let rt = self.shared.rt(item.kind);
+        self.shared
+            .recorder
+            .emit(&reference(&rt, obj), EventType::Warning, reason, message)
+            .await;
+    }
+
+    /// Whether the owner a reference names exists (confirmed live when the cache says
+    /// no), by Kubernetes' rules for namespaces and kinds (see the module docs).
     async fn owner_state(
         &self,
-        obj_ns: Option<&str>,
+        item: &Item,
+        obj: &PartialObjectMeta,
         r: &OwnerReference,
     ) -> Result<OwnerState, Error> {
-        let Some(kind) = self.kinds.of_ref(r) else {
-            // A kind the collector does not know: never collect on its account.
-            return Ok(OwnerState::Solid);
+        let (kind, rt) = match self.shared.kind_of(r) {
+            KindOf::Known(kind, rt) => (kind, rt),
+            KindOf::Removed => return Ok(OwnerState::Dangling),
+            KindOf::Unknown => {
+                tracing::debug!(object = %item.key, owner = %r.name, api_version = %r.api_version, kind = %r.kind, "owner of a kind not served; kept");
+                return Ok(OwnerState::Solid);
+            }
         };
+        let obj_ns = item.key.ns();
+        let invalid_namespace = |why: &str| {
+            format!(
+                "ownerReference to {} {} {:?} (uid {}) {why}",
+                r.api_version, r.kind, r.name, r.uid
+            )
+        };
+        if rt.is_namespaced() && obj_ns.is_none() {
+            let message = invalid_namespace(
+                "names a namespaced kind, which cannot own a cluster-scoped object; it is never collected on this reference's account",
+            );
+            self.warn(item, obj, "OwnerRefInvalidNamespace", &message).await;
+            return Ok(OwnerState::Solid);
+        }
         let state = |m: &PartialObjectMeta| {
-            if m.metadata.deletion_timestamp.is_some() && has_finalizer(m, FOREGROUND) {
+            if deleting_dependents(m) {
                 OwnerState::Waiting
             } else {
                 OwnerState::Solid
             }
         };
-        if let Some(owner) = self.kinds.find_uid(kind, &r.uid) {
-            return Ok(state(&owner));
-        }
-        let rt = &self.kinds.types[kind];
         let ns = if rt.is_namespaced() { obj_ns } else { None };
-        match self.client.transport().get(rt, ns, &r.name).await {
+        if let Some(owner) = self.shared.find_uid(kind, &r.uid) {
+            if owner.metadata.namespace.as_deref() == ns {
+                return Ok(state(&owner));
+            }
+            let message = invalid_namespace(&format!(
+                "does not exist in namespace {:?}: an owner must be in its dependent's namespace or cluster-scoped",
+                obj_ns.unwrap_or_default()
+            ));
+            self.warn(item, obj, "OwnerRefInvalidNamespace", &message).await;
+            return Ok(OwnerState::Dangling);
+        }
+        match self.shared.client.transport().get(&rt, ns, &r.name).await {
             Ok(v) => {
                 let owner: PartialObjectMeta =
                     serde_json::from_value((*v).clone()).unwrap_or_default();
@@ -325,7 +620,11 @@ impl GarbageCollector {
     }
 
     async fn process(&self, item: &Item) -> Result<(), Error> {
-        let Some(obj) = self.kinds.readers[item.kind].get(&item.key) else {
+        let Some(obj) = self
+            .shared
+            .reader(item.kind)
+            .and_then(|r| r.get(&item.key))
+        else {
             return Ok(());
         };
         let uid = obj.metadata.uid.clone().unwrap_or_default();
@@ -346,12 +645,18 @@ impl GarbageCollector {
         let mut dangling = Vec::new();
         let mut waiting = Vec::new();
         for r in &refs {
-            match self.owner_state(item.key.ns(), r).await? {
+            match self.owner_state(item, &obj, r).await? {
                 OwnerState::Solid => solid += 1,
                 OwnerState::Dangling => dangling.push(r.uid.clone()),
                 OwnerState::Waiting => waiting.push(r.uid.clone()),
             }
         }
+        let replace_refs = |kept: &[OwnerReference]| {
+            json!([
+                {"op": "test", "path": "/metadata/ownerReferences", "value": refs},
+                {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
+            ])
+        };
         if solid > 0 {
             if dangling.is_empty() && waiting.is_empty() {
                 return Ok(());
@@ -368,17 +673,37 @@ impl GarbageCollector {
                     r
                 })
                 .collect();
-            return self
-                .patch(
-                    item,
-                    json!([
-                        {"op": "test", "path": "/metadata/ownerReferences", "value": refs},
-                        {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
-                    ]),
-                )
-                .await;
+            if kept == refs {
+                // Already unblocked; waiting for the deleting owners to go.
+                return Ok(());
+            }
+            return self.patch(item, replace_refs(&kept)).await;
         }
-        let policy = if !waiting.is_empty() && !self.kinds.dependents(&uid).is_empty() {
+        let dependents = self.shared.dependents(&uid);
+        let policy = if !waiting.is_empty() && dependents.iter().any(|(_, d)| d.metadata.uid != obj.metadata.uid) {
+            // A dependent that waits for its own dependents, while this object's owners
+            // wait for it: possibly a cycle, which would wait forever. Stop blocking the
+            // owners first (as Kubernetes does).
+            let cycle = dependents
+                .iter()
+                .find(|(_, d)| d.metadata.uid != obj.metadata.uid && deleting_dependents(d));
+            let blocking = refs.iter().any(|r| r.block_owner_deletion == Some(true));
+            if let (Some((k, dep)), true) = (cycle, blocking) {
+                let kept: Vec<OwnerReference> = refs
+                    .iter()
+                    .map(|r| OwnerReference {
+                        block_owner_deletion: r.block_owner_deletion.map(|_| false),
+                        ..r.clone()
+                    })
+                    .collect();
+                self.patch(item, replace_refs(&kept)).await?;
+                let message = format!(
+                    "possible cycle of ownerReferences: its dependent {} {} is waiting for its own dependents; its owners being deleted in the foreground no longer wait for it",
+                    self.shared.rt(*k).kind,
+                    ObjectRef::from_meta(&dep.metadata)
+                );
+                self.warn(item, &obj, "OwnerRefCycle", &message).await;
+            }
             PropagationPolicy::Foreground
         } else if has_finalizer(&obj, ORPHAN) {
             PropagationPolicy::Orphan
@@ -396,7 +721,7 @@ impl GarbageCollector {
         obj: &PartialObjectMeta,
         uid: &str,
     ) -> Result<(), Error> {
-        for (kind, dep) in self.kinds.dependents(uid) {
+        for (kind, dep) in self.shared.dependents(uid) {
             let refs = dep.metadata.owner_references.clone().unwrap_or_default();
             let Some(i) = refs.iter().position(|r| r.uid == uid) else {
                 continue;
@@ -416,15 +741,26 @@ impl GarbageCollector {
         self.remove_finalizer(item, obj, ORPHAN).await
     }
 
+    /// An owner deleting in the foreground: its dependents are looked at again (each is
+    /// deleted, or stops blocking when it has another live owner); it goes once none
+    /// blocks it.
     async fn delete_dependents(
         &self,
         item: &Item,
         obj: &PartialObjectMeta,
         uid: &str,
     ) -> Result<(), Error> {
-        let deps = self.kinds.dependents(uid);
+        if self.shared.live_readers().iter().any(|(_, r)| !r.is_ready()) {
+            // A dependent of a kind still being listed could be missed.
+            self.shared.queue.add_after(item.clone(), Duration::from_secs(1));
+            return Ok(());
+        }
         let mut blocking = 0;
-        for (kind, dep) in &deps {
+        for (kind, dep) in self.shared.dependents(uid) {
+            if dep.metadata.uid.as_deref() == Some(uid) {
+                // Its own owner: it cannot wait for its own deletion.
+                continue;
+            }
             let blocks = dep
                 .metadata
                 .owner_references
@@ -435,78 +771,21 @@ impl GarbageCollector {
             if blocks {
                 blocking += 1;
             }
-            if dep.metadata.deletion_timestamp.is_some() {
-                continue;
+            if dep.metadata.deletion_timestamp.is_none() {
+                self.shared.queue.add(Item {
+                    kind,
+                    key: ObjectRef::from_meta(&dep.metadata),
+                });
             }
-            let dep_uid = dep.metadata.uid.clone().unwrap_or_default();
-            let policy = if self.kinds.dependents(&dep_uid).is_empty() {
-                PropagationPolicy::Background
-            } else {
-                PropagationPolicy::Foreground
-            };
-            let dep_item = Item {
-                kind: *kind,
-                key: ObjectRef::from_meta(&dep.metadata),
-            };
-            self.delete(&dep_item, Some(&dep_uid), policy).await?;
         }
         if blocking == 0 {
             self.remove_finalizer(item, obj, FOREGROUND).await?;
         } else {
             // Dependents' deletions re-queue this owner; check again anyway.
-            self.queue.add_after(item.clone(), Duration::from_secs(5));
+            self.shared
+                .queue
+                .add_after(item.clone(), Duration::from_secs(5));
         }
         Ok(())
-    }
-}
-
-/// Maps a cache change to the items to process.
-fn on_change(
-    kinds: &Kinds,
-    queue: &WorkQueue<Item>,
-    kind: usize,
-    change: &Change<PartialObjectMeta>,
-) {
-    let (obj, gone, newly_deleting) = match change {
-        Change::Applied { old, new } => (
-            new,
-            false,
-            new.metadata.deletion_timestamp.is_some()
-                && old
-                    .as_ref()
-                    .is_none_or(|o| o.metadata.deletion_timestamp.is_none()),
-        ),
-        Change::Deleted(o) => (o, true, false),
-    };
-    let key = ObjectRef::from_meta(&obj.metadata);
-    if !gone {
-        queue.add(Item {
-            kind,
-            key: key.clone(),
-        });
-    }
-    // Its dependents must look at their owners again when it goes.
-    if gone || newly_deleting || obj.metadata.deletion_timestamp.is_some() {
-        if let Some(uid) = &obj.metadata.uid {
-            for (k, dep) in kinds.dependents(uid) {
-                queue.add(Item {
-                    kind: k,
-                    key: ObjectRef::from_meta(&dep.metadata),
-                });
-            }
-        }
-    }
-    // Owners deleting in the foreground wait for their dependents to go.
-    if gone || newly_deleting {
-        for r in obj.metadata.owner_references.as_deref().unwrap_or_default() {
-            if let Some(k) = kinds.of_ref(r) {
-                if let Some(owner) = kinds.find_uid(k, &r.uid) {
-                    queue.add(Item {
-                        kind: k,
-                        key: ObjectRef::from_meta(&owner.metadata),
-                    });
-                }
-            }
-        }
     }
 }
