@@ -204,7 +204,11 @@ async fn an_update_that_changes_nothing_writes_nothing() {
     let f = fixture().await;
     let v1 = f
         .registry
-        .create(&f.configmaps, Some("default"), cm("same", json!({"a": "b"})))
+        .create(
+            &f.configmaps,
+            Some("default"),
+            cm("same", json!({"a": "b"})),
+        )
         .await
         .expect("create");
     let since = rv(&v1).to_string();
@@ -246,7 +250,11 @@ async fn an_update_that_changes_nothing_writes_nothing() {
         .await
         .expect("an event")
         .expect("the stream goes on");
-    assert_eq!(rv(&first.object), rv(&v2), "the no-op updates sent no event");
+    assert_eq!(
+        rv(&first.object),
+        rv(&v2),
+        "the no-op updates sent no event"
+    );
 }
 
 #[tokio::test]

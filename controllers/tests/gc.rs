@@ -248,10 +248,15 @@ async fn dependents_of_a_custom_resource_created_after_the_collector_are_collect
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!gone(&api, "of-g1").await, "kept while its owner lives");
-    gizmo_api.delete("g1", &DeleteOptions::default()).await.unwrap();
-    eventually("the custom resource's dependent collected", WAIT, || async {
-        gone(&api, "of-g1").await.then_some(())
-    })
+    gizmo_api
+        .delete("g1", &DeleteOptions::default())
+        .await
+        .unwrap();
+    eventually(
+        "the custom resource's dependent collected",
+        WAIT,
+        || async { gone(&api, "of-g1").await.then_some(()) },
+    )
     .await;
 }
 
@@ -262,7 +267,13 @@ async fn an_owner_of_an_unknown_kind_is_kept_until_the_kind_is_served_and_found_
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "ns");
     api.create(&owned_by(
         "of-nothing-yet",
-        vec![reference("example.com/v1", "Gizmo", "g0", "no-such-uid", false)],
+        vec![reference(
+            "example.com/v1",
+            "Gizmo",
+            "g0",
+            "no-such-uid",
+            false,
+        )],
     ))
     .await
     .unwrap();
@@ -272,9 +283,11 @@ async fn an_owner_of_an_unknown_kind_is_kept_until_the_kind_is_served_and_found_
         "an owner of a kind nobody serves may be a CRD still to come"
     );
     serve_gizmos(&client).await;
-    eventually("collected once the kind shows the owner absent", WAIT, || async {
-        gone(&api, "of-nothing-yet").await.then_some(())
-    })
+    eventually(
+        "collected once the kind shows the owner absent",
+        WAIT,
+        || async { gone(&api, "of-nothing-yet").await.then_some(()) },
+    )
     .await;
 }
 
@@ -287,7 +300,13 @@ async fn a_cycle_of_blocking_owners_unwinds_under_foreground_deletion() {
     let b = cm(&api, "b", &[(&a, true)], &[]).await;
     let c = cm(&api, "c", &[(&b, true)], &[]).await;
     // a owns b owns c owns a, each blocking.
-    let refs = vec![reference("v1", "ConfigMap", "c", c.metadata.uid.as_deref().unwrap(), true)];
+    let refs = vec![reference(
+        "v1",
+        "ConfigMap",
+        "c",
+        c.metadata.uid.as_deref().unwrap(),
+        true,
+    )];
     api.patch(
         "a",
         &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
@@ -324,7 +343,10 @@ async fn foreground_deletion_keeps_a_dependent_with_another_live_owner() {
     })
     .await;
     let shared = api.get("shared").await.unwrap();
-    assert!(shared.metadata.deletion_timestamp.is_none(), "b still owns it");
+    assert!(
+        shared.metadata.deletion_timestamp.is_none(),
+        "b still owns it"
+    );
     let names: Vec<String> = shared
         .metadata
         .owner_references

@@ -780,3 +780,35 @@ async fn http_get_probes_pass_on_2xx_and_fail_on_404() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_another_component_changed_are_put_right_before_the_next_report() {
+    let c = cluster().await;
+    let _node = Node::start(&c.client, "n1").await;
+    let nodes: Api<K8sNode> = Api::all(c.client.clone());
+    let ready = |n: &K8sNode| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone())
+    };
+    eventually(10, "Ready", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        (ready(&n)? == "True").then_some(())
+    })
+    .await;
+    // What the node lifecycle controller writes after a partition; the periodic report
+    // is minutes away (fast_config keeps the 5 min default).
+    let unknown = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown",
+        "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
+    nodes
+        .patch_status("n1", &Patch::Strategic(unknown))
+        .await
+        .expect("mark Unknown");
+    eventually(10, "Ready again", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        (ready(&n)? == "True").then_some(())
+    })
+    .await;
+}

@@ -284,7 +284,12 @@ impl Shared {
                     return;
                 };
                 let served = ResourceType::served_by_crd(&value);
-                let storage = new.spec.versions.iter().find(|v| v.storage).map(|v| &v.name);
+                let storage = new
+                    .spec
+                    .versions
+                    .iter()
+                    .find(|v| v.storage)
+                    .map(|v| &v.name);
                 let chosen = served
                     .iter()
                     .find(|(rt, _)| Some(&rt.version.to_string()) == storage)
@@ -578,7 +583,8 @@ impl GarbageCollector {
             let message = invalid_namespace(
                 "names a namespaced kind, which cannot own a cluster-scoped object; it is never collected on this reference's account",
             );
-            self.warn(item, obj, "OwnerRefInvalidNamespace", &message).await;
+            self.warn(item, obj, "OwnerRefInvalidNamespace", &message)
+                .await;
             return Ok(OwnerState::Solid);
         }
         let state = |m: &PartialObjectMeta| {
@@ -597,7 +603,8 @@ impl GarbageCollector {
                 "does not exist in namespace {:?}: an owner must be in its dependent's namespace or cluster-scoped",
                 obj_ns.unwrap_or_default()
             ));
-            self.warn(item, obj, "OwnerRefInvalidNamespace", &message).await;
+            self.warn(item, obj, "OwnerRefInvalidNamespace", &message)
+                .await;
             return Ok(OwnerState::Dangling);
         }
         match self.shared.client.transport().get(&rt, ns, &r.name).await {
@@ -620,11 +627,7 @@ impl GarbageCollector {
     }
 
     async fn process(&self, item: &Item) -> Result<(), Error> {
-        let Some(obj) = self
-            .shared
-            .reader(item.kind)
-            .and_then(|r| r.get(&item.key))
-        else {
+        let Some(obj) = self.shared.reader(item.kind).and_then(|r| r.get(&item.key)) else {
             return Ok(());
         };
         let uid = obj.metadata.uid.clone().unwrap_or_default();
@@ -680,7 +683,11 @@ impl GarbageCollector {
             return self.patch(item, replace_refs(&kept)).await;
         }
         let dependents = self.shared.dependents(&uid);
-        let policy = if !waiting.is_empty() && dependents.iter().any(|(_, d)| d.metadata.uid != obj.metadata.uid) {
+        let policy = if !waiting.is_empty()
+            && dependents
+                .iter()
+                .any(|(_, d)| d.metadata.uid != obj.metadata.uid)
+        {
             // A dependent that waits for its own dependents, while this object's owners
             // wait for it: possibly a cycle, which would wait forever. Stop blocking the
             // owners first (as Kubernetes does).
@@ -750,9 +757,16 @@ impl GarbageCollector {
         obj: &PartialObjectMeta,
         uid: &str,
     ) -> Result<(), Error> {
-        if self.shared.live_readers().iter().any(|(_, r)| !r.is_ready()) {
+        if self
+            .shared
+            .live_readers()
+            .iter()
+            .any(|(_, r)| !r.is_ready())
+        {
             // A dependent of a kind still being listed could be missed.
-            self.shared.queue.add_after(item.clone(), Duration::from_secs(1));
+            self.shared
+                .queue
+                .add_after(item.clone(), Duration::from_secs(1));
             return Ok(());
         }
         let mut blocking = 0;

@@ -306,6 +306,23 @@ impl NodeReporter {
         Ok(())
     }
 
+    /// Whether the API server's copy of the node's conditions says something else than
+    /// `conds` (as kubelet, which compares with the node it reads back): after a
+    /// partition the node lifecycle controller has set them Unknown, and the agent puts
+    /// them right at once instead of at its next periodic report.
+    async fn api_copy_differs(&self, conds: &[Condition]) -> bool {
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let Ok(node) = nodes.get(&self.ctx.node_name).await else {
+            // Unreadable: nothing to compare; the next report is due in time anyway.
+            return false;
+        };
+        let api = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        conds.iter().any(|c| {
+            let want = if c.status { "True" } else { "False" };
+            !api.iter().any(|a| a.type_ == c.kind && a.status == want)
+        })
+    }
+
     async fn update_status(&mut self, force: bool) -> Result<(), Error> {
         let ctx = self.ctx.clone();
         let net = match ctx.network.status().await {
@@ -318,7 +335,7 @@ impl NodeReporter {
         let due = self
             .last_report
             .is_none_or(|t| t.elapsed() >= ctx.config.node_status_report_interval);
-        if !force && !due && conds == self.last {
+        if !force && !due && conds == self.last && !self.api_copy_differs(&conds).await {
             return Ok(());
         }
         let mut transitions = Vec::with_capacity(conds.len());
