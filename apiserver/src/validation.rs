@@ -948,6 +948,7 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
             }
         }
         ("batch", "CronJob") => {
+            cron_job_schedule(object.get("spec"), out);
             if let Some(template) = object.pointer("/spec/jobTemplate/spec/template") {
                 pod_spec(
                     template.get("spec"),
@@ -957,6 +958,36 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
             }
         }
         _ => {}
+    }
+}
+
+/// A CronJob's `schedule` must parse (five fields or a macro, no `TZ=` prefix: the
+/// `timeZone` field says that) and its `timeZone` must be one the server knows.
+fn cron_job_schedule(spec: Option<&Value>, out: &mut Vec<FieldError>) {
+    match spec.and_then(|s| s.get("schedule")).and_then(Value::as_str) {
+        None | Some("") => out.push(FieldError::required("spec.schedule", "")),
+        Some(schedule) if schedule.contains("TZ") => out.push(FieldError::invalid(
+            "spec.schedule",
+            schedule,
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        )),
+        Some(schedule) => {
+            if let Err(e) = keelson_core::cron::Schedule::parse(schedule) {
+                out.push(FieldError::invalid("spec.schedule", schedule, &e.reason));
+            }
+        }
+    }
+    if let Some(zone) = spec.and_then(|s| s.get("timeZone")).and_then(Value::as_str) {
+        let known = !zone.is_empty()
+            && !zone.starts_with(' ')
+            && keelson_core::k8s_openapi::jiff::tz::TimeZone::get(zone).is_ok();
+        if !known {
+            out.push(FieldError::invalid(
+                "spec.timeZone",
+                zone,
+                "unknown time zone",
+            ));
+        }
     }
 }
 

@@ -81,7 +81,7 @@
 //! and what it leaves out: notably StatefulSets ignore `volumeClaimTemplates`, Jobs count
 //! pods without the `batch.kubernetes.io/job-tracking` finalizer, and the Job controller
 //! also does the TTL-after-finished controller's work. CronJob schedules are parsed by
-//! [`builtin::cron`] and evaluated in their `timeZone` with `jiff` (system tz database,
+//! [`keelson_core::cron`] and evaluated in their `timeZone` with `jiff` (system tz database,
 //! bundled copy as fallback).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]

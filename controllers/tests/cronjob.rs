@@ -215,16 +215,27 @@ async fn finished_jobs_beyond_the_history_limits_are_deleted_oldest_first() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_suspended_cron_job_makes_no_jobs_and_a_bad_schedule_makes_none_either() {
+async fn a_suspended_cron_job_makes_no_jobs_and_a_bad_schedule_is_refused() {
     let (_server, client) = cluster(&["ns"]).await;
     let _ctl = start(&client);
     let api: Api<CronJob> = Api::namespaced(client.clone(), "ns");
     api.create(&cron_job("paused", "* * * * *", json!({"suspend": true})))
         .await
         .unwrap();
-    api.create(&cron_job("broken", "61 * * * *", json!({})))
-        .await
-        .unwrap();
+    // A schedule that does not parse, or an unknown zone, is refused at the API.
+    for (schedule, zone, field) in [
+        ("61 * * * *", None, "spec.schedule"),
+        ("CRON_TZ=UTC * * * * *", None, "spec.schedule"),
+        ("@hourly", Some("Mars/Olympus"), "spec.timeZone"),
+    ] {
+        let extra = zone.map_or(json!({}), |z| json!({ "timeZone": z }));
+        let err = api
+            .create(&cron_job("broken", schedule, extra))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), 422, "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
     api.create(&cron_job(
         "zoned",
         "@hourly",
@@ -250,7 +261,6 @@ async fn a_suspended_cron_job_makes_no_jobs_and_a_bad_schedule_makes_none_either
         ["batch.kubernetes.io/cronjob-scheduled-timestamp"];
     assert!(scheduled.ends_with(":00:00+05:30"), "{scheduled}");
     assert!(jobs(&client, "paused").await.is_empty());
-    assert!(jobs(&client, "broken").await.is_empty());
     api.patch("paused", &Patch::Merge(json!({"spec": {"suspend": false}})))
         .await
         .unwrap();

@@ -44,6 +44,7 @@
 
 mod builtin;
 pub mod client;
+pub mod cron;
 mod dynamic;
 mod error;
 mod fields;

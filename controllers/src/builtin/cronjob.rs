@@ -1,7 +1,7 @@
 //! The CronJob controller: makes Jobs on a schedule.
 //!
 //! As Kubernetes' CronJob controller (v2):
-//! - `schedule` is a five-field cron line or a macro (see [`cron`](super::cron)),
+//! - `schedule` is a five-field cron line or a macro (see [`keelson_core::cron`]),
 //!   read in `timeZone` (an IANA name; the system's tz database, else a bundled copy)
 //!   or UTC;
 //! - at each scheduled time a Job is made from `jobTemplate`, named
@@ -35,7 +35,6 @@ use keelson_core::k8s_openapi::api::core::v1::ObjectReference;
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::common::{controller_ref, status_merge_patch};
-use super::cron::Schedule;
 use super::job::finished_at;
 use crate::controller::{Action, Context, Controller, Reconciler};
 use crate::events::{object_reference, EventType, Recorder};
@@ -43,6 +42,7 @@ use crate::informer::InformerFactory;
 use crate::object::ObjectRef;
 use crate::reflector::Reader;
 use crate::{clock, watcher};
+use keelson_core::cron::Schedule;
 
 /// The Job annotation holding the time it was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";

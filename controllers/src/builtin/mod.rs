@@ -5,7 +5,6 @@
 //! [`ControllerManager`](crate::ControllerManager) runs them all.
 
 pub mod common;
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
