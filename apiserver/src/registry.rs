@@ -294,28 +294,40 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
 /// Whether an update leaves the object as it was, but for its resourceVersion and the
 /// managedFields' timestamps: Kubernetes then writes nothing, keeps the version and sends
 /// no watch event, so controllers that re-apply what is there do not wake each other up.
+/// A change of field ownership alone (another manager applying the same values) is a
+/// change.
 fn unchanged(old: &Value, new: &Value) -> bool {
-    const VOLATILE: [&str; 2] = ["resourceVersion", "managedFields"];
-    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
-        return old == new;
-    };
-    let same_meta = |a: &Value, b: &Value| match (a.as_object(), b.as_object()) {
+    /// Objects alike but for the keys in `ignore`, values compared with `==` or, for
+    /// those that differ, with `alike`.
+    fn same(
+        a: &Value,
+        b: &Value,
+        ignore: &[&str],
+        alike: &dyn Fn(&str, &Value, &Value) -> bool,
+    ) -> bool {
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return a == b;
+        };
+        let kept = |k: &String| !ignore.contains(&k.as_str());
+        a.iter()
+            .filter(|(k, _)| kept(k))
+            .all(|(k, v)| b.get(k).is_some_and(|w| v == w || alike(k, v, w)))
+            && b.keys().filter(|k| kept(k)).all(|k| a.contains_key(k))
+    }
+    let never = |_: &str, _: &Value, _: &Value| false;
+    // managedFields entries alike but for their times.
+    let same_managed = |a: &Value, b: &Value| match (a.as_array(), b.as_array()) {
         (Some(a), Some(b)) => {
-            let differs = |x: &Map<String, Value>, y: &Map<String, Value>| {
-                x.iter()
-                    .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-                    .any(|(k, v)| y.get(k) != Some(v))
-            };
-            !differs(a, b) && !differs(b, a)
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y, &["time"], &never))
         }
         _ => a == b,
     };
-    old.len() == new.len()
-        && old.iter().all(|(k, v)| match new.get(k) {
-            Some(w) if k == "metadata" => same_meta(v, w),
-            Some(w) => v == w,
-            None => false,
+    let same_meta = |a: &Value, b: &Value| {
+        same(a, b, &["resourceVersion"], &|k, v, w| {
+            k == "managedFields" && same_managed(v, w)
         })
+    };
+    same(old, new, &[], &|k, v, w| k == "metadata" && same_meta(v, w))
 }
 
 fn has_status(res: &ServedResource) -> bool {
@@ -1975,5 +1987,49 @@ pub fn error_event(e: &Error) -> WatchEvent {
     WatchEvent {
         kind: WatchEventType::Error,
         object: Arc::new(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unchanged;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_version_and_ownership_times_may_differ_for_an_update_to_be_no_change() {
+        let entry = |manager: &str, time: &str| {
+            json!({"manager": manager, "operation": "Apply", "time": time,
+                   "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:k": {}}}})
+        };
+        let obj = |rv: &str, managers: Vec<serde_json::Value>, k: &str| {
+            json!({"metadata": {"name": "a", "resourceVersion": rv, "managedFields": managers},
+                   "data": {"k": k}})
+        };
+        let base = obj("5", vec![entry("kubectl", "2026-01-01T00:00:00Z")], "v");
+        let later = obj("7", vec![entry("kubectl", "2026-02-01T00:00:00Z")], "v");
+        assert!(unchanged(&base, &later));
+        let mut unversioned = later.clone();
+        unversioned["metadata"]
+            .as_object_mut()
+            .map(|m| m.remove("resourceVersion"));
+        assert!(unchanged(&base, &unversioned));
+        let other_owner = obj(
+            "5",
+            vec![
+                entry("kubectl", "2026-01-01T00:00:00Z"),
+                entry("helm", "2026-01-01T00:00:00Z"),
+            ],
+            "v",
+        );
+        assert!(
+            !unchanged(&base, &other_owner),
+            "a new co-owner is a change"
+        );
+        let new_value = obj("5", vec![entry("kubectl", "2026-01-01T00:00:00Z")], "w");
+        assert!(!unchanged(&base, &new_value));
+        let mut labelled = base.clone();
+        labelled["metadata"]["labels"] = json!({"x": "y"});
+        assert!(!unchanged(&base, &labelled));
+        assert!(!unchanged(&labelled, &base));
     }
 }
