@@ -943,12 +943,18 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
             workload(kind, object.get("spec"), out);
         }
         ("batch", "Job") => {
+            job_policies(object.get("spec"), "spec", out);
             if let Some(template) = object.pointer("/spec/template") {
                 pod_spec(template.get("spec"), "spec.template.spec", out);
             }
         }
         ("batch", "CronJob") => {
             cron_job_schedule(object.get("spec"), out);
+            job_policies(
+                object.pointer("/spec/jobTemplate/spec"),
+                "spec.jobTemplate.spec",
+                out,
+            );
             if let Some(template) = object.pointer("/spec/jobTemplate/spec/template") {
                 pod_spec(
                     template.get("spec"),
@@ -958,6 +964,146 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
             }
         }
         _ => {}
+    }
+}
+
+/// A Job's failure and success policies, as Kubernetes checks them: a pod failure
+/// policy needs `restartPolicy: Never` and well-formed rules; a success policy needs
+/// Indexed completion. `backoffLimitPerIndex` (and with it the `FailIndex` action) is
+/// refused: this server does not implement it, and ignoring it would run the Job
+/// otherwise than asked.
+fn job_policies(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    if spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null())
+    {
+        out.push(FieldError::forbidden(
+            format!("{path}.backoffLimitPerIndex"),
+            "not supported by this server",
+        ));
+    }
+    if let Some(policy) = spec.get("podFailurePolicy").filter(|v| !v.is_null()) {
+        let restart = spec
+            .pointer("/template/spec/restartPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Always");
+        if restart != "Never" {
+            out.push(FieldError::invalid(
+                format!("{path}.template.spec.restartPolicy"),
+                restart,
+                "only \"Never\" is supported when podFailurePolicy is specified",
+            ));
+        }
+        let rules = policy.get("rules").and_then(Value::as_array);
+        for (i, rule) in rules.into_iter().flatten().enumerate() {
+            let at = format!("{path}.podFailurePolicy.rules[{i}]");
+            match rule.get("action").and_then(Value::as_str) {
+                Some("FailJob" | "Ignore" | "Count") => {}
+                Some("FailIndex") => out.push(FieldError::forbidden(
+                    format!("{at}.action"),
+                    "FailIndex needs backoffLimitPerIndex, which this server does not support",
+                )),
+                Some(other) => out.push(FieldError::not_supported(
+                    format!("{at}.action"),
+                    other,
+                    &["Count", "FailIndex", "FailJob", "Ignore"],
+                )),
+                None => out.push(FieldError::required(format!("{at}.action"), "")),
+            }
+            let exit_codes = rule.get("onExitCodes").filter(|v| !v.is_null());
+            let conditions = rule.get("onPodConditions").filter(|v| !v.is_null());
+            match (exit_codes, conditions) {
+                (Some(_), Some(_)) => out.push(FieldError::invalid(
+                    at.clone(),
+                    Value::Null,
+                    "specifying both OnExitCodes and OnPodConditions is not supported",
+                )),
+                (None, None) => out.push(FieldError::invalid(
+                    at.clone(),
+                    Value::Null,
+                    "specifying one of OnExitCodes and OnPodConditions is required",
+                )),
+                _ => {}
+            }
+            if let Some(req) = exit_codes {
+                let operator = req.get("operator").and_then(Value::as_str).unwrap_or("");
+                if !matches!(operator, "In" | "NotIn") {
+                    out.push(FieldError::not_supported(
+                        format!("{at}.onExitCodes.operator"),
+                        operator,
+                        &["In", "NotIn"],
+                    ));
+                }
+                let values = req.get("values").and_then(Value::as_array);
+                let values: Vec<i64> = values
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_i64)
+                    .collect();
+                if values.is_empty() {
+                    out.push(FieldError::required(
+                        format!("{at}.onExitCodes.values"),
+                        "at least one value is required",
+                    ));
+                }
+                for (j, v) in values.iter().enumerate() {
+                    let field = format!("{at}.onExitCodes.values[{j}]");
+                    if values[..j].contains(v) {
+                        out.push(FieldError::duplicate(field, *v));
+                    } else if *v == 0 && operator == "In" {
+                        out.push(FieldError::invalid(
+                            field,
+                            *v,
+                            "must not be 0 for the In operator",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(policy) = spec.get("successPolicy").filter(|v| !v.is_null()) {
+        if spec.get("completionMode").and_then(Value::as_str) != Some("Indexed") {
+            out.push(FieldError::invalid(
+                format!("{path}.successPolicy"),
+                policy.clone(),
+                "requires indexed completion mode",
+            ));
+        }
+        let rules = policy.get("rules").and_then(Value::as_array);
+        if rules.is_none_or(Vec::is_empty) {
+            out.push(FieldError::required(
+                format!("{path}.successPolicy.rules"),
+                "at least one rule is required",
+            ));
+        }
+        let completions = spec.get("completions").and_then(Value::as_i64);
+        for (i, rule) in rules.into_iter().flatten().enumerate() {
+            let at = format!("{path}.successPolicy.rules[{i}]");
+            let indexes = rule.get("succeededIndexes").and_then(Value::as_str);
+            let count = rule.get("succeededCount").and_then(Value::as_i64);
+            if indexes.is_none() && count.is_none() {
+                out.push(FieldError::required(
+                    at.clone(),
+                    "at least one of succeededCount or succeededIndexes must be specified",
+                ));
+            }
+            if let Some(c) = count {
+                if c < 0 {
+                    out.push(FieldError::invalid(
+                        format!("{at}.succeededCount"),
+                        c,
+                        "must be greater than or equal to 0",
+                    ));
+                } else if completions.is_some_and(|n| c > n) {
+                    out.push(FieldError::invalid(
+                        format!("{at}.succeededCount"),
+                        c,
+                        "must be less than or equal to the number of completions",
+                    ));
+                }
+            }
+        }
     }
 }
 

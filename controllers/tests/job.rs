@@ -329,3 +329,205 @@ async fn a_finished_job_is_deleted_after_its_ttl() {
         done.elapsed()
     );
 }
+
+/// Fails a pod with its `work` container's exit code, and a condition if given.
+async fn fail_with(client: &Client, name: &str, code: i32, condition: Option<&str>) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ns");
+    let mut conditions = vec![json!({"type": "Ready", "status": "False"})];
+    if let Some(c) = condition {
+        conditions.push(json!({"type": c, "status": "True"}));
+    }
+    let patch = json!({"status": {
+        "phase": "Failed",
+        "conditions": conditions,
+        "containerStatuses": [{"name": "work", "image": "busybox", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": code}}}],
+    }});
+    pods.patch_status(name, &Patch::Merge(patch)).await.unwrap();
+}
+
+async fn one_live_pod(client: &Client, job: &str) -> String {
+    eventually("a live pod", Duration::from_secs(120), || async {
+        let p = live(&pods(client, "ns", &format!("job-name={job}")).await);
+        (p.len() == 1).then(|| name_of(&p[0]))
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_failure_policy_ignores_disruptions_and_fails_the_job_on_a_fatal_exit_code() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let _ctl = start(&client);
+    let api: Api<Job> = Api::namespaced(client.clone(), "ns");
+    let policy = json!({"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "work", "operator": "In", "values": [42]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [42]}},
+    ]});
+    api.create(&job(
+        "policy",
+        json!({"backoffLimit": 1, "podFailurePolicy": policy}),
+    ))
+    .await
+    .unwrap();
+    // Two disruptions: ignored, so a backoffLimit of 1 is not reached and none counts.
+    for _ in 0..2 {
+        let pod = one_live_pod(&client, "policy").await;
+        fail_with(&client, &pod, 137, Some("DisruptionTarget")).await;
+        eventually("the pod failed", WAIT, || async {
+            let p = pods(&client, "ns", "job-name=policy").await;
+            p.iter()
+                .any(|p| name_of(p) == pod && live(std::slice::from_ref(p)).is_empty())
+                .then_some(())
+        })
+        .await;
+    }
+    // One counted failure (exit 1, no disruption) is within the limit...
+    let pod = one_live_pod(&client, "policy").await;
+    fail_with(&client, &pod, 1, None).await;
+    let st = eventually("one failure counted", WAIT, || async {
+        let s = status(&api, "policy").await;
+        (s.failed == Some(1)).then_some(s)
+    })
+    .await;
+    assert!(condition(&st, "Failed").is_none(), "{st:?}");
+    // ...and exit code 42 fails the Job at once, naming the rule.
+    let pod = one_live_pod(&client, "policy").await;
+    fail_with(&client, &pod, 42, None).await;
+    let st = eventually("failed by the policy", WAIT, || async {
+        let s = status(&api, "policy").await;
+        condition(&s, "Failed").is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "Failed").unwrap(),
+        ("True".into(), "PodFailurePolicy".into())
+    );
+    let message = st
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .and_then(|c| c.message)
+        .unwrap();
+    assert!(
+        message.contains(&format!("Container work for pod ns/{pod} failed with exit code 42 matching FailJob rule at index 0")),
+        "{message}"
+    );
+    assert_eq!(st.failed, Some(2), "the disruptions are not counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_policy_completes_an_indexed_job_before_all_its_indexes() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let _ctl = start(&client);
+    let api: Api<Job> = Api::namespaced(client.clone(), "ns");
+    api.create(&job(
+        "leader",
+        json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+               "successPolicy": {"rules": [{"succeededIndexes": "0"}]}}),
+    ))
+    .await
+    .unwrap();
+    let all = eventually("4 pods", WAIT, || async {
+        let p = pods(&client, "ns", "job-name=leader").await;
+        (p.len() == 4).then_some(p)
+    })
+    .await;
+    let index = |p: &Pod| {
+        p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"].clone()
+    };
+    // A follower finishing does not meet the rule.
+    let follower = all.iter().find(|p| index(p) == "2").unwrap();
+    mark_phase(&client, "ns", &name_of(follower), "Succeeded").await;
+    eventually("one succeeded", WAIT, || async {
+        (status(&api, "leader").await.succeeded == Some(1)).then_some(())
+    })
+    .await;
+    assert!(condition(&status(&api, "leader").await, "SuccessCriteriaMet").is_none());
+    // Index 0 finishing does: the others are stopped and the Job completes.
+    let leader = all.iter().find(|p| index(p) == "0").unwrap();
+    mark_phase(&client, "ns", &name_of(leader), "Succeeded").await;
+    let st = eventually("the criteria met", WAIT, || async {
+        let s = status(&api, "leader").await;
+        condition(&s, "SuccessCriteriaMet").is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "SuccessCriteriaMet").unwrap(),
+        ("True".into(), "SuccessPolicy".into())
+    );
+    // The stopped pods go (the test plays the node: they are deleted at once).
+    eventually("complete", WAIT, || async {
+        let s = status(&api, "leader").await;
+        condition(&s, "Complete").is_some().then_some(s)
+    })
+    .await;
+    let st = status(&api, "leader").await;
+    assert_eq!(
+        condition(&st, "Complete").unwrap(),
+        ("True".into(), "SuccessPolicy".into())
+    );
+    assert_eq!(st.completed_indexes.as_deref(), Some("0,2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn policies_the_server_cannot_honour_or_that_are_malformed_are_refused() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let api: Api<Job> = Api::namespaced(client.clone(), "ns");
+    let on_failure = {
+        let mut j = job(
+            "a",
+            json!({"podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}),
+        );
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = Some("OnFailure".into());
+        j
+    };
+    let cases = [
+        (on_failure, "spec.template.spec.restartPolicy"),
+        (
+            job(
+                "b",
+                json!({"podFailurePolicy": {"rules": [{"action": "FailJob",
+                "onExitCodes": {"operator": "In", "values": [0]}}]}}),
+            ),
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[0]",
+        ),
+        (
+            job(
+                "c",
+                json!({"podFailurePolicy": {"rules": [{"action": "Explode",
+                "onPodConditions": [{"type": "DisruptionTarget"}]}]}}),
+            ),
+            "spec.podFailurePolicy.rules[0].action",
+        ),
+        (
+            job(
+                "d",
+                json!({"successPolicy": {"rules": [{"succeededCount": 1}]}}),
+            ),
+            "spec.successPolicy",
+        ),
+        (
+            job(
+                "e",
+                json!({"completions": 2, "completionMode": "Indexed",
+                "backoffLimitPerIndex": 1}),
+            ),
+            "spec.backoffLimitPerIndex",
+        ),
+    ];
+    for (j, field) in cases {
+        let err = api.create(&j).await.expect_err("refused");
+        assert_eq!(err.code(), 422, "{err}");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+}

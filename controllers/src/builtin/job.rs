@@ -19,6 +19,17 @@
 //! - finishing: first the condition `SuccessCriteriaMet` (reason `CompletionsReached`)
 //!   or `FailureTarget` is added and any running pods are deleted; once none remain,
 //!   `Complete` (with `completionTime`) or `Failed`, with the same reason;
+//! - `podFailurePolicy`: each failed pod is held against the rules in order, the first
+//!   that matches deciding — on the exit codes of its containers and init containers
+//!   (`In`/`NotIn`, optionally one container; exit code 0 never matches) or on its
+//!   conditions (such as `DisruptionTarget`). `FailJob` fails the Job (reason
+//!   `PodFailurePolicy`, the message naming the container, code and rule), `Ignore`
+//!   leaves the failure out of `status.failed` and the back-off limit, `Count` counts
+//!   it;
+//! - `successPolicy` (Indexed Jobs): the Job succeeds (reason `SuccessPolicy`, "Matched
+//!   rules at index N") once the completed indexes satisfy a rule —
+//!   `succeededIndexes` all done, or `succeededCount` of them, or `succeededCount`
+//!   indexes in all — and its remaining pods are stopped;
 //! - `suspend: true` deletes the active pods and sets `Suspended` (`JobSuspended`);
 //!   resuming sets it False (`JobResumed`) and restarts the `startTime` clock;
 //! - `ttlSecondsAfterFinished` (Kubernetes' TTL-after-finished controller, folded in):
@@ -29,9 +40,10 @@
 //! Counting: pods do **not** get the `batch.kubernetes.io/job-tracking` finalizer.
 //! Finished pods are counted while they exist and the counts never go down, so a
 //! finished pod deleted by someone else before the controller saw it finish is not
-//! counted (Kubernetes' finalizer closes that gap). Pod failure policies, success
-//! policies, `backoffLimitPerIndex` and `podReplacementPolicy` are not implemented
-//! (terminating pods are replaced only once gone, as with `Failed`).
+//! counted (Kubernetes' finalizer closes that gap). `backoffLimitPerIndex` and
+//! `podReplacementPolicy` are not implemented (terminating pods are replaced only once
+//! gone, as with `Failed`); the API server refuses `backoffLimitPerIndex` and the
+//! `FailIndex` action rather than ignore them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,7 +52,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use keelson_core::client::{Api, Client, DeleteOptions, Patch, PropagationPolicy};
-use keelson_core::k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use keelson_core::k8s_openapi::api::batch::v1::{
+    Job, JobCondition, JobStatus, PodFailurePolicy, SuccessPolicy,
+};
 use keelson_core::k8s_openapi::api::core::v1::{EnvVar, Pod};
 use keelson_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -232,6 +246,97 @@ fn restarts(p: &Pod) -> i32 {
         })
         .map(|c| c.restart_count)
         .sum()
+}
+
+/// What a pod failure policy says of one failed pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FailureVerdict {
+    /// Fail the whole Job, with this message.
+    FailJob(String),
+    /// Not counted against `backoffLimit`, nor in `status.failed`.
+    Ignore,
+    /// Counted, as without a policy.
+    Count,
+}
+
+/// The first rule of `policy` a failed pod matches (Kubernetes' order), as a verdict;
+/// `Count` when none does. Exit codes are those of terminated containers and init
+/// containers, those that exited 0 left out.
+fn failure_verdict(policy: &PodFailurePolicy, pod: &Pod) -> FailureVerdict {
+    let status = pod.status.as_ref();
+    let exits: Vec<(&str, i32)> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .filter_map(|c| {
+            let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+            (code != 0).then_some((c.name.as_str(), code))
+        })
+        .collect();
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let pod_name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let matched = if let Some(req) = &rule.on_exit_codes {
+            exits
+                .iter()
+                .filter(|(name, _)| req.container_name.as_deref().is_none_or(|n| n == *name))
+                .find(|(_, code)| req.values.contains(code) == (req.operator == "In"))
+                .map(|(name, code)| {
+                    format!("Container {name} for pod {pod_name} failed with exit code {code} matching {} rule at index {i}", rule.action)
+                })
+        } else {
+            rule.on_pod_conditions
+                .iter()
+                .flatten()
+                .find(|pattern| {
+                    let want = match pattern.status.as_str() {
+                        "" => "True",
+                        s => s,
+                    };
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == pattern.type_ && c.status == want)
+                })
+                .map(|pattern| {
+                    format!(
+                        "Pod {pod_name} has condition {} matching {} rule at index {i}",
+                        pattern.type_, rule.action
+                    )
+                })
+        };
+        let Some(message) = matched else { continue };
+        return match rule.action.as_str() {
+            "FailJob" => FailureVerdict::FailJob(message),
+            "Ignore" => FailureVerdict::Ignore,
+            _ => FailureVerdict::Count,
+        };
+    }
+    FailureVerdict::Count
+}
+
+/// The index of the first success policy rule the completed indexes satisfy.
+fn success_rule_met(policy: &SuccessPolicy, completed: &BTreeSet<i32>) -> Option<usize> {
+    policy.rules.iter().position(|rule| {
+        let count = rule.succeeded_count.and_then(|c| usize::try_from(c).ok());
+        match rule.succeeded_indexes.as_deref() {
+            Some(indexes) => {
+                let wanted = parse_indexes(indexes);
+                let done = wanted.intersection(completed).count();
+                done >= count.unwrap_or(wanted.len())
+            }
+            None => count.is_some_and(|c| completed.len() >= c),
+        }
+    })
 }
 
 fn count(n: usize) -> i32 {
@@ -566,8 +671,24 @@ impl Reconciler<Job> for JobController {
             .iter()
             .filter(|p| phase(p) == Some("Succeeded"))
             .collect();
-        let failed_pods: Vec<&Arc<Pod>> =
-            pods.iter().filter(|p| phase(p) == Some("Failed")).collect();
+        // Failed pods, less those the pod failure policy ignores; the first a FailJob
+        // rule matches fails the Job.
+        let mut fail_job: Option<String> = None;
+        let failed_pods: Vec<&Arc<Pod>> = pods
+            .iter()
+            .filter(|p| phase(p) == Some("Failed"))
+            .filter(|p| match spec.pod_failure_policy.as_ref() {
+                None => true,
+                Some(policy) => match failure_verdict(policy, p) {
+                    FailureVerdict::FailJob(message) => {
+                        fail_job.get_or_insert(message);
+                        true
+                    }
+                    FailureVerdict::Ignore => false,
+                    FailureVerdict::Count => true,
+                },
+            })
+            .collect();
         let mut completed = BTreeSet::new();
         if indexed {
             completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or_default());
@@ -629,11 +750,11 @@ impl Reconciler<Job> for JobController {
                 c.reason.unwrap_or_default(),
                 c.message.unwrap_or_default(),
             ))
-        } else if condition_true(&old, "SuccessCriteriaMet").is_some() {
+        } else if let Some(c) = condition_true(&old, "SuccessCriteriaMet") {
             Some((
                 true,
-                "CompletionsReached".to_owned(),
-                "Reached expected number of succeeded pods".to_owned(),
+                c.reason.unwrap_or_else(|| "CompletionsReached".to_owned()),
+                c.message.unwrap_or_default(),
             ))
         } else {
             None
@@ -642,12 +763,25 @@ impl Reconciler<Job> for JobController {
             let start = status.start_time.as_ref()?;
             (!suspended).then(|| d - clock::seconds_since(start))
         });
+        let success_rule = spec
+            .success_policy
+            .as_ref()
+            .filter(|_| indexed)
+            .and_then(|policy| success_rule_met(policy, &completed));
         if target.is_none() {
             let done = match completions {
                 Some(c) => succeeded >= c,
                 None => succeeded > 0,
             };
-            if done {
+            if let Some(message) = fail_job {
+                target = Some((false, "PodFailurePolicy".into(), message));
+            } else if let Some(rule) = success_rule {
+                target = Some((
+                    true,
+                    "SuccessPolicy".into(),
+                    format!("Matched rules at index {rule}"),
+                ));
+            } else if done {
                 target = Some((
                     true,
                     "CompletionsReached".into(),
