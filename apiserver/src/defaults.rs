@@ -215,7 +215,15 @@ pub fn on_create(group: &str, kind: &str, object: &mut Value) {
 
 fn job_spec(spec: &mut Map<String, Value>) {
     default(spec, "parallelism", json!(1));
-    default(spec, "backoffLimit", json!(6));
+    // With a limit per index, the Job-wide limit is off unless given.
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    default(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     if spec.get("completions").is_none_or(Value::is_null)

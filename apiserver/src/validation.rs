@@ -968,20 +968,49 @@ fn builtin_rules(rt: &ResourceType, object: &Value, out: &mut Vec<FieldError>) {
 }
 
 /// A Job's failure and success policies, as Kubernetes checks them: a pod failure
-/// policy needs `restartPolicy: Never` and well-formed rules; a success policy needs
-/// Indexed completion. `backoffLimitPerIndex` (and with it the `FailIndex` action) is
-/// refused: this server does not implement it, and ignoring it would run the Job
-/// otherwise than asked.
+/// policy needs `restartPolicy: Never` and well-formed rules (`FailIndex` only with
+/// `backoffLimitPerIndex`); a success policy and `backoffLimitPerIndex` need Indexed
+/// completion, and `maxFailedIndexes` needs `backoffLimitPerIndex`.
 fn job_policies(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
     let Some(spec) = spec else { return };
-    if spec
-        .get("backoffLimitPerIndex")
-        .is_some_and(|v| !v.is_null())
-    {
-        out.push(FieldError::forbidden(
-            format!("{path}.backoffLimitPerIndex"),
-            "not supported by this server",
-        ));
+    let indexed = spec.get("completionMode").and_then(Value::as_str) == Some("Indexed");
+    let completions = spec.get("completions").and_then(Value::as_i64);
+    let per_index = spec.get("backoffLimitPerIndex").and_then(Value::as_i64);
+    if let Some(limit) = per_index {
+        if !indexed {
+            out.push(FieldError::invalid(
+                format!("{path}.backoffLimitPerIndex"),
+                limit,
+                "requires indexed completion mode",
+            ));
+        } else if limit < 0 {
+            out.push(FieldError::invalid(
+                format!("{path}.backoffLimitPerIndex"),
+                limit,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(max) = spec.get("maxFailedIndexes").and_then(Value::as_i64) {
+        let field = format!("{path}.maxFailedIndexes");
+        if per_index.is_none() {
+            out.push(FieldError::required(
+                format!("{path}.backoffLimitPerIndex"),
+                "when maxFailedIndexes is specified",
+            ));
+        } else if max < 0 {
+            out.push(FieldError::invalid(
+                field,
+                max,
+                "must be greater than or equal to 0",
+            ));
+        } else if completions.is_some_and(|c| max > c) {
+            out.push(FieldError::invalid(
+                field,
+                max,
+                "must be less than or equal to completions",
+            ));
+        }
     }
     if let Some(policy) = spec.get("podFailurePolicy").filter(|v| !v.is_null()) {
         let restart = spec
@@ -1000,9 +1029,11 @@ fn job_policies(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
             let at = format!("{path}.podFailurePolicy.rules[{i}]");
             match rule.get("action").and_then(Value::as_str) {
                 Some("FailJob" | "Ignore" | "Count") => {}
-                Some("FailIndex") => out.push(FieldError::forbidden(
+                Some("FailIndex") if per_index.is_some() => {}
+                Some("FailIndex") => out.push(FieldError::invalid(
                     format!("{at}.action"),
-                    "FailIndex needs backoffLimitPerIndex, which this server does not support",
+                    "FailIndex",
+                    "valid only when backoffLimitPerIndex is set",
                 )),
                 Some(other) => out.push(FieldError::not_supported(
                     format!("{at}.action"),
@@ -1063,7 +1094,7 @@ fn job_policies(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
         }
     }
     if let Some(policy) = spec.get("successPolicy").filter(|v| !v.is_null()) {
-        if spec.get("completionMode").and_then(Value::as_str) != Some("Indexed") {
+        if !indexed {
             out.push(FieldError::invalid(
                 format!("{path}.successPolicy"),
                 policy.clone(),
@@ -1077,7 +1108,6 @@ fn job_policies(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
                 "at least one rule is required",
             ));
         }
-        let completions = spec.get("completions").and_then(Value::as_i64);
         for (i, rule) in rules.into_iter().flatten().enumerate() {
             let at = format!("{path}.successPolicy.rules[{i}]");
             let indexes = rule.get("succeededIndexes").and_then(Value::as_str);

@@ -517,12 +517,24 @@ async fn policies_the_server_cannot_honour_or_that_are_malformed_are_refused() {
             "spec.successPolicy",
         ),
         (
-            job(
-                "e",
-                json!({"completions": 2, "completionMode": "Indexed",
-                "backoffLimitPerIndex": 1}),
-            ),
+            job("e", json!({"completions": 2, "backoffLimitPerIndex": 1})),
             "spec.backoffLimitPerIndex",
+        ),
+        (
+            job(
+                "f",
+                json!({"completions": 2, "completionMode": "Indexed",
+                "backoffLimitPerIndex": 1, "maxFailedIndexes": 3}),
+            ),
+            "spec.maxFailedIndexes",
+        ),
+        (
+            job(
+                "g",
+                json!({"podFailurePolicy": {"rules": [{"action": "FailIndex",
+                "onExitCodes": {"operator": "In", "values": [3]}}]}}),
+            ),
+            "spec.podFailurePolicy.rules[0].action",
         ),
     ];
     for (j, field) in cases {
@@ -530,4 +542,100 @@ async fn policies_the_server_cannot_honour_or_that_are_malformed_are_refused() {
         assert_eq!(err.code(), 422, "{err}");
         assert!(err.to_string().contains(field), "{field}: {err}");
     }
+}
+
+fn index_of_pod(p: &Pod) -> String {
+    p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"].clone()
+}
+
+async fn live_of_index(client: &Client, job: &str, index: &str) -> Option<Pod> {
+    live(&pods(client, "ns", &format!("job-name={job}")).await)
+        .into_iter()
+        .find(|p| index_of_pod(p) == index)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_limit_per_index_fails_only_that_index_then_the_job() {
+    let (_server, client) = cluster(&["ns"]).await;
+    let _ctl = start(&client);
+    let api: Api<Job> = Api::namespaced(client.clone(), "ns");
+    api.create(&job(
+        "per-index",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 1}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        api.get("per-index")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .backoff_limit,
+        Some(i32::MAX),
+        "the Job-wide limit is off"
+    );
+    for failures in 0..2 {
+        let pod = eventually("a pod of index 1", Duration::from_secs(120), || async {
+            live_of_index(&client, "per-index", "1").await
+        })
+        .await;
+        let count = &pod.metadata.annotations.as_ref().unwrap()
+            ["batch.kubernetes.io/job-index-failure-count"];
+        assert_eq!(count, &failures.to_string());
+        fail_with(&client, &name_of(&pod), 1, None).await;
+    }
+    let st = eventually("index 1 failed", WAIT, || async {
+        let s = status(&api, "per-index").await;
+        (s.failed_indexes.as_deref() == Some("1")).then_some(s)
+    })
+    .await;
+    assert!(
+        condition(&st, "Failed").is_none(),
+        "the other indexes go on"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        live_of_index(&client, "per-index", "1").await.is_none(),
+        "a failed index is not run again"
+    );
+    for index in ["0", "2"] {
+        let pod = live_of_index(&client, "per-index", index).await.unwrap();
+        mark_phase(&client, "ns", &name_of(&pod), "Succeeded").await;
+    }
+    let st = eventually("the Job failed", WAIT, || async {
+        let s = status(&api, "per-index").await;
+        condition(&s, "Failed").is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "Failed").unwrap(),
+        ("True".into(), "FailedIndexes".into())
+    );
+    assert_eq!(st.completed_indexes.as_deref(), Some("0,2"));
+    assert_eq!(st.failed, Some(2));
+
+    // With maxFailedIndexes, the Job fails as soon as too many indexes have.
+    api.create(&job(
+        "strict",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 0, "maxFailedIndexes": 0}),
+    ))
+    .await
+    .unwrap();
+    let pod = eventually("a pod of index 2", WAIT, || async {
+        live_of_index(&client, "strict", "2").await
+    })
+    .await;
+    fail_with(&client, &name_of(&pod), 1, None).await;
+    let st = eventually("the Job failed", WAIT, || async {
+        let s = status(&api, "strict").await;
+        condition(&s, "Failed").is_some().then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "Failed").unwrap(),
+        ("True".into(), "MaxFailedIndexesExceeded".into())
+    );
 }

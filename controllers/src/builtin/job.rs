@@ -26,6 +26,14 @@
 //!   `PodFailurePolicy`, the message naming the container, code and rule), `Ignore`
 //!   leaves the failure out of `status.failed` and the back-off limit, `Count` counts
 //!   it;
+//! - `backoffLimitPerIndex` (Indexed Jobs): each pod carries
+//!   `batch.kubernetes.io/job-index-failure-count`, the failures of its index before it;
+//!   an index whose failures exceed the limit (or a pod of which a `FailIndex` rule
+//!   matches) is failed, listed in `status.failedIndexes` and not run again; its
+//!   replacements back off per index. More than `maxFailedIndexes` failed indexes fail
+//!   the Job (`MaxFailedIndexesExceeded`); so does every index having finished with some
+//!   failed (`FailedIndexes`). The API server then defaults `backoffLimit` to the
+//!   largest int32;
 //! - `successPolicy` (Indexed Jobs): the Job succeeds (reason `SuccessPolicy`, "Matched
 //!   rules at index N") once the completed indexes satisfy a rule —
 //!   `succeededIndexes` all done, or `succeededCount` of them, or `succeededCount`
@@ -40,12 +48,10 @@
 //! Counting: pods do **not** get the `batch.kubernetes.io/job-tracking` finalizer.
 //! Finished pods are counted while they exist and the counts never go down, so a
 //! finished pod deleted by someone else before the controller saw it finish is not
-//! counted (Kubernetes' finalizer closes that gap). `backoffLimitPerIndex` and
-//! `podReplacementPolicy` are not implemented (terminating pods are replaced only once
-//! gone, as with `Failed`); the API server refuses `backoffLimitPerIndex` and the
-//! `FailIndex` action rather than ignore them.
+//! counted (Kubernetes' finalizer closes that gap). `podReplacementPolicy` is always
+//! `Failed` in effect: terminating pods are replaced only once gone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +79,9 @@ use crate::{clock, watcher};
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 /// The environment variable holding an Indexed Job pod's completion index.
 pub const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+/// The annotation holding how many pods of the index failed before this one (Jobs with
+/// `backoffLimitPerIndex`).
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
@@ -253,6 +262,8 @@ fn restarts(p: &Pod) -> i32 {
 enum FailureVerdict {
     /// Fail the whole Job, with this message.
     FailJob(String),
+    /// Fail the pod's index (with `backoffLimitPerIndex`).
+    FailIndex,
     /// Not counted against `backoffLimit`, nor in `status.failed`.
     Ignore,
     /// Counted, as without a policy.
@@ -317,6 +328,7 @@ fn failure_verdict(policy: &PodFailurePolicy, pod: &Pod) -> FailureVerdict {
         let Some(message) = matched else { continue };
         return match rule.action.as_str() {
             "FailJob" => FailureVerdict::FailJob(message),
+            "FailIndex" => FailureVerdict::FailIndex,
             "Ignore" => FailureVerdict::Ignore,
             _ => FailureVerdict::Count,
         };
@@ -337,6 +349,31 @@ fn success_rule_met(policy: &SuccessPolicy, completed: &BTreeSet<i32>) -> Option
             None => count.is_some_and(|c| completed.len() >= c),
         }
     })
+}
+
+/// The back-off before replacing a pod after `failures` failures, the last at `last`
+/// (seconds since the epoch): 10 s doubling per failure, at most 6 minutes, less the
+/// time since.
+fn backoff_left(failures: usize, last: Option<i64>) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(failures - 1).unwrap_or(u32::MAX).min(16);
+    let delay = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(BACKOFF_MAX);
+    let since = last.map_or(i64::MAX, |t| clock::now().as_second() - t);
+    delay.saturating_sub(Duration::from_secs(u64::try_from(since).unwrap_or(0)))
+}
+
+/// How many pods of its index failed before this one.
+fn index_failure_count(p: &Pod) -> i32 {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INDEX_FAILURE_COUNT))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn count(n: usize) -> i32 {
@@ -405,7 +442,7 @@ impl JobController {
             .await;
     }
 
-    fn new_pod(job: &Job, index: Option<i32>) -> Pod {
+    fn new_pod(job: &Job, index: Option<i32>, failures: Option<i32>) -> Pod {
         let name = job.metadata.name.clone().unwrap_or_default();
         let template = job
             .spec
@@ -432,6 +469,12 @@ impl JobController {
                     .labels
                     .get_or_insert_with(Default::default)
                     .insert(COMPLETION_INDEX.into(), v.clone());
+                if let Some(n) = failures {
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(INDEX_FAILURE_COUNT.into(), n.to_string());
+                }
                 if spec.hostname.as_deref().is_none_or(str::is_empty) {
                     spec.hostname = Some(format!("{name}-{i}"));
                 }
@@ -460,6 +503,7 @@ impl JobController {
         job: &Job,
         key: &ObjectRef,
         indexes: Vec<Option<i32>>,
+        index_failures: Option<&BTreeMap<i32, usize>>,
     ) -> Result<(), Error> {
         if indexes.is_empty() {
             return Ok(());
@@ -468,7 +512,11 @@ impl JobController {
         self.expectations
             .expect_creations(key, i64::try_from(indexes.len()).unwrap_or(i64::MAX));
         let results = join_all(indexes.into_iter().map(|i| {
-            let pod = Self::new_pod(job, i);
+            let failures = index_failures.map(|f| {
+                i.and_then(|i| f.get(&i))
+                    .map_or(0, |n| i32::try_from(*n).unwrap_or(i32::MAX))
+            });
+            let pod = Self::new_pod(job, i, failures);
             let api = api.clone();
             async move { api.create(&pod).await }
         }))
@@ -672,23 +720,39 @@ impl Reconciler<Job> for JobController {
             .filter(|p| phase(p) == Some("Succeeded"))
             .collect();
         // Failed pods, less those the pod failure policy ignores; the first a FailJob
-        // rule matches fails the Job.
+        // rule matches fails the Job. With backoffLimitPerIndex, each index's failures
+        // (the count its pods carry, plus one for a failed one) and their last time.
+        let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
         let mut fail_job: Option<String> = None;
-        let failed_pods: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| phase(p) == Some("Failed"))
-            .filter(|p| match spec.pod_failure_policy.as_ref() {
-                None => true,
-                Some(policy) => match failure_verdict(policy, p) {
-                    FailureVerdict::FailJob(message) => {
-                        fail_job.get_or_insert(message);
-                        true
-                    }
-                    FailureVerdict::Ignore => false,
-                    FailureVerdict::Count => true,
-                },
-            })
-            .collect();
+        let mut failed_pods: Vec<&Arc<Pod>> = Vec::new();
+        let mut index_failures: BTreeMap<i32, usize> = BTreeMap::new();
+        let mut index_last_failure: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut failed_indexes = parse_indexes(old.failed_indexes.as_deref().unwrap_or_default());
+        for p in pods.iter().filter(|p| phase(p) == Some("Failed")) {
+            let verdict = spec
+                .pod_failure_policy
+                .as_ref()
+                .map_or(FailureVerdict::Count, |policy| failure_verdict(policy, p));
+            let index = index_of(p).filter(|_| per_index.is_some());
+            match verdict {
+                FailureVerdict::Ignore => continue,
+                FailureVerdict::FailJob(message) => {
+                    fail_job.get_or_insert(message);
+                }
+                FailureVerdict::FailIndex => failed_indexes.extend(index),
+                FailureVerdict::Count => {}
+            }
+            failed_pods.push(p);
+            if let Some(i) = index {
+                let n = usize::try_from(index_failure_count(p)).unwrap_or(0) + 1;
+                let entry = index_failures.entry(i).or_default();
+                *entry = (*entry).max(n);
+                if let Some(t) = failed_at(p) {
+                    let last = index_last_failure.entry(i).or_default();
+                    *last = (*last).max(t);
+                }
+            }
+        }
         let mut completed = BTreeSet::new();
         if indexed {
             completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or_default());
@@ -703,6 +767,17 @@ impl Reconciler<Job> for JobController {
             status.succeeded = Some(count(completed.len()));
         } else {
             status.succeeded = Some(old.succeeded.unwrap_or(0).max(count(succeeded_pods.len())));
+        }
+        if let Some(limit) = per_index {
+            let limit = usize::try_from(limit).unwrap_or(0);
+            failed_indexes.extend(
+                index_failures
+                    .iter()
+                    .filter(|(_, n)| **n > limit)
+                    .map(|(i, _)| *i),
+            );
+            failed_indexes.retain(|i| *i < completions.unwrap_or(0) && !completed.contains(i));
+            status.failed_indexes = Some(format_indexes(&failed_indexes));
         }
         status.failed = Some(old.failed.unwrap_or(0).max(count(failed_pods.len())));
         let succeeded = status.succeeded.unwrap_or(0);
@@ -773,8 +848,22 @@ impl Reconciler<Job> for JobController {
                 Some(c) => succeeded >= c,
                 None => succeeded > 0,
             };
+            let max_failed = spec
+                .max_failed_indexes
+                .and_then(|m| usize::try_from(m).ok())
+                .filter(|_| per_index.is_some());
+            let all_finished = per_index.is_some()
+                && !failed_indexes.is_empty()
+                && completed.len() + failed_indexes.len()
+                    >= usize::try_from(completions.unwrap_or(0)).unwrap_or(0);
             if let Some(message) = fail_job {
                 target = Some((false, "PodFailurePolicy".into(), message));
+            } else if max_failed.is_some_and(|m| failed_indexes.len() > m) {
+                target = Some((
+                    false,
+                    "MaxFailedIndexesExceeded".into(),
+                    "Job has exceeded the specified maximal number of failed indexes".into(),
+                ));
             } else if let Some(rule) = success_rule {
                 target = Some((
                     true,
@@ -786,6 +875,12 @@ impl Reconciler<Job> for JobController {
                     true,
                     "CompletionsReached".into(),
                     "Reached expected number of succeeded pods".into(),
+                ));
+            } else if all_finished {
+                target = Some((
+                    false,
+                    "FailedIndexes".into(),
+                    "Job has failed indexes".into(),
                 ));
             } else if failures > spec.backoff_limit.unwrap_or(6) {
                 target = Some((
@@ -836,21 +931,15 @@ impl Reconciler<Job> for JobController {
                 active.clear();
             }
         } else if satisfied {
-            // Back-off after failures before making new pods.
-            let backoff = if failed_pods.is_empty() {
+            // Back-off after failures before making new pods: per index with
+            // backoffLimitPerIndex, else over all of the Job's failures.
+            let backoff = if per_index.is_some() {
                 Duration::ZERO
             } else {
-                let exp = u32::try_from(failed_pods.len() - 1)
-                    .unwrap_or(u32::MAX)
-                    .min(16);
-                let delay = BACKOFF_BASE
-                    .saturating_mul(2u32.saturating_pow(exp))
-                    .min(BACKOFF_MAX);
                 let last = failed_pods.iter().filter_map(|p| failed_at(p)).max();
-                let since = last.map_or(i64::MAX, |t| clock::now().as_second() - t);
-                let since = Duration::from_secs(u64::try_from(since).unwrap_or(0));
-                delay.saturating_sub(since)
+                backoff_left(failed_pods.len(), last)
             };
+            let mut index_wait: Option<Duration> = None;
             let mut create: Vec<Option<i32>> = Vec::new();
             let mut remove: Vec<Arc<Pod>> = Vec::new();
             if indexed {
@@ -872,7 +961,20 @@ impl Reconciler<Job> for JobController {
                 }
                 let room = slots.saturating_sub(keep.len());
                 create = (0..limit)
-                    .filter(|i| !completed.contains(i) && !running.contains(i))
+                    .filter(|i| {
+                        !completed.contains(i)
+                            && !running.contains(i)
+                            && !failed_indexes.contains(i)
+                    })
+                    .filter(|i| {
+                        let n = index_failures.get(i).copied().unwrap_or(0);
+                        let wait = backoff_left(n, index_last_failure.get(i).copied());
+                        if wait.is_zero() {
+                            return true;
+                        }
+                        index_wait = Some(index_wait.map_or(wait, |w| w.min(wait)));
+                        false
+                    })
                     .take(room)
                     .map(Some)
                     .collect();
@@ -903,8 +1005,12 @@ impl Reconciler<Job> for JobController {
                 .collect();
             self.delete_pods(&job, key, &remove).await?;
             active.retain(|p| p.metadata.uid.as_ref().is_none_or(|u| !removed.contains(u)));
+            if let Some(wait) = index_wait {
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
             let created = create.len();
-            self.create_pods(&job, key, create).await?;
+            let counts = per_index.map(|_| &index_failures);
+            self.create_pods(&job, key, create, counts).await?;
             // Kubernetes counts the pods it has just made as active.
             active_count = active.len() + created;
         }
