@@ -26,10 +26,12 @@
 //!   the service controller passes are recorded, not used: traffic goes straight to the
 //!   endpoints, as kube-proxy would send it behind a real load balancer.
 //!
-//!   The address is the one the Service already has in `status.loadBalancer` (so it
-//!   survives a restart), else its `spec.loadBalancerIP` (which must be in the pool and
-//!   free), else the first free address of the pool where every port can be listened
-//!   on. UDP and SCTP ports are refused (`CloudError::Invalid`).
+//!   The address is the Service's `spec.loadBalancerIP` when it asks for one (it must
+//!   be in the pool and not another load balancer's; changing it moves the load
+//!   balancer), else the load balancer's current one, else the one the Service has in
+//!   `status.loadBalancer` (so it survives a restart), else the first free address of
+//!   the pool where every port can be listened on. UDP and SCTP ports are refused
+//!   (`CloudError::Invalid`).
 //!
 //! [`LocalCloud::shutdown`] (the cluster calls it when it stops) closes every load
 //! balancer; deleting one closes its listeners and cuts its connections.
@@ -624,11 +626,10 @@ impl LoadBalancers for LocalCloud {
         let pool = self.config.load_balancer_pool;
         let free = |ip: &Ipv4Addr| pool.contains(*ip) && !taken.contains(ip);
         let old = lbs.get(&lb_name).cloned();
-        // A load balancer keeps its address; a Service may ask for one; otherwise the
-        // address it had (before a restart), or the first free one.
-        let fixed = if let Some(existing) = &old {
-            Some(existing.ip)
-        } else if let Some(asked) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+        // A Service may ask for an address; otherwise a load balancer keeps its own, or
+        // takes the one the Service had (before a restart), or the first free one.
+        let fixed = if let Some(asked) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty())
+        {
             let ip: Ipv4Addr = asked.parse().map_err(|_| {
                 CloudError::Invalid(format!("loadBalancerIP {asked:?} is not an IPv4 address"))
             })?;
@@ -639,7 +640,7 @@ impl LoadBalancers for LocalCloud {
             }
             Some(ip)
         } else {
-            None
+            old.as_ref().map(|o| o.ip)
         };
         let previous = service
             .status

@@ -409,3 +409,92 @@ async fn a_udp_port_is_refused_with_a_warning_event() {
         .is_none());
     cluster.shutdown().await;
 }
+
+async fn ingress_ip(services: &Api<Service>, name: &str) -> Option<String> {
+    let s = services.get(name).await.ok()?;
+    s.status?.load_balancer?.ingress?.first()?.ip.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_may_ask_for_its_load_balancer_address_and_move_it() {
+    let cluster = Cluster::builder()
+        .local_cloud(LocalCloudConfig {
+            load_balancer_pool: "127.0.203.0/24".parse().expect("a range"),
+            ..LocalCloudConfig::default()
+        })
+        .build()
+        .await
+        .expect("the cluster starts");
+    let client = cluster.client();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "pinned"},
+        "spec": {"type": "LoadBalancer", "loadBalancerIP": "127.0.203.7", "selector": {"app": "x"},
+                 "ports": [{"port": port}]},
+    }))
+    .expect("service");
+    services.create(&svc).await.expect("create");
+    eventually("the asked address", Duration::from_secs(30), || async {
+        (ingress_ip(&services, "pinned").await.as_deref() == Some("127.0.203.7")).then_some(())
+    })
+    .await;
+    let first: SocketAddr = format!("127.0.203.7:{port}").parse().expect("address");
+    assert!(tokio::net::TcpStream::connect(first).await.is_ok());
+
+    services
+        .patch(
+            "pinned",
+            &Patch::Merge(json!({"spec": {"loadBalancerIP": "127.0.203.9"}})),
+        )
+        .await
+        .expect("patch");
+    eventually(
+        "the load balancer moved",
+        Duration::from_secs(30),
+        || async {
+            (ingress_ip(&services, "pinned").await.as_deref() == Some("127.0.203.9")).then_some(())
+        },
+    )
+    .await;
+    let second: SocketAddr = format!("127.0.203.9:{port}").parse().expect("address");
+    assert!(tokio::net::TcpStream::connect(second).await.is_ok());
+    eventually(
+        "the old address is closed",
+        Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect(first)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // An address outside the pool is refused, and says why.
+    services
+        .patch(
+            "pinned",
+            &Patch::Merge(json!({"spec": {"loadBalancerIP": "10.1.2.3"}})),
+        )
+        .await
+        .expect("patch");
+    let events: Api<keelson::core::k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    eventually("a SyncLoadBalancerFailed event", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            events.list(&ListParams::default()).await.ok()?.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("SyncLoadBalancerFailed")
+                    && e.message.as_deref().is_some_and(|m| {
+                        m.ends_with("loadBalancerIP 10.1.2.3 is not a free address of the pool 127.0.203.1-127.0.203.254")
+                    })
+            })
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}
