@@ -21,6 +21,17 @@ use crate::clock;
 /// How many distinct events the recorder remembers for aggregation.
 const CACHE_SIZE: usize = 4096;
 
+/// The current time in nanoseconds, made unique within the process: an Event's name is
+/// its object's name and this (as Kubernetes names them), and two events in the same
+/// nanosecond — common under paused time — must not collide.
+fn unique_nanos() -> i128 {
+    static LAST: Mutex<i128> = Mutex::new(0);
+    let mut last = LAST.lock();
+    let now = clock::now().as_nanosecond().max(*last + 1);
+    *last = now;
+    now
+}
+
 /// `Normal` or `Warning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -141,7 +152,7 @@ impl Recorder {
                 Err(e) => return Err(e),
             }
         }
-        let name = format!("{}.{:x}", key.name, clock::now().as_nanosecond().max(0));
+        let name = format!("{}.{:x}", key.name, unique_nanos());
         let event = Event {
             metadata: keelson_core::ObjectMeta {
                 name: Some(name.clone()),

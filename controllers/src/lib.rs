@@ -83,11 +83,18 @@
 //! also does the TTL-after-finished controller's work. CronJob schedules are parsed by
 //! [`keelson_core::cron`] and evaluated in their `timeZone` with `jiff` (system tz database,
 //! bundled copy as fallback).
+//!
+//! # Cloud controllers
+//!
+//! [`cloud`] holds cloud-controller-manager's controllers — cloud node, cloud node
+//! lifecycle, route and service (load balancers) — and the [`cloud::CloudProvider`]
+//! trait they call. [`ControllerManager::cloud_provider`] runs them beside the others.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod builtin;
 pub mod clock;
+pub mod cloud;
 mod controller;
 pub mod events;
 pub mod finalizer;
@@ -103,7 +110,9 @@ pub mod workqueue;
 pub use controller::{Action, Context, Controller, Reconciler};
 pub use finalizer::finalizer;
 pub use informer::{Informer, InformerFactory, Subscription};
-pub use manager::{ControllerManager, ControllerManagerConfig, UnknownController, CONTROLLERS};
+pub use manager::{
+    ControllerManager, ControllerManagerConfig, UnknownController, CONTROLLERS, CONTROLLER_ALIASES,
+};
 pub use object::{controller_of, ListWatch, MetadataApi, Object, ObjectRef, PartialObjectMeta};
 pub use reflector::{Change, Reader, Writer};
 pub use workqueue::WorkQueue;

@@ -20,12 +20,14 @@ use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::serviceaccount::ServiceAccountController;
 use crate::builtin::statefulset::StatefulSetController;
+use crate::cloud::{CloudConfig, CloudProvider};
 use crate::informer::InformerFactory;
 use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
-/// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 13] = [
+/// The controllers [`ControllerManager`] runs, by kube-controller-manager's (and, for the
+/// last four, cloud-controller-manager's) short names.
+pub const CONTROLLERS: [&str; 17] = [
     "deployment",
     "replicaset",
     "statefulset",
@@ -39,7 +41,41 @@ pub const CONTROLLERS: [&str; 13] = [
     "serviceaccount",
     "nodelifecycle",
     "podgc",
+    "cloud-node",
+    "cloud-node-lifecycle",
+    "route",
+    "service",
 ];
+
+/// Kubernetes' full controller names (1.28 on), which `--controllers` accepts too, with
+/// the short names of [`CONTROLLERS`] they stand for.
+pub const CONTROLLER_ALIASES: [(&str, &str); 17] = [
+    ("deployment-controller", "deployment"),
+    ("replicaset-controller", "replicaset"),
+    ("statefulset-controller", "statefulset"),
+    ("daemonset-controller", "daemonset"),
+    ("job-controller", "job"),
+    ("cronjob-controller", "cronjob"),
+    ("endpoints-controller", "endpoint"),
+    ("endpointslice-controller", "endpointslice"),
+    ("garbage-collector-controller", "garbagecollector"),
+    ("namespace-controller", "namespace"),
+    ("serviceaccount-controller", "serviceaccount"),
+    ("node-lifecycle-controller", "nodelifecycle"),
+    ("pod-garbage-collector-controller", "podgc"),
+    ("cloud-node-controller", "cloud-node"),
+    ("cloud-node-lifecycle-controller", "cloud-node-lifecycle"),
+    ("node-route-controller", "route"),
+    ("service-lb-controller", "service"),
+];
+
+/// The short name `name` stands for (itself, or the one its full name maps to).
+fn short_name(name: &str) -> &str {
+    CONTROLLER_ALIASES
+        .iter()
+        .find(|(full, _)| *full == name)
+        .map_or(name, |(_, short)| short)
+}
 
 /// What a [`ControllerManager`] runs and how.
 #[derive(Clone, Debug)]
@@ -66,6 +102,9 @@ pub struct ControllerManagerConfig {
     pub node_lifecycle: NodeLifecycleConfig,
     /// The pod garbage collector's threshold and periods.
     pub pod_gc: PodGcConfig,
+    /// The cloud controllers' settings (they run only with a
+    /// [`ControllerManager::cloud_provider`]).
+    pub cloud: CloudConfig,
 }
 
 impl Default for ControllerManagerConfig {
@@ -82,6 +121,7 @@ impl Default for ControllerManagerConfig {
             cronjob_workers: 5,
             node_lifecycle: NodeLifecycleConfig::default(),
             pod_gc: PodGcConfig::default(),
+            cloud: CloudConfig::default(),
         }
     }
 }
@@ -94,26 +134,35 @@ pub struct UnknownController(pub String);
 impl ControllerManagerConfig {
     /// Chooses controllers as kube-controller-manager's `--controllers` flag does: `*`
     /// for all, `name` to enable one, `-name` to disable one (`["*", "-namespace"]`).
+    /// Names are the short ones of [`CONTROLLERS`] or Kubernetes' full ones
+    /// ([`CONTROLLER_ALIASES`]: `-service-lb-controller` is `-service`).
     ///
     /// # Errors
-    /// [`UnknownController`] for a name not in [`CONTROLLERS`].
+    /// [`UnknownController`] for a name that is neither.
     pub fn controllers(mut self, spec: &[&str]) -> Result<Self, UnknownController> {
-        let mut enabled: Vec<String> = Vec::new();
-        let all = spec.contains(&"*");
-        for name in CONTROLLERS {
-            let off = spec.contains(&format!("-{name}").as_str());
-            let on = spec.contains(&name);
-            if (all || on) && !off {
-                enabled.push(name.to_owned());
-            }
-        }
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        let mut all = false;
         for s in spec {
-            let n = s.trim_start_matches('-');
-            if *s != "*" && !CONTROLLERS.contains(&n) {
-                return Err(UnknownController(n.to_owned()));
+            if *s == "*" {
+                all = true;
+                continue;
             }
+            let (list, name) = match s.strip_prefix('-') {
+                Some(n) => (&mut off, n),
+                None => (&mut on, *s),
+            };
+            let short = short_name(name);
+            if !CONTROLLERS.contains(&short) {
+                return Err(UnknownController(name.to_owned()));
+            }
+            list.push(short);
         }
-        self.enabled = enabled;
+        self.enabled = CONTROLLERS
+            .iter()
+            .filter(|n| (all || on.contains(n)) && !off.contains(n))
+            .map(|n| (*n).to_owned())
+            .collect();
         Ok(self)
     }
 
@@ -135,6 +184,17 @@ pub struct ControllerManager {
     client: Client,
     config: ControllerManagerConfig,
     metrics: Metrics,
+    cloud: Option<Cloud>,
+}
+
+/// The manager's cloud provider.
+#[derive(Clone)]
+struct Cloud(Arc<dyn CloudProvider>);
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
 fn signal(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -156,7 +216,16 @@ impl ControllerManager {
             client,
             config,
             metrics: Metrics::new(),
+            cloud: None,
         }
+    }
+
+    /// Runs the cloud controllers too (those of
+    /// [`CLOUD_CONTROLLERS`](crate::cloud::CLOUD_CONTROLLERS) the configuration enables),
+    /// on `provider`.
+    pub fn cloud_provider(mut self, provider: Arc<dyn CloudProvider>) -> ControllerManager {
+        self.cloud = Some(Cloud(provider));
+        self
     }
 
     /// The controllers' metrics (render them for a `/metrics` endpoint).
@@ -194,6 +263,7 @@ impl ControllerManager {
                     client: self.client.clone(),
                     config: self.config.clone(),
                     metrics: self.metrics.clone(),
+                    cloud: self.cloud.clone(),
                 };
                 let stop = signal(&term_rx);
                 tokio::spawn(async move { this.run_controllers(fenced, stop).await })
@@ -319,6 +389,17 @@ impl ControllerManager {
         if cfg.on("podgc") {
             let gc = PodGarbageCollector::new(&client, &factory, cfg.pod_gc.clone());
             tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        if let Some(Cloud(cloud)) = &self.cloud {
+            tasks.extend(crate::cloud::start(
+                &client,
+                &factory,
+                cloud,
+                &cfg.cloud,
+                |name| cfg.on(name),
+                &self.metrics,
+                || signal(&stop_rx),
+            ));
         }
         shutdown.await;
         let _ = stop_tx.send(true);

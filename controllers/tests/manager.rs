@@ -49,6 +49,34 @@ fn controllers_are_chosen_as_kube_controller_manager_chooses_them() {
     assert!(e.to_string().contains("unknown controller \"nope\""), "{e}");
 }
 
+#[test]
+fn controllers_can_be_named_by_kubernetes_full_names() {
+    let c = ControllerManagerConfig::default()
+        .controllers(&["*", "-service-lb-controller", "-node-route-controller"])
+        .unwrap();
+    assert!(c.enabled.contains(&"cloud-node".to_owned()));
+    assert!(!c.enabled.contains(&"service".to_owned()));
+    assert!(!c.enabled.contains(&"route".to_owned()));
+    let c = ControllerManagerConfig::default()
+        .controllers(&["cloud-node-controller", "deployment-controller", "route"])
+        .unwrap();
+    assert_eq!(c.enabled, ["deployment", "cloud-node", "route"]);
+    for (full, short) in keelson_controllers::CONTROLLER_ALIASES {
+        assert!(
+            keelson_controllers::CONTROLLERS.contains(&short),
+            "{full} stands for an unknown controller {short}"
+        );
+    }
+    let e = ControllerManagerConfig::default()
+        .controllers(&["-service-controller"])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown controller \"service-controller\""),
+        "{e}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deployment_runs_and_its_foreground_deletion_removes_pods_and_replica_sets_first() {
     let (_server, client) = cluster(&["ns"]).await;

@@ -27,15 +27,23 @@
 //! 3. **The scheduler**, with the default profile (or the profiles of a
 //!    [`SchedulerConfig`]).
 //! 4. **The controller manager** with every built-in controller (or the ones a
-//!    [`ControllerManagerConfig`] names, optionally under leader election).
+//!    [`ControllerManagerConfig`] names, optionally under leader election), and the cloud
+//!    controllers on a cloud provider: by default a [`LocalCloud`] whose instances are
+//!    the cluster's nodes and whose load balancers are served on loopback addresses
+//!    ([`ClusterBuilder::local_cloud`], [`ClusterBuilder::cloud_provider`],
+//!    [`ClusterBuilder::without_cloud_provider`]). While the `cloud-node` controller
+//!    runs, the nodes register tainted `node.cloudprovider.kubernetes.io/uninitialized`
+//!    (the first time only, as kubelet with an external cloud provider does), and the
+//!    cloud initialises them.
 //! 5. **The nodes**: simulated nodes `sim-0`, `sim-1`, ... (a node agent each, on one
 //!    shared [`SimRuntime`]; [`Cluster::stop_node`] and [`Cluster::start_node`] take one
 //!    down and bring it back), a [`SimFleet`] for thousands of simulated nodes on one
 //!    pod watch, and local nodes `node-1`, `node-2`, ... running pods as host processes
 //!    ([`ProcessRuntime`], state under `DIR/nodes/NAME`).
 //!
-//! `build` returns once every node (other than the fleet's) has registered and is Ready,
-//! which takes milliseconds with simulated nodes.
+//! `build` returns once every node (other than the fleet's) has registered, is Ready and
+//! (with the `cloud-node` controller) has been initialised by the cloud, which takes
+//! milliseconds with simulated nodes.
 //!
 //! # Paused time
 //!
@@ -56,9 +64,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keelson_apiserver::{resources, ApiServer, Registry};
+use keelson_controllers::cloud::{CloudProvider, TAINT_UNINITIALIZED};
 use keelson_controllers::{ControllerManager, ControllerManagerConfig};
 use keelson_core::client::{Api, Client, ListParams};
-use keelson_core::k8s_openapi::api::core::v1::Node;
+use keelson_core::k8s_openapi::api::core::v1::{Node, Taint};
 use keelson_node::{
     Agent, AgentConfig, LoopbackNetwork, NetworkPlugin, NetworkStatus, NodeResources, PodNetwork,
     PodNetworkRef, ProcessRuntime, SimFleet, SimRuntime,
@@ -67,6 +76,8 @@ use keelson_scheduler::{Scheduler, SchedulerConfig};
 use keelson_store::{MemStore, RecoveryReport, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::cloud::{LocalCloud, LocalCloudConfig};
 
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -150,8 +161,16 @@ enum StoreChoice {
     Given(Arc<dyn Store>),
 }
 
+/// Which cloud provider the cloud controllers drive.
+enum CloudChoice {
+    Local(LocalCloudConfig),
+    Given(Arc<dyn CloudProvider>),
+    Off,
+}
+
 /// Builds a [`Cluster`] (see the [module docs](self)).
 pub struct ClusterBuilder {
+    cloud: CloudChoice,
     store: StoreChoice,
     http: Option<SocketAddr>,
     scheduler: Option<Option<SchedulerConfig>>,
@@ -179,6 +198,7 @@ impl std::fmt::Debug for ClusterBuilder {
 impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
+            cloud: CloudChoice::Local(LocalCloudConfig::default()),
             store: StoreChoice::Ephemeral,
             http: None,
             scheduler: Some(None),
@@ -248,6 +268,25 @@ impl ClusterBuilder {
     /// Runs no controller manager.
     pub fn without_controllers(mut self) -> Self {
         self.controllers = None;
+        self
+    }
+
+    /// Drives the cloud controllers with a [`LocalCloud`] configured so (the default, with
+    /// [`LocalCloudConfig::default`]).
+    pub fn local_cloud(mut self, config: LocalCloudConfig) -> Self {
+        self.cloud = CloudChoice::Local(config);
+        self
+    }
+
+    /// Drives the cloud controllers with `provider` instead of a [`LocalCloud`].
+    pub fn cloud_provider(mut self, provider: Arc<dyn CloudProvider>) -> Self {
+        self.cloud = CloudChoice::Given(provider);
+        self
+    }
+
+    /// Runs no cloud controllers (and nodes register without the cloud's taint).
+    pub fn without_cloud_provider(mut self) -> Self {
+        self.cloud = CloudChoice::Off;
         self
     }
 
@@ -371,7 +410,18 @@ impl ClusterBuilder {
             scheduler_names: Vec::new(),
             sim_runtime: Arc::new(SimRuntime::new(Default::default())),
             recovery,
+            local_cloud: None,
+            cloud_init: false,
             _temp: None,
+        };
+        let provider: Option<Arc<dyn CloudProvider>> = match self.cloud {
+            CloudChoice::Local(config) => {
+                let cloud = Arc::new(LocalCloud::new(client.clone(), config));
+                cluster.local_cloud = Some(cloud.clone());
+                Some(cloud)
+            }
+            CloudChoice::Given(p) => Some(p),
+            CloudChoice::Off => None,
         };
         if let Some(config) = self.scheduler {
             let mut scheduler = Scheduler::builder(client.clone());
@@ -388,7 +438,13 @@ impl ClusterBuilder {
             }));
         }
         if let Some(config) = self.controllers {
-            let manager = ControllerManager::with_config(client.clone(), config);
+            let mut manager = ControllerManager::with_config(client.clone(), config.clone());
+            if let Some(p) = provider {
+                // Nodes wait for the cloud only when something initialises them.
+                cluster.cloud_init =
+                    p.instances().is_some() && config.enabled.iter().any(|c| c == "cloud-node");
+                manager = manager.cloud_provider(p);
+            }
             let stop = cluster.stop_signal();
             cluster.tasks.push(tokio::spawn(manager.run(stop)));
         }
@@ -402,11 +458,14 @@ impl ClusterBuilder {
             let config = sim_config.clone();
             let c = client.clone();
             let n = name.clone();
+            let cloud_taint = cluster.register_instance(&name, "simulated").await?;
             let make: MakeAgent = Box::new(move || {
+                let mut config = config.clone();
+                config.taints.extend(cloud_taint.take());
                 Agent::builder(c.clone(), n.clone())
                     .runtime(runtime.clone())
                     .network(network.clone())
-                    .config(config.clone())
+                    .config(config)
                     .build()
             });
             cluster.add_node(name.clone(), make)?;
@@ -433,12 +492,19 @@ impl ClusterBuilder {
                 let manifests = if i == 1 { self.manifests.clone() } else { None };
                 let c = client.clone();
                 let n = name.clone();
+                let cloud_taint = cluster.register_instance(&name, "process").await?;
                 let make: MakeAgent = Box::new(move || {
                     let mut agent = Agent::builder(c.clone(), n.clone())
                         .runtime(runtime.clone())
                         .network(network.clone())
                         .state_dir(&state)
                         .serve(0);
+                    if let Some(taint) = cloud_taint.take() {
+                        agent = agent.config(AgentConfig {
+                            taints: vec![taint],
+                            ..AgentConfig::default()
+                        });
+                    }
                     if let Some(dir) = &manifests {
                         agent = agent.manifests(dir);
                     }
@@ -449,6 +515,11 @@ impl ClusterBuilder {
             }
         }
         if let Some((count, prefix)) = self.sim_fleet {
+            if let Some(cloud) = &cluster.local_cloud {
+                for i in 0..count {
+                    cloud.add_instance(&format!("{prefix}{i}"), "simulated");
+                }
+            }
             let fleet = SimFleet::builder(client.clone())
                 .nodes(count)
                 .prefix(prefix)
@@ -547,7 +618,21 @@ pub struct Cluster {
     scheduler_names: Vec<String>,
     sim_runtime: Arc<SimRuntime>,
     recovery: Option<RecoveryReport>,
+    local_cloud: Option<Arc<LocalCloud>>,
+    /// Whether nodes register with the cloud's taint, for the cloud to initialise.
+    cloud_init: bool,
     _temp: Option<tempfile::TempDir>,
+}
+
+/// The taint a node registers with the first time, until the cloud has initialised it.
+/// Taken by the first agent made for the node: a restarted agent does not put it back,
+/// as kubelet applies its registration taints only when it creates its Node.
+struct CloudTaint(Mutex<Option<Taint>>);
+
+impl CloudTaint {
+    fn take(&self) -> Option<Taint> {
+        lock(&self.0).take()
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -595,6 +680,36 @@ impl Cluster {
     /// What recovery found when a durable `MemStore` was opened.
     pub fn recovery_report(&self) -> Option<&RecoveryReport> {
         self.recovery.as_ref()
+    }
+
+    /// The local cloud the cloud controllers drive (its load balancers, routes and
+    /// instances), unless another provider or none was chosen.
+    pub fn local_cloud(&self) -> Option<&Arc<LocalCloud>> {
+        self.local_cloud.as_ref()
+    }
+
+    /// Registers a node's machine with the local cloud, and says which taint its agent
+    /// registers with: the cloud's, when the cloud initialises nodes and the Node does not
+    /// exist yet.
+    async fn register_instance(
+        &self,
+        name: &str,
+        instance_type: &str,
+    ) -> Result<CloudTaint, ClusterError> {
+        if let Some(cloud) = &self.local_cloud {
+            cloud.add_instance(name, instance_type);
+        }
+        let fresh = self.cloud_init
+            && Api::<Node>::all(self.client.clone())
+                .get_opt(name)
+                .await?
+                .is_none();
+        Ok(CloudTaint(Mutex::new(fresh.then(|| Taint {
+            key: TAINT_UNINITIALIZED.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }))))
     }
 
     /// The runtime every `sim-N` node shares (to inspect simulated containers).
@@ -647,6 +762,9 @@ impl Cluster {
             let _ = stop.send(true);
             let _ = task.await;
         }
+        if let Some(cloud) = &self.local_cloud {
+            cloud.set_running(name, false);
+        }
         Ok(())
     }
 
@@ -662,7 +780,11 @@ impl Cluster {
             .iter_mut()
             .find(|n| n.name == name)
             .ok_or_else(|| ClusterError::UnknownNode(name.to_owned()))?;
-        start_slot(slot, &self.stop)
+        start_slot(slot, &self.stop)?;
+        if let Some(cloud) = &self.local_cloud {
+            cloud.set_running(name, true);
+        }
+        Ok(())
     }
 
     async fn wait_ready(&self, names: &[String], timeout: Duration) -> Result<(), ClusterError> {
@@ -676,7 +798,13 @@ impl Cluster {
             let ready: HashMap<String, bool> = list
                 .items
                 .iter()
-                .map(|n| (n.metadata.name.clone().unwrap_or_default(), is_ready(n)))
+                .map(|n| {
+                    let initialised = !self.cloud_init || !has_cloud_taint(n);
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        is_ready(n) && initialised,
+                    )
+                })
                 .collect();
             let missing: Vec<&str> = names
                 .iter()
@@ -708,6 +836,9 @@ impl Cluster {
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+        if let Some(cloud) = &self.local_cloud {
+            cloud.shutdown();
+        }
         if let Some(c) = self.compactor.take() {
             c.abort();
         }
@@ -727,6 +858,9 @@ impl Drop for Cluster {
         }
         if let Some(c) = self.compactor.take() {
             c.abort();
+        }
+        if let Some(cloud) = &self.local_cloud {
+            cloud.shutdown();
         }
         for runtime in &self.runtimes {
             runtime.kill_all();
@@ -758,6 +892,13 @@ fn start_slot(slot: &mut NodeSlot, cluster_stop: &watch::Sender<bool>) -> Result
     });
     slot.running = Some((stop, task));
     Ok(())
+}
+
+fn has_cloud_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_UNINITIALIZED))
 }
 
 fn is_ready(node: &Node) -> bool {

@@ -3,7 +3,10 @@
 //! - `keelson up`: the all-in-one cluster. It serves the Kubernetes API from a durable
 //!   store under the data directory — over HTTPS with a generated CA and an admin token by
 //!   default, or plain HTTP with `--insecure-http` — writes a kubeconfig for kubectl, and
-//!   runs the controllers (every one of `keelson_controllers::CONTROLLERS`), the scheduler
+//!   runs the controllers (every one of `keelson_controllers::CONTROLLERS`, or those
+//!   `--controllers` chooses as kube-controller-manager's flag does), the cloud
+//!   controllers on the local cloud (`type: LoadBalancer` Services get an address of
+//!   `--load-balancer-pool`, served by the userspace proxy), the scheduler
 //!   (default profile, or the profiles of `--scheduler-config`) and node agents on the
 //!   in-process client: `--nodes N` local nodes running real processes (default 1),
 //!   `--sim-nodes N` simulated ones (a `SimFleet`), static pods from `--manifests DIR`.
@@ -17,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use keelson::Cluster;
+use keelson::{AddressRange, Cluster, LocalCloudConfig};
 use keelson_apiserver::auth::Authenticator;
 use keelson_apiserver::tls::{self, Pki};
 
@@ -60,6 +63,16 @@ enum Command {
         /// A directory of static pod manifests for node-1.
         #[arg(long)]
         manifests: Option<PathBuf>,
+        /// The controllers to run, as kube-controller-manager's flag: `*` for all,
+        /// `name` to enable one, `-name` to disable one (`*,-route`). Names are the
+        /// short ones (`deployment`, `service`) or Kubernetes' full ones
+        /// (`service-lb-controller`).
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        controllers: Vec<String>,
+        /// Where `type: LoadBalancer` Services get their addresses: `FIRST-LAST` or a
+        /// CIDR of loopback addresses.
+        #[arg(long, default_value_t = AddressRange::default())]
+        load_balancer_pool: AddressRange,
     },
 }
 
@@ -86,6 +99,8 @@ fn main() -> anyhow::Result<()> {
             nodes,
             sim_nodes,
             manifests,
+            controllers,
+            load_balancer_pool,
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
             let scheduler_config = scheduler_config
@@ -94,6 +109,16 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", path.display()))
                 })
                 .transpose()?;
+            let names: Vec<&str> = controllers.iter().map(String::as_str).collect();
+            let components = Components {
+                scheduler: scheduler_config,
+                controllers: keelson_controllers::ControllerManagerConfig::default()
+                    .controllers(&names)?,
+                cloud: LocalCloudConfig {
+                    load_balancer_pool,
+                    ..LocalCloudConfig::default()
+                },
+            };
             let nodes = Nodes {
                 local: nodes,
                 simulated: sim_nodes,
@@ -104,7 +129,7 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 kubeconfig,
                 insecure_http,
-                scheduler_config,
+                components,
                 nodes,
             ))
         }
@@ -116,17 +141,20 @@ async fn up(
     listen: SocketAddr,
     kubeconfig: PathBuf,
     insecure_http: bool,
-    scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
+    components: Components,
     nodes: Nodes,
 ) -> anyhow::Result<()> {
+    let pool = components.cloud.load_balancer_pool;
     // The same assembly as every in-process cluster (tests, examples): keelson::Cluster.
     let mut builder = Cluster::builder()
         .data_dir(&data_dir)
         .process_nodes(nodes.local)
         .sim_fleet(nodes.simulated, "sim-")
         // Nodes come up while the API is served; the command does not wait for them.
-        .ready_timeout(None);
-    if let Some(config) = scheduler_config {
+        .ready_timeout(None)
+        .controllers(components.controllers)
+        .local_cloud(components.cloud);
+    if let Some(config) = components.scheduler {
         builder = builder.scheduler_config(config);
     }
     if let Some(dir) = nodes.manifests {
@@ -166,7 +194,7 @@ async fn up(
         "keelson: {} local node(s) running processes, {} simulated",
         nodes.local, nodes.simulated
     );
-    println!("keelson: controllers running");
+    println!("keelson: controllers running; load balancer addresses from {pool}");
     // One stop signal for every component.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -214,6 +242,13 @@ async fn up(
     Ok(())
 }
 
+/// How `keelson up` configures the scheduler, the controllers and the local cloud.
+struct Components {
+    scheduler: Option<keelson_scheduler::SchedulerConfig>,
+    controllers: keelson_controllers::ControllerManagerConfig,
+    cloud: LocalCloudConfig,
+}
+
 /// The nodes `keelson up` runs.
 struct Nodes {
     local: u8,
@@ -244,7 +279,7 @@ fn admin_token(tokens: &Path) -> anyhow::Result<String> {
         }
     }
     let token = format!("{}{}", uuid_hex(), uuid_hex());
-    tls::write_secret(tokens, &format!("{token},admin,admin,\"system:masters\"\n"))
+    tls::write_secret(tokens, format!("{token},admin,admin,\"system:masters\"\n"))
         .with_context(|| format!("writing {}", tokens.display()))?;
     Ok(token)
 }

@@ -186,7 +186,9 @@ fn desired(
         let ports: Vec<EndpointPort> = ports
             .into_iter()
             .map(|(name, protocol, port)| EndpointPort {
-                name,
+                // An unnamed port is named "" (not absent), as Kubernetes writes it:
+                // clients such as `kubectl describe service` rely on it.
+                name: Some(name.unwrap_or_default()),
                 protocol: Some(protocol),
                 port: Some(port),
                 app_protocol: None,
@@ -353,5 +355,29 @@ impl Reconciler<Service> for EndpointSliceController {
             }
         }
         Ok(Action::await_change())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unnamed_service_port_gives_a_slice_port_named_empty() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"podIP": "127.1.0.2"},
+        }))
+        .unwrap();
+        let slices = desired(&service, &[Arc::new(pod)]);
+        let ports = slices[0].1.clone().unwrap();
+        assert_eq!(ports[0].name.as_deref(), Some(""));
+        assert_eq!(ports[0].port, Some(8080));
     }
 }
