@@ -812,3 +812,56 @@ async fn conditions_another_component_changed_are_put_right_before_the_next_repo
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_keeps_the_taints_and_cordon_others_set() {
+    let c = cluster().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config();
+    config.taints = vec![serde_json::from_value(
+        json!({"key": "dedicated", "value": "ci", "effect": "NoSchedule"}),
+    )
+    .expect("taint")];
+    let node = Node::start_in(&c.client, "n1", tmp.path().to_owned(), config.clone(), None).await;
+    let nodes: Api<K8sNode> = Api::all(c.client.clone());
+    eventually(10, "registered with its taint", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        (n.spec?.taints?.len() == 1).then_some(())
+    })
+    .await;
+    // An administrator cordons the node and lifts the agent's taint.
+    nodes
+        .patch(
+            "n1",
+            &Patch::Merge(json!({"spec": {"unschedulable": true, "taints": [
+                {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}})),
+        )
+        .await
+        .expect("cordon");
+    drop(node);
+    let _node = Node::start_in(&c.client, "n1", tmp.path().to_owned(), config, None).await;
+    eventually(10, "re-registered", || async {
+        let n = nodes.get_opt("n1").await.ok().flatten()?;
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spec = nodes.get("n1").await.expect("node").spec.expect("spec");
+    assert_eq!(spec.unschedulable, Some(true), "still cordoned");
+    let taints: Vec<String> = spec
+        .taints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(
+        taints,
+        ["node.kubernetes.io/unschedulable"],
+        "the agent's taint is not put back"
+    );
+}

@@ -283,8 +283,15 @@ impl NodeReporter {
         let created = match nodes.create(&node).await {
             Ok(n) => n,
             Err(e) if e.is_already_exists() => {
+                // As kubelet: taints are the node's own only when it is created (others
+                // may have changed them since, as `kubectl cordon` changes
+                // `unschedulable`); labels and the pod range are brought up to date.
+                let mut spec = obj["spec"].clone();
+                if let Some(spec) = spec.as_object_mut() {
+                    spec.remove("taints");
+                }
                 let patch =
-                    json!({"metadata": {"labels": obj["metadata"]["labels"]}, "spec": obj["spec"]});
+                    json!({"metadata": {"labels": obj["metadata"]["labels"]}, "spec": spec});
                 nodes
                     .patch(&ctx.node_name, &Patch::Merge(patch))
                     .await
@@ -369,7 +376,9 @@ impl NodeReporter {
         );
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         nodes
-            .patch_status(&ctx.node_name, &Patch::Merge(json!({"status": status})))
+            // Strategic: conditions merge by type, so those other components own (the
+            // route controller's NetworkUnavailable) stay.
+            .patch_status(&ctx.node_name, &Patch::Strategic(json!({"status": status})))
             .await
             .map_err(|e| Error::api(format!("update the status of node {}", ctx.node_name), e))?;
         self.last = conds;
