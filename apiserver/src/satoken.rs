@@ -33,6 +33,17 @@ pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// The longest lifetime a TokenRequest may ask for (2^32 seconds, as Kubernetes).
 pub const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
 
+/// The lifetime the token volume of a pod asks for (3607 s). A token bound to a pod and
+/// meant for the API server that asks for exactly this is valid for
+/// [`EXTENDED_EXPIRATION_SECONDS`] instead, and says when the hour is up in its
+/// `kubernetes.io.warnafter` claim, as Kubernetes' `--service-account-extend-token-expiration`
+/// (on by default) does: clients that do not re-read their token keep working while their
+/// node refreshes it.
+pub const WARN_ONLY_EXPIRATION_SECONDS: i64 = 3607;
+
+/// How long an extended token is valid (one year).
+pub const EXTENDED_EXPIRATION_SECONDS: i64 = 365 * 24 * 60 * 60;
+
 /// The service-account signing key: issues tokens and verifies them.
 pub struct ServiceAccountTokens {
     key: EcdsaKeyPair,
@@ -94,6 +105,9 @@ pub struct TokenSpec<'a> {
     pub audiences: &'a [String],
     /// Seconds from `now` until it expires.
     pub expiration_seconds: i64,
+    /// Seconds from `now` after which its use should be warned about (the
+    /// `kubernetes.io.warnafter` claim of an extended token), if any.
+    pub warn_after_seconds: Option<i64>,
     /// The pod it is bound to (name, uid).
     pub pod: Option<(&'a str, &'a str)>,
     /// Seconds since the epoch.
@@ -163,6 +177,9 @@ impl ServiceAccountTokens {
         });
         if let Some((pod, uid)) = spec.pod {
             kubernetes["pod"] = json!({"name": pod, "uid": uid});
+        }
+        if let Some(after) = spec.warn_after_seconds {
+            kubernetes["warnafter"] = json!(spec.now + after);
         }
         let claims = json!({
             "aud": spec.audiences,
@@ -346,12 +363,22 @@ impl crate::Registry {
             }
         };
         let now = crate::registry::now().as_second();
+        // A pod's token volume asks for 3607 s: it gets a year, with a warning after the
+        // hour (the status still says 3607 s, so its node refreshes it in time).
+        let extended = pod.is_some()
+            && expiration == WARN_ONLY_EXPIRATION_SECONDS
+            && audiences.iter().all(|a| a == ISSUER);
         let token = self.service_account_tokens().issue(&TokenSpec {
             namespace,
             name,
             uid: &uid,
             audiences: &audiences,
-            expiration_seconds: expiration,
+            expiration_seconds: if extended {
+                EXTENDED_EXPIRATION_SECONDS
+            } else {
+                expiration
+            },
+            warn_after_seconds: extended.then_some(expiration),
             pod: pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
             now,
         })?;
@@ -417,6 +444,7 @@ mod tests {
             uid: "u-1",
             audiences: &AUD,
             expiration_seconds: 3600,
+            warn_after_seconds: None,
             pod: None,
             now,
         }
