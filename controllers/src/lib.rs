@@ -73,7 +73,8 @@
 //!
 //! [`builtin`] holds Kubernetes' controllers with Kubernetes' semantics and status fields:
 //! ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob, EndpointSlice,
-//! Endpoints, the garbage collector, Namespace and ServiceAccount; node lifecycle
+//! Endpoints, the garbage collector, Namespace, ServiceAccount and the root CA publisher
+//! ([`builtin::rootcacert`]: the `kube-root-ca.crt` ConfigMap in every namespace); node lifecycle
 //! ([`builtin::nodelifecycle`]: nodes whose Lease goes stale become `Unknown`, are tainted
 //! `unreachable`, and lose the pods that do not tolerate that for long) and the pod
 //! garbage collector ([`builtin::podgc`]). [`ControllerManager`] runs them all in one

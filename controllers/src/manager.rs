@@ -18,6 +18,7 @@ use crate::builtin::namespace::{self, NamespaceController};
 use crate::builtin::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
+use crate::builtin::rootcacert::RootCaCertPublisher;
 use crate::builtin::serviceaccount::ServiceAccountController;
 use crate::builtin::statefulset::StatefulSetController;
 use crate::informer::InformerFactory;
@@ -25,7 +26,7 @@ use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 13] = [
+pub const CONTROLLERS: [&str; 14] = [
     "deployment",
     "replicaset",
     "statefulset",
@@ -39,6 +40,7 @@ pub const CONTROLLERS: [&str; 13] = [
     "serviceaccount",
     "nodelifecycle",
     "podgc",
+    "root-ca-cert-publisher",
 ];
 
 /// What a [`ControllerManager`] runs and how.
@@ -66,6 +68,9 @@ pub struct ControllerManagerConfig {
     pub node_lifecycle: NodeLifecycleConfig,
     /// The pod garbage collector's threshold and periods.
     pub pod_gc: PodGcConfig,
+    /// The cluster's CA (PEM), published in every namespace by `root-ca-cert-publisher`
+    /// (kube-controller-manager's `--root-ca-file`); empty when the cluster has none.
+    pub root_ca: String,
 }
 
 impl Default for ControllerManagerConfig {
@@ -82,6 +87,7 @@ impl Default for ControllerManagerConfig {
             cronjob_workers: 5,
             node_lifecycle: NodeLifecycleConfig::default(),
             pod_gc: PodGcConfig::default(),
+            root_ca: String::new(),
         }
     }
 }
@@ -319,6 +325,13 @@ impl ControllerManager {
         if cfg.on("podgc") {
             let gc = PodGarbageCollector::new(&client, &factory, cfg.pod_gc.clone());
             tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        if cfg.on("root-ca-cert-publisher") {
+            let (c, r) = RootCaCertPublisher::controller(&client, &factory, &cfg.root_ca);
+            let c = c
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
