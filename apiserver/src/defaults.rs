@@ -250,7 +250,11 @@ fn pod_spec(spec: &mut Map<String, Value>) {
     // there is taken, and the alias always shows the name (Kubernetes' conversion).
     let account = [("serviceAccountName"), ("serviceAccount")]
         .into_iter()
-        .find_map(|f| spec.get(f).and_then(Value::as_str).filter(|n| !n.is_empty()))
+        .find_map(|f| {
+            spec.get(f)
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+        })
         .map(str::to_owned);
     if let Some(account) = account {
         spec.insert("serviceAccountName".into(), json!(account));
@@ -296,7 +300,11 @@ fn volume(v: &mut Map<String, Value>) {
                 .get_mut("serviceAccountToken")
                 .and_then(Value::as_object_mut)
             {
-                default(t, "expirationSeconds", json!(TOKEN_DEFAULT_EXPIRATION_SECONDS));
+                default(
+                    t,
+                    "expirationSeconds",
+                    json!(TOKEN_DEFAULT_EXPIRATION_SECONDS),
+                );
             }
             if let Some(d) = source.get_mut("downwardAPI").and_then(Value::as_object_mut) {
                 downward_items(d);
@@ -413,7 +421,10 @@ mod tests {
     fn the_deprecated_service_account_field_follows_the_name() {
         for (spec, name) in [
             (json!({"serviceAccount": "old"}), Some("old")),
-            (json!({"serviceAccountName": "new", "serviceAccount": "old"}), Some("new")),
+            (
+                json!({"serviceAccountName": "new", "serviceAccount": "old"}),
+                Some("new"),
+            ),
             (json!({"serviceAccountName": "new"}), Some("new")),
             (json!({}), None),
         ] {
@@ -438,7 +449,10 @@ mod tests {
         assert_eq!(v[0]["configMap"]["defaultMode"], 420);
         assert_eq!(v[1]["secret"]["defaultMode"], 256, "an explicit mode stays");
         assert_eq!(v[2]["downwardAPI"]["defaultMode"], 420);
-        assert_eq!(v[2]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"], "v1");
+        assert_eq!(
+            v[2]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"],
+            "v1"
+        );
         assert_eq!(v[3]["projected"]["defaultMode"], 420);
         assert_eq!(
             v[3]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],

@@ -831,9 +831,12 @@ impl Registry {
         else {
             return Ok(None);
         };
-        serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("stored {} at {key} does not decode: {e}", rt.plural)))
+        serde_json::from_slice(&kv.value).map(Some).map_err(|e| {
+            Error::internal(format!(
+                "stored {} at {key} does not decode: {e}",
+                rt.plural
+            ))
+        })
     }
 
     async fn get_kv(&self, rt: &ResourceType, key: &str, name: &str) -> Result<KeyValue, Error> {

@@ -999,8 +999,7 @@ fn token_projections(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
     for (i, v) in volumes.into_iter().flatten().enumerate() {
         let sources = v.pointer("/projected/sources").and_then(Value::as_array);
         for (j, source) in sources.into_iter().flatten().enumerate() {
-            let Some(token) = source.get("serviceAccountToken").filter(|t| t.is_object())
-            else {
+            let Some(token) = source.get("serviceAccountToken").filter(|t| t.is_object()) else {
                 continue;
             };
             let at = format!("{path}.volumes[{i}].projected.sources[{j}].serviceAccountToken");
@@ -1577,14 +1576,16 @@ mod tests {
 
     #[test]
     fn a_projected_token_needs_a_path_and_a_lifetime_of_ten_minutes_to_2_pow_32_seconds() {
-        let object = pod(json!({"containers": [{"name": "a", "image": "x"}], "volumes": [
-            {"name": "ok", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 600}}]}},
-            {"name": "bad", "projected": {"sources": [
-                {"configMap": {"name": "c"}},
-                {"serviceAccountToken": {"expirationSeconds": 599}},
-                {"serviceAccountToken": {"path": "t", "expirationSeconds": 4294967297_i64}},
-            ]}},
-        ]}));
+        let object = pod(
+            json!({"containers": [{"name": "a", "image": "x"}], "volumes": [
+                {"name": "ok", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 600}}]}},
+                {"name": "bad", "projected": {"sources": [
+                    {"configMap": {"name": "c"}},
+                    {"serviceAccountToken": {"expirationSeconds": 599}},
+                    {"serviceAccountToken": {"path": "t", "expirationSeconds": 4294967297_i64}},
+                ]}},
+            ]}),
+        );
         let errors = required_fields(&Pod::resource_type(), &schema_of::<Pod>(), &object);
         assert_eq!(
             messages(&errors),

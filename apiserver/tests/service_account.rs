@@ -40,7 +40,9 @@ async fn account(client: &Client, sa: Value) {
 
 async fn create(client: &Client, pod: Value) -> keelson_core::Result<Value> {
     let pod: Pod = serde_json::from_value(pod).expect("pod");
-    let created = Api::<Pod>::namespaced(client.clone(), NS).create(&pod).await?;
+    let created = Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&pod)
+        .await?;
     Ok(serde_json::to_value(created).expect("json"))
 }
 
@@ -266,7 +268,8 @@ async fn the_accounts_pull_secrets_are_copied_to_a_pod_without_any() {
     )
     .await;
     let spec = |extra: Value| {
-        let mut s = json!({"serviceAccountName": "puller", "containers": [{"name": "a", "image": "x"}]});
+        let mut s =
+            json!({"serviceAccountName": "puller", "containers": [{"name": "a", "image": "x"}]});
         if let (Some(s), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
             s.extend(extra.clone());
         }
@@ -285,7 +288,10 @@ async fn the_accounts_pull_secrets_are_copied_to_a_pod_without_any() {
     )
     .await
     .expect("admitted");
-    assert_eq!(created["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
+    assert_eq!(
+        created["spec"]["imagePullSecrets"],
+        json!([{"name": "mine"}])
+    );
 }
 
 #[tokio::test]
@@ -320,13 +326,14 @@ async fn an_account_enforcing_mountable_secrets_refuses_others() {
 #[tokio::test]
 async fn a_mirror_pod_is_left_as_it_is_and_may_not_use_accounts_secrets_or_tokens() {
     let client = setup().await;
-    let mirror = |name: &str, spec: Value| {
-        json!({"metadata": {"name": name, "annotations": {"kubernetes.io/config.mirror": "hash"}}, "spec": spec})
-    };
+    let mirror = |name: &str, spec: Value| json!({"metadata": {"name": name, "annotations": {"kubernetes.io/config.mirror": "hash"}}, "spec": spec});
     let created = create(&client, mirror("static-web", one_container()))
         .await
         .expect("admitted");
-    assert!(created["spec"].get("serviceAccountName").is_none(), "{created}");
+    assert!(
+        created["spec"].get("serviceAccountName").is_none(),
+        "{created}"
+    );
     assert!(token_volume(&created).is_none());
     let refused = [
         (
@@ -386,7 +393,10 @@ async fn a_pod_in_a_missing_namespace_is_refused_for_the_namespace_at_once() {
         .await
         .expect_err("no namespace");
     assert_eq!(err.to_string(), r#"namespaces "nowhere" not found"#);
-    assert!(started.elapsed() < Duration::from_millis(500), "no wait for an account");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no wait for an account"
+    );
 }
 
 fn claims(token: &str) -> Value {

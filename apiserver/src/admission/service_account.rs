@@ -231,7 +231,12 @@ fn referenced_secrets(pod: &Value) -> Vec<&str> {
             .filter_map(|s| str_at(s, "/name")),
     );
     for (_, c) in all_containers(pod) {
-        for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+        for e in c
+            .get("envFrom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             out.extend(str_at(e, "/secretRef/name"));
         }
         for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
@@ -331,7 +336,12 @@ fn limit_secret_references(account: &Account, pod: &Value) -> Result<(), String>
                 }
             }
         }
-        for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+        for e in c
+            .get("envFrom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = str_at(e, "/secretRef/name") {
                 if !mountable.contains(&name) {
                     return Err(format!("{what} {container} with envFrom referencing secret.secretName=\"{name}\" is not allowed because service account {sa} does not reference that secret"));
@@ -449,7 +459,11 @@ impl ServiceAccountAdmission {
             if attempt > 0 {
                 tokio::time::sleep(interval).await;
             }
-            if let Some(found) = self.registry.read_as::<Account>(rt, namespace, name).await? {
+            if let Some(found) = self
+                .registry
+                .read_as::<Account>(rt, namespace, name)
+                .await?
+            {
                 return Ok(found);
             }
         }
@@ -577,7 +591,10 @@ mod tests {
         assert_eq!(name.len(), TOKEN_VOLUME_PREFIX.len() + 5);
         assert_eq!(volumes[2]["projected"], token_volume_source());
         let mount = json!({"mountPath": TOKEN_MOUNT_PATH, "name": name, "readOnly": true});
-        assert_eq!(pod["spec"]["initContainers"][0]["volumeMounts"], json!([mount]));
+        assert_eq!(
+            pod["spec"]["initContainers"][0]["volumeMounts"],
+            json!([mount])
+        );
         assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][1], mount);
         assert_eq!(
             pod["spec"]["containers"][1]["volumeMounts"]
@@ -615,7 +632,10 @@ mod tests {
             v["sources"][0]["serviceAccountToken"],
             json!({"expirationSeconds": 3607, "path": "token"})
         );
-        assert_eq!(v["sources"][1]["configMap"]["name"], json!("kube-root-ca.crt"));
+        assert_eq!(
+            v["sources"][1]["configMap"]["name"],
+            json!("kube-root-ca.crt")
+        );
         assert_eq!(
             v["sources"][1]["configMap"]["items"],
             json!([{"key": "ca.crt", "path": "ca.crt"}])
@@ -660,7 +680,8 @@ mod tests {
             "volumes": [{"name": "v", "secret": {"secretName": "ok"}}],
         }});
         assert_eq!(limit_secret_references(&account, &allowed), Ok(()));
-        let volume = json!({"spec": {"volumes": [{"name": "v", "secret": {"secretName": "other"}}]}});
+        let volume =
+            json!({"spec": {"volumes": [{"name": "v", "secret": {"secretName": "other"}}]}});
         assert_eq!(
             limit_secret_references(&account, &volume),
             Err("volume with secret.secretName=\"other\" is not allowed because service account builder does not reference that secret".into())
