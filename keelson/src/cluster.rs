@@ -23,11 +23,18 @@
 //!    the system namespaces (`default`, `kube-system`, `kube-public`, `kube-node-lease`)
 //!    and a compactor keeping five minutes of history. Optionally it also serves plain
 //!    HTTP on a local address ([`ClusterBuilder::http`]), for kubectl or any Kubernetes
-//!    client.
+//!    client. Its admission has kube-apiserver's `ServiceAccount` plugin
+//!    ([`ServiceAccountAdmission`]: pods run as an account that exists, with a token
+//!    volume), unless [`ClusterBuilder::disable_admission_plugins`] turns it off — and
+//!    unless the controller manager does not run the `serviceaccount` controller, since
+//!    then nothing creates the `default` accounts pods need (Kubernetes' own test
+//!    harnesses turn the plugin off in that case too).
 //! 3. **The scheduler**, with the default profile (or the profiles of a
 //!    [`SchedulerConfig`]).
 //! 4. **The controller manager** with every built-in controller (or the ones a
-//!    [`ControllerManagerConfig`] names, optionally under leader election).
+//!    [`ControllerManagerConfig`] names, optionally under leader election). Its
+//!    `root-ca-cert-publisher` publishes the CA given to [`ClusterBuilder::root_ca`] (or
+//!    an empty one) in every namespace.
 //! 5. **The nodes**: simulated nodes `sim-0`, `sim-1`, ... (a node agent each, on one
 //!    shared [`SimRuntime`]; [`Cluster::stop_node`] and [`Cluster::start_node`] take one
 //!    down and bring it back), a [`SimFleet`] for thousands of simulated nodes on one
@@ -55,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keelson_apiserver::admission::{AdmissionChain, ServiceAccountAdmission};
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_controllers::{ControllerManager, ControllerManagerConfig};
 use keelson_core::client::{Api, Client, ListParams};
@@ -67,6 +75,10 @@ use keelson_scheduler::{Scheduler, SchedulerConfig};
 use keelson_store::{MemStore, RecoveryReport, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// The admission plugins of kube-apiserver the cluster runs by default, by the names
+/// [`ClusterBuilder::disable_admission_plugins`] takes.
+pub const ADMISSION_PLUGINS: [&str; 1] = [keelson_apiserver::admission::SERVICE_ACCOUNT_PLUGIN];
 
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -129,6 +141,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// An admission plugin to disable is not one the cluster has.
+    #[error("unknown admission plugin {0:?}; known: {known}", known = ADMISSION_PLUGINS.join(", "))]
+    UnknownAdmissionPlugin(String),
     /// The nodes did not register and become Ready in time.
     #[error("nodes not Ready after {0:?}: {1}")]
     NodesNotReady(Duration, String),
@@ -163,6 +178,9 @@ pub struct ClusterBuilder {
     manifests: Option<PathBuf>,
     compaction: Option<Duration>,
     ready_timeout: Option<Duration>,
+    disabled_admission: Vec<String>,
+    root_ca: Option<String>,
+    pod_api_endpoint: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ClusterBuilder {
@@ -194,6 +212,9 @@ impl Default for ClusterBuilder {
             manifests: None,
             compaction: Some(Duration::from_secs(300)),
             ready_timeout: Some(Duration::from_secs(60)),
+            disabled_admission: Vec::new(),
+            root_ca: None,
+            pod_api_endpoint: None,
         }
     }
 }
@@ -301,16 +322,51 @@ impl ClusterBuilder {
         self
     }
 
+    /// Turns off admission plugins the API server runs by default (kube-apiserver's
+    /// `--disable-admission-plugins`), by name: `["ServiceAccount"]` lets pods be created
+    /// without service accounts and without token volumes. See [`ADMISSION_PLUGINS`];
+    /// `build` fails on other names.
+    pub fn disable_admission_plugins<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        self.disabled_admission
+            .extend(names.iter().map(|n| n.as_ref().to_owned()));
+        self
+    }
+
+    /// The cluster's CA (PEM), published as `ca.crt` of the `kube-root-ca.crt` ConfigMap in
+    /// every namespace, for pods to check the API server with (kube-controller-manager's
+    /// `--root-ca-file`). Without it, `ca.crt` is empty. `keelson up` passes the CA of its
+    /// HTTPS server.
+    pub fn root_ca(mut self, pem: impl Into<String>) -> Self {
+        self.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Where the pods of local nodes reach the API server over HTTPS: their containers
+    /// get it as `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, which in-cluster
+    /// clients read with the token and CA of their token volume (see
+    /// [`AgentConfig::api_server`]). `keelson up` passes the address it serves HTTPS on.
+    pub fn pod_api_endpoint(mut self, addr: SocketAddr) -> Self {
+        self.pod_api_endpoint = Some(addr);
+        self
+    }
+
     /// Starts the cluster.
     ///
     /// # Errors
     /// When the store cannot be opened, a directory cannot be made, the scheduler's
-    /// configuration is invalid, the HTTP address cannot be bound, or the nodes do not
-    /// become Ready within the ready timeout.
+    /// configuration is invalid, an admission plugin to disable is unknown, the HTTP
+    /// address cannot be bound, or the nodes do not become Ready within the ready timeout.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn build(self) -> Result<Cluster, ClusterError> {
+    pub async fn build(mut self) -> Result<Cluster, ClusterError> {
+        if let Some(unknown) = self
+            .disabled_admission
+            .iter()
+            .find(|n| !ADMISSION_PLUGINS.contains(&n.as_str()))
+        {
+            return Err(ClusterError::UnknownAdmissionPlugin(unknown.clone()));
+        }
         let mut temp = None;
         let mut temp_dir = || -> Result<PathBuf, ClusterError> {
             if temp.is_none() {
@@ -353,6 +409,22 @@ impl ClusterBuilder {
             )
             .map_err(ClusterError::ServiceAccountKey)?;
             registry = registry.with_service_account_tokens(Arc::new(keys));
+        }
+        let accounts_made = self
+            .controllers
+            .as_ref()
+            .is_some_and(|c| c.enabled.iter().any(|n| n == "serviceaccount"));
+        let service_account_admission = accounts_made
+            && !self
+                .disabled_admission
+                .iter()
+                .any(|n| n == keelson_apiserver::admission::SERVICE_ACCOUNT_PLUGIN);
+        if service_account_admission {
+            let plugin = ServiceAccountAdmission::new(&registry);
+            registry = registry.with_admission(AdmissionChain::default().plugin(plugin));
+        }
+        if let (Some(config), Some(ca)) = (self.controllers.as_mut(), self.root_ca.take()) {
+            config.root_ca = ca;
         }
         let compactor = self.compaction.map(|i| registry.start_compactor(i));
         let server = ApiServer::new(registry, resources::builtin());
@@ -433,11 +505,16 @@ impl ClusterBuilder {
                 let manifests = if i == 1 { self.manifests.clone() } else { None };
                 let c = client.clone();
                 let n = name.clone();
+                let config = AgentConfig {
+                    api_server: self.pod_api_endpoint,
+                    ..AgentConfig::default()
+                };
                 let make: MakeAgent = Box::new(move || {
                     let mut agent = Agent::builder(c.clone(), n.clone())
                         .runtime(runtime.clone())
                         .network(network.clone())
                         .state_dir(&state)
+                        .config(config.clone())
                         .serve(0);
                     if let Some(dir) = &manifests {
                         agent = agent.manifests(dir);

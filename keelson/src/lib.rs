@@ -28,4 +28,4 @@ pub use keelson_store as store;
 
 mod cluster;
 
-pub use cluster::{Cluster, ClusterBuilder, ClusterError, SYSTEM_NAMESPACES};
+pub use cluster::{Cluster, ClusterBuilder, ClusterError, ADMISSION_PLUGINS, SYSTEM_NAMESPACES};

@@ -60,6 +60,10 @@ enum Command {
         /// A directory of static pod manifests for node-1.
         #[arg(long)]
         manifests: Option<PathBuf>,
+        /// Admission plugins to turn off, comma-separated (as kube-apiserver's flag):
+        /// `ServiceAccount` lets pods run without service accounts and token volumes.
+        #[arg(long, value_delimiter = ',')]
+        disable_admission_plugins: Vec<String>,
     },
 }
 
@@ -86,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             nodes,
             sim_nodes,
             manifests,
+            disable_admission_plugins,
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
             let scheduler_config = scheduler_config
@@ -99,33 +104,59 @@ fn main() -> anyhow::Result<()> {
                 simulated: sim_nodes,
                 manifests,
             };
-            rt.block_on(up(
-                data_dir,
-                listen,
-                kubeconfig,
+            let options = Options {
                 insecure_http,
                 scheduler_config,
-                nodes,
-            ))
+                disable_admission_plugins,
+            };
+            rt.block_on(up(data_dir, listen, kubeconfig, options, nodes))
         }
     }
+}
+
+/// How `keelson up` runs its API server and scheduler.
+struct Options {
+    insecure_http: bool,
+    scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
+    disable_admission_plugins: Vec<String>,
 }
 
 async fn up(
     data_dir: PathBuf,
     listen: SocketAddr,
     kubeconfig: PathBuf,
-    insecure_http: bool,
-    scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
+    options: Options,
     nodes: Nodes,
 ) -> anyhow::Result<()> {
+    let Options {
+        insecure_http,
+        scheduler_config,
+        disable_admission_plugins,
+    } = options;
     // The same assembly as every in-process cluster (tests, examples): keelson::Cluster.
     let mut builder = Cluster::builder()
         .data_dir(&data_dir)
         .process_nodes(nodes.local)
         .sim_fleet(nodes.simulated, "sim-")
+        .disable_admission_plugins(&disable_admission_plugins)
         // Nodes come up while the API is served; the command does not wait for them.
         .ready_timeout(None);
+    // Over HTTPS, the cluster's CA is published in every namespace (kube-root-ca.crt),
+    // and pods are told the address: in-cluster clients reach the API server with the
+    // token and CA of their token volume.
+    let https = if insecure_http {
+        None
+    } else {
+        let pki = Pki::load_or_create(&data_dir.join("pki"))
+            .context("making the cluster's certificates")?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        builder = builder
+            .root_ca(pki.ca_cert.clone())
+            .pod_api_endpoint(listener.local_addr()?);
+        Some((pki, listener))
+    };
     if let Some(config) = scheduler_config {
         builder = builder.scheduler_config(config);
     }
@@ -179,38 +210,58 @@ async fn up(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    if let Some(addr) = cluster.http_addr() {
-        write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
-        announce("http", addr, &kubeconfig);
-        until_stopped().await;
-    } else {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        let addr = listener.local_addr()?;
-        let pki = Pki::load_or_create(&data_dir.join("pki"))
-            .context("making the cluster's certificates")?;
-        let tokens = data_dir.join("tokens.csv");
-        let token = admin_token(&tokens)?;
-        let auth = Authenticator::from_token_file(&tokens)
-            .with_context(|| format!("reading {}", tokens.display()))?
-            .with_service_accounts(cluster.server().registry().clone());
-        write_kubeconfig(
-            &kubeconfig,
-            &format!("https://{addr}"),
-            Some((&pki.ca_cert, &token)),
-        )?;
-        let router = keelson_apiserver::router(cluster.server().clone()).layer(
-            axum::middleware::from_fn_with_state(
-                Arc::new(auth),
-                keelson_apiserver::auth::middleware,
-            ),
-        );
-        announce("https", addr, &kubeconfig);
-        tls::serve(listener, pki.server_config()?, router, until_stopped()).await;
+    match https {
+        None => {
+            let addr = cluster
+                .http_addr()
+                .context("the cluster serves no plain HTTP")?;
+            write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
+            announce("http", addr, &kubeconfig);
+            until_stopped().await;
+        }
+        Some((pki, listener)) => {
+            serve_https(
+                &cluster,
+                &data_dir,
+                &kubeconfig,
+                pki,
+                listener,
+                until_stopped(),
+            )
+            .await?
+        }
     }
     cluster.shutdown().await;
     println!("keelson: stopped");
+    Ok(())
+}
+
+/// Serves the API over HTTPS with the admin's token (made on first start) and service
+/// account tokens, until `stopped`.
+async fn serve_https(
+    cluster: &Cluster,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    pki: Pki,
+    listener: tokio::net::TcpListener,
+    stopped: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let tokens = data_dir.join("tokens.csv");
+    let token = admin_token(&tokens)?;
+    let auth = Authenticator::from_token_file(&tokens)
+        .with_context(|| format!("reading {}", tokens.display()))?
+        .with_service_accounts(cluster.server().registry().clone());
+    write_kubeconfig(
+        kubeconfig,
+        &format!("https://{addr}"),
+        Some((&pki.ca_cert, &token)),
+    )?;
+    let router = keelson_apiserver::router(cluster.server().clone()).layer(
+        axum::middleware::from_fn_with_state(Arc::new(auth), keelson_apiserver::auth::middleware),
+    );
+    announce("https", addr, kubeconfig);
+    tls::serve(listener, pki.server_config()?, router, stopped).await;
     Ok(())
 }
 
