@@ -10,6 +10,13 @@
 //! `system:serviceaccounts:<namespace>`, `system:authenticated`) while the token has not
 //! expired, its audience includes the API server's, and the account (and the bound pod)
 //! still exist with the uid the token names.
+//!
+//! Legacy tokens, those the `serviceaccount-token` controller puts into Secrets of type
+//! `kubernetes.io/service-account-token` ([`ServiceAccountTokens::issue_legacy`]), have
+//! Kubernetes' legacy claims (issuer `kubernetes/serviceaccount`, the
+//! `kubernetes.io/serviceaccount/...` claims, no audience, no expiry) and authenticate
+//! as the account only while their Secret exists, is not being deleted and still holds
+//! that very token, and the account exists with its uid.
 
 use std::path::Path;
 
@@ -23,6 +30,9 @@ use serde_json::{json, Value};
 /// The issuer and default audience of the tokens, as Kubernetes' default
 /// `--service-account-issuer`.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The issuer of legacy tokens (those kept in Secrets), as Kubernetes'.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 /// The shortest lifetime a TokenRequest may ask for, in seconds (as Kubernetes).
 pub const MIN_EXPIRATION_SECONDS: i64 = 600;
@@ -90,6 +100,19 @@ pub struct TokenClaims {
     pub uid: String,
     /// The pod the token is bound to: its name and uid.
     pub pod: Option<(String, String)>,
+}
+
+/// What a legacy token (one kept in a Secret) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyClaims {
+    /// The account's namespace.
+    pub namespace: String,
+    /// The account's name.
+    pub name: String,
+    /// The account's uid.
+    pub uid: String,
+    /// The Secret that holds the token.
+    pub secret: String,
 }
 
 /// What a token is issued for.
@@ -170,7 +193,6 @@ impl ServiceAccountTokens {
     /// # Errors
     /// Only when signing fails (no randomness).
     pub fn issue(&self, spec: &TokenSpec<'_>) -> Result<String, keelson_core::Error> {
-        let header = json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
         let mut kubernetes = json!({
             "namespace": spec.namespace,
             "serviceaccount": {"name": spec.name, "uid": spec.uid},
@@ -191,6 +213,30 @@ impl ServiceAccountTokens {
             "nbf": spec.now,
             "sub": format!("system:serviceaccount:{}:{}", spec.namespace, spec.name),
         });
+        self.sign(&claims)
+    }
+
+    /// Issues a legacy token, the kind kept in a Secret of type
+    /// `kubernetes.io/service-account-token`: issuer `kubernetes/serviceaccount`, no
+    /// audience, no expiry; valid while that Secret (holding this very token) and the
+    /// account exist.
+    ///
+    /// # Errors
+    /// Only when signing fails (no randomness).
+    pub fn issue_legacy(&self, claims: &LegacyClaims) -> Result<String, keelson_core::Error> {
+        self.sign(&json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": claims.namespace,
+            "kubernetes.io/serviceaccount/secret.name": claims.secret,
+            "kubernetes.io/serviceaccount/service-account.name": claims.name,
+            "kubernetes.io/serviceaccount/service-account.uid": claims.uid,
+            "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
+        }))
+    }
+
+    /// A JWT of `claims`, signed.
+    fn sign(&self, claims: &Value) -> Result<String, keelson_core::Error> {
+        let header = json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
         let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
@@ -203,10 +249,8 @@ impl ServiceAccountTokens {
         Ok(token)
     }
 
-    /// Checks a token's signature, lifetime, issuer and audience (`audience` must be one
-    /// of its audiences) at `now` (seconds since the epoch). `None` when it is not a valid
-    /// token of this key; whether the account still exists is the caller's question.
-    pub fn verify(&self, token: &str, audience: &str, now: i64) -> Option<TokenClaims> {
+    /// The claims of a token signed by this key (ES256), undecided whether they are valid.
+    fn signed_claims<T: serde::de::DeserializeOwned>(&self, token: &str) -> Option<T> {
         let mut parts = token.split('.');
         let (header, claims, sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -225,7 +269,28 @@ impl ServiceAccountTokens {
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return None;
         }
-        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()
+    }
+
+    /// Checks a legacy token's signature and issuer. `None` when it is not a legacy
+    /// token of this key; whether its Secret still holds it and its account still exists
+    /// is the caller's question.
+    pub fn verify_legacy(&self, token: &str) -> Option<LegacyClaims> {
+        let c: RawLegacyClaims = self.signed_claims(token)?;
+        let sub = format!("system:serviceaccount:{}:{}", c.namespace, c.name);
+        (c.iss == LEGACY_ISSUER && c.sub == sub).then_some(LegacyClaims {
+            namespace: c.namespace,
+            name: c.name,
+            uid: c.uid,
+            secret: c.secret,
+        })
+    }
+
+    /// Checks a token's signature, lifetime, issuer and audience (`audience` must be one
+    /// of its audiences) at `now` (seconds since the epoch). `None` when it is not a valid
+    /// token of this key; whether the account still exists is the caller's question.
+    pub fn verify(&self, token: &str, audience: &str, now: i64) -> Option<TokenClaims> {
+        let claims: Claims = self.signed_claims(token)?;
         let fresh = claims.nbf.unwrap_or(claims.iat) <= now && now < claims.exp;
         let for_us = claims.aud.iter().any(|a| a == audience);
         if !(fresh && for_us && claims.iss == ISSUER) {
@@ -419,6 +484,20 @@ struct Claims {
 }
 
 #[derive(Deserialize)]
+struct RawLegacyClaims {
+    iss: String,
+    sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    uid: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    secret: String,
+}
+
+#[derive(Deserialize)]
 struct KubernetesClaims {
     namespace: String,
     serviceaccount: NamedUid,
@@ -484,6 +563,28 @@ mod tests {
         assert_eq!(keys.verify(&parts.join("."), ISSUER, 1_500), None);
         assert_eq!(keys.verify("a.b", ISSUER, 1_500), None);
         assert_eq!(keys.verify("not a token", ISSUER, 1_500), None);
+    }
+
+    #[test]
+    fn a_legacy_token_verifies_as_legacy_only() {
+        let keys = ServiceAccountTokens::generate();
+        let claims = LegacyClaims {
+            namespace: "default".into(),
+            name: "builder".into(),
+            uid: "u-1".into(),
+            secret: "builder-token".into(),
+        };
+        let token = keys.issue_legacy(&claims).expect("issue");
+        assert_eq!(keys.verify_legacy(&token), Some(claims));
+        assert_eq!(
+            keys.verify(&token, ISSUER, 1_500),
+            None,
+            "not a bound token"
+        );
+        let bound = keys.issue(&spec(1_000)).expect("issue");
+        assert_eq!(keys.verify_legacy(&bound), None, "not a legacy token");
+        let other = ServiceAccountTokens::generate();
+        assert_eq!(other.verify_legacy(&token), None, "another key's");
     }
 
     #[test]

@@ -453,3 +453,86 @@ async fn a_pods_3607_second_token_is_extended_to_a_year_with_a_warning_after_the
         assert!(c["kubernetes.io"].get("warnafter").is_none(), "{c}");
     }
 }
+
+#[tokio::test]
+async fn a_legacy_token_authenticates_while_its_secret_holds_it_and_its_account_exists() {
+    use keelson_apiserver::auth::Authenticator;
+    use keelson_apiserver::satoken::LegacyClaims;
+    use keelson_core::k8s_openapi::api::core::v1::Secret;
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let auth = Authenticator::default().with_service_accounts(registry.clone());
+    let client = ApiServer::new(registry.clone(), resources::builtin()).client();
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&ns)
+        .await
+        .expect("namespace");
+    account(&client, json!({"metadata": {"name": "builder"}})).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    let uid = accounts
+        .get("builder")
+        .await
+        .expect("account")
+        .metadata
+        .uid
+        .expect("uid");
+    let token = registry
+        .service_account_tokens()
+        .issue_legacy(&LegacyClaims {
+            namespace: NS.into(),
+            name: "builder".into(),
+            uid: uid.clone(),
+            secret: "builder-token".into(),
+        })
+        .expect("token");
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        auth.service_account(Some(&bearer)).await,
+        None,
+        "no secret yet"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secret = |data: &str| -> Secret {
+        use base64::Engine as _;
+        serde_json::from_value(json!({
+            "metadata": {"name": "builder-token", "annotations": {"kubernetes.io/service-account.name": "builder"}},
+            "type": "kubernetes.io/service-account-token",
+            "data": {"token": base64::engine::general_purpose::STANDARD.encode(data)},
+        }))
+        .expect("secret")
+    };
+    secrets.create(&secret(&token)).await.expect("secret");
+    let user = auth
+        .service_account(Some(&bearer))
+        .await
+        .expect("authenticated");
+    assert_eq!(user.name, "system:serviceaccount:team:builder");
+    assert_eq!(user.uid, uid);
+    assert!(user
+        .groups
+        .contains(&"system:serviceaccounts:team".to_owned()));
+    // A secret that holds another token does not vouch for this one.
+    secrets
+        .replace("builder-token", &secret("something else"))
+        .await
+        .expect("replace");
+    assert_eq!(auth.service_account(Some(&bearer)).await, None);
+    secrets
+        .replace("builder-token", &secret(&token))
+        .await
+        .expect("replace");
+    assert!(auth.service_account(Some(&bearer)).await.is_some());
+    // Gone with its secret, and with its account.
+    secrets
+        .delete("builder-token", &Default::default())
+        .await
+        .expect("delete");
+    assert_eq!(auth.service_account(Some(&bearer)).await, None);
+    secrets.create(&secret(&token)).await.expect("secret");
+    assert!(auth.service_account(Some(&bearer)).await.is_some());
+    accounts
+        .delete("builder", &Default::default())
+        .await
+        .expect("delete");
+    assert_eq!(auth.service_account(Some(&bearer)).await, None);
+}
