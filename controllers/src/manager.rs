@@ -20,13 +20,14 @@ use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
 use crate::builtin::rootcacert::RootCaCertPublisher;
 use crate::builtin::serviceaccount::ServiceAccountController;
+use crate::builtin::serviceaccount_token::{ServiceAccountTokenController, TokenSigner};
 use crate::builtin::statefulset::StatefulSetController;
 use crate::informer::InformerFactory;
 use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's names.
-pub const CONTROLLERS: [&str; 14] = [
+pub const CONTROLLERS: [&str; 15] = [
     "deployment",
     "replicaset",
     "statefulset",
@@ -41,6 +42,7 @@ pub const CONTROLLERS: [&str; 14] = [
     "nodelifecycle",
     "podgc",
     "root-ca-cert-publisher",
+    "serviceaccount-token",
 ];
 
 /// What a [`ControllerManager`] runs and how.
@@ -69,8 +71,13 @@ pub struct ControllerManagerConfig {
     /// The pod garbage collector's threshold and periods.
     pub pod_gc: PodGcConfig,
     /// The cluster's CA (PEM), published in every namespace by `root-ca-cert-publisher`
-    /// (kube-controller-manager's `--root-ca-file`); empty when the cluster has none.
+    /// and put into token Secrets by `serviceaccount-token` (kube-controller-manager's
+    /// `--root-ca-file`); empty when the cluster has none.
     pub root_ca: String,
+    /// What signs the tokens `serviceaccount-token` puts into Secrets: the API server's
+    /// service account key (kube-controller-manager's
+    /// `--service-account-private-key-file`). Without it, that controller does not run.
+    pub token_signer: Option<Arc<dyn TokenSigner>>,
 }
 
 impl Default for ControllerManagerConfig {
@@ -88,6 +95,7 @@ impl Default for ControllerManagerConfig {
             node_lifecycle: NodeLifecycleConfig::default(),
             pod_gc: PodGcConfig::default(),
             root_ca: String::new(),
+            token_signer: None,
         }
     }
 }
@@ -332,6 +340,25 @@ impl ControllerManager {
                 .metrics(&self.metrics)
                 .graceful_shutdown_on(signal(&stop_rx));
             tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("serviceaccount-token") {
+            match &cfg.token_signer {
+                Some(signer) => {
+                    let (c, r) = ServiceAccountTokenController::controller(
+                        &client,
+                        &factory,
+                        signer.clone(),
+                        &cfg.root_ca,
+                    );
+                    let c = c
+                        .metrics(&self.metrics)
+                        .graceful_shutdown_on(signal(&stop_rx));
+                    tasks.push(tokio::spawn(c.run(r)));
+                }
+                None => tracing::info!(
+                    "serviceaccount-token does not run: no token signer is configured"
+                ),
+            }
         }
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -34,7 +34,8 @@
 //! 4. **The controller manager** with every built-in controller (or the ones a
 //!    [`ControllerManagerConfig`] names, optionally under leader election). Its
 //!    `root-ca-cert-publisher` publishes the CA given to [`ClusterBuilder::root_ca`] (or
-//!    an empty one) in every namespace.
+//!    an empty one) in every namespace; its `serviceaccount-token` signs the tokens it
+//!    puts into Secrets with the API server's service account key.
 //! 5. **The nodes**: simulated nodes `sim-0`, `sim-1`, ... (a node agent each, on one
 //!    shared [`SimRuntime`]; [`Cluster::stop_node`] and [`Cluster::start_node`] take one
 //!    down and bring it back), a [`SimFleet`] for thousands of simulated nodes on one
@@ -64,6 +65,7 @@ use std::time::Duration;
 
 use keelson_apiserver::admission::{AdmissionChain, ServiceAccountAdmission};
 use keelson_apiserver::{resources, ApiServer, Registry};
+use keelson_controllers::builtin::serviceaccount_token::{LegacyTokenClaims, TokenSigner};
 use keelson_controllers::{ControllerManager, ControllerManagerConfig};
 use keelson_core::client::{Api, Client, ListParams};
 use keelson_core::k8s_openapi::api::core::v1::Node;
@@ -423,8 +425,15 @@ impl ClusterBuilder {
             let plugin = ServiceAccountAdmission::new(&registry);
             registry = registry.with_admission(AdmissionChain::default().plugin(plugin));
         }
-        if let (Some(config), Some(ca)) = (self.controllers.as_mut(), self.root_ca.take()) {
-            config.root_ca = ca;
+        if let Some(config) = self.controllers.as_mut() {
+            if let Some(ca) = self.root_ca.take() {
+                config.root_ca = ca;
+            }
+            // The legacy tokens the controllers put into Secrets are signed with the API
+            // server's key, which checks them.
+            config.token_signer.get_or_insert_with(|| {
+                Arc::new(ApiServerKey(registry.service_account_tokens().clone()))
+            });
         }
         let compactor = self.compaction.map(|i| registry.start_compactor(i));
         let server = ApiServer::new(registry, resources::builtin());
@@ -561,6 +570,23 @@ impl ClusterBuilder {
             cluster.wait_ready(&waiting, timeout).await?;
         }
         Ok(cluster)
+    }
+}
+
+/// The API server's service account key, signing the legacy tokens of the
+/// `serviceaccount-token` controller.
+#[derive(Debug)]
+struct ApiServerKey(Arc<keelson_apiserver::satoken::ServiceAccountTokens>);
+
+impl TokenSigner for ApiServerKey {
+    fn sign(&self, c: &LegacyTokenClaims) -> Result<String, keelson_core::Error> {
+        self.0
+            .issue_legacy(&keelson_apiserver::satoken::LegacyClaims {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                uid: c.uid.clone(),
+                secret: c.secret.clone(),
+            })
     }
 }
 

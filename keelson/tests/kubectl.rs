@@ -152,10 +152,52 @@ fn kubectl_create_token_gives_a_service_account_token_the_server_accepts() {
         err.contains(r#"serviceaccounts "nobody" not found"#),
         "{err}"
     );
-    // Deleting the account ends its tokens.
+    // A legacy token: an empty Secret of the token type, filled in by the controllers.
+    let secret = r#"{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/service-account-token",
+      "metadata":{"name":"builder-token","annotations":{"kubernetes.io/service-account.name":"builder"}}}"#;
+    let applied = c.kubectl_stdin(&["apply", "-f", "-"], Some(secret));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let data = |key: &str| {
+        use base64::Engine as _;
+        let b64 = eventually(
+            &c,
+            &[
+                "get",
+                "secret",
+                "builder-token",
+                "-o",
+                &format!("jsonpath={{.data.{}}}", key.replace('.', r"\.")),
+            ],
+            |v| !v.is_empty(),
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .expect("base64");
+        String::from_utf8(bytes).expect("utf-8")
+    };
+    let legacy = data("token");
+    assert_eq!(data("namespace"), "default");
+    assert!(data("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    let described = c.ok(&["describe", "secret", "builder-token"]);
+    assert!(
+        described.contains("kubernetes.io/service-account.uid"),
+        "{described}"
+    );
+    let pods = c.ok(&["get", "pods", "--token", &legacy]);
+    assert!(pods.contains("No resources") || pods.is_empty(), "{pods}");
+    // Deleting the account ends its tokens, and deletes its token Secrets.
     c.ok(&["delete", "serviceaccount", "builder"]);
     let err = c.fails(&["get", "pods", "--token", &token]);
     assert!(err.contains("You must be logged in to the server"), "{err}");
+    let err = c.fails(&["get", "pods", "--token", &legacy]);
+    assert!(err.contains("You must be logged in to the server"), "{err}");
+    eventually(&c, &["get", "secrets", "-o", "name"], |s| {
+        !s.contains("builder-token")
+    });
 }
 
 #[test]

@@ -20,4 +20,5 @@ pub mod podgc;
 pub mod replicaset;
 pub mod rootcacert;
 pub mod serviceaccount;
+pub mod serviceaccount_token;
 pub mod statefulset;
