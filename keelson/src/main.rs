@@ -295,7 +295,7 @@ fn admin_token(tokens: &Path) -> anyhow::Result<String> {
         }
     }
     let token = format!("{}{}", uuid_hex(), uuid_hex());
-    tls::write_secret(tokens, &format!("{token},admin,admin,\"system:masters\"\n"))
+    tls::write_secret(tokens, format!("{token},admin,admin,\"system:masters\"\n"))
         .with_context(|| format!("writing {}", tokens.display()))?;
     Ok(token)
 }

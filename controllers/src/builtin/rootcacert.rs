@@ -177,8 +177,10 @@ mod tests {
     use super::*;
 
     fn published(ca: &str, description: Option<&str>) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.data = Some(BTreeMap::from([(CA_KEY.to_owned(), ca.to_owned())]));
+        let mut cm = ConfigMap {
+            data: Some(BTreeMap::from([(CA_KEY.to_owned(), ca.to_owned())])),
+            ..ConfigMap::default()
+        };
         cm.metadata.annotations = description
             .map(|d| BTreeMap::from([(DESCRIPTION_ANNOTATION.to_owned(), d.to_owned())]));
         cm
