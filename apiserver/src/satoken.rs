@@ -321,7 +321,8 @@ impl crate::Registry {
     /// # Errors
     /// 404 when the account (or the pod the token is to be bound to) does not exist; 422
     /// for a lifetime under 10 minutes or over 2^32 seconds, or a bound object that is not
-    /// a Pod; 400 for a body that is not a TokenRequest.
+    /// a Pod; 400 for a body that is not a TokenRequest, or a pod that runs as another
+    /// account.
     pub async fn create_token(
         &self,
         res: &crate::ServedResource,
@@ -423,6 +424,16 @@ impl crate::Registry {
                             wanted_uid.unwrap_or_default()
                         ),
                     ));
+                }
+                // A pod's token is for the account it runs as, and no other.
+                let runs_as = found
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if runs_as != name {
+                    return Err(Error::bad_request(format!(
+                        "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                    )));
                 }
                 Some((pod, uid))
             }

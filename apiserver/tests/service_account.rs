@@ -439,6 +439,17 @@ async fn a_pods_3607_second_token_is_extended_to_a_year_with_a_warning_after_the
         (expires.as_second() - iat - 3607).abs() <= 1,
         "the status says the hour: {expires}"
     );
+    // A pod's token is only for the account it runs as.
+    account(&client, json!({"metadata": {"name": "other"}})).await;
+    let err = accounts
+        .create_subresource::<_, Value>("token", "other", &request(3607, json!([])))
+        .await
+        .expect_err("another account");
+    assert_eq!(err.code(), 400);
+    assert_eq!(
+        err.to_string(),
+        r#"cannot bind token for serviceaccount "other" to pod running with different serviceaccount name."#
+    );
     // Any other lifetime, or another audience, is what was asked for.
     for (seconds, audiences) in [(3600, json!([])), (3607, json!(["vault"]))] {
         let answer: Value = accounts
