@@ -96,7 +96,8 @@ impl Authenticator {
     /// The service account a bearer token is a valid token of, as a [`User`]:
     /// `system:serviceaccount:<namespace>:<name>`, in `system:serviceaccounts`,
     /// `system:serviceaccounts:<namespace>` and `system:authenticated`. `None` when it is
-    /// not one, has expired, or names an account (or a bound pod) that is gone.
+    /// not one, has expired, or names an account (or a bound pod) that is gone; a legacy
+    /// token also when its Secret is gone or no longer holds it.
     pub async fn service_account(&self, authorization: Option<&str>) -> Option<User> {
         let ServiceAccounts(registry) = self.service_accounts.as_ref()?;
         let token = bearer(authorization?)?;
@@ -104,14 +105,9 @@ impl Authenticator {
             return None;
         }
         let now = crate::registry::now().as_second();
-        let claims =
-            registry
-                .service_account_tokens()
-                .verify(token, crate::satoken::ISSUER, now)?;
-        let uid_of = |obj: &serde_json::Value| {
-            obj.pointer("/metadata/uid")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
+        let keys = registry.service_account_tokens();
+        let Some(claims) = keys.verify(token, crate::satoken::ISSUER, now) else {
+            return legacy_service_account(registry, token).await;
         };
         let accounts = crate::ServedResource::of::<k8s_openapi::api::core::v1::ServiceAccount>();
         let account = registry
@@ -131,15 +127,11 @@ impl Authenticator {
                 return None;
             }
         }
-        Some(User {
-            name: format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
-            uid: claims.uid,
-            groups: vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{}", claims.namespace),
-                "system:authenticated".into(),
-            ],
-        })
+        Some(service_account_user(
+            &claims.namespace,
+            &claims.name,
+            claims.uid,
+        ))
     }
 
     /// Reads a token file.
@@ -205,6 +197,73 @@ impl Authenticator {
         }
         self.anonymous.then(User::anonymous)
     }
+}
+
+fn uid_of(obj: &serde_json::Value) -> Option<String> {
+    obj.pointer("/metadata/uid")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+}
+
+fn being_deleted(obj: &serde_json::Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// The user a service account's token authenticates as.
+fn service_account_user(namespace: &str, name: &str, uid: String) -> User {
+    User {
+        name: format!("system:serviceaccount:{namespace}:{name}"),
+        uid,
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ],
+    }
+}
+
+/// The account a legacy token (kept in a Secret) authenticates as: only while its Secret
+/// exists, is not being deleted and holds this very token, and its account exists with
+/// the uid the token names and is not being deleted — as Kubernetes' legacy validator.
+async fn legacy_service_account(registry: &crate::Registry, token: &str) -> Option<User> {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let claims = registry.service_account_tokens().verify_legacy(token)?;
+    let secrets = crate::ServedResource::of::<Secret>();
+    let secret = registry
+        .get_shared(&secrets, Some(&claims.namespace), &claims.secret)
+        .await
+        .ok()?;
+    let held = secret
+        .pointer("/data/token")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|b64| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })?;
+    // Compared in constant time, as Kubernetes compares them.
+    let same = held.len() == token.len()
+        && held
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same || being_deleted(&secret) {
+        return None;
+    }
+    let accounts = crate::ServedResource::of::<ServiceAccount>();
+    let account = registry
+        .get_shared(&accounts, Some(&claims.namespace), &claims.name)
+        .await
+        .ok()?;
+    if uid_of(&account)? != claims.uid || being_deleted(&account) {
+        return None;
+    }
+    Some(service_account_user(
+        &claims.namespace,
+        &claims.name,
+        claims.uid,
+    ))
 }
 
 /// The token of an `Authorization: Bearer ...` header.

@@ -254,11 +254,84 @@ fn pod_spec(spec: &mut Map<String, Value>) {
     default(spec, "dnsPolicy", json!("ClusterFirst"));
     default(spec, "schedulerName", json!("default-scheduler"));
     default(spec, "securityContext", json!({}));
+    // `serviceAccount` is the deprecated alias of `serviceAccountName`: a name given only
+    // there is taken, and the alias always shows the name (Kubernetes' conversion).
+    let account = [("serviceAccountName"), ("serviceAccount")]
+        .into_iter()
+        .find_map(|f| {
+            spec.get(f)
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+        })
+        .map(str::to_owned);
+    if let Some(account) = account {
+        spec.insert("serviceAccountName".into(), json!(account));
+        spec.insert("serviceAccount".into(), json!(account));
+    }
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in volumes.iter_mut().filter_map(Value::as_object_mut) {
+            volume(v);
+        }
+    }
     for list in ["initContainers", "containers"] {
         if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in containers.iter_mut().filter_map(Value::as_object_mut) {
                 container(c);
             }
+        }
+    }
+}
+
+/// The file mode of volumes made from objects, unless they say otherwise (0644).
+const VOLUME_DEFAULT_MODE: i64 = 0o644;
+
+/// The lifetime of a projected service account token that does not say (one hour).
+const TOKEN_DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
+
+fn volume(v: &mut Map<String, Value>) {
+    for source in ["configMap", "secret", "downwardAPI"] {
+        if let Some(s) = v.get_mut(source).and_then(Value::as_object_mut) {
+            default(s, "defaultMode", json!(VOLUME_DEFAULT_MODE));
+            downward_items(s);
+        }
+    }
+    if let Some(p) = v.get_mut("projected").and_then(Value::as_object_mut) {
+        default(p, "defaultMode", json!(VOLUME_DEFAULT_MODE));
+        for source in p
+            .get_mut("sources")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if let Some(t) = source
+                .get_mut("serviceAccountToken")
+                .and_then(Value::as_object_mut)
+            {
+                default(
+                    t,
+                    "expirationSeconds",
+                    json!(TOKEN_DEFAULT_EXPIRATION_SECONDS),
+                );
+            }
+            if let Some(d) = source.get_mut("downwardAPI").and_then(Value::as_object_mut) {
+                downward_items(d);
+            }
+        }
+    }
+}
+
+/// A downward API item's `fieldRef` reads `v1` fields unless it says otherwise.
+fn downward_items(source: &mut Map<String, Value>) {
+    for item in source
+        .get_mut("items")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        if let Some(f) = item.get_mut("fieldRef").and_then(Value::as_object_mut) {
+            default(f, "apiVersion", json!("v1"));
         }
     }
 }
@@ -349,6 +422,49 @@ mod tests {
         assert_eq!(
             spec["containers"][0]["terminationMessagePath"],
             "/dev/termination-log"
+        );
+    }
+
+    #[test]
+    fn the_deprecated_service_account_field_follows_the_name() {
+        for (spec, name) in [
+            (json!({"serviceAccount": "old"}), Some("old")),
+            (
+                json!({"serviceAccountName": "new", "serviceAccount": "old"}),
+                Some("new"),
+            ),
+            (json!({"serviceAccountName": "new"}), Some("new")),
+            (json!({}), None),
+        ] {
+            let mut pod = json!({ "spec": spec });
+            apply("", "Pod", &mut pod);
+            let spec = &pod["spec"];
+            assert_eq!(spec["serviceAccountName"].as_str(), name, "{spec}");
+            assert_eq!(spec["serviceAccount"].as_str(), name, "{spec}");
+        }
+    }
+
+    #[test]
+    fn volumes_get_their_file_modes_and_a_projected_token_its_lifetime() {
+        let mut pod = json!({"spec": {"volumes": [
+            {"name": "c", "configMap": {"name": "c"}},
+            {"name": "s", "secret": {"secretName": "s", "defaultMode": 256}},
+            {"name": "d", "downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"name": "p", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
+        ]}});
+        apply("", "Pod", &mut pod);
+        let v = &pod["spec"]["volumes"];
+        assert_eq!(v[0]["configMap"]["defaultMode"], 420);
+        assert_eq!(v[1]["secret"]["defaultMode"], 256, "an explicit mode stays");
+        assert_eq!(v[2]["downwardAPI"]["defaultMode"], 420);
+        assert_eq!(
+            v[2]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"],
+            "v1"
+        );
+        assert_eq!(v[3]["projected"]["defaultMode"], 420);
+        assert_eq!(
+            v[3]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+            3600
         );
     }
 

@@ -255,7 +255,7 @@ pub fn validate_label(value: &str) -> Option<String> {
 
 /// A random suffix for `generateName`, from Kubernetes' alphabet (no vowels, no
 /// look-alike characters).
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
     bytes[..5]
@@ -671,10 +671,11 @@ impl Registry {
             old: None,
             status_only: false,
         };
+        // As kube-apiserver's NamespaceLifecycle, the first of its admission plugins.
+        self.check_namespace(res, namespace.as_deref()).await?;
         self.admission.run_mutating(&request, &mut obj).await?;
         check_required(res, &name, &obj)?;
         self.admission.run_validating(&request, &obj).await?;
-        self.check_namespace(res, namespace.as_deref()).await?;
         let key = rt.key(namespace.as_deref(), &name)?;
         if self.dry_run {
             // Nothing is stored or allocated; a taken name is still refused.
@@ -838,6 +839,43 @@ impl Registry {
                 decode(rt, &kv).map(Arc::new)
             }
         }
+    }
+
+    /// The fields `T` reads of an object, from the kind's watch cache as it is now (no
+    /// store read; possibly a little behind). `None` when the cache does not have it
+    /// (absent, or the cache not ready yet).
+    pub(crate) fn cached_as<T: serde::de::DeserializeOwned>(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<T>, Error> {
+        let key = rt.key(Some(namespace).filter(|_| rt.is_namespaced()), name)?;
+        Ok(self.cache_for(rt)?.lookup_as::<T>(&key))
+    }
+
+    /// The fields `T` reads of an object, from the store; `None` when it does not exist.
+    pub(crate) async fn read_as<T: serde::de::DeserializeOwned>(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<T>, Error> {
+        let key = rt.key(Some(namespace).filter(|_| rt.is_namespaced()), name)?;
+        let Some(kv) = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(rt, name, e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&kv.value).map(Some).map_err(|e| {
+            Error::internal(format!(
+                "stored {} at {key} does not decode: {e}",
+                rt.plural
+            ))
+        })
     }
 
     async fn get_kv(&self, rt: &ResourceType, key: &str, name: &str) -> Result<KeyValue, Error> {

@@ -10,6 +10,13 @@
 //! `system:serviceaccounts:<namespace>`, `system:authenticated`) while the token has not
 //! expired, its audience includes the API server's, and the account (and the bound pod)
 //! still exist with the uid the token names.
+//!
+//! Legacy tokens, those the `serviceaccount-token` controller puts into Secrets of type
+//! `kubernetes.io/service-account-token` ([`ServiceAccountTokens::issue_legacy`]), have
+//! Kubernetes' legacy claims (issuer `kubernetes/serviceaccount`, the
+//! `kubernetes.io/serviceaccount/...` claims, no audience, no expiry) and authenticate
+//! as the account only while their Secret exists, is not being deleted and still holds
+//! that very token, and the account exists with its uid.
 
 use std::path::Path;
 
@@ -24,6 +31,9 @@ use serde_json::{json, Value};
 /// `--service-account-issuer`.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
+/// The issuer of legacy tokens (those kept in Secrets), as Kubernetes'.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
 /// The shortest lifetime a TokenRequest may ask for, in seconds (as Kubernetes).
 pub const MIN_EXPIRATION_SECONDS: i64 = 600;
 
@@ -32,6 +42,17 @@ pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 
 /// The longest lifetime a TokenRequest may ask for (2^32 seconds, as Kubernetes).
 pub const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
+
+/// The lifetime the token volume of a pod asks for (3607 s). A token bound to a pod and
+/// meant for the API server that asks for exactly this is valid for
+/// [`EXTENDED_EXPIRATION_SECONDS`] instead, and says when the hour is up in its
+/// `kubernetes.io.warnafter` claim, as Kubernetes' `--service-account-extend-token-expiration`
+/// (on by default) does: clients that do not re-read their token keep working while their
+/// node refreshes it.
+pub const WARN_ONLY_EXPIRATION_SECONDS: i64 = 3607;
+
+/// How long an extended token is valid (one year).
+pub const EXTENDED_EXPIRATION_SECONDS: i64 = 365 * 24 * 60 * 60;
 
 /// The service-account signing key: issues tokens and verifies them.
 pub struct ServiceAccountTokens {
@@ -81,6 +102,19 @@ pub struct TokenClaims {
     pub pod: Option<(String, String)>,
 }
 
+/// What a legacy token (one kept in a Secret) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyClaims {
+    /// The account's namespace.
+    pub namespace: String,
+    /// The account's name.
+    pub name: String,
+    /// The account's uid.
+    pub uid: String,
+    /// The Secret that holds the token.
+    pub secret: String,
+}
+
 /// What a token is issued for.
 #[derive(Clone, Debug)]
 pub struct TokenSpec<'a> {
@@ -94,6 +128,9 @@ pub struct TokenSpec<'a> {
     pub audiences: &'a [String],
     /// Seconds from `now` until it expires.
     pub expiration_seconds: i64,
+    /// Seconds from `now` after which its use should be warned about (the
+    /// `kubernetes.io.warnafter` claim of an extended token), if any.
+    pub warn_after_seconds: Option<i64>,
     /// The pod it is bound to (name, uid).
     pub pod: Option<(&'a str, &'a str)>,
     /// Seconds since the epoch.
@@ -156,13 +193,15 @@ impl ServiceAccountTokens {
     /// # Errors
     /// Only when signing fails (no randomness).
     pub fn issue(&self, spec: &TokenSpec<'_>) -> Result<String, keelson_core::Error> {
-        let header = json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
         let mut kubernetes = json!({
             "namespace": spec.namespace,
             "serviceaccount": {"name": spec.name, "uid": spec.uid},
         });
         if let Some((pod, uid)) = spec.pod {
             kubernetes["pod"] = json!({"name": pod, "uid": uid});
+        }
+        if let Some(after) = spec.warn_after_seconds {
+            kubernetes["warnafter"] = json!(spec.now + after);
         }
         let claims = json!({
             "aud": spec.audiences,
@@ -174,6 +213,30 @@ impl ServiceAccountTokens {
             "nbf": spec.now,
             "sub": format!("system:serviceaccount:{}:{}", spec.namespace, spec.name),
         });
+        self.sign(&claims)
+    }
+
+    /// Issues a legacy token, the kind kept in a Secret of type
+    /// `kubernetes.io/service-account-token`: issuer `kubernetes/serviceaccount`, no
+    /// audience, no expiry; valid while that Secret (holding this very token) and the
+    /// account exist.
+    ///
+    /// # Errors
+    /// Only when signing fails (no randomness).
+    pub fn issue_legacy(&self, claims: &LegacyClaims) -> Result<String, keelson_core::Error> {
+        self.sign(&json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": claims.namespace,
+            "kubernetes.io/serviceaccount/secret.name": claims.secret,
+            "kubernetes.io/serviceaccount/service-account.name": claims.name,
+            "kubernetes.io/serviceaccount/service-account.uid": claims.uid,
+            "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
+        }))
+    }
+
+    /// A JWT of `claims`, signed.
+    fn sign(&self, claims: &Value) -> Result<String, keelson_core::Error> {
+        let header = json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
         let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
@@ -186,10 +249,8 @@ impl ServiceAccountTokens {
         Ok(token)
     }
 
-    /// Checks a token's signature, lifetime, issuer and audience (`audience` must be one
-    /// of its audiences) at `now` (seconds since the epoch). `None` when it is not a valid
-    /// token of this key; whether the account still exists is the caller's question.
-    pub fn verify(&self, token: &str, audience: &str, now: i64) -> Option<TokenClaims> {
+    /// The claims of a token signed by this key (ES256), undecided whether they are valid.
+    fn signed_claims<T: serde::de::DeserializeOwned>(&self, token: &str) -> Option<T> {
         let mut parts = token.split('.');
         let (header, claims, sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -208,7 +269,28 @@ impl ServiceAccountTokens {
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return None;
         }
-        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()
+    }
+
+    /// Checks a legacy token's signature and issuer. `None` when it is not a legacy
+    /// token of this key; whether its Secret still holds it and its account still exists
+    /// is the caller's question.
+    pub fn verify_legacy(&self, token: &str) -> Option<LegacyClaims> {
+        let c: RawLegacyClaims = self.signed_claims(token)?;
+        let sub = format!("system:serviceaccount:{}:{}", c.namespace, c.name);
+        (c.iss == LEGACY_ISSUER && c.sub == sub).then_some(LegacyClaims {
+            namespace: c.namespace,
+            name: c.name,
+            uid: c.uid,
+            secret: c.secret,
+        })
+    }
+
+    /// Checks a token's signature, lifetime, issuer and audience (`audience` must be one
+    /// of its audiences) at `now` (seconds since the epoch). `None` when it is not a valid
+    /// token of this key; whether the account still exists is the caller's question.
+    pub fn verify(&self, token: &str, audience: &str, now: i64) -> Option<TokenClaims> {
+        let claims: Claims = self.signed_claims(token)?;
         let fresh = claims.nbf.unwrap_or(claims.iat) <= now && now < claims.exp;
         let for_us = claims.aud.iter().any(|a| a == audience);
         if !(fresh && for_us && claims.iss == ISSUER) {
@@ -239,7 +321,8 @@ impl crate::Registry {
     /// # Errors
     /// 404 when the account (or the pod the token is to be bound to) does not exist; 422
     /// for a lifetime under 10 minutes or over 2^32 seconds, or a bound object that is not
-    /// a Pod; 400 for a body that is not a TokenRequest.
+    /// a Pod; 400 for a body that is not a TokenRequest, or a pod that runs as another
+    /// account.
     pub async fn create_token(
         &self,
         res: &crate::ServedResource,
@@ -342,16 +425,36 @@ impl crate::Registry {
                         ),
                     ));
                 }
+                // A pod's token is for the account it runs as, and no other.
+                let runs_as = found
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if runs_as != name {
+                    return Err(Error::bad_request(format!(
+                        "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                    )));
+                }
                 Some((pod, uid))
             }
         };
         let now = crate::registry::now().as_second();
+        // A pod's token volume asks for 3607 s: it gets a year, with a warning after the
+        // hour (the status still says 3607 s, so its node refreshes it in time).
+        let extended = pod.is_some()
+            && expiration == WARN_ONLY_EXPIRATION_SECONDS
+            && audiences.iter().all(|a| a == ISSUER);
         let token = self.service_account_tokens().issue(&TokenSpec {
             namespace,
             name,
             uid: &uid,
             audiences: &audiences,
-            expiration_seconds: expiration,
+            expiration_seconds: if extended {
+                EXTENDED_EXPIRATION_SECONDS
+            } else {
+                expiration
+            },
+            warn_after_seconds: extended.then_some(expiration),
             pod: pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
             now,
         })?;
@@ -392,6 +495,20 @@ struct Claims {
 }
 
 #[derive(Deserialize)]
+struct RawLegacyClaims {
+    iss: String,
+    sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    uid: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    secret: String,
+}
+
+#[derive(Deserialize)]
 struct KubernetesClaims {
     namespace: String,
     serviceaccount: NamedUid,
@@ -417,6 +534,7 @@ mod tests {
             uid: "u-1",
             audiences: &AUD,
             expiration_seconds: 3600,
+            warn_after_seconds: None,
             pod: None,
             now,
         }
@@ -456,6 +574,28 @@ mod tests {
         assert_eq!(keys.verify(&parts.join("."), ISSUER, 1_500), None);
         assert_eq!(keys.verify("a.b", ISSUER, 1_500), None);
         assert_eq!(keys.verify("not a token", ISSUER, 1_500), None);
+    }
+
+    #[test]
+    fn a_legacy_token_verifies_as_legacy_only() {
+        let keys = ServiceAccountTokens::generate();
+        let claims = LegacyClaims {
+            namespace: "default".into(),
+            name: "builder".into(),
+            uid: "u-1".into(),
+            secret: "builder-token".into(),
+        };
+        let token = keys.issue_legacy(&claims).expect("issue");
+        assert_eq!(keys.verify_legacy(&token), Some(claims));
+        assert_eq!(
+            keys.verify(&token, ISSUER, 1_500),
+            None,
+            "not a bound token"
+        );
+        let bound = keys.issue(&spec(1_000)).expect("issue");
+        assert_eq!(keys.verify_legacy(&bound), None, "not a legacy token");
+        let other = ServiceAccountTokens::generate();
+        assert_eq!(other.verify_legacy(&token), None, "another key's");
     }
 
     #[test]

@@ -1194,7 +1194,40 @@ fn pod_spec(spec: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
         }
     }
     if let Some(spec) = spec {
+        token_projections(spec, path, out);
         scheduling(spec, path, out);
+    }
+}
+
+/// Projected service account tokens: a lifetime from 10 minutes to 2^32 seconds, as
+/// Kubernetes validates them (their `path` is required by the schema).
+fn token_projections(spec: &Value, path: &str, out: &mut Vec<FieldError>) {
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    for (i, v) in volumes.into_iter().flatten().enumerate() {
+        let sources = v.pointer("/projected/sources").and_then(Value::as_array);
+        for (j, source) in sources.into_iter().flatten().enumerate() {
+            let Some(token) = source.get("serviceAccountToken").filter(|t| t.is_object()) else {
+                continue;
+            };
+            let at = format!("{path}.volumes[{i}].projected.sources[{j}].serviceAccountToken");
+            let seconds = token
+                .get("expirationSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(3600);
+            if seconds < 600 {
+                out.push(FieldError::invalid(
+                    format!("{at}.expirationSeconds"),
+                    seconds,
+                    "may not specify a duration less than 10 minutes",
+                ));
+            } else if seconds > 1 << 32 {
+                out.push(FieldError::invalid(
+                    format!("{at}.expirationSeconds"),
+                    seconds,
+                    "may not specify a duration larger than 2^32 seconds",
+                ));
+            }
+        }
     }
 }
 
@@ -1746,6 +1779,29 @@ mod tests {
         );
         let err = Error::invalid(Pod::resource_type().group_kind(), "web", errors);
         assert_eq!(err.code(), 422);
+    }
+
+    #[test]
+    fn a_projected_token_needs_a_path_and_a_lifetime_of_ten_minutes_to_2_pow_32_seconds() {
+        let object = pod(
+            json!({"containers": [{"name": "a", "image": "x"}], "volumes": [
+                {"name": "ok", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 600}}]}},
+                {"name": "bad", "projected": {"sources": [
+                    {"configMap": {"name": "c"}},
+                    {"serviceAccountToken": {"expirationSeconds": 599}},
+                    {"serviceAccountToken": {"path": "t", "expirationSeconds": 4294967297_i64}},
+                ]}},
+            ]}),
+        );
+        let errors = required_fields(&Pod::resource_type(), &schema_of::<Pod>(), &object);
+        assert_eq!(
+            messages(&errors),
+            [
+                "spec.volumes[1].projected.sources[1].serviceAccountToken.path: Required value",
+                "spec.volumes[1].projected.sources[1].serviceAccountToken.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes",
+                "spec.volumes[1].projected.sources[2].serviceAccountToken.expirationSeconds: Invalid value: 4294967297: may not specify a duration larger than 2^32 seconds",
+            ]
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@
 //!
 //! [`builtin`] holds Kubernetes' controllers with Kubernetes' semantics and status fields:
 //! ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob, EndpointSlice,
-//! Endpoints, the garbage collector, Namespace and ServiceAccount; node lifecycle
+//! Endpoints, the garbage collector, Namespace, ServiceAccount, the root CA publisher
+//! ([`builtin::rootcacert`]: the `kube-root-ca.crt` ConfigMap in every namespace) and the
+//! legacy token controller ([`builtin::serviceaccount_token`]: token Secrets filled in
+//! with a token signed by a [`TokenSigner`](builtin::serviceaccount_token::TokenSigner)
+//! the API server's key stands behind); node lifecycle
 //! ([`builtin::nodelifecycle`]: nodes whose Lease goes stale become `Unknown`, are tainted
 //! `unreachable`, and lose the pods that do not tolerate that for long) and the pod
 //! garbage collector ([`builtin::podgc`]). [`ControllerManager`] runs them all in one

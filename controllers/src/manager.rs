@@ -18,7 +18,9 @@ use crate::builtin::namespace::{self, NamespaceController};
 use crate::builtin::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 use crate::builtin::podgc::{PodGarbageCollector, PodGcConfig};
 use crate::builtin::replicaset::ReplicaSetController;
+use crate::builtin::rootcacert::RootCaCertPublisher;
 use crate::builtin::serviceaccount::ServiceAccountController;
+use crate::builtin::serviceaccount_token::{ServiceAccountTokenController, TokenSigner};
 use crate::builtin::statefulset::StatefulSetController;
 use crate::cloud::{CloudConfig, CloudProvider};
 use crate::informer::InformerFactory;
@@ -27,7 +29,7 @@ use crate::metrics::Metrics;
 
 /// The controllers [`ControllerManager`] runs, by kube-controller-manager's (and, for the
 /// last four, cloud-controller-manager's) short names.
-pub const CONTROLLERS: [&str; 17] = [
+pub const CONTROLLERS: [&str; 19] = [
     "deployment",
     "replicaset",
     "statefulset",
@@ -41,6 +43,8 @@ pub const CONTROLLERS: [&str; 17] = [
     "serviceaccount",
     "nodelifecycle",
     "podgc",
+    "root-ca-cert-publisher",
+    "serviceaccount-token",
     "cloud-node",
     "cloud-node-lifecycle",
     "route",
@@ -49,7 +53,7 @@ pub const CONTROLLERS: [&str; 17] = [
 
 /// Kubernetes' full controller names (1.28 on), which `--controllers` accepts too, with
 /// the short names of [`CONTROLLERS`] they stand for.
-pub const CONTROLLER_ALIASES: [(&str, &str); 17] = [
+pub const CONTROLLER_ALIASES: [(&str, &str); 19] = [
     ("deployment-controller", "deployment"),
     ("replicaset-controller", "replicaset"),
     ("statefulset-controller", "statefulset"),
@@ -63,6 +67,11 @@ pub const CONTROLLER_ALIASES: [(&str, &str); 17] = [
     ("serviceaccount-controller", "serviceaccount"),
     ("node-lifecycle-controller", "nodelifecycle"),
     ("pod-garbage-collector-controller", "podgc"),
+    (
+        "root-ca-certificate-publisher-controller",
+        "root-ca-cert-publisher",
+    ),
+    ("serviceaccount-token-controller", "serviceaccount-token"),
     ("cloud-node-controller", "cloud-node"),
     ("cloud-node-lifecycle-controller", "cloud-node-lifecycle"),
     ("node-route-controller", "route"),
@@ -105,6 +114,14 @@ pub struct ControllerManagerConfig {
     /// The cloud controllers' settings (they run only with a
     /// [`ControllerManager::cloud_provider`]).
     pub cloud: CloudConfig,
+    /// The cluster's CA (PEM), published in every namespace by `root-ca-cert-publisher`
+    /// and put into token Secrets by `serviceaccount-token` (kube-controller-manager's
+    /// `--root-ca-file`); empty when the cluster has none.
+    pub root_ca: String,
+    /// What signs the tokens `serviceaccount-token` puts into Secrets: the API server's
+    /// service account key (kube-controller-manager's
+    /// `--service-account-private-key-file`). Without it, that controller does not run.
+    pub token_signer: Option<Arc<dyn TokenSigner>>,
 }
 
 impl Default for ControllerManagerConfig {
@@ -122,6 +139,8 @@ impl Default for ControllerManagerConfig {
             node_lifecycle: NodeLifecycleConfig::default(),
             pod_gc: PodGcConfig::default(),
             cloud: CloudConfig::default(),
+            root_ca: String::new(),
+            token_signer: None,
         }
     }
 }
@@ -389,6 +408,32 @@ impl ControllerManager {
         if cfg.on("podgc") {
             let gc = PodGarbageCollector::new(&client, &factory, cfg.pod_gc.clone());
             tasks.push(tokio::spawn(gc.run(signal(&stop_rx))));
+        }
+        if cfg.on("root-ca-cert-publisher") {
+            let (c, r) = RootCaCertPublisher::controller(&client, &factory, &cfg.root_ca);
+            let c = c
+                .metrics(&self.metrics)
+                .graceful_shutdown_on(signal(&stop_rx));
+            tasks.push(tokio::spawn(c.run(r)));
+        }
+        if cfg.on("serviceaccount-token") {
+            match &cfg.token_signer {
+                Some(signer) => {
+                    let (c, r) = ServiceAccountTokenController::controller(
+                        &client,
+                        &factory,
+                        signer.clone(),
+                        &cfg.root_ca,
+                    );
+                    let c = c
+                        .metrics(&self.metrics)
+                        .graceful_shutdown_on(signal(&stop_rx));
+                    tasks.push(tokio::spawn(c.run(r)));
+                }
+                None => tracing::info!(
+                    "serviceaccount-token does not run: no token signer is configured"
+                ),
+            }
         }
         if let Some(Cloud(cloud)) = &self.cloud {
             tasks.extend(crate::cloud::start(

@@ -23,7 +23,12 @@
 //!    the system namespaces (`default`, `kube-system`, `kube-public`, `kube-node-lease`)
 //!    and a compactor keeping five minutes of history. Optionally it also serves plain
 //!    HTTP on a local address ([`ClusterBuilder::http`]), for kubectl or any Kubernetes
-//!    client.
+//!    client. Its admission has kube-apiserver's `ServiceAccount` plugin
+//!    ([`ServiceAccountAdmission`]: pods run as an account that exists, with a token
+//!    volume), unless [`ClusterBuilder::disable_admission_plugins`] turns it off — and
+//!    unless the controller manager does not run the `serviceaccount` controller, since
+//!    then nothing creates the `default` accounts pods need (Kubernetes' own test
+//!    harnesses turn the plugin off in that case too).
 //! 3. **The scheduler**, with the default profile (or the profiles of a
 //!    [`SchedulerConfig`]).
 //! 4. **The controller manager** with every built-in controller (or the ones a
@@ -34,7 +39,10 @@
 //!    [`ClusterBuilder::without_cloud_provider`]). While the `cloud-node` controller
 //!    runs, the nodes register tainted `node.cloudprovider.kubernetes.io/uninitialized`
 //!    (the first time only, as kubelet with an external cloud provider does), and the
-//!    cloud initialises them.
+//!    cloud initialises them. Its
+//!    `root-ca-cert-publisher` publishes the CA given to [`ClusterBuilder::root_ca`] (or
+//!    an empty one) in every namespace; its `serviceaccount-token` signs the tokens it
+//!    puts into Secrets with the API server's service account key.
 //! 5. **The nodes**: simulated nodes `sim-0`, `sim-1`, ... (a node agent each, on one
 //!    shared [`SimRuntime`]; [`Cluster::stop_node`] and [`Cluster::start_node`] take one
 //!    down and bring it back), a [`SimFleet`] for thousands of simulated nodes on one
@@ -63,7 +71,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keelson_apiserver::admission::{AdmissionChain, ServiceAccountAdmission};
 use keelson_apiserver::{resources, ApiServer, Registry};
+use keelson_controllers::builtin::serviceaccount_token::{LegacyTokenClaims, TokenSigner};
 use keelson_controllers::cloud::{CloudProvider, TAINT_UNINITIALIZED};
 use keelson_controllers::{ControllerManager, ControllerManagerConfig};
 use keelson_core::client::{Api, Client, ListParams};
@@ -78,6 +88,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cloud::{LocalCloud, LocalCloudConfig};
+/// The admission plugins of kube-apiserver the cluster runs by default, by the names
+/// [`ClusterBuilder::disable_admission_plugins`] takes.
+pub const ADMISSION_PLUGINS: [&str; 1] = [keelson_apiserver::admission::SERVICE_ACCOUNT_PLUGIN];
 
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -140,6 +153,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// An admission plugin to disable is not one the cluster has.
+    #[error("unknown admission plugin {0:?}; known: {known}", known = ADMISSION_PLUGINS.join(", "))]
+    UnknownAdmissionPlugin(String),
     /// The nodes did not register and become Ready in time.
     #[error("nodes not Ready after {0:?}: {1}")]
     NodesNotReady(Duration, String),
@@ -182,6 +198,9 @@ pub struct ClusterBuilder {
     manifests: Option<PathBuf>,
     compaction: Option<Duration>,
     ready_timeout: Option<Duration>,
+    disabled_admission: Vec<String>,
+    root_ca: Option<String>,
+    pod_api_endpoint: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ClusterBuilder {
@@ -214,6 +233,9 @@ impl Default for ClusterBuilder {
             manifests: None,
             compaction: Some(Duration::from_secs(300)),
             ready_timeout: Some(Duration::from_secs(60)),
+            disabled_admission: Vec::new(),
+            root_ca: None,
+            pod_api_endpoint: None,
         }
     }
 }
@@ -340,16 +362,51 @@ impl ClusterBuilder {
         self
     }
 
+    /// Turns off admission plugins the API server runs by default (kube-apiserver's
+    /// `--disable-admission-plugins`), by name: `["ServiceAccount"]` lets pods be created
+    /// without service accounts and without token volumes. See [`ADMISSION_PLUGINS`];
+    /// `build` fails on other names.
+    pub fn disable_admission_plugins<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        self.disabled_admission
+            .extend(names.iter().map(|n| n.as_ref().to_owned()));
+        self
+    }
+
+    /// The cluster's CA (PEM), published as `ca.crt` of the `kube-root-ca.crt` ConfigMap in
+    /// every namespace, for pods to check the API server with (kube-controller-manager's
+    /// `--root-ca-file`). Without it, `ca.crt` is empty. `keelson up` passes the CA of its
+    /// HTTPS server.
+    pub fn root_ca(mut self, pem: impl Into<String>) -> Self {
+        self.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Where the pods of local nodes reach the API server over HTTPS: their containers
+    /// get it as `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, which in-cluster
+    /// clients read with the token and CA of their token volume (see
+    /// [`AgentConfig::api_server`]). `keelson up` passes the address it serves HTTPS on.
+    pub fn pod_api_endpoint(mut self, addr: SocketAddr) -> Self {
+        self.pod_api_endpoint = Some(addr);
+        self
+    }
+
     /// Starts the cluster.
     ///
     /// # Errors
     /// When the store cannot be opened, a directory cannot be made, the scheduler's
-    /// configuration is invalid, the HTTP address cannot be bound, or the nodes do not
-    /// become Ready within the ready timeout.
+    /// configuration is invalid, an admission plugin to disable is unknown, the HTTP
+    /// address cannot be bound, or the nodes do not become Ready within the ready timeout.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn build(self) -> Result<Cluster, ClusterError> {
+    pub async fn build(mut self) -> Result<Cluster, ClusterError> {
+        if let Some(unknown) = self
+            .disabled_admission
+            .iter()
+            .find(|n| !ADMISSION_PLUGINS.contains(&n.as_str()))
+        {
+            return Err(ClusterError::UnknownAdmissionPlugin(unknown.clone()));
+        }
         let mut temp = None;
         let mut temp_dir = || -> Result<PathBuf, ClusterError> {
             if temp.is_none() {
@@ -392,6 +449,29 @@ impl ClusterBuilder {
             )
             .map_err(ClusterError::ServiceAccountKey)?;
             registry = registry.with_service_account_tokens(Arc::new(keys));
+        }
+        let accounts_made = self
+            .controllers
+            .as_ref()
+            .is_some_and(|c| c.enabled.iter().any(|n| n == "serviceaccount"));
+        let service_account_admission = accounts_made
+            && !self
+                .disabled_admission
+                .iter()
+                .any(|n| n == keelson_apiserver::admission::SERVICE_ACCOUNT_PLUGIN);
+        if service_account_admission {
+            let plugin = ServiceAccountAdmission::new(&registry);
+            registry = registry.with_admission(AdmissionChain::default().plugin(plugin));
+        }
+        if let Some(config) = self.controllers.as_mut() {
+            if let Some(ca) = self.root_ca.take() {
+                config.root_ca = ca;
+            }
+            // The legacy tokens the controllers put into Secrets are signed with the API
+            // server's key, which checks them.
+            config.token_signer.get_or_insert_with(|| {
+                Arc::new(ApiServerKey(registry.service_account_tokens().clone()))
+            });
         }
         let compactor = self.compaction.map(|i| registry.start_compactor(i));
         let server = ApiServer::new(registry, resources::builtin());
@@ -493,18 +573,19 @@ impl ClusterBuilder {
                 let c = client.clone();
                 let n = name.clone();
                 let cloud_taint = cluster.register_instance(&name, "process").await?;
+                let config = AgentConfig {
+                    api_server: self.pod_api_endpoint,
+                    ..AgentConfig::default()
+                };
                 let make: MakeAgent = Box::new(move || {
                     let mut agent = Agent::builder(c.clone(), n.clone())
                         .runtime(runtime.clone())
                         .network(network.clone())
                         .state_dir(&state)
                         .serve(0);
-                    if let Some(taint) = cloud_taint.take() {
-                        agent = agent.config(AgentConfig {
-                            taints: vec![taint],
-                            ..AgentConfig::default()
-                        });
-                    }
+                    let mut config = config.clone();
+                    config.taints.extend(cloud_taint.take());
+                    agent = agent.config(config);
                     if let Some(dir) = &manifests {
                         agent = agent.manifests(dir);
                     }
@@ -555,6 +636,23 @@ impl ClusterBuilder {
             cluster.wait_ready(&waiting, timeout).await?;
         }
         Ok(cluster)
+    }
+}
+
+/// The API server's service account key, signing the legacy tokens of the
+/// `serviceaccount-token` controller.
+#[derive(Debug)]
+struct ApiServerKey(Arc<keelson_apiserver::satoken::ServiceAccountTokens>);
+
+impl TokenSigner for ApiServerKey {
+    fn sign(&self, c: &LegacyTokenClaims) -> Result<String, keelson_core::Error> {
+        self.0
+            .issue_legacy(&keelson_apiserver::satoken::LegacyClaims {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                uid: c.uid.clone(),
+                secret: c.secret.clone(),
+            })
     }
 }
 

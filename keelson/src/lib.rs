@@ -32,4 +32,4 @@ mod cloud;
 mod cluster;
 
 pub use cloud::{AddressRange, InvalidRange, LocalCloud, LocalCloudConfig};
-pub use cluster::{Cluster, ClusterBuilder, ClusterError, SYSTEM_NAMESPACES};
+pub use cluster::{Cluster, ClusterBuilder, ClusterError, ADMISSION_PLUGINS, SYSTEM_NAMESPACES};

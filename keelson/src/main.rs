@@ -73,6 +73,10 @@ enum Command {
         /// CIDR of loopback addresses.
         #[arg(long, default_value_t = AddressRange::default())]
         load_balancer_pool: AddressRange,
+        /// Admission plugins to turn off, comma-separated (as kube-apiserver's flag):
+        /// `ServiceAccount` lets pods run without service accounts and token volumes.
+        #[arg(long, value_delimiter = ',')]
+        disable_admission_plugins: Vec<String>,
     },
 }
 
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             manifests,
             controllers,
             load_balancer_pool,
+            disable_admission_plugins,
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig"));
             let scheduler_config = scheduler_config
@@ -109,52 +114,79 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", path.display()))
                 })
                 .transpose()?;
+            let nodes = Nodes {
+                local: nodes,
+                simulated: sim_nodes,
+                manifests,
+            };
             let names: Vec<&str> = controllers.iter().map(String::as_str).collect();
-            let components = Components {
-                scheduler: scheduler_config,
+            let options = Options {
+                insecure_http,
+                scheduler_config,
                 controllers: keelson_controllers::ControllerManagerConfig::default()
                     .controllers(&names)?,
                 cloud: LocalCloudConfig {
                     load_balancer_pool,
                     ..LocalCloudConfig::default()
                 },
+                disable_admission_plugins,
             };
-            let nodes = Nodes {
-                local: nodes,
-                simulated: sim_nodes,
-                manifests,
-            };
-            rt.block_on(up(
-                data_dir,
-                listen,
-                kubeconfig,
-                insecure_http,
-                components,
-                nodes,
-            ))
+            rt.block_on(up(data_dir, listen, kubeconfig, options, nodes))
         }
     }
+}
+
+/// How `keelson up` runs its API server, scheduler, controllers and local cloud.
+struct Options {
+    insecure_http: bool,
+    scheduler_config: Option<keelson_scheduler::SchedulerConfig>,
+    controllers: keelson_controllers::ControllerManagerConfig,
+    cloud: LocalCloudConfig,
+    disable_admission_plugins: Vec<String>,
 }
 
 async fn up(
     data_dir: PathBuf,
     listen: SocketAddr,
     kubeconfig: PathBuf,
-    insecure_http: bool,
-    components: Components,
+    options: Options,
     nodes: Nodes,
 ) -> anyhow::Result<()> {
-    let pool = components.cloud.load_balancer_pool;
+    let Options {
+        insecure_http,
+        scheduler_config,
+        controllers,
+        cloud,
+        disable_admission_plugins,
+    } = options;
+    let pool = cloud.load_balancer_pool;
     // The same assembly as every in-process cluster (tests, examples): keelson::Cluster.
     let mut builder = Cluster::builder()
         .data_dir(&data_dir)
         .process_nodes(nodes.local)
         .sim_fleet(nodes.simulated, "sim-")
+        .disable_admission_plugins(&disable_admission_plugins)
+        .controllers(controllers)
+        .local_cloud(cloud)
         // Nodes come up while the API is served; the command does not wait for them.
-        .ready_timeout(None)
-        .controllers(components.controllers)
-        .local_cloud(components.cloud);
-    if let Some(config) = components.scheduler {
+        .ready_timeout(None);
+    // Over HTTPS, the cluster's CA is published in every namespace (kube-root-ca.crt),
+    // and pods are told the address: in-cluster clients reach the API server with the
+    // token and CA of their token volume.
+    let https = if insecure_http {
+        None
+    } else {
+        let pki = Pki::load_or_create(&data_dir.join("pki"))
+            .context("making the cluster's certificates")?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        builder = builder
+            .root_ca(pki.ca_cert.clone())
+            .pod_api_endpoint(listener.local_addr()?);
+        Some((pki, listener))
+    };
+    if let Some(config) = scheduler_config {
         builder = builder.scheduler_config(config);
     }
     if let Some(dir) = nodes.manifests {
@@ -207,46 +239,59 @@ async fn up(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    if let Some(addr) = cluster.http_addr() {
-        write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
-        announce("http", addr, &kubeconfig);
-        until_stopped().await;
-    } else {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        let addr = listener.local_addr()?;
-        let pki = Pki::load_or_create(&data_dir.join("pki"))
-            .context("making the cluster's certificates")?;
-        let tokens = data_dir.join("tokens.csv");
-        let token = admin_token(&tokens)?;
-        let auth = Authenticator::from_token_file(&tokens)
-            .with_context(|| format!("reading {}", tokens.display()))?
-            .with_service_accounts(cluster.server().registry().clone());
-        write_kubeconfig(
-            &kubeconfig,
-            &format!("https://{addr}"),
-            Some((&pki.ca_cert, &token)),
-        )?;
-        let router = keelson_apiserver::router(cluster.server().clone()).layer(
-            axum::middleware::from_fn_with_state(
-                Arc::new(auth),
-                keelson_apiserver::auth::middleware,
-            ),
-        );
-        announce("https", addr, &kubeconfig);
-        tls::serve(listener, pki.server_config()?, router, until_stopped()).await;
+    match https {
+        None => {
+            let addr = cluster
+                .http_addr()
+                .context("the cluster serves no plain HTTP")?;
+            write_kubeconfig(&kubeconfig, &format!("http://{addr}"), None)?;
+            announce("http", addr, &kubeconfig);
+            until_stopped().await;
+        }
+        Some((pki, listener)) => {
+            serve_https(
+                &cluster,
+                &data_dir,
+                &kubeconfig,
+                pki,
+                listener,
+                until_stopped(),
+            )
+            .await?
+        }
     }
     cluster.shutdown().await;
     println!("keelson: stopped");
     Ok(())
 }
 
-/// How `keelson up` configures the scheduler, the controllers and the local cloud.
-struct Components {
-    scheduler: Option<keelson_scheduler::SchedulerConfig>,
-    controllers: keelson_controllers::ControllerManagerConfig,
-    cloud: LocalCloudConfig,
+/// Serves the API over HTTPS with the admin's token (made on first start) and service
+/// account tokens, until `stopped`.
+async fn serve_https(
+    cluster: &Cluster,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    pki: Pki,
+    listener: tokio::net::TcpListener,
+    stopped: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let tokens = data_dir.join("tokens.csv");
+    let token = admin_token(&tokens)?;
+    let auth = Authenticator::from_token_file(&tokens)
+        .with_context(|| format!("reading {}", tokens.display()))?
+        .with_service_accounts(cluster.server().registry().clone());
+    write_kubeconfig(
+        kubeconfig,
+        &format!("https://{addr}"),
+        Some((&pki.ca_cert, &token)),
+    )?;
+    let router = keelson_apiserver::router(cluster.server().clone()).layer(
+        axum::middleware::from_fn_with_state(Arc::new(auth), keelson_apiserver::auth::middleware),
+    );
+    announce("https", addr, kubeconfig);
+    tls::serve(listener, pki.server_config()?, router, stopped).await;
+    Ok(())
 }
 
 /// The nodes `keelson up` runs.

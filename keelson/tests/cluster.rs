@@ -805,3 +805,109 @@ async fn controllers_under_leader_election_run_once_they_lead() {
     );
     cluster.shutdown().await;
 }
+
+fn token_volume(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .find(|n| n.starts_with("kube-api-access-"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn pods_run_as_the_default_account_with_a_token_volume_and_the_ca_is_published() {
+    let cluster = Cluster::builder()
+        .root_ca("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+        .build()
+        .await
+        .expect("cluster");
+    // Created at once: the admission plugin waits briefly for the controller's account.
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+    )
+    .expect("pod");
+    let created = Api::<Pod>::namespaced(cluster.client(), "default")
+        .create(&pod)
+        .await
+        .expect("admitted");
+    let spec = created.spec.as_ref().expect("spec");
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    assert!(token_volume(&created).is_some(), "{spec:?}");
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), "kube-system");
+    let ca = eventually("the published CA", Duration::from_secs(30), || async {
+        cms.get_opt("kube-root-ca.crt")
+            .await
+            .expect("get")
+            .and_then(|cm| cm.data?.get("ca.crt").cloned())
+    })
+    .await;
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_serviceaccount_controller_pods_need_no_account() {
+    let cluster = Cluster::builder()
+        .without_controllers()
+        .build()
+        .await
+        .expect("cluster");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+    )
+    .expect("pod");
+    let created = Api::<Pod>::namespaced(cluster.client(), "default")
+        .create(&pod)
+        .await
+        .expect("admitted without an account");
+    assert!(token_volume(&created).is_none());
+    assert_eq!(
+        created.spec.and_then(|s| s.service_account_name),
+        None,
+        "the plugin is off"
+    );
+    cluster.shutdown().await;
+    let err = Cluster::builder()
+        .disable_admission_plugins(&["NoSuchPlugin"])
+        .build()
+        .await
+        .expect_err("unknown plugin");
+    assert_eq!(
+        err.to_string(),
+        r#"unknown admission plugin "NoSuchPlugin"; known: ServiceAccount"#
+    );
+}
+
+/// Real processes: a pod whose token volume has an empty `ca.crt` (a cluster without
+/// TLS) still starts, and finds its token and namespace where Kubernetes puts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_on_a_local_node_reads_its_token_volume_in_a_cluster_without_a_ca() {
+    let cluster = Cluster::builder()
+        .temp_dir()
+        .process_nodes(1)
+        .build()
+        .await
+        .expect("cluster");
+    let dir = "$KEELSON_ROOT/var/run/secrets/kubernetes.io/serviceaccount";
+    let check = format!(
+        "test \"$(cat {dir}/namespace)\" = default && test -s {dir}/token && test -f {dir}/ca.crt && test ! -s {dir}/ca.crt"
+    );
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "reader"}, "spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "a", "image": "busybox", "command": ["sh", "-c", check]}],
+    }}))
+    .expect("pod");
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
+    pods.create(&pod).await.expect("admitted");
+    let phase = eventually("the pod finished", Duration::from_secs(60), || async {
+        let p = pods.get("reader").await.ok()?;
+        p.status?
+            .phase
+            .filter(|p| p == "Succeeded" || p == "Failed")
+    })
+    .await;
+    assert_eq!(phase, "Succeeded");
+    cluster.shutdown().await;
+}

@@ -128,15 +128,27 @@
 //!
 //! - Container `env`: `HOSTNAME`, `POD_IP`, then the service variables of the Services in
 //!   the pod's namespace (and `kubernetes` from `default`) unless `enableServiceLinks` is
-//!   false, then `envFrom`, then `env` (with `valueFrom` and `$(VAR)` references).
+//!   false, then `envFrom`, then `env` (with `valueFrom` and `$(VAR)` references). Without
+//!   a `kubernetes` Service, [`AgentConfig::api_server`] (when set) gives the
+//!   `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT` that in-cluster clients read.
+//! - Volumes: emptyDir, hostPath, configMap, secret, downwardAPI and projected. A
+//!   projected `serviceAccountToken` is a TokenRequest for the pod's account, bound to the
+//!   pod, for the source's `audience` (or the API server's) and `expirationSeconds`
+//!   (default 3600), written at its `path` with the volume's mode; it is asked for again
+//!   when 80% of its lifetime or 24 h have passed. Volumes made from objects are written
+//!   again then, and every [`AgentConfig::volume_refresh_period`] (1 min): a changed
+//!   ConfigMap shows in a running pod (each file replaced atomically; files of keys
+//!   that are gone are removed). A volume that cannot be made keeps the pod in
+//!   `ContainerCreating` with a `FailedMount` event (`MountVolume.SetUp failed for volume
+//!   "x" : failed to fetch token: ...`).
 //! - Restarts follow `restartPolicy`; a container that ends again waits 0 s, then 10 s,
 //!   20 s, ... up to 5 min (`CrashLoopBackOff`), reset after it ran 10 min.
 //! - A pod whose `metadata.deletionTimestamp` is set gets its preStop hooks, SIGTERM, the
 //!   rest of its grace period and SIGKILL; then the agent deletes it with grace 0.
 //! - Failures show as Kubernetes shows them: `CreateContainerConfigError` (a missing
 //!   config map, secret or key), `RunContainerError` / `StartError` (a program that is not
-//!   there), `CrashLoopBackOff`, `ContainerCreating` with a message (a volume that cannot
-//!   be made), `DeadlineExceeded`.
+//!   there), `CrashLoopBackOff`, `ContainerCreating` with a message and a `FailedMount`
+//!   event (a volume that cannot be made), `DeadlineExceeded`.
 //! - Pods bound to the node that carry `kubernetes.io/config.mirror` are mirror pods of
 //!   static pods and are never run from the API.
 

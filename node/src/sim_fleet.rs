@@ -122,9 +122,14 @@ impl SimFleetBuilder {
         let runtime = Arc::new(SimRuntime::new(self.profile));
         let nodes: Vec<Arc<NodeCtx>> = (0..self.count)
             .map(|i| {
+                let node_name = format!("{}{i}", self.prefix);
                 Arc::new(NodeCtx {
                     client: self.client.clone(),
-                    node_name: format!("{}{i}", self.prefix),
+                    events: crate::agent::events::Events::new(
+                        self.client.clone(),
+                        node_name.clone(),
+                    ),
+                    node_name,
                     runtime: runtime.clone() as Arc<dyn Runtime>,
                     network: Arc::new(SimNetwork {
                         index: i as u32,
@@ -134,6 +139,7 @@ impl SimFleetBuilder {
                     state_dir: None,
                     host_ip: "127.0.0.1".into(),
                     pods: Mutex::new(HashMap::new()),
+                    tokens: Default::default(),
                 })
             })
             .collect();

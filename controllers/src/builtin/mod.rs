@@ -17,5 +17,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod rootcacert;
 pub mod serviceaccount;
+pub mod serviceaccount_token;
 pub mod statefulset;

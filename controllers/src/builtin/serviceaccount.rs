@@ -2,7 +2,8 @@
 //!
 //! It reconciles namespaces, and a namespace again when its `default` account is
 //! deleted, creating the account when it is missing (namespaces being deleted are left
-//! alone). Tokens for the accounts are a later step (see the report of issue 7).
+//! alone). Tokens for the accounts are issued by the API server (`serviceaccounts/token`)
+//! and projected into pods by the node agent.
 
 use std::sync::Arc;
 

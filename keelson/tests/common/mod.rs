@@ -70,6 +70,8 @@ pub fn up_in(dir: tempfile::TempDir, insecure_http: bool) -> Cluster {
 pub fn up_with(dir: tempfile::TempDir, insecure_http: bool, extra: &[&std::ffi::OsStr]) -> Cluster {
     let port = free_port();
     let kubeconfig = dir.path().join("kubeconfig");
+    // A restart writes it again; until then, an earlier run's must not pass for ready.
+    let _ = std::fs::remove_file(&kubeconfig);
     let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
         .arg("up")
         .arg("--data-dir")

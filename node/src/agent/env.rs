@@ -210,7 +210,32 @@ async fn services_for(ctx: &NodeCtx, pod: &Pod, ns: &str) -> Vec<Service> {
             }
         }
     }
+    let has_api_service = out
+        .iter()
+        .any(|s| s.metadata.name.as_deref() == Some("kubernetes"));
+    if let (false, Some(addr)) = (has_api_service, ctx.config.api_server) {
+        out.push(api_server_service(addr));
+    }
     out
+}
+
+/// The `kubernetes` Service as pods would see it, at the API server's own address (what
+/// the agent is told when the cluster has no such Service).
+fn api_server_service(addr: std::net::SocketAddr) -> Service {
+    use keelson_core::k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    let mut svc = Service::default();
+    svc.metadata.name = Some("kubernetes".into());
+    svc.spec = Some(ServiceSpec {
+        cluster_ip: Some(addr.ip().to_string()),
+        ports: Some(vec![ServicePort {
+            name: Some("https".into()),
+            port: i32::from(addr.port()),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        }]),
+        ..ServiceSpec::default()
+    });
+    svc
 }
 
 fn resources_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ResourceRequirements> {
@@ -473,5 +498,17 @@ mod tests {
         assert_eq!(env["REDIS_PRIMARY_PORT_6379_TCP_PROTO"], "tcp");
         assert_eq!(env["REDIS_PRIMARY_PORT_6379_TCP_PORT"], "6379");
         assert_eq!(env["REDIS_PRIMARY_PORT_6379_TCP_ADDR"], "10.0.0.11");
+    }
+
+    #[test]
+    fn the_api_server_address_gives_the_variables_in_cluster_clients_read() {
+        let addr: std::net::SocketAddr = "127.0.0.1:6443".parse().expect("addr");
+        let env: HashMap<String, String> = service_env(&[api_server_service(addr)])
+            .into_iter()
+            .collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "6443");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "6443");
+        assert_eq!(env["KUBERNETES_PORT"], "tcp://127.0.0.1:6443");
     }
 }

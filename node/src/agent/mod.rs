@@ -1,13 +1,16 @@
 //! The agent: node registration and heartbeats, the pod manager, the pod watch.
 
 mod env;
+pub(crate) mod events;
 pub(crate) mod node;
 mod pod_worker;
 mod probes;
+pub(crate) mod tokens;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -111,6 +114,18 @@ pub struct AgentConfig {
     pub disk_pressure_fraction: f64,
     /// How often the manifest directory is read (default 1 s).
     pub manifest_poll: Duration,
+    /// How often a running pod's volumes made from objects (configMap, secret,
+    /// downwardAPI, projected) are written again from the objects' current state
+    /// (default 1 min, kubelet's sync frequency). A projected service account token is
+    /// also asked for again when 80% of its lifetime (or 24 h) has passed, whichever
+    /// comes first.
+    pub volume_refresh_period: Duration,
+    /// Where the node's pods reach the API server: given to their containers as
+    /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` (with the rest of a
+    /// Service's variables, named `kubernetes`), which in-cluster clients read, when the
+    /// cluster has no `kubernetes` Service in `default` (kubelet takes them from that
+    /// Service). Default: none.
+    pub api_server: Option<SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -131,6 +146,8 @@ impl Default for AgentConfig {
             memory_pressure_bytes: 100 << 20,
             disk_pressure_fraction: 0.10,
             manifest_poll: Duration::from_secs(1),
+            volume_refresh_period: Duration::from_secs(60),
+            api_server: None,
         }
     }
 }
@@ -183,6 +200,10 @@ pub(crate) struct NodeCtx {
     pub state_dir: Option<PathBuf>,
     pub host_ip: String,
     pub pods: Mutex<HashMap<String, PodHandle>>,
+    /// Service account tokens of projected volumes.
+    pub tokens: tokens::TokenManager,
+    /// Events about the pods.
+    pub events: events::Events,
 }
 
 impl NodeCtx {
@@ -415,6 +436,7 @@ impl AgentBuilder {
         if self.node_name.is_empty() {
             return Err(Error::Config("the node name is empty".into()));
         }
+        let events = events::Events::new(self.client.clone(), self.node_name.clone());
         let ctx = Arc::new(NodeCtx {
             client: self.client,
             node_name: self.node_name,
@@ -424,6 +446,8 @@ impl AgentBuilder {
             state_dir: self.state_dir,
             host_ip: "127.0.0.1".into(),
             pods: Mutex::new(HashMap::new()),
+            tokens: tokens::TokenManager::default(),
+            events,
         });
         Ok(Agent {
             ctx,

@@ -158,6 +158,8 @@ pub(crate) struct PodWorker {
     sandbox: Option<String>,
     sandbox_attempt: u32,
     volumes: Option<HashMap<String, PathBuf>>,
+    /// When the volumes made from objects are written again.
+    volumes_refresh_at: Option<Instant>,
     adopted: bool,
     start_time: Option<SystemTime>,
     containers: Vec<CState>,
@@ -189,6 +191,7 @@ impl PodWorker {
             sandbox: None,
             sandbox_attempt: 0,
             volumes: None,
+            volumes_refresh_at: None,
             adopted: false,
             start_time: None,
             containers: Vec::new(),
@@ -522,6 +525,16 @@ impl PodWorker {
         self.containers[i].status = None;
     }
 
+    /// When the volumes are next written again: after the refresh period, or when a
+    /// token of the pod is due, whichever comes first.
+    fn next_volume_refresh(&self, now: Instant) -> Instant {
+        let periodic = now + self.ctx.config.volume_refresh_period;
+        match self.ctx.tokens.next_refresh(&self.uid) {
+            Some(t) => periodic.min(t),
+            None => periodic,
+        }
+    }
+
     fn grace(&self, pod: &Pod) -> Duration {
         let secs = pod
             .metadata
@@ -670,19 +683,26 @@ impl PodWorker {
                 }
             }
         }
-        if self.volumes.is_none() {
-            if let Some(dir) = &self.ctx.state_dir {
+        if let Some(dir) = self.ctx.state_dir.clone() {
+            let due = self.volumes_refresh_at.is_some_and(|t| t <= now);
+            if self.volumes.is_none() || due {
                 let root = dir.join("pods").join(&self.uid).join("volumes");
                 let ip = self.pod_ip.clone().unwrap_or_default();
-                match volumes::prepare(&self.ctx, &pod, &ip, &root).await {
+                let prepared = volumes::prepare(&self.ctx, &pod, &ip, &root).await;
+                self.volumes_refresh_at = Some(self.next_volume_refresh(now));
+                match prepared {
                     Ok(v) => self.volumes = Some(v),
                     Err(e) => {
-                        self.pod_problem = Some((
-                            "ContainerCreating".into(),
-                            format!("MountVolume.SetUp failed: {}", e.0),
-                        ));
-                        self.publish(&pod, desired.is_static).await;
-                        return now + period;
+                        // As kubelet: a FailedMount event; a pod not started yet waits in
+                        // ContainerCreating, a running one keeps its volumes as they were.
+                        let message = format!("MountVolume.SetUp failed {}", e.0);
+                        self.ctx.events.warning(&pod, "FailedMount", &message).await;
+                        if self.volumes.is_none() {
+                            self.pod_problem = Some(("ContainerCreating".into(), message));
+                            self.publish(&pod, desired.is_static).await;
+                            return now + period;
+                        }
+                        tracing::warn!(pod_uid = %self.uid, error = %e.0, "failed to refresh the pod's volumes");
                     }
                 }
             }
@@ -838,8 +858,11 @@ impl PodWorker {
             }
         }
         self.publish(&pod, desired.is_static).await;
-        if let Some(d) = self.deadline {
-            next = next.min(d);
+        for t in [self.deadline, self.volumes_refresh_at]
+            .into_iter()
+            .flatten()
+        {
+            next = next.min(t);
         }
         for c in &self.containers {
             for t in [
@@ -1020,6 +1043,8 @@ impl PodWorker {
         if let Some(dir) = &self.ctx.state_dir {
             let _ = tokio::fs::remove_dir_all(dir.join("pods").join(&self.uid)).await;
         }
+        self.ctx.tokens.forget(&self.uid);
+        self.ctx.events.forget(&self.uid);
         if desired.removed || desired.is_static {
             return;
         }

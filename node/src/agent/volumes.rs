@@ -1,6 +1,7 @@
-//! Volumes as directories: emptyDir, configMap, secret, downwardAPI, projected, hostPath.
+//! Volumes as directories: emptyDir, configMap, secret, downwardAPI, projected (with
+//! service account tokens), hostPath.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use keelson_core::client::Api;
@@ -9,7 +10,7 @@ use keelson_core::k8s_openapi::api::core::v1::{
 };
 
 use super::env::{field_ref, resource_field};
-use super::NodeCtx;
+use super::{tokens, NodeCtx};
 
 /// Why a volume cannot be made (the pod stays `ContainerCreating`, as on a failed mount).
 #[derive(Debug)]
@@ -28,23 +29,70 @@ fn safe_rel(p: &str) -> Result<&str, VolumeError> {
     Ok(p)
 }
 
-fn write_file(dir: &Path, rel: &str, data: &[u8], mode: Option<i32>) -> Result<(), VolumeError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(safe_rel(rel)?);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+/// The files of a volume made from objects, as one pass writes them: each file is
+/// replaced atomically, and [`Files::prune`] then removes what the pass did not write (a
+/// key no longer in its ConfigMap), so the directory holds exactly the projection.
+struct Files {
+    dir: PathBuf,
+    written: HashSet<PathBuf>,
+}
+
+impl Files {
+    fn new(dir: &Path) -> Files {
+        Files {
+            dir: dir.to_owned(),
+            written: HashSet::new(),
+        }
     }
-    let tmp = path.with_extension("keelson-tmp");
-    std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
-    if let Some(m) = mode {
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode((m as u32) & 0o777));
+
+    fn write(&mut self, rel: &str, data: &[u8], mode: Option<i32>) -> Result<(), VolumeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(safe_rel(rel)?);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let tmp = path.with_extension("keelson-tmp");
+        std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
+        if let Some(m) = mode {
+            let _ =
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode((m as u32) & 0o777));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        self.written.insert(path);
+        Ok(())
     }
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+
+    /// Removes the files (and then empty directories) this pass did not write.
+    fn prune(self) {
+        fn walk(dir: &Path, keep: &HashSet<PathBuf>) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            let mut empty = true;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir {
+                    if walk(&path, keep) {
+                        let _ = std::fs::remove_dir(&path);
+                    } else {
+                        empty = false;
+                    }
+                } else if keep.contains(&path) {
+                    empty = false;
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            empty
+        }
+        walk(&self.dir, &self.written);
+    }
 }
 
 /// Writes `entries` (key → bytes) per `items` (all keys when `None`).
 fn project(
-    dir: &Path,
+    files: &mut Files,
     entries: &HashMap<String, Vec<u8>>,
     items: Option<&Vec<KeyToPath>>,
     default_mode: Option<i32>,
@@ -54,13 +102,13 @@ fn project(
     match items {
         None => {
             for (k, v) in entries {
-                write_file(dir, k, v, default_mode)?;
+                files.write(k, v, default_mode)?;
             }
         }
         Some(items) => {
             for item in items {
                 match entries.get(&item.key) {
-                    Some(v) => write_file(dir, &item.path, v, item.mode.or(default_mode))?,
+                    Some(v) => files.write(&item.path, v, item.mode.or(default_mode))?,
                     None if optional => {}
                     None => {
                         return Err(VolumeError(format!(
@@ -122,7 +170,7 @@ fn downward(
     ctx: &NodeCtx,
     pod: &Pod,
     pod_ip: &str,
-    dir: &Path,
+    files: &mut Files,
     items: &[DownwardAPIVolumeFile],
     default_mode: Option<i32>,
 ) -> Result<(), VolumeError> {
@@ -142,25 +190,25 @@ fn downward(
         } else {
             continue;
         };
-        write_file(
-            dir,
-            &item.path,
-            value.as_bytes(),
-            item.mode.or(default_mode),
-        )?;
+        files.write(&item.path, value.as_bytes(), item.mode.or(default_mode))?;
     }
     Ok(())
 }
 
 /// Makes a pod's volumes under `root` (its volumes directory); returns each volume's
-/// directory.
+/// directory. Called again on a running pod to bring the volumes made from objects
+/// (configMap, secret, downwardAPI, projected) up to date: files are rewritten in place,
+/// each atomically, and a projected token is asked for again only when it is due.
+///
+/// # Errors
+/// The first volume that cannot be made, named as kubelet names it
+/// (`for volume "config" : configmap "settings" not found`).
 pub(crate) async fn prepare(
     ctx: &NodeCtx,
     pod: &Pod,
     pod_ip: &str,
     root: &Path,
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = HashMap::new();
     let volumes: &[Volume] = pod
         .spec
@@ -168,122 +216,146 @@ pub(crate) async fn prepare(
         .and_then(|s| s.volumes.as_deref())
         .unwrap_or(&[]);
     for v in volumes {
-        let dir = root.join(&v.name);
-        if let Some(h) = &v.host_path {
-            let p = PathBuf::from(&h.path);
-            match h.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?,
-                "Directory" if !p.is_dir() => {
-                    return Err(VolumeError(format!(
-                        "hostPath type check failed: {} is not a directory",
-                        h.path
-                    )))
-                }
-                "File" if !p.is_file() => {
-                    return Err(VolumeError(format!(
-                        "hostPath type check failed: {} is not a file",
-                        h.path
-                    )))
-                }
-                "FileOrCreate" if !p.exists() => std::fs::write(&p, b"").map_err(|e| io(&p, e))?,
-                _ => {}
-            }
-            out.insert(v.name.clone(), p);
-            continue;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        if v.empty_dir.is_some() {
-            // Nothing to fill.
-        } else if let Some(c) = &v.config_map {
-            let name = c.name.as_str();
-            match config_map_entries(ctx, ns, name).await? {
-                Some(entries) => project(
-                    &dir,
-                    &entries,
-                    c.items.as_ref(),
-                    c.default_mode,
-                    &format!("configmap {ns}/{name}"),
-                    c.optional == Some(true),
-                )?,
-                None if c.optional == Some(true) => {}
-                None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
-            }
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            match secret_entries(ctx, ns, &name).await? {
-                Some(entries) => project(
-                    &dir,
-                    &entries,
-                    s.items.as_ref(),
-                    s.default_mode,
-                    &format!("secret {ns}/{name}"),
-                    s.optional == Some(true),
-                )?,
-                None if s.optional == Some(true) => {}
-                None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
-            }
-        } else if let Some(d) = &v.downward_api {
-            downward(
-                ctx,
-                pod,
-                pod_ip,
-                &dir,
-                d.items.as_deref().unwrap_or(&[]),
-                d.default_mode,
-            )?;
-        } else if let Some(p) = &v.projected {
-            for source in p.sources.iter().flatten() {
-                if let Some(c) = &source.config_map {
-                    let name = c.name.as_str();
-                    match config_map_entries(ctx, ns, name).await? {
-                        Some(entries) => project(
-                            &dir,
-                            &entries,
-                            c.items.as_ref(),
-                            p.default_mode,
-                            &format!("configmap {ns}/{name}"),
-                            c.optional == Some(true),
-                        )?,
-                        None if c.optional == Some(true) => {}
-                        None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
-                    }
-                }
-                if let Some(s) = &source.secret {
-                    let name = s.name.as_str();
-                    match secret_entries(ctx, ns, name).await? {
-                        Some(entries) => project(
-                            &dir,
-                            &entries,
-                            s.items.as_ref(),
-                            p.default_mode,
-                            &format!("secret {ns}/{name}"),
-                            s.optional == Some(true),
-                        )?,
-                        None if s.optional == Some(true) => {}
-                        None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
-                    }
-                }
-                if let Some(d) = &source.downward_api {
-                    downward(
-                        ctx,
-                        pod,
-                        pod_ip,
-                        &dir,
-                        d.items.as_deref().unwrap_or(&[]),
-                        p.default_mode,
-                    )?;
-                }
-                if source.service_account_token.is_some() {
-                    tracing::debug!(volume = %v.name, "service account tokens are not issued yet; the projected file is left out");
-                }
-            }
-        } else {
-            return Err(VolumeError(format!(
-                "volume {:?} has a type this node does not support",
-                v.name
-            )));
-        }
+        let dir = prepare_one(ctx, pod, pod_ip, root, v)
+            .await
+            .map_err(|e| VolumeError(format!("for volume {:?} : {}", v.name, e.0)))?;
         out.insert(v.name.clone(), dir);
     }
     Ok(out)
+}
+
+async fn prepare_one(
+    ctx: &NodeCtx,
+    pod: &Pod,
+    pod_ip: &str,
+    root: &Path,
+    v: &Volume,
+) -> Result<PathBuf, VolumeError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let dir = root.join(&v.name);
+    if let Some(h) = &v.host_path {
+        let p = PathBuf::from(&h.path);
+        match h.type_.as_deref().unwrap_or("") {
+            "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?,
+            "Directory" if !p.is_dir() => {
+                return Err(VolumeError(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    h.path
+                )))
+            }
+            "File" if !p.is_file() => {
+                return Err(VolumeError(format!(
+                    "hostPath type check failed: {} is not a file",
+                    h.path
+                )))
+            }
+            "FileOrCreate" if !p.exists() => std::fs::write(&p, b"").map_err(|e| io(&p, e))?,
+            _ => {}
+        }
+        return Ok(p);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    if v.empty_dir.is_some() {
+        // Nothing to fill.
+        return Ok(dir);
+    }
+    let mut files = Files::new(&dir);
+    if let Some(c) = &v.config_map {
+        let name = c.name.as_str();
+        match config_map_entries(ctx, ns, name).await? {
+            Some(entries) => project(
+                &mut files,
+                &entries,
+                c.items.as_ref(),
+                c.default_mode,
+                &format!("configmap {ns}/{name}"),
+                c.optional == Some(true),
+            )?,
+            None if c.optional == Some(true) => {}
+            None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
+        }
+    } else if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        match secret_entries(ctx, ns, &name).await? {
+            Some(entries) => project(
+                &mut files,
+                &entries,
+                s.items.as_ref(),
+                s.default_mode,
+                &format!("secret {ns}/{name}"),
+                s.optional == Some(true),
+            )?,
+            None if s.optional == Some(true) => {}
+            None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
+        }
+    } else if let Some(d) = &v.downward_api {
+        downward(
+            ctx,
+            pod,
+            pod_ip,
+            &mut files,
+            d.items.as_deref().unwrap_or(&[]),
+            d.default_mode,
+        )?;
+    } else if let Some(p) = &v.projected {
+        for source in p.sources.iter().flatten() {
+            if let Some(c) = &source.config_map {
+                let name = c.name.as_str();
+                match config_map_entries(ctx, ns, name).await? {
+                    Some(entries) => project(
+                        &mut files,
+                        &entries,
+                        c.items.as_ref(),
+                        p.default_mode,
+                        &format!("configmap {ns}/{name}"),
+                        c.optional == Some(true),
+                    )?,
+                    None if c.optional == Some(true) => {}
+                    None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
+                }
+            }
+            if let Some(s) = &source.secret {
+                let name = s.name.as_str();
+                match secret_entries(ctx, ns, name).await? {
+                    Some(entries) => project(
+                        &mut files,
+                        &entries,
+                        s.items.as_ref(),
+                        p.default_mode,
+                        &format!("secret {ns}/{name}"),
+                        s.optional == Some(true),
+                    )?,
+                    None if s.optional == Some(true) => {}
+                    None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
+                }
+            }
+            if let Some(d) = &source.downward_api {
+                downward(
+                    ctx,
+                    pod,
+                    pod_ip,
+                    &mut files,
+                    d.items.as_deref().unwrap_or(&[]),
+                    p.default_mode,
+                )?;
+            }
+            if let Some(t) = &source.service_account_token {
+                let seconds = t
+                    .expiration_seconds
+                    .unwrap_or(tokens::DEFAULT_EXPIRATION_SECONDS);
+                let token = ctx
+                    .tokens
+                    .token(&ctx.client, pod, t.audience.as_deref(), seconds)
+                    .await
+                    .map_err(|e| VolumeError(e.0))?;
+                files.write(&t.path, token.as_bytes(), p.default_mode)?;
+            }
+        }
+    } else {
+        return Err(VolumeError(
+            "the volume has a type this node does not support".into(),
+        ));
+    }
+    files.prune();
+    Ok(dir)
 }

@@ -7,6 +7,12 @@
 //! A plugin refuses with the [`Error`] the client should see; Kubernetes' admission
 //! plugins mostly answer 403 Forbidden ([`Error::forbidden`]).
 //!
+//! Kubernetes' own plugins that Keelson has are here too, off until added to a chain:
+//! [`ServiceAccountAdmission`] (kube-apiserver's `ServiceAccount`). `keelson::Cluster`
+//! and `keelson up` add it, as kube-apiserver enables it by default. (NamespaceLifecycle
+//! is built into the registry: writes into a namespace that does not exist or is being
+//! deleted are refused before any plugin runs.)
+//!
 //! ```
 //! use async_trait::async_trait;
 //! use keelson_apiserver::admission::{AdmissionChain, AdmissionRequest, MutatingAdmission};
@@ -39,6 +45,14 @@ use keelson_core::{Error, ResourceType};
 use serde_json::Value;
 
 use crate::auth::User;
+
+mod service_account;
+
+pub use service_account::{
+    token_volume_source, ServiceAccountAdmission, DEFAULT_SERVICE_ACCOUNT,
+    ENFORCE_MOUNTABLE_SECRETS_ANNOTATION, PLUGIN_NAME as SERVICE_ACCOUNT_PLUGIN,
+    ROOT_CA_CONFIG_MAP, TOKEN_EXPIRATION_SECONDS, TOKEN_MOUNT_PATH, TOKEN_VOLUME_PREFIX,
+};
 
 /// What a write does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +130,16 @@ impl AdmissionChain {
     #[must_use]
     pub fn validate(mut self, plugin: impl ValidatingAdmission) -> Self {
         self.validating.push(Arc::new(plugin));
+        self
+    }
+
+    /// Adds a plugin that both mutates and validates (as most of Kubernetes' own do),
+    /// after those already added in each phase.
+    #[must_use]
+    pub fn plugin<P: MutatingAdmission + ValidatingAdmission>(mut self, plugin: P) -> Self {
+        let plugin = Arc::new(plugin);
+        self.mutating.push(plugin.clone());
+        self.validating.push(plugin);
         self
     }
 
