@@ -8,6 +8,7 @@
 //! cargo bench -p keelson-controllers --bench deployments
 //! cargo bench -p keelson-controllers --bench deployments -- --deployments 100 --replicas 10
 //! cargo bench -p keelson-controllers --bench deployments -- --durable   # MemStore on disk
+//! cargo bench -p keelson-controllers --bench deployments -- --all-controllers  # every built-in one
 //! ```
 //!
 //! Reported, from the last Deployment's create: when every pod exists, when every pod is
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::{arg, flag, machine};
 use futures::StreamExt;
 use keelson_apiserver::{resources, ApiServer, Registry};
-use keelson_controllers::{watcher, Change, ControllerManager, Informer};
+use keelson_controllers::{watcher, Change, ControllerManager, ControllerManagerConfig, Informer};
 use keelson_core::client::{Api, Patch};
 use keelson_core::k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use keelson_core::k8s_openapi::api::core::v1::{
@@ -131,7 +132,16 @@ fn main() {
         }
         pods_informer.reader().wait_until_ready().await.expect("pods cache");
 
-        let manager = ControllerManager::new(client.clone());
+        // The controllers a Deployment needs (as the module docs list them); `--all-controllers`
+        // runs every built-in one, as `keelson up` does.
+        let config = if flag("--all-controllers") {
+            ControllerManagerConfig::default()
+        } else {
+            ControllerManagerConfig::default()
+                .controllers(&["deployment", "replicaset", "garbagecollector", "namespace", "serviceaccount"])
+                .expect("controller names")
+        };
+        let manager = ControllerManager::with_config(client.clone(), config);
         let metrics = manager.metrics();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let mgr = tokio::spawn(manager.run(async move {
