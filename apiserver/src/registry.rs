@@ -1674,13 +1674,20 @@ impl Registry {
                                 return Some((w, s));
                             }
                         }
-                        Ok(Delivery::Reset)
-                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(Delivery::Reset) => {
                             s.done = true;
                             let e = Error::expired(
-                                "the watch cache was reset or this watcher fell behind; re-list and watch again",
+                                "the watch cache was reset; re-list and watch again",
                             );
                             return Some((error_event(&e), s));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            // As kube-apiserver does with a watcher too slow for its
+                            // buffer: close the watch. The client watches again from the
+                            // last version it saw, which the cache's history still holds
+                            // (else that watch answers 410): no re-list for a burst.
+                            tracing::debug!(resource = %rt.plural, seen = s.seen, "closing a watch that fell behind");
+                            return None;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }

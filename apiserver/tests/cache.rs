@@ -595,3 +595,103 @@ async fn a_cache_that_falls_behind_the_store_resumes_without_a_reset() {
         );
     }
 }
+
+/// The next item of a watch, which must come (or the watch end) within 5 s.
+async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
+        .await
+        .expect("the watch neither sent nor ended in 5 s")
+}
+
+/// A watcher too slow for the cache's broadcast buffer has its watch closed, as
+/// kube-apiserver closes unresponsive watchers; watching again from the last version it
+/// saw gets the rest from the cache's history, with no 410 and no re-list.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_closed_and_resumes_from_its_last_version() {
+    let registry = Registry::new(Arc::new(MemStore::ephemeral()));
+    let namespaces = ServedResource::of::<Namespace>();
+    let configmaps = ServedResource::of::<ConfigMap>();
+    registry
+        .create(&namespaces, None, json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("namespace");
+    let start = registry
+        .list(&configmaps, &ListParams::default())
+        .await
+        .expect("list")
+        .resource_version;
+    let mut slow = Box::pin(
+        registry
+            .watch(&configmaps, Selection::default(), Some(&start), false)
+            .await
+            .expect("watch"),
+    );
+    // More changes than the broadcast buffer (4,096) holds, unread.
+    let total = 5000;
+    for i in 0..total {
+        registry
+            .create(
+                &configmaps,
+                Some("default"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .await
+            .expect("create");
+    }
+    // Let the cache take every change in (and send it to the unread watch).
+    let from_cache = ListParams {
+        resource_version: Some("0".into()),
+        ..ListParams::default()
+    };
+    for _ in 0..500 {
+        let listed = registry.list(&configmaps, &from_cache).await.expect("list");
+        if listed.items.len() == total {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut seen = Vec::new();
+    let mut last = Some(start);
+    while let Ok(Some(e)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), slow.next()).await
+    {
+        assert_ne!(
+            e.kind,
+            WatchEventType::Error,
+            "closed, not failed: {:?}",
+            e.object
+        );
+        last = e.object["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned);
+        seen.push(
+            e.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(
+        seen.len() < total,
+        "the slow watch was closed early: {}",
+        seen.len()
+    );
+    let mut again = Box::pin(
+        registry
+            .watch(&configmaps, Selection::default(), last.as_deref(), false)
+            .await
+            .expect("watch again"),
+    );
+    while seen.len() < total {
+        let e = next_within(&mut again).await.expect("event");
+        assert_eq!(e.kind, WatchEventType::Added, "{:?}", e.object);
+        seen.push(
+            e.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let expected: Vec<String> = (0..total).map(|i| format!("c{i}")).collect();
+    assert_eq!(seen, expected, "every change once, in order");
+}

@@ -185,6 +185,12 @@ fn main() {
             if ready == n {
                 all_available = Some(last_apply.elapsed());
             }
+            if flag("--progress") && last_apply.elapsed().as_millis() % 1000 < 50 {
+                let rs = metrics.render();
+                let depth: Vec<&str> = rs.lines().filter(|l| l.starts_with("workqueue_depth") || l.starts_with("workqueue_retries")).collect();
+                eprintln!("{:>5.1} s: created {} running {} available {ready} {depth:?}",
+                    last_apply.elapsed().as_secs_f64(), created.load(Ordering::Relaxed), running.load(Ordering::Relaxed));
+            }
         }
         let s = |d: Option<Duration>| d.map_or("not reached".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
         println!("{:>22} {:>14}", "milestone", "after last apply");
