@@ -224,6 +224,45 @@ pub(crate) async fn prepare(
     Ok(out)
 }
 
+/// Where a volume's files come from: a ConfigMap or a Secret.
+#[derive(Clone, Copy)]
+enum Object {
+    ConfigMap,
+    Secret,
+}
+
+/// Projects the keys of the ConfigMap or Secret `name` (all, or `items`) into `files`;
+/// a missing object is an error unless `optional`.
+#[allow(clippy::too_many_arguments)]
+async fn project_object(
+    ctx: &NodeCtx,
+    ns: &str,
+    files: &mut Files,
+    object: Object,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+) -> Result<(), VolumeError> {
+    let optional = optional == Some(true);
+    let (entries, kind) = match object {
+        Object::ConfigMap => (config_map_entries(ctx, ns, name).await?, "configmap"),
+        Object::Secret => (secret_entries(ctx, ns, name).await?, "secret"),
+    };
+    match entries {
+        Some(entries) => project(
+            files,
+            &entries,
+            items,
+            default_mode,
+            &format!("{kind} {ns}/{name}"),
+            optional,
+        ),
+        None if optional => Ok(()),
+        None => Err(VolumeError(format!("{kind} \"{name}\" not found"))),
+    }
+}
+
 async fn prepare_one(
     ctx: &NodeCtx,
     pod: &Pod,
@@ -261,33 +300,32 @@ async fn prepare_one(
     }
     let mut files = Files::new(&dir);
     if let Some(c) = &v.config_map {
-        let name = c.name.as_str();
-        match config_map_entries(ctx, ns, name).await? {
-            Some(entries) => project(
-                &mut files,
-                &entries,
-                c.items.as_ref(),
-                c.default_mode,
-                &format!("configmap {ns}/{name}"),
-                c.optional == Some(true),
-            )?,
-            None if c.optional == Some(true) => {}
-            None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
-        }
+        let (items, mode) = (c.items.as_ref(), c.default_mode);
+        project_object(
+            ctx,
+            ns,
+            &mut files,
+            Object::ConfigMap,
+            &c.name,
+            items,
+            mode,
+            c.optional,
+        )
+        .await?;
     } else if let Some(s) = &v.secret {
-        let name = s.secret_name.clone().unwrap_or_default();
-        match secret_entries(ctx, ns, &name).await? {
-            Some(entries) => project(
-                &mut files,
-                &entries,
-                s.items.as_ref(),
-                s.default_mode,
-                &format!("secret {ns}/{name}"),
-                s.optional == Some(true),
-            )?,
-            None if s.optional == Some(true) => {}
-            None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
-        }
+        let name = s.secret_name.as_deref().unwrap_or_default();
+        let (items, mode) = (s.items.as_ref(), s.default_mode);
+        project_object(
+            ctx,
+            ns,
+            &mut files,
+            Object::Secret,
+            name,
+            items,
+            mode,
+            s.optional,
+        )
+        .await?;
     } else if let Some(d) = &v.downward_api {
         downward(
             ctx,
@@ -300,34 +338,32 @@ async fn prepare_one(
     } else if let Some(p) = &v.projected {
         for source in p.sources.iter().flatten() {
             if let Some(c) = &source.config_map {
-                let name = c.name.as_str();
-                match config_map_entries(ctx, ns, name).await? {
-                    Some(entries) => project(
-                        &mut files,
-                        &entries,
-                        c.items.as_ref(),
-                        p.default_mode,
-                        &format!("configmap {ns}/{name}"),
-                        c.optional == Some(true),
-                    )?,
-                    None if c.optional == Some(true) => {}
-                    None => return Err(VolumeError(format!("configmap \"{name}\" not found"))),
-                }
+                let (items, mode) = (c.items.as_ref(), p.default_mode);
+                project_object(
+                    ctx,
+                    ns,
+                    &mut files,
+                    Object::ConfigMap,
+                    &c.name,
+                    items,
+                    mode,
+                    c.optional,
+                )
+                .await?;
             }
             if let Some(s) = &source.secret {
-                let name = s.name.as_str();
-                match secret_entries(ctx, ns, name).await? {
-                    Some(entries) => project(
-                        &mut files,
-                        &entries,
-                        s.items.as_ref(),
-                        p.default_mode,
-                        &format!("secret {ns}/{name}"),
-                        s.optional == Some(true),
-                    )?,
-                    None if s.optional == Some(true) => {}
-                    None => return Err(VolumeError(format!("secret \"{name}\" not found"))),
-                }
+                let (items, mode) = (s.items.as_ref(), p.default_mode);
+                project_object(
+                    ctx,
+                    ns,
+                    &mut files,
+                    Object::Secret,
+                    &s.name,
+                    items,
+                    mode,
+                    s.optional,
+                )
+                .await?;
             }
             if let Some(d) = &source.downward_api {
                 downward(
