@@ -178,9 +178,11 @@ impl Shared {
     }
 
     /// Starts watching `rt` unless its group and kind are watched already at the same
-    /// version; when the version differs the old informer makes way. Objects that
-    /// reference the kind as an owner are looked at again.
-    fn add_kind(self: &Arc<Self>, rt: ResourceType) {
+    /// version; when the version differs the old informer makes way. With `look_again`
+    /// (a kind added while running), objects that reference the kind as an owner are
+    /// looked at again; the kinds the collector starts with need not be, as every object
+    /// is queued when its cache fills.
+    fn add_kind(self: &Arc<Self>, rt: ResourceType, look_again: bool) {
         let gk = (rt.group.to_string(), rt.kind.to_string());
         {
             let table = self.table.read();
@@ -224,6 +226,9 @@ impl Shared {
                 shared.on_change(index, &change);
             }
         });
+        if !look_again {
+            return;
+        }
         // Dependents that waited for this kind to be known.
         for (i, reader) in self.live_readers() {
             for obj in reader.list() {
@@ -295,7 +300,7 @@ impl Shared {
                     .find(|(rt, _)| Some(&rt.version.to_string()) == storage)
                     .or(served.first());
                 if let Some((rt, _)) = chosen {
-                    self.add_kind(rt.clone());
+                    self.add_kind(rt.clone(), true);
                 }
             }
             Change::Deleted(crd) => {
@@ -422,7 +427,7 @@ impl GarbageCollector {
             recorder: Recorder::new(client.clone(), "garbage-collector-controller", "keelson"),
         });
         for rt in kinds {
-            shared.add_kind(rt);
+            shared.add_kind(rt, false);
         }
         if crds_served {
             let crds = factory.informer(
