@@ -74,7 +74,7 @@ use std::time::Duration;
 use keelson_apiserver::admission::{AdmissionChain, ServiceAccountAdmission};
 use keelson_apiserver::{resources, ApiServer, Registry};
 use keelson_controllers::builtin::serviceaccount_token::{LegacyTokenClaims, TokenSigner};
-use keelson_controllers::cloud::{CloudProvider, TAINT_UNINITIALIZED};
+use keelson_controllers::cloud::{has_taint, CloudProvider, TAINT_UNINITIALIZED};
 use keelson_controllers::{ControllerManager, ControllerManagerConfig};
 use keelson_core::client::{Api, Client, ListParams};
 use keelson_core::k8s_openapi::api::core::v1::{Node, Taint};
@@ -897,7 +897,7 @@ impl Cluster {
                 .items
                 .iter()
                 .map(|n| {
-                    let initialised = !self.cloud_init || !has_cloud_taint(n);
+                    let initialised = !self.cloud_init || !has_taint(n, TAINT_UNINITIALIZED);
                     (
                         n.metadata.name.clone().unwrap_or_default(),
                         is_ready(n) && initialised,
@@ -990,13 +990,6 @@ fn start_slot(slot: &mut NodeSlot, cluster_stop: &watch::Sender<bool>) -> Result
     });
     slot.running = Some((stop, task));
     Ok(())
-}
-
-fn has_cloud_taint(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_UNINITIALIZED))
 }
 
 fn is_ready(node: &Node) -> bool {

@@ -153,7 +153,7 @@ pub enum Error {
 }
 
 /// Whether `node` has a taint with `key`.
-pub(crate) fn has_taint(node: &Node, key: &str) -> bool {
+pub fn has_taint(node: &Node, key: &str) -> bool {
     node.spec
         .as_ref()
         .and_then(|s| s.taints.as_deref())
